@@ -1,0 +1,20 @@
+"""lowcomm: communication-efficient data-parallel training for PyTorch."""
+
+from lowcomm.algorithms import ALGORITHMS, DDP, PALSGD, DiLoCo, LocalSGD, NoLoCo, PostLocalSGD, Strategy
+from lowcomm.communication import CommStats, Communicator, ProcessGroupCommunicator
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALGORITHMS",
+    "DDP",
+    "PALSGD",
+    "CommStats",
+    "Communicator",
+    "DiLoCo",
+    "LocalSGD",
+    "NoLoCo",
+    "PostLocalSGD",
+    "ProcessGroupCommunicator",
+    "Strategy",
+]

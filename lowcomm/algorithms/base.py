@@ -1,0 +1,136 @@
+"""What every algorithm shares: owning one worker's training step.
+
+A strategy wraps the user's model and inner optimizer. The user hands :meth:`Strategy.step` a
+closure that runs the forward pass and returns the loss (or a list of closures, one per
+micro-batch, for gradient accumulation); the strategy decides whether to call it, runs the
+backward pass, clips, steps the inner optimizer and talks to the other workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from lowcomm.communication.communicator import CommStats, Communicator, ProcessGroupCommunicator
+
+Closure = Callable[[], torch.Tensor]
+
+
+class Strategy(ABC):
+    """One worker's view of a data-parallel algorithm.
+
+    Args:
+        model: the local model; its parameters are broadcast from worker 0 at construction.
+        optimizer: any ``torch.optim.Optimizer`` over exactly the model's trainable parameters.
+        communicator: defaults to the default ``torch.distributed`` process group.
+        max_grad_norm: clip the (averaged, where averaged) gradient norm to this value.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        communicator: Communicator | None = None,
+        max_grad_norm: float | None = None,
+    ) -> None:
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("model: it has no trainable parameters")
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if held != {id(p) for p in self.params}:
+            raise ValueError("optimizer: it must hold exactly the model's trainable parameters")
+        if max_grad_norm is not None and not max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm: must be > 0, got {max_grad_norm}")
+        self.local_model = model
+        self.optimizer = optimizer
+        self.comm = communicator if communicator is not None else ProcessGroupCommunicator()
+        self.max_grad_norm = max_grad_norm
+        self.step_count = 0
+        self.broadcast_initial_state()
+
+    def broadcast_initial_state(self) -> None:
+        """Start every worker from worker 0's parameters and buffers."""
+        self.comm.broadcast([t.data for t in self.local_model.state_dict().values()], src=0)
+
+    def micro_batch_context(self, last: bool) -> contextlib.AbstractContextManager[Any]:
+        """Entered around each micro-batch's backward pass (DDP skips syncing all but the last)."""
+        return contextlib.nullcontext()
+
+    @property
+    def model(self) -> nn.Module:
+        """The module to call inside the closure (DDP wraps it; the others return it unchanged)."""
+        return self.local_model
+
+    @property
+    def comm_stats(self) -> CommStats:
+        return self.comm.stats
+
+    @abstractmethod
+    def step(self, closure: Closure | Sequence[Closure]) -> torch.Tensor | None:
+        """Take one training step; return the mean loss, or ``None`` if no batch was computed."""
+
+    def global_state_dict(self) -> dict[str, torch.Tensor]:
+        """The model to evaluate and save: the global model (collective for some algorithms)."""
+        return {k: v.detach().clone() for k, v in self.local_model.state_dict().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume this worker exactly: model, optimizers, counters, RNG."""
+        return {
+            "step": self.step_count,
+            "model": self.local_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "comm_stats": self.comm.stats.as_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step_count = int(state["step"])
+        self.local_model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.comm.stats.load(state["comm_stats"])
+
+    def _backward(self, closure: Closure | Sequence[Closure]) -> torch.Tensor:
+        """Zero the gradients, run every micro-batch closure and back-propagate its share."""
+        closures = [closure] if callable(closure) else list(closure)
+        if not closures:
+            raise ValueError("closure: at least one closure is needed")
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.params[0].device)
+        for i, micro_batch in enumerate(closures):
+            with self.micro_batch_context(last=i == len(closures) - 1):
+                loss = micro_batch()
+                (loss / len(closures)).backward()
+            total += loss.detach()
+        return total / len(closures)
+
+    def _optimizer_step(self, lr_scale: float = 1.0) -> None:
+        """Clip, then step the inner optimizer with its learning rates scaled by ``lr_scale``."""
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        if lr_scale == 1.0:
+            self.optimizer.step()
+            return
+        saved = [group["lr"] for group in self.optimizer.param_groups]
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["lr"] * lr_scale
+        self.optimizer.step()
+        for group, lr in zip(self.optimizer.param_groups, saved):
+            group["lr"] = lr
+
+
+def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}: must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_positive(name: str, value: float) -> float:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}: must be a finite number > 0, got {value!r}")
+    return float(value)

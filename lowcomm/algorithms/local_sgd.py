@@ -1,0 +1,41 @@
+"""Local SGD (Stich, "Local SGD Converges Fast and Communicates Little", ICLR 2019, arXiv 1805.09767).
+
+Rule: each worker k steps on its own; every H steps, ``x_k <- mean_k x_k``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lowcomm.algorithms.periodic import PeriodicStrategy
+from lowcomm.communication.communicator import Communicator
+
+
+class LocalSGD(PeriodicStrategy):
+    """Average the workers' parameters (and floating-point buffers) every ``sync_interval`` steps."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        sync_interval: int = 32,
+        warmup_steps: int = 0,
+        communicator: Communicator | None = None,
+        max_grad_norm: float | None = None,
+    ) -> None:
+        super().__init__(
+            model,
+            optimizer,
+            sync_interval=sync_interval,
+            warmup_steps=warmup_steps,
+            communicator=communicator,
+            max_grad_norm=max_grad_norm,
+        )
+
+    def synchronize(self) -> None:
+        self.comm.all_reduce_mean([p.data for p in self.params] + self.buffers)
+
+    def global_state_dict(self) -> dict[str, torch.Tensor]:
+        return self.averaged_state_dict()

@@ -1,0 +1,103 @@
+"""NoLoCo (Kolehmainen et al., "NoLoCo: No-all-reduce Low Communication Training Method for Large
+Models", 2025, arXiv 2506.10911).
+
+Rule: no all-reduce. Every H steps the workers are split into pairs by a random permutation seeded
+by the step number (the same on every worker; with an odd count one group is a triple). Inside its
+group P, worker i with outer model z_i and outer momentum m_i exchanges ``x_j - z_j`` and ``z_j``
+point-to-point and sets
+``m_i <- mu * m_i + alpha * mean_{j in P}(x_j - z_j) + alpha * (mean_{j in P} z_j - z_i)``,
+``z_i <- z_i + m_i`` and ``x_i <- z_i``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from lowcomm.algorithms.base import check_positive
+from lowcomm.algorithms.periodic import PeriodicStrategy
+from lowcomm.communication.communicator import Communicator
+
+
+def gossip_groups(world_size: int, step: int) -> list[list[int]]:
+    """Pairs of workers drawn by a permutation seeded by ``step``; with an odd count the last is a triple."""
+    order = torch.randperm(world_size, generator=torch.Generator().manual_seed(step)).tolist()
+    groups = [order[i : i + 2] for i in range(0, world_size - world_size % 2, 2)]
+    if world_size % 2:
+        groups[-1].append(order[-1])
+    return groups
+
+
+class NoLoCo(PeriodicStrategy):
+    """Pairwise outer steps with a momentum pulled towards the partners' outer models.
+
+    Args:
+        outer_lr: alpha. outer_momentum: mu.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        sync_interval: int = 50,
+        warmup_steps: int = 0,
+        outer_lr: float = 0.7,
+        outer_momentum: float = 0.5,
+        communicator: Communicator | None = None,
+        max_grad_norm: float | None = None,
+    ) -> None:
+        self.alpha = check_positive("outer_lr", outer_lr)
+        if not 0 <= outer_momentum < 1:
+            raise ValueError(f"outer_momentum: must be in [0, 1), got {outer_momentum!r}")
+        self.mu = float(outer_momentum)
+        super().__init__(
+            model,
+            optimizer,
+            sync_interval=sync_interval,
+            warmup_steps=warmup_steps,
+            communicator=communicator,
+            max_grad_norm=max_grad_norm,
+        )
+        if self.comm.world_size < 2:
+            raise ValueError("communicator: NoLoCo needs at least 2 workers")
+        self.outer_params = [p.detach().clone() for p in self.params]
+        self.momentum = [torch.zeros_like(p) for p in self.params]
+
+    def begin_local_phase(self) -> None:
+        for x, z in zip(self.params, self.outer_params):
+            z.copy_(x.detach())
+
+    def synchronize(self) -> None:
+        group = next(g for g in gossip_groups(self.comm.world_size, self.step_count) if self.comm.rank in g)
+        peers = [j for j in group if j != self.comm.rank]
+        own = [x.detach() - z for x, z in zip(self.params, self.outer_params)] + self.outer_params
+        sent_by = dict(zip(peers, self.comm.exchange(own, peers)))
+        sent_by[self.comm.rank] = own
+        # Sum in rank order so that every member of the group computes bit-identical means.
+        contributions = [sent_by[j] for j in sorted(group)]
+        n = len(self.params)
+        with torch.no_grad():
+            for i, (x, z, m) in enumerate(zip(self.params, self.outer_params, self.momentum)):
+                mean_delta = sum(c[i] for c in contributions) / len(group)
+                mean_z = sum(c[n + i] for c in contributions) / len(group)
+                m.mul_(self.mu).add_(mean_delta, alpha=self.alpha).add_(mean_z - z, alpha=self.alpha)
+                z.add_(m)
+                x.copy_(z)
+
+    def global_state_dict(self) -> dict[str, torch.Tensor]:
+        return self.averaged_state_dict()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "outer_params": [z.clone() for z in self.outer_params],
+            "momentum": [m.clone() for m in self.momentum],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        for mine, saved in zip(self.outer_params + self.momentum, state["outer_params"] + state["momentum"]):
+            mine.copy_(saved)

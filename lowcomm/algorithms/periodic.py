@@ -1,0 +1,90 @@
+"""The shape shared by Local SGD, Post-Local SGD, DiLoCo, PALSGD and NoLoCo.
+
+Steps are numbered from 1 and every step counts. The first ``warmup_steps`` steps average the
+gradients over all workers before the inner optimizer steps (DDP semantics); after them each worker
+steps on its own, and after every step ``t > warmup_steps`` with ``t % sync_interval == 0`` the
+workers synchronise in the algorithm's own way.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+import torch
+from torch import nn
+
+from lowcomm.algorithms.base import Closure, Strategy, check_positive_int
+from lowcomm.communication.communicator import Communicator
+
+
+class PeriodicStrategy(Strategy):
+    """Optional synchronous warm-up, then local steps with a synchronisation every H steps."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        sync_interval: int,
+        warmup_steps: int = 0,
+        communicator: Communicator | None = None,
+        max_grad_norm: float | None = None,
+    ) -> None:
+        self.sync_interval = check_positive_int("sync_interval", sync_interval)
+        self.warmup_steps = check_positive_int("warmup_steps", warmup_steps, minimum=0)
+        super().__init__(
+            model, optimizer, communicator=communicator, max_grad_norm=max_grad_norm
+        )
+        self.buffers = [b for b in model.buffers() if b.is_floating_point()]
+
+    @property
+    def in_warmup(self) -> bool:
+        return self.step_count <= self.warmup_steps
+
+    def step(self, closure: Closure | Sequence[Closure]) -> torch.Tensor | None:
+        self.step_count += 1
+        if self.in_warmup:
+            loss = self._synchronous_step(closure)
+            if self.step_count == self.warmup_steps:
+                self.begin_local_phase()
+            return loss
+        loss = self.local_step(closure)
+        if self.step_count % self.sync_interval == 0:
+            self.synchronize()
+        return loss
+
+    def _synchronous_step(self, closure: Closure | Sequence[Closure]) -> torch.Tensor:
+        loss = self._backward(closure)
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        self.comm.all_reduce_mean([p.grad for p in self.params])
+        self._optimizer_step()
+        return loss
+
+    def local_step(self, closure: Closure | Sequence[Closure]) -> torch.Tensor | None:
+        """One step on this worker alone."""
+        loss = self._backward(closure)
+        self._optimizer_step()
+        return loss
+
+    def begin_local_phase(self) -> None:
+        """Called once, after the last warm-up step."""
+
+    @abstractmethod
+    def synchronize(self) -> None:
+        """The algorithm's periodic communication."""
+
+    def averaged_state_dict(self) -> dict[str, torch.Tensor]:
+        """The workers' mean model (a collective: every worker must call it)."""
+        averaged = [t.detach().clone() for t in self.params + self.buffers]
+        self.comm.all_reduce_mean(averaged, accounted=False)
+        return self.state_dict_with(averaged)
+
+    def state_dict_with(self, values: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The model's state dict with ``params + buffers`` replaced by ``values``."""
+        replacement = {t.data_ptr(): v for t, v in zip(self.params + self.buffers, values)}
+        return {
+            key: replacement.get(tensor.data_ptr(), tensor).detach().to(tensor.device, copy=True)
+            for key, tensor in self.local_model.state_dict().items()
+        }

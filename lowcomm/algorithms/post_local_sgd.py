@@ -1,0 +1,37 @@
+"""Post-Local SGD (Lin et al., "Don't Use Large Mini-Batches, Use Local SGD", ICLR 2020, arXiv 1808.07217).
+
+Rule: for the first S steps, gradients are averaged over all workers every step (mini-batch SGD,
+DDP semantics); afterwards Local SGD: every H steps, ``x_k <- mean_k x_k``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lowcomm.algorithms.base import check_positive_int
+from lowcomm.algorithms.local_sgd import LocalSGD
+from lowcomm.communication.communicator import Communicator
+
+
+class PostLocalSGD(LocalSGD):
+    """Local SGD after ``warmup_steps`` (at least one) synchronous steps."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        sync_interval: int = 32,
+        warmup_steps: int = 32,
+        communicator: Communicator | None = None,
+        max_grad_norm: float | None = None,
+    ) -> None:
+        super().__init__(
+            model,
+            optimizer,
+            sync_interval=sync_interval,
+            warmup_steps=check_positive_int("warmup_steps", warmup_steps),
+            communicator=communicator,
+            max_grad_norm=max_grad_norm,
+        )

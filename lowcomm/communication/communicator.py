@@ -1,0 +1,178 @@
+"""The small communication interface every algorithm talks to.
+
+Algorithms never call ``torch.distributed`` themselves. They ask a :class:`Communicator` for a mean
+all-reduce, a point-to-point exchange with a few peers, or a broadcast. Each call charges the bytes
+this worker sends and the seconds it waits to :class:`CommStats`, using the textbook cost of the
+operation (ring all-reduce: ``2(K-1)/K`` x payload; exchange: payload per peer; broadcast: payload on
+the source), so byte counts do not depend on what the backend does internally.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed as dist
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+
+@dataclass
+class CommStats:
+    """Cumulative traffic of one worker: bytes it sent, seconds it waited, operations it ran."""
+
+    bytes_sent: int = 0
+    wait_s: float = 0.0
+    operations: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    def load(self, state: dict[str, float]) -> None:
+        self.bytes_sent = int(state["bytes_sent"])
+        self.wait_s = float(state["wait_s"])
+        self.operations = int(state["operations"])
+
+
+def payload_bytes(tensors: Sequence[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def ring_all_reduce_bytes(payload: int, world_size: int) -> int:
+    """Bytes one worker sends in a ring all-reduce of ``payload`` bytes among ``world_size``."""
+    return 2 * (world_size - 1) * payload // world_size
+
+
+class Handle:
+    """An operation in flight: :meth:`wait` blocks until it is done, charges the wait, and finishes it."""
+
+    def __init__(self, stats: CommStats, wait: Callable[[], None]) -> None:
+        self._stats = stats
+        self._wait = wait
+        self._done = False
+
+    def wait(self) -> None:
+        if self._done:
+            return
+        start = time.perf_counter()
+        self._wait()
+        self._stats.wait_s += time.perf_counter() - start
+        self._done = True
+
+
+class Communicator(ABC):
+    """Collective and point-to-point operations among the ``world_size`` workers of one job."""
+
+    def __init__(self, rank: int, world_size: int) -> None:
+        self.rank = rank
+        self.world_size = world_size
+        self.stats = CommStats()
+
+    def all_reduce_mean(
+        self, tensors: Sequence[torch.Tensor], async_op: bool = False, accounted: bool = True
+    ) -> Handle:
+        """Replace each tensor, in place, by its mean over all workers.
+
+        ``accounted=False`` leaves the counters alone: for evaluation traffic, not training's.
+        """
+        stats = self.stats if accounted else CommStats()
+        stats.operations += 1
+        stats.bytes_sent += ring_all_reduce_bytes(payload_bytes(tensors), self.world_size)
+        handle = Handle(stats, self._all_reduce_mean(list(tensors)))
+        if not async_op:
+            handle.wait()
+        return handle
+
+    def exchange(
+        self, tensors: Sequence[torch.Tensor], peers: Sequence[int]
+    ) -> list[list[torch.Tensor]]:
+        """Send ``tensors`` to every peer and return, per peer, the tensors that peer sent us."""
+        self.stats.operations += 1
+        self.stats.bytes_sent += payload_bytes(tensors) * len(peers)
+        start = time.perf_counter()
+        received = self._exchange(list(tensors), list(peers))
+        self.stats.wait_s += time.perf_counter() - start
+        return received
+
+    def broadcast(self, tensors: Sequence[torch.Tensor], src: int = 0) -> None:
+        """Overwrite each tensor, in place, with the source worker's copy."""
+        self.stats.operations += 1
+        if self.rank == src:
+            self.stats.bytes_sent += payload_bytes(tensors)
+        start = time.perf_counter()
+        self._broadcast(list(tensors), src)
+        self.stats.wait_s += time.perf_counter() - start
+
+    @abstractmethod
+    def _all_reduce_mean(self, tensors: list[torch.Tensor]) -> Callable[[], None]:
+        """Start the reduction and return a function that completes it."""
+
+    @abstractmethod
+    def _exchange(self, tensors: list[torch.Tensor], peers: list[int]) -> list[list[torch.Tensor]]:
+        ...
+
+    @abstractmethod
+    def _broadcast(self, tensors: list[torch.Tensor], src: int) -> None:
+        ...
+
+
+class ProcessGroupCommunicator(Communicator):
+    """A :class:`Communicator` over a ``torch.distributed`` process group (gloo on CPU, nccl on CUDA).
+
+    Tensors are packed into one flat buffer per dtype and device, so a call costs one collective
+    per dtype however many parameters the model has.
+    """
+
+    def __init__(self, group: dist.ProcessGroup | None = None) -> None:
+        if not dist.is_initialized():
+            raise RuntimeError("torch.distributed is not initialized: call init_process_group first")
+        self.group = group
+        super().__init__(dist.get_rank(group), dist.get_world_size(group))
+
+    def _all_reduce_mean(self, tensors: list[torch.Tensor]) -> Callable[[], None]:
+        pending = []
+        for bucket in _buckets(tensors):
+            flat = _flatten_dense_tensors(bucket)
+            work = dist.all_reduce(flat, group=self.group, async_op=True)
+            pending.append((bucket, flat, work))
+
+        def finish() -> None:
+            for bucket, flat, work in pending:
+                work.wait()
+                flat.div_(self.world_size)
+                for tensor, reduced in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
+                    tensor.copy_(reduced)
+
+        return finish
+
+    def _exchange(self, tensors: list[torch.Tensor], peers: list[int]) -> list[list[torch.Tensor]]:
+        flat = _flatten_dense_tensors(tensors)
+        inboxes = [torch.empty_like(flat) for _ in peers]
+        operations = []
+        for peer, inbox in zip(peers, inboxes):
+            operations.append(dist.P2POp(dist.isend, flat, self._global_rank(peer), self.group))
+            operations.append(dist.P2POp(dist.irecv, inbox, self._global_rank(peer), self.group))
+        if operations:
+            for work in dist.batch_isend_irecv(operations):
+                work.wait()
+        return [list(_unflatten_dense_tensors(inbox, tensors)) for inbox in inboxes]
+
+    def _broadcast(self, tensors: list[torch.Tensor], src: int) -> None:
+        for bucket in _buckets(tensors):
+            flat = _flatten_dense_tensors(bucket)
+            dist.broadcast(flat, self._global_rank(src), group=self.group)
+            for tensor, value in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
+                tensor.copy_(value)
+
+    def _global_rank(self, rank: int) -> int:
+        return rank if self.group is None else dist.get_global_rank(self.group, rank)
+
+
+def _buckets(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """Group tensors by (device, dtype), keeping their order inside each group."""
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for tensor in tensors:
+        groups.setdefault((tensor.device, tensor.dtype), []).append(tensor)
+    return list(groups.values())
