@@ -1,6 +1,16 @@
 """lowcomm: communication-efficient data-parallel training for PyTorch."""
 
-from lowcomm.algorithms import ALGORITHMS, DDP, PALSGD, DiLoCo, LocalSGD, NoLoCo, PostLocalSGD, Strategy
+from lowcomm.algorithms import (
+    ALGORITHMS,
+    DDP,
+    PALSGD,
+    DiLoCo,
+    LocalSGD,
+    NoLoCo,
+    PostLocalSGD,
+    Strategy,
+    StreamingDiLoCo,
+)
 from lowcomm.communication import CommStats, Communicator, ProcessGroupCommunicator
 
 __version__ = "0.1.0"
@@ -17,4 +27,5 @@ __all__ = [
     "PostLocalSGD",
     "ProcessGroupCommunicator",
     "Strategy",
+    "StreamingDiLoCo",
 ]

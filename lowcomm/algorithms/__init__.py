@@ -7,6 +7,7 @@ from lowcomm.algorithms.local_sgd import LocalSGD
 from lowcomm.algorithms.noloco import NoLoCo
 from lowcomm.algorithms.palsgd import PALSGD
 from lowcomm.algorithms.post_local_sgd import PostLocalSGD
+from lowcomm.algorithms.streaming_diloco import StreamingDiLoCo
 
 ALGORITHMS: dict[str, type[Strategy]] = {
     "ddp": DDP,
@@ -15,6 +16,7 @@ ALGORITHMS: dict[str, type[Strategy]] = {
     "diloco": DiLoCo,
     "palsgd": PALSGD,
     "noloco": NoLoCo,
+    "streamingdiloco": StreamingDiLoCo,
 }
 
-__all__ = ["ALGORITHMS", "DDP", "DiLoCo", "LocalSGD", "NoLoCo", "PALSGD", "PostLocalSGD", "Strategy"]
+__all__ = ["ALGORITHMS", "DDP", "DiLoCo", "LocalSGD", "NoLoCo", "PALSGD", "PostLocalSGD", "Strategy", "StreamingDiLoCo"]

@@ -53,6 +53,7 @@ class Strategy(ABC):
         self.comm = communicator if communicator is not None else ProcessGroupCommunicator()
         self.max_grad_norm = max_grad_norm
         self.step_count = 0
+        self.events: list[dict[str, Any]] = []  # notable things that happened, for the caller to log
         self.broadcast_initial_state()
 
     def broadcast_initial_state(self) -> None:

@@ -4,19 +4,28 @@
 Rule: after the warm-up, ``z <- x``. Every H steps:
 ``Delta = mean_k (z - x_k)``; the outer optimizer steps z with Delta as its gradient (default SGD,
 lr 0.7, Nesterov momentum 0.9); then ``x_k <- z``. The inner optimizer's state stays local.
+
+Overlap (Streaming DiLoCo's rule, arXiv 2501.18512): with ``overlap_steps`` tau > 0 the all-reduce of
+Delta runs in the background while the workers take tau more inner steps; then z takes its outer
+step and each worker merges ``x <- (1 - alpha) * z + alpha * x``. tau = 0 is the blocking rule above.
+
+A worker whose pseudo-gradient is not finite is left out of that outer step (the others' mean is
+used; with none left the step is skipped), restarts from z with a fresh inner optimizer state, and
+the step is recorded in ``events``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from lowcomm.algorithms.base import check_positive
+from lowcomm.algorithms.base import check_positive, check_positive_int
 from lowcomm.algorithms.periodic import PeriodicStrategy
-from lowcomm.communication.communicator import Communicator
+from lowcomm.communication.communicator import Communicator, Handle
 
 OuterOptimizerFactory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
 
@@ -29,14 +38,27 @@ def nesterov_sgd(lr: float, momentum: float) -> OuterOptimizerFactory:
     return lambda params: torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0)
 
 
+@dataclass
+class PendingSync:
+    """One fragment's outer step in flight: the payload being averaged and when to apply it."""
+
+    fragment: int
+    payload: list[torch.Tensor]  # pseudo-gradients, then buffers (fragment 0 only), then a finite flag
+    apply_at: int
+    locally_finite: bool
+    handle: Handle | None = None
+
+
 class DiLoCo(PeriodicStrategy):
     """Local steps, then an outer optimizer step on the averaged pseudo-gradient every H steps.
 
     Args:
         outer_optimizer: builds the outer optimizer from the outer parameters; overrides
             ``outer_lr`` and ``outer_momentum``.
-        outer_device: where z and the outer optimizer's state live (e.g. ``"cpu"`` to save GPU
-            memory); defaults to the model's device.
+        outer_device: where z and the outer optimizer's state live (e.g. ``"cpu"`` to keep them in
+            pinned host memory); defaults to the model's device.
+        overlap_steps: tau, inner steps taken while the outer all-reduce is in flight (< H).
+        merge_alpha: alpha, the weight of the local model when merging after an overlapped step.
     """
 
     def __init__(
@@ -50,10 +72,18 @@ class DiLoCo(PeriodicStrategy):
         outer_momentum: float = 0.9,
         outer_optimizer: OuterOptimizerFactory | None = None,
         outer_device: torch.device | str | None = None,
+        overlap_steps: int = 0,
+        merge_alpha: float = 0.5,
         communicator: Communicator | None = None,
         max_grad_norm: float | None = None,
     ) -> None:
         factory = outer_optimizer or nesterov_sgd(outer_lr, outer_momentum)
+        self.overlap_steps = check_positive_int("overlap_steps", overlap_steps, minimum=0)
+        if self.overlap_steps >= check_positive_int("sync_interval", sync_interval):
+            raise ValueError(f"overlap_steps: must be < sync_interval ({sync_interval}), got {overlap_steps}")
+        if not 0 <= merge_alpha <= 1:
+            raise ValueError(f"merge_alpha: must be in [0, 1], got {merge_alpha!r}")
+        self.merge_alpha = float(merge_alpha)
         super().__init__(
             model,
             optimizer,
@@ -70,24 +100,76 @@ class DiLoCo(PeriodicStrategy):
             self.outer_params.append(z.pin_memory() if pin else z)
         self.outer_optimizer = factory(self.outer_params)
         self.outer_of = {id(x): z for x, z in zip(self.params, self.outer_params)}
+        self.fragments: list[list[int]] = [list(range(len(self.params)))]
+        self.offsets: list[int] = [0]
+        self.pending: list[PendingSync] = []
 
     def begin_local_phase(self) -> None:
         for x, z in zip(self.params, self.outer_params):
             z.copy_(x.detach())
 
-    def synchronize(self) -> None:
-        deltas = [z.to(x.device) - x.detach() for x, z in zip(self.params, self.outer_params)]
-        self.comm.all_reduce_mean(deltas + self.buffers)
-        self.outer_step(deltas)
+    def communicate(self) -> None:
+        for pending in [p for p in self.pending if p.apply_at == self.step_count]:
+            self.pending.remove(pending)
+            self.finish(pending)
+        self.synchronize()
 
-    def outer_step(self, deltas: list[torch.Tensor]) -> None:
-        """Step z with the averaged pseudo-gradient, then reset every worker to it: ``x <- z``."""
-        for z, delta in zip(self.outer_params, deltas):
-            z.grad = delta.to(z.device)
-        self.outer_optimizer.step()
-        self.outer_optimizer.zero_grad(set_to_none=True)
-        for x, z in zip(self.params, self.outer_params):
-            x.data.copy_(z)
+    def synchronize(self) -> None:
+        """Start the outer step of every fragment whose turn it is."""
+        for fragment, offset in enumerate(self.offsets):
+            if (self.step_count - offset) % self.sync_interval == 0:
+                self.start(fragment)
+
+    def start(self, fragment: int) -> None:
+        """Launch the average of this fragment's pseudo-gradient ``z - x``."""
+        deltas = [self.outer_params[i].to(self.params[i].device) - self.params[i].detach() for i in self.fragments[fragment]]
+        buffers = [b.clone() for b in self.buffers] if fragment == 0 else []
+        finite = all(bool(torch.isfinite(d).all()) for d in deltas)
+        if not finite:
+            for d in deltas:
+                d.zero_()
+        flag = torch.full((1,), float(finite), dtype=deltas[0].dtype, device=deltas[0].device)
+        pending = PendingSync(fragment, deltas + buffers + [flag], self.step_count + self.overlap_steps, finite)
+        pending.handle = self.comm.all_reduce_mean(pending.payload, async_op=True)
+        if self.overlap_steps == 0:
+            self.finish(pending)
+        else:
+            self.pending.append(pending)
+
+    def finish(self, pending: PendingSync) -> None:
+        """Apply an averaged pseudo-gradient: outer step on its fragment, then reset or merge x."""
+        if pending.handle is not None:
+            pending.handle.wait()
+        indices = self.fragments[pending.fragment]
+        deltas, rest = pending.payload[: len(indices)], pending.payload[len(indices) :]
+        finite_share = float(rest[-1])
+        for buffer, mean in zip(self.buffers, rest[:-1]):
+            buffer.copy_(mean)
+        if finite_share < 1:
+            self.events.append({"event": "nonfinite_pseudo_gradient", "step": self.step_count,
+                                "fragment": pending.fragment, "finite_workers": round(finite_share * self.comm.world_size)})
+        if finite_share > 0:
+            self.outer_optimizer.zero_grad(set_to_none=True)
+            for i, delta in zip(indices, deltas):
+                self.outer_params[i].grad = (delta / finite_share).to(self.outer_params[i].device)
+            self.outer_optimizer.step()
+            self.outer_optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for i in indices:
+                x, z = self.params[i], self.outer_params[i].to(self.params[i].device, non_blocking=True)
+                if self.overlap_steps == 0:
+                    x.copy_(z)
+                else:
+                    x.lerp_(z, 1 - self.merge_alpha)
+        if not pending.locally_finite:
+            self.restart_from_global()
+
+    def restart_from_global(self) -> None:
+        """After a non-finite pseudo-gradient: ``x <- z`` everywhere and a fresh inner optimizer state."""
+        with torch.no_grad():
+            for x, z in zip(self.params, self.outer_params):
+                x.copy_(z)
+        self.optimizer.state.clear()
 
     def global_state_dict(self) -> dict[str, torch.Tensor]:
         if self.in_warmup:
@@ -95,10 +177,17 @@ class DiLoCo(PeriodicStrategy):
         return self.state_dict_with(self.outer_params + self.buffers)
 
     def state_dict(self) -> dict[str, Any]:
+        for pending in self.pending:
+            pending.handle.wait()
         return {
             **super().state_dict(),
             "outer_params": [z.detach().clone() for z in self.outer_params],
             "outer_optimizer": self.outer_optimizer.state_dict(),
+            "pending": [
+                {"fragment": p.fragment, "payload": [t.clone() for t in p.payload], "apply_at": p.apply_at,
+                 "locally_finite": p.locally_finite}
+                for p in self.pending
+            ],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -106,3 +195,4 @@ class DiLoCo(PeriodicStrategy):
         for z, saved in zip(self.outer_params, state["outer_params"]):
             z.copy_(saved)
         self.outer_optimizer.load_state_dict(state["outer_optimizer"])
+        self.pending = [PendingSync(**p) for p in state["pending"]]

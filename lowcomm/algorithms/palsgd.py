@@ -19,8 +19,7 @@ import torch
 from torch import nn
 
 from lowcomm.algorithms.base import Closure, check_positive
-from lowcomm.algorithms.diloco import DiLoCo, OuterOptimizerFactory
-from lowcomm.communication.communicator import Communicator
+from lowcomm.algorithms.diloco import DiLoCo
 
 
 class PALSGD(DiLoCo):
@@ -31,6 +30,8 @@ class PALSGD(DiLoCo):
         eta: the strength of the pull towards z.
         independent_coins: draw each worker's coins from its own generator.
         seed: seeds the coin generator.
+        diloco_options: the rest of :class:`DiLoCo`'s options (outer optimizer and device, overlap,
+            communicator, clipping).
     """
 
     def __init__(
@@ -44,12 +45,9 @@ class PALSGD(DiLoCo):
         eta: float = 1.0,
         outer_lr: float = 0.1,
         outer_momentum: float = 0.9,
-        outer_optimizer: OuterOptimizerFactory | None = None,
-        outer_device: torch.device | str | None = None,
         independent_coins: bool = False,
         seed: int = 0,
-        communicator: Communicator | None = None,
-        max_grad_norm: float | None = None,
+        **diloco_options: Any,
     ) -> None:
         if not (isinstance(pseudo_sync_prob, (int, float)) and 0 <= pseudo_sync_prob < 1):
             raise ValueError(f"pseudo_sync_prob: must be in [0, 1), got {pseudo_sync_prob!r}")
@@ -64,10 +62,7 @@ class PALSGD(DiLoCo):
             warmup_steps=warmup_steps,
             outer_lr=outer_lr,
             outer_momentum=outer_momentum,
-            outer_optimizer=outer_optimizer,
-            outer_device=outer_device,
-            communicator=communicator,
-            max_grad_norm=max_grad_norm,
+            **diloco_options,
         )
         self.coins = torch.Generator().manual_seed(seed + (self.comm.rank if independent_coins else 0))
 

@@ -49,8 +49,7 @@ class PeriodicStrategy(Strategy):
                 self.begin_local_phase()
             return loss
         loss = self.local_step(closure)
-        if self.step_count % self.sync_interval == 0:
-            self.synchronize()
+        self.communicate()
         return loss
 
     def _synchronous_step(self, closure: Closure | Sequence[Closure]) -> torch.Tensor:
@@ -70,6 +69,11 @@ class PeriodicStrategy(Strategy):
 
     def begin_local_phase(self) -> None:
         """Called once, after the last warm-up step."""
+
+    def communicate(self) -> None:
+        """Called after every local step: synchronise when the step is a multiple of H."""
+        if self.step_count % self.sync_interval == 0:
+            self.synchronize()
 
     @abstractmethod
     def synchronize(self) -> None:

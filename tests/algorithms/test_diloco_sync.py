@@ -1,0 +1,95 @@
+"""DiLoCo's outer step variants: overlapped all-reduce, streamed fragments, non-finite workers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from lowcomm import ALGORITHMS
+from lowcomm.algorithms.streaming_diloco import split_fragments
+from tests.algorithms import mlp
+from tests.algorithms.scalar import EXAMPLES, scalar_model, scalar_trajectory
+from tests.distributed import run_workers
+
+
+def test_overlapped_outer_step_by_hand() -> None:
+    options = dict(sync_interval=2, outer_lr=0.7, outer_momentum=0.9, overlap_steps=1, merge_alpha=0.5)
+    results = run_workers(scalar_trajectory, 2, "diloco", options, 3, 0.1)
+    # t = 2 launches Delta = mean(1 - 1.19, 1 - 0.68) = 0.065; t = 3 steps locally (1.19 -> 1.271,
+    # 0.68 -> 0.608), then z = 1 - 0.7 * 1.9 * 0.065 = 0.91355 and x <- 0.5 z + 0.5 x
+    assert results[0]["x"] == pytest.approx([1.1, 1.19, 0.5 * 0.91355 + 0.5 * 1.271], abs=1e-12)
+    assert results[1]["x"] == pytest.approx([0.8, 0.68, 0.5 * 0.91355 + 0.5 * 0.608], abs=1e-12)
+    assert results[0]["global"] == pytest.approx(0.91355, abs=1e-12)
+
+
+def variants() -> dict[str, list[torch.Tensor]]:
+    runs = {
+        "blocking": ("diloco", {"sync_interval": 3}),
+        "tau0": ("diloco", {"sync_interval": 3, "overlap_steps": 0, "merge_alpha": 0.2}),
+        "palsgd": ("palsgd", {"sync_interval": 3, "warmup_steps": 1, "pseudo_sync_prob": 0.3, "eta": 0.5}),
+        "palsgd_tau0": ("palsgd", {"sync_interval": 3, "warmup_steps": 1, "pseudo_sync_prob": 0.3, "eta": 0.5,
+                                   "overlap_steps": 0, "merge_alpha": 0.9}),
+        "streaming_p1": ("streamingdiloco", {"sync_interval": 3, "num_fragments": 1}),
+        "streaming_p2": ("streamingdiloco", {"sync_interval": 4, "num_fragments": 2}),
+    }
+    return {name: mlp.train(algo, options, 9, optimizer="adamw")["params"] for name, (algo, options) in runs.items()}
+
+
+def test_tau_zero_and_one_fragment_are_blocking_diloco() -> None:
+    results = run_workers(variants, 2)
+    for r in results:
+        for name, same_as in (("tau0", "blocking"), ("palsgd_tau0", "palsgd"), ("streaming_p1", "blocking")):
+            assert all(torch.equal(a, b) for a, b in zip(r[name], r[same_as])), name
+    # two fragments of the MLP's tensors by size (32 | 8 + 8 + 1): [0] and [1, 2, 3];
+    # fragment 0 syncs after steps 4 and 8, fragment 1 after steps 2, 6 (offset 4 // 2 = 2)
+    first, second = slice(0, 32), slice(32, 49)
+    a, b = results[0]["streaming_p2"], results[1]["streaming_p2"]
+    for t in (2, 6):
+        assert torch.equal(a[t - 1][second], b[t - 1][second]) and not torch.equal(a[t - 1][first], b[t - 1][first])
+    for t in (4, 8):
+        assert torch.equal(a[t - 1][first], b[t - 1][first]) and not torch.equal(a[t - 1][second], b[t - 1][second])
+
+
+def test_fragments_cover_every_tensor_once() -> None:
+    assert split_fragments([32, 8, 8, 1], 2, "sequential") == [[0], [1, 2, 3]]
+    assert split_fragments([100, 1, 1, 1], 3, "sequential") == [[0], [1], [2, 3]]
+    assert split_fragments([1, 1, 1, 100], 3, "sequential") == [[0, 1], [2], [3]]
+    assert split_fragments([5] * 7, 3, "strided") == [[0, 3, 6], [1, 4], [2, 5]]
+    with pytest.raises(ValueError, match="fragment_pattern"):
+        split_fragments([1, 1], 2, "random")  # type: ignore[arg-type]
+
+
+def poisoned(algo: str) -> dict:
+    """Worker 1's step-2 loss is NaN, so its parameters and pseudo-gradient are NaN at the sync."""
+    rank = dist.get_rank()
+    model = scalar_model(rank)
+    options = {"sync_interval": 2, "outer_lr": 0.7, "outer_momentum": 0.0}
+    if algo == "palsgd":
+        options.update(warmup_steps=0, pseudo_sync_prob=0.0)
+    strategy = ALGORITHMS[algo](model, torch.optim.SGD(model.parameters(), lr=0.1), **options)
+    a, b = EXAMPLES[rank]
+    x = torch.tensor([[a]], dtype=torch.float64)
+    weights, losses = [], []
+    for t in range(1, 7):
+        scale = float("nan") if (rank, t) == (1, 2) else 1.0
+        loss = strategy.step(lambda: scale * 0.5 * (strategy.model(x)[0, 0] - b) ** 2)
+        weights.append(model.weight.item())
+        losses.append(loss.item())
+    return {"weights": weights, "losses": losses, "events": strategy.events, "global": strategy.global_state_dict()["weight"].item()}
+
+
+def nonfinite_runs() -> dict[str, dict]:
+    return {algo: poisoned(algo) for algo in ("diloco", "palsgd")}
+
+
+def test_nonfinite_worker_is_left_out_of_the_outer_step() -> None:
+    results = run_workers(nonfinite_runs, 2)
+    # worker 0 goes 1 -> 1.1 -> 1.19 and is the only finite one at t = 2: Delta = 1 - 1.19 = -0.19,
+    # z = 1 + 0.7 * 0.19 = 1.133 on both workers
+    for algo in ("diloco", "palsgd"):
+        for r in results:
+            assert r[algo]["weights"][1] == pytest.approx(1.133, abs=1e-12)
+            assert r[algo]["events"] == [{"event": "nonfinite_pseudo_gradient", "step": 2, "fragment": 0, "finite_workers": 1}]
+            assert all(torch.isfinite(torch.tensor(r[algo]["weights"][1:] + r[algo]["losses"][2:])))
+            assert r[algo]["global"] == pytest.approx(results[0][algo]["global"], abs=1e-12)
