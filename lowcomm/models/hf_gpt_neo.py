@@ -1,0 +1,50 @@
+"""GPT-Neo from Hugging Face ``transformers``, randomly initialised, behind lowcomm's LM interface."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lowcomm.models.gpt import check_input_ids
+from lowcomm.models.gpt_neo import GPTNeoShape
+
+
+class HFCausalLM(nn.Module):
+    """Wrap a ``transformers`` causal LM so that ``forward(input_ids)`` returns plain logits."""
+
+    def __init__(self, model: nn.Module, max_positions: int) -> None:
+        super().__init__()
+        self.model = model
+        self.max_positions = max_positions
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        check_input_ids(input_ids, self.max_positions)
+        return self.model(input_ids=input_ids, use_cache=False).logits
+
+
+def build_hf_gpt_neo(shape: GPTNeoShape, vocab_size: int) -> HFCausalLM:
+    """A fresh GPTNeoForCausalLM of this shape: tied embeddings, gelu_new, no dropout."""
+    try:
+        from transformers import GPTNeoConfig, GPTNeoForCausalLM
+    except ImportError as error:
+        raise ImportError(
+            "gpt-neo models with implementation='hf' need transformers: pip install 'lowcomm[hf]'"
+        ) from error
+    config = GPTNeoConfig(
+        vocab_size=vocab_size,
+        max_position_embeddings=shape.max_positions,
+        hidden_size=shape.hidden_size,
+        num_layers=shape.num_layers,
+        num_heads=shape.num_heads,
+        intermediate_size=shape.intermediate_size,
+        attention_types=[[["global", "local"], shape.num_layers // 2]],
+        window_size=shape.window_size,
+        activation_function="gelu_new",
+        resid_dropout=0.0,
+        embed_dropout=0.0,
+        attention_dropout=0.0,
+        tie_word_embeddings=True,
+        bos_token_id=None,  # special tokens belong to the tokenizer; lowcomm never generates
+        eos_token_id=None,
+    )
+    return HFCausalLM(GPTNeoForCausalLM(config), max_positions=shape.max_positions)
