@@ -96,6 +96,15 @@ class Communicator(ABC):
         self.stats.wait_s += time.perf_counter() - start
         return received
 
+    def all_gather(self, tensors: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
+        """Every worker's ``tensors``, in rank order, this worker's own included (ring: (K-1) x payload)."""
+        self.stats.operations += 1
+        self.stats.bytes_sent += (self.world_size - 1) * payload_bytes(tensors)
+        start = time.perf_counter()
+        gathered = self._all_gather(list(tensors))
+        self.stats.wait_s += time.perf_counter() - start
+        return gathered
+
     def broadcast(self, tensors: Sequence[torch.Tensor], src: int = 0) -> None:
         """Overwrite each tensor, in place, with the source worker's copy."""
         self.stats.operations += 1
@@ -116,6 +125,9 @@ class Communicator(ABC):
     @abstractmethod
     def _broadcast(self, tensors: list[torch.Tensor], src: int) -> None:
         ...
+
+    def _all_gather(self, tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+        raise NotImplementedError(f"{type(self).__name__} does not implement all_gather")
 
 
 class ProcessGroupCommunicator(Communicator):
@@ -158,6 +170,17 @@ class ProcessGroupCommunicator(Communicator):
             for work in dist.batch_isend_irecv(operations):
                 work.wait()
         return [list(_unflatten_dense_tensors(inbox, tensors)) for inbox in inboxes]
+
+    def _all_gather(self, tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+        gathered: list[dict[int, torch.Tensor]] = [{} for _ in range(self.world_size)]
+        for bucket in _buckets(tensors):
+            flat = _flatten_dense_tensors(bucket)
+            outputs = [torch.empty_like(flat) for _ in range(self.world_size)]
+            dist.all_gather(outputs, flat, group=self.group)
+            for rank, output in enumerate(outputs):
+                for tensor, value in zip(bucket, _unflatten_dense_tensors(output, bucket)):
+                    gathered[rank][id(tensor)] = value
+        return [[by_id[id(t)] for t in tensors] for by_id in gathered]
 
     def _broadcast(self, tensors: list[torch.Tensor], src: int) -> None:
         for bucket in _buckets(tensors):

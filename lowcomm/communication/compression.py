@@ -105,15 +105,15 @@ class ErrorFeedback:
         self.block_size = block_size
         self.residuals: dict[Hashable, torch.Tensor] = {}
 
-    def compress(self, key: Hashable, tensor: torch.Tensor) -> torch.Tensor:
-        """The value to transmit for ``tensor + residual[key]``; the rounding error becomes the residual."""
+    def compress(self, key: Hashable, tensor: torch.Tensor) -> Compressed:
+        """What to transmit for ``tensor + residual[key]``; the rounding error becomes the residual."""
         residual = self.residuals.get(key)
         if residual is not None and residual.shape != tensor.shape:
             raise ValueError(f"tensor shape {tuple(tensor.shape)} differs from key {key!r}'s residual "
                              f"{tuple(residual.shape)}")
         corrected = tensor if residual is None else tensor + residual
-        sent = dequantize(quantize(corrected, self.scheme, self.block_size))
-        self.residuals[key] = corrected - sent
+        sent = quantize(corrected, self.scheme, self.block_size)
+        self.residuals[key] = corrected - dequantize(sent)
         return sent
 
 

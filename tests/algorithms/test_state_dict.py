@@ -14,11 +14,13 @@ RUNS = {
     "diloco": {"sync_interval": 3, "warmup_steps": 2},
     "palsgd": {"sync_interval": 3, "warmup_steps": 2, "pseudo_sync_prob": 0.4, "eta": 0.5},
     "noloco": {"sync_interval": 3},
+    "diloco_overlap_int4": {"sync_interval": 4, "overlap_steps": 2, "compress": "int4"},
+    "streamingdiloco": {"sync_interval": 4, "num_fragments": 2, "overlap_steps": 1},
 }
 
 
 def round_trips() -> dict[str, dict]:
-    return {algo: mlp.resumed(algo, options, steps=10, split=5) for algo, options in RUNS.items()}
+    return {name: mlp.resumed(name.split("_")[0], options, steps=10, split=5) for name, options in RUNS.items()}
 
 
 def test_state_dict_round_trip_is_bit_identical() -> None:
