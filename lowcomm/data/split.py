@@ -1,0 +1,15 @@
+"""The deterministic held-out split, shared by every dataset."""
+
+from __future__ import annotations
+
+import numpy as np
+
+HELD_OUT_FRACTION = 0.04
+SPLIT_SEED = 20240917
+
+
+def held_out_mask(count: int) -> np.ndarray:
+    """Which of ``count`` items (documents or images) are held out: item ``i`` is held out when
+    the ``i``-th draw of a fixed-seed generator falls below ``HELD_OUT_FRACTION``. Item ``i``'s fate
+    depends only on ``i``, never on the training seed or the number of workers."""
+    return np.random.default_rng(SPLIT_SEED).random(count) < HELD_OUT_FRACTION
