@@ -1,0 +1,8 @@
+"""``python -m lowcomm``: the ``lowcomm`` command line."""
+
+import sys
+
+from lowcomm.training.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

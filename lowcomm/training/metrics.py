@@ -1,0 +1,83 @@
+"""What rank 0 reports: ``metrics.jsonl``, TensorBoard scalars, a progress bar and ``summary.json``.
+
+``metrics.jsonl`` holds one JSON object per line:
+
+- train: ``step``, ``loss`` (rank 0's), ``lr``, ``elapsed_s``, ``comm_bytes`` (cumulative bytes this
+  worker sent), ``tokens`` (cumulative tokens trained on, all workers);
+- eval: ``step``, ``eval_loss`` (the global model on the held-out split), ``elapsed_s``;
+- sync: ``step``, ``sync`` (``"outer"``, or ``"pseudo"`` for a PALSGD pseudo-synchronisation step),
+  ``bytes`` (sent by this worker during the step);
+- event: ``step``, ``event`` and its details: ``start``, ``resume``, ``skipped_checkpoint``,
+  ``nonfinite_loss`` (rank 0's), and whatever the strategy records in its ``events`` (such as
+  ``nonfinite_pseudo_gradient``).
+
+A checkpoint stores the file's length, and resuming truncates the file back to it, so a resumed
+run's file is the uninterrupted run's, record for record.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+SCALARS = {"loss": "train/loss", "lr": "train/lr", "comm_bytes": "comm/bytes_sent", "eval_loss": "eval/loss"}
+
+
+class MetricsLog:
+    """Rank 0's ``metrics.jsonl`` (from byte ``offset`` on) and its TensorBoard twin in ``out/tensorboard``."""
+
+    def __init__(self, out: Path, offset: int, step: int) -> None:
+        path = out / "metrics.jsonl"
+        path.touch()
+        os.truncate(path, min(offset, path.stat().st_size))
+        self.file = path.open("a", encoding="utf-8")
+        self.tensorboard = SummaryWriter(out / "tensorboard", purge_step=step + 1)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        for key, tag in SCALARS.items():
+            if isinstance(record.get(key), (int, float)):
+                self.tensorboard.add_scalar(tag, record[key], record["step"])
+
+    def durable_offset(self) -> int:
+        """Flush and fsync the file; return its length (what a checkpoint remembers)."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.tensorboard.flush()
+        return self.file.tell()
+
+    def close(self) -> None:
+        self.file.close()
+        self.tensorboard.close()
+
+
+class ProgressBar:
+    """A tqdm bar showing the loss, tokens per second and the share of time spent communicating."""
+
+    def __init__(self, total: int, initial: int, description: str) -> None:
+        self.bar = tqdm(total=total, initial=initial, desc=description, unit="step", dynamic_ncols=True)
+        self.loss = math.nan
+
+    def update(self, loss: float | None, tokens_per_s: float, comm_share: float) -> None:
+        """Advance one step; ``loss`` is ``None`` for a step without a batch (the last loss stays)."""
+        if loss is not None:
+            self.loss = loss
+        postfix = {"loss": f"{self.loss:.3f}", "tok/s": f"{tokens_per_s:,.0f}", "comm": f"{comm_share:.0%}"}
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def write_json_atomically(path: Path, value: dict[str, Any]) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(temporary, path)

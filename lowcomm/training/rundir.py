@@ -1,0 +1,57 @@
+"""The run directory (``--out``): refuse one that holds another run, clear it for ``--overwrite``,
+record the resolved config in it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import yaml
+
+from lowcomm.training.config import LAUNCH_FIELDS, TrainConfig
+
+CONFIG_FILE = "config.yaml"
+
+
+def prepare_run_directory(config: TrainConfig) -> None:
+    """Make ``config.out`` ready for this run and write ``config.yaml``; raise a one-line ValueError
+    (having written nothing) if it holds something else."""
+    out = config.out
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out: {out} is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        saved = out / CONFIG_FILE
+        if not saved.is_file():
+            raise ValueError(f"--out: {out} is not empty and holds no lowcomm run; choose another directory")
+        if config.overwrite:
+            shutil.rmtree(out)
+        elif config.resume:
+            check_same_run(config, saved)
+        else:
+            raise ValueError(
+                f"--out: {out} already holds a run; pass --resume to continue it or --overwrite to replace it"
+            )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        temporary = out / f".{CONFIG_FILE}.tmp"
+        temporary.write_text(config.to_yaml())
+        os.replace(temporary, out / CONFIG_FILE)
+    except OSError as error:
+        raise ValueError(f"--out: cannot write to {out}: {error.strerror}") from None
+
+
+def check_same_run(config: TrainConfig, saved_config: os.PathLike[str]) -> None:
+    """Raise unless the run recorded in ``saved_config`` computes the same thing as ``config``."""
+    try:
+        with open(saved_config, encoding="utf-8") as file:
+            saved = yaml.safe_load(file)
+        saved_identity = {key: value for key, value in saved.items() if key not in LAUNCH_FIELDS}
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, AttributeError):
+        raise ValueError(f"--out: cannot read the run recorded in {saved_config}") from None
+    identity = config.run_identity()
+    for key in sorted(identity.keys() | saved_identity.keys()):
+        if identity.get(key) != saved_identity.get(key):
+            raise ValueError(
+                f"--out: {config.out} holds a different run ({key}: {saved_identity.get(key)!r} there, "
+                f"{identity.get(key)!r} here); choose another --out or pass --overwrite"
+            )

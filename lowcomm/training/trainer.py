@@ -1,0 +1,265 @@
+"""One worker's training loop: steps, evaluations of the global model, checkpoints and metrics.
+
+Every rank runs the same loop and the same collectives; rank 0 alone evaluates (the global model
+is the same on every rank) and reports (metrics, TensorBoard, progress bar, summary).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from lowcomm.algorithms import ALGORITHMS
+from lowcomm.algorithms.periodic import PeriodicStrategy
+from lowcomm.data import load_data
+from lowcomm.models import build_model
+from lowcomm.training.checkpoint import (
+    discard_staging,
+    load_worker_state,
+    newest_complete_checkpoint,
+    save_checkpoint,
+)
+from lowcomm.training.config import TrainConfig
+from lowcomm.training.metrics import MetricsLog, ProgressBar, write_json_atomically
+from lowcomm.training.rng import rng_state, seed_everything, set_rng_state
+from lowcomm.training.schedule import warmup_cosine
+
+
+def cross_entropy(model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
+    """The mean cross-entropy of ``model``'s logits (next tokens, or image classes)."""
+    return F.cross_entropy(model(inputs).flatten(0, -2), targets.flatten())
+
+
+@dataclass
+class Progress:
+    """Running totals a checkpoint carries over to the resumed run."""
+
+    tokens: int = 0
+    elapsed_s: float = 0.0
+    compute_s: float = 0.0
+    eval_loss: float | None = None
+
+
+@dataclass
+class Restored:
+    """What resuming found: the checkpoint loaded, the newer ones skipped, where metrics.jsonl ends."""
+
+    checkpoint: str | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    metrics_offset: int = 0
+
+
+class Trainer:
+    """Everything one worker trains with, built from the config (and a checkpoint when resuming)."""
+
+    def __init__(self, config: TrainConfig, device: torch.device) -> None:
+        self.config = config
+        self.device = device
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        seed_everything(config.seed)
+        self.data = load_data(
+            config.data,
+            rank=self.rank,
+            world_size=self.world_size,
+            batch_size=config.batch_size,
+            seq_len=config.seq_len,
+            seed=config.seed,
+            tokenizer=config.tokenizer,
+            vocab_size=config.vocab_size,
+            cache_dir=config.cache_dir,
+            eval_batches=config.eval_batches,
+        )
+        if self.data.task == "lm":
+            sizes = {"vocab_size": self.data.vocab_size}
+        else:
+            sizes = {"num_classes": self.data.num_classes}
+        model = build_model(config.model, implementation=config.model_impl, **sizes).to(device)
+        self.eval_model = copy.deepcopy(model).eval() if self.rank == 0 else None
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=device.type == "cuda"
+        )
+        self.scheduler = LambdaLR(optimizer, warmup_cosine(config.lr_warmup, config.steps, config.min_lr_ratio))
+        self.strategy = ALGORITHMS[config.algo](model, optimizer, **config.algorithm_kwargs())
+        seed_everything(config.seed + self.rank)
+        self.progress = Progress()
+        self.checkpoints = config.out / "checkpoints"
+        restored = self.restore()
+        self.log = MetricsLog(config.out, restored.metrics_offset, self.step) if self.rank == 0 else None
+        self.bar: ProgressBar | None = None
+        self.clock_start = time.perf_counter() - self.progress.elapsed_s
+        if self.log is not None:
+            for checkpoint, problem in restored.skipped:
+                self.report_event("skipped_checkpoint", checkpoint=checkpoint, problem=problem)
+            if restored.checkpoint is None:
+                self.report_event("start")
+            else:
+                self.report_event("resume", checkpoint=restored.checkpoint)
+
+    @property
+    def step(self) -> int:
+        return self.strategy.step_count
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.clock_start
+
+    def train(self) -> None:
+        """Train up to ``config.steps``, evaluating and checkpointing on schedule and at the end."""
+        config = self.config
+        if self.log is not None:
+            self.bar = ProgressBar(config.steps, self.step, f"{config.algo} x{self.world_size}")
+        while self.step < config.steps:
+            self.train_step()
+            if self.step % config.eval_every == 0 or self.step == config.steps:
+                self.evaluate()
+            if self.step % config.checkpoint_every == 0 or self.step == config.steps:
+                self.save()
+        self.finish()
+
+    def train_step(self) -> None:
+        """One strategy step on ``grad_accum`` micro-batches (fetched even if PALSGD skips them).
+
+        Rank 0 logs the step and the events the strategy recorded (a worker left out of an outer
+        step for a non-finite pseudo-gradient, say); every rank then forgets them.
+        """
+        micro_batches = [self.to_device(next(self.data.train)) for _ in range(self.config.grad_accum)]
+        stats = self.strategy.comm_stats
+        sent_before, waited_before = stats.bytes_sent, stats.wait_s
+        lr = self.scheduler.get_last_lr()[0]
+        start = time.perf_counter()
+        loss = self.strategy.step([partial(cross_entropy, self.strategy.model, x, y) for x, y in micro_batches])
+        loss_value = None if loss is None else loss.item()
+        self.progress.compute_s += time.perf_counter() - start - (stats.wait_s - waited_before)
+        self.scheduler.step()
+        if loss_value is not None:
+            self.progress.tokens += self.world_size * sum(targets.numel() for _, targets in micro_batches)
+        if self.log is not None:
+            self.report_step(loss_value, lr, stats.bytes_sent - sent_before)
+            for event in self.strategy.events:
+                self.log.write({"step": self.step, **event})
+        self.strategy.events.clear()
+
+    def report_step(self, loss: float | None, lr: float, sent: int) -> None:
+        stats, elapsed = self.strategy.comm_stats, self.elapsed()
+        if loss is None:
+            self.log.write({"step": self.step, "sync": "pseudo", "bytes": sent})
+        else:
+            self.log.write(
+                {
+                    "step": self.step,
+                    "loss": loss,
+                    "lr": lr,
+                    "elapsed_s": round(elapsed, 4),
+                    "comm_bytes": stats.bytes_sent,
+                    "tokens": self.progress.tokens,
+                }
+            )
+            if not math.isfinite(loss):
+                self.report_event("nonfinite_loss", rank=self.rank)
+        if isinstance(self.strategy, PeriodicStrategy) and not self.strategy.in_warmup and sent > 0:
+            self.log.write({"step": self.step, "sync": "outer", "bytes": sent})
+        self.bar.update(loss, self.progress.tokens / elapsed, stats.wait_s / elapsed)
+
+    def report_event(self, event: str, **details: Any) -> None:
+        self.log.write({"step": self.step, "event": event, **details})
+
+    def to_device(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        return tuple(t.to(self.device, non_blocking=True) for t in batch)
+
+    def evaluate(self) -> None:
+        """The global model's mean loss on the held-out batches (a collective; rank 0 computes it)."""
+        global_model = self.strategy.global_state_dict()
+        if self.log is None:
+            return
+        self.eval_model.load_state_dict(global_model)
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for batch in self.data.eval_batches:
+                inputs, targets = self.to_device(batch)
+                total += cross_entropy(self.eval_model, inputs, targets).item() * targets.numel()
+                count += targets.numel()
+        self.progress.eval_loss = total / count
+        elapsed = round(self.elapsed(), 4)
+        self.log.write({"step": self.step, "eval_loss": self.progress.eval_loss, "elapsed_s": elapsed})
+
+    def save(self) -> None:
+        """Checkpoint every rank's state, the global model and the length of metrics.jsonl (a collective)."""
+        global_model = self.strategy.global_state_dict()
+        self.progress.elapsed_s = self.elapsed()
+        state = {
+            "strategy": self.strategy.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "data": self.data.train.state_dict(),
+            "rng": rng_state(),
+            "progress": asdict(self.progress),
+            "metrics_offset": self.log.durable_offset() if self.log is not None else 0,
+        }
+        model = global_model if self.rank == 0 else None
+        save_checkpoint(self.checkpoints, self.step, state, model, self.config.keep_checkpoints)
+
+    def restore(self) -> Restored:
+        """When resuming (``--resume``, or a restart by the elastic agent), load the newest complete
+        checkpoint that rank 0 finds, skipping incomplete or corrupt ones with a warning."""
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        if not (self.config.resume or restarted):
+            return Restored()
+        restored = Restored()
+        if self.rank == 0:
+            discard_staging(self.checkpoints)
+            found, skipped = newest_complete_checkpoint(self.checkpoints)
+            restored.skipped = [(directory.name, problem) for directory, problem in skipped]
+            for name, problem in restored.skipped:
+                print(f"lowcomm: warning: skipping checkpoint {name}: {problem}", file=sys.stderr)
+            restored.checkpoint = None if found is None else found.name
+        choice = [restored.checkpoint]
+        dist.broadcast_object_list(choice, src=0)
+        if choice[0] is None:
+            return restored
+        state = load_worker_state(self.checkpoints / choice[0], self.rank, self.world_size, self.device)
+        self.strategy.load_state_dict(state["strategy"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.data.train.load_state_dict(state["data"])
+        set_rng_state(state["rng"])
+        self.progress = Progress(**state["progress"])
+        restored.metrics_offset = state["metrics_offset"]
+        return restored
+
+    def finish(self) -> None:
+        """Sum the traffic and times over all workers; rank 0 writes summary.json."""
+        stats = self.strategy.comm_stats
+        totals = torch.tensor([stats.bytes_sent, stats.wait_s, self.progress.compute_s], dtype=torch.float64)
+        totals = totals.to(self.device)
+        dist.all_reduce(totals)
+        if self.log is None:
+            return
+        wall_time = self.elapsed()
+        bytes_sent, wait_s, compute_s = totals.tolist()
+        summary = {
+            "algo": self.config.algo,
+            "model": self.config.model,
+            "parameters": sum(p.numel() for p in self.strategy.params),
+            "workers": self.world_size,
+            "steps": self.step,
+            "final_eval_loss": self.progress.eval_loss,
+            "wall_time_s": wall_time,
+            "comm_bytes_total": int(bytes_sent),
+            "compute_s": compute_s / self.world_size,
+            "comm_wait_s": wait_s / self.world_size,
+            "tokens": self.progress.tokens,
+            "tokens_per_s": self.progress.tokens / wall_time,
+        }
+        write_json_atomically(self.config.out / "summary.json", summary)
+        if self.bar is not None:
+            self.bar.close()
+        self.log.close()

@@ -1,0 +1,61 @@
+"""One worker process: pick its device, join the process group, train, leave."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from lowcomm.training.config import TrainConfig
+from lowcomm.training.trainer import Trainer
+
+
+@dataclass(frozen=True)
+class StoreAddress:
+    """Where the launcher's store listens; workers keep their process group's keys there."""
+
+    host: str
+    port: int
+
+
+@record
+def run_worker(config: TrainConfig, store_address: StoreAddress | None = None) -> None:
+    """Train as the rank the elastic agent (ours or torchrun's) assigned through the environment."""
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    if config.device == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
+    join_process_group("nccl" if device.type == "cuda" else "gloo", config.hang_timeout, store_address)
+    try:
+        Trainer(config, device).train()
+    finally:
+        dist.destroy_process_group()
+
+
+def join_process_group(backend: str, hang_timeout_s: float, store_address: StoreAddress | None) -> None:
+    """Join this worker's process group; a collective waiting over ``hang_timeout_s`` fails the worker.
+
+    Under torchrun the group forms from its environment (``env://``); under lowcomm's launcher, in
+    the launcher's store, under a key prefix fresh for each restart of the group.
+    """
+    timeout = timedelta(seconds=hang_timeout_s)
+    if store_address is None:
+        dist.init_process_group(backend, timeout=timeout)
+        return
+    client = dist.TCPStore(store_address.host, store_address.port, is_master=False, timeout=timeout)
+    attempt = os.environ["TORCHELASTIC_RESTART_COUNT"]
+    dist.init_process_group(
+        backend,
+        store=dist.PrefixStore(f"lowcomm/process_group/attempt_{attempt}", client),
+        rank=int(os.environ["RANK"]),
+        world_size=int(os.environ["WORLD_SIZE"]),
+        timeout=timeout,
+    )

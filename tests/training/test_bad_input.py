@@ -1,0 +1,189 @@
+"""Bad input to ``lowcomm train``: exit code 2, one line on stderr, no traceback, ``--out`` untouched."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from lowcomm.training.cli import main
+
+FLAG_CASES = {
+    "unknown algorithm": (["--algo", "adam"], "--algo: unknown algorithm 'adam'"),
+    "empty algorithm": (["--algo", ""], "--algo: unknown algorithm ''"),
+    "unknown model": (["--model", "gpt-5"], "--model: unknown model 'gpt-5'"),
+    "unknown implementation": (["--model-impl", "tf"], "--model-impl: Input should be 'lowcomm' or 'hf'"),
+    "hf for gpt-tiny": (["--model-impl", "hf"], "--model-impl: hf exists only for"),
+    "zero workers": (["--workers", "0"], "--workers: Input should be greater than or equal to 1"),
+    "negative workers": (["--workers", "-1"], "--workers: Input should be greater than or equal to 1"),
+    "worker count in words": (["--workers", "two"], "--workers: Input should be a valid integer"),
+    "fractional workers": (["--workers", "1.5"], "--workers: Input should be a valid integer"),
+    "absurd workers": (["--workers", "100000"], "--workers: Input should be less than or equal to 1024"),
+    "zero steps": (["--steps", "0"], "--steps: Input should be greater than or equal to 1"),
+    "steps in words": (["--steps", "abc"], "--steps: Input should be a valid integer"),
+    "absurd steps": (["--steps", "1e99"], "--steps: Input should be a valid integer"),
+    "zero batch": (["--batch-size", "0"], "--batch-size: Input should be greater than or equal to 1"),
+    "absurd batch": (["--batch-size", "99999999"], "--batch-size: Input should be less than or equal to 65536"),
+    "zero accumulation": (["--grad-accum", "0"], "--grad-accum: Input should be greater than or equal to 1"),
+    "zero sequence": (["--seq-len", "0"], "--seq-len: Input should be greater than or equal to 1"),
+    "sequence beyond positions": (["--seq-len", "129"], "--seq-len: 129 exceeds gpt-tiny's 128 positions"),
+    "absurd sequence": (["--seq-len", "100000000"], "--seq-len: Input should be less than or equal to 1048576"),
+    "zero lr": (["--lr", "0"], "--lr: Input should be greater than 0"),
+    "negative lr": (["--lr", "-1"], "--lr: Input should be greater than 0"),
+    "nan lr": (["--lr", "nan"], "--lr: Input should be a finite number"),
+    "infinite lr": (["--lr", "inf"], "--lr: Input should be a finite number"),
+    "lr in words": (["--lr", "fast"], "--lr: Input should be a valid number"),
+    "p of one": (["--pseudo-sync-prob", "1"], "--pseudo-sync-prob: Input should be less than 1"),
+    "negative p": (["--pseudo-sync-prob", "-0.1"], "--pseudo-sync-prob: Input should be greater than or equal to 0"),
+    "p of two": (["--pseudo-sync-prob", "2"], "--pseudo-sync-prob: Input should be less than 1"),
+    "momentum of one": (["--outer-momentum", "1"], "--outer-momentum: Input should be less than 1"),
+    "negative momentum": (["--outer-momentum", "-0.5"], "--outer-momentum: Input should be greater than or equal"),
+    "zero eta": (["--eta", "0"], "--eta: Input should be greater than 0"),
+    "overshooting pull": (["--lr", "0.5"], "--eta: lr * eta / pseudo_sync_prob = 2.5 >= 1 would overshoot z"),
+    "zero outer lr": (["--outer-lr", "0"], "--outer-lr: Input should be greater than 0"),
+    "zero sync interval": (["--sync-interval", "0"], "--sync-interval: Input should be greater than or equal to 1"),
+    "negative warm-up": (["--warmup-steps", "-1"], "--warmup-steps: Input should be greater than or equal to 0"),
+    "zero eval interval": (["--eval-every", "0"], "--eval-every: Input should be greater than or equal to 1"),
+    "zero eval batches": (["--eval-batches", "0"], "--eval-batches: Input should be greater than or equal to 1"),
+    "zero checkpoint interval": (["--checkpoint-every", "0"], "--checkpoint-every: Input should be greater than or"),
+    "keep zero checkpoints": (["--keep-checkpoints", "0"], "--keep-checkpoints: Input should be greater than or"),
+    "negative restarts": (["--max-restarts", "-1"], "--max-restarts: Input should be greater than or equal to 0"),
+    "zero hang timeout": (["--hang-timeout", "0"], "--hang-timeout: Input should be greater than 0"),
+    "negative seed": (["--seed", "-1"], "--seed: Input should be greater than or equal to 0"),
+    "tiny vocabulary": (["--vocab-size", "10"], "--vocab-size: Input should be greater than or equal to 257"),
+    "min lr above peak": (["--min-lr-ratio", "2"], "--min-lr-ratio: Input should be less than or equal to 1"),
+    "negative weight decay": (["--weight-decay", "-1"], "--weight-decay: Input should be greater than or equal to 0"),
+    "zero clipping": (["--max-grad-norm", "0"], "--max-grad-norm: Input should be greater than 0"),
+    "unknown device": (["--device", "tpu"], "--device: Input should be 'auto', 'cpu' or 'cuda'"),
+    "cuda without a GPU": (["--device", "cuda"], "--device: cuda requested but no GPU is available"),
+    "noloco alone": (["--algo", "noloco", "--workers", "1"], "--workers: noloco needs at least 2 workers"),
+    "ddp with an interval": (["--algo", "ddp", "--sync-interval", "4"], "--sync-interval: ddp does not take it"),
+    "unknown synthetic data": (["--data", "synthetic-poems"], "--data: unknown synthetic dataset 'synthetic-poems'"),
+    "hf without a name": (["--data", "hf:"], "--data: 'hf:' names no dataset"),
+    "image data for a language model": (["--data", "synthetic-images"], "--data: synthetic-images holds image data"),
+    "unknown flag": (["--learning-rate", "1"], "unrecognized arguments: --learning-rate 1"),
+    "flag without its value": (["--steps"], "argument --steps: expected one argument"),
+}
+
+DATA_CASES = {
+    "missing file": ("absent.txt", None, "no such file"),
+    "empty file": ("empty.txt", b"", "is empty"),
+    "blank file": ("blank.txt", b" \n\n", "is empty"),
+    "binary file": ("binary.txt", bytes(range(256)) * 4, "is not UTF-8 text (binary file?)"),
+    "wrong suffix": ("corpus.bin", b"hello", "is not a .txt or .jsonl file"),
+    "glob matching nothing": ("*.jsonl", None, "no file matches"),
+}
+
+YAML_CASES = {
+    "unknown key": ({"learning_rate": 0.1}, "--config: unknown key 'learning_rate'"),
+    "count as text": ({"steps": "ten"}, "--steps: Input should be a valid integer"),
+    "boolean count": ({"workers": True}, "--workers: Input should be a number, not a boolean"),
+    "list for a count": ({"steps": [1, 2]}, "--steps: Input should be a valid integer"),
+    "number for a name": ({"algo": 5}, "--algo: Input should be a valid string"),
+    "probability out of range": ({"pseudo_sync_prob": 1.5}, "--pseudo-sync-prob: Input should be less than 1"),
+    "nan": ({"lr": float("nan")}, "--lr: Input should be a finite number"),
+    "mapping for a path": ({"cache_dir": {"a": 1}}, "--cache-dir: Input is not a valid path"),
+}
+
+RAW_YAML_CASES = {
+    "not a mapping": (b"- a\n- b\n", "must hold a mapping of option names to values"),
+    "invalid YAML": (b"steps: [1,\n", "is not valid YAML"),
+    "binary file": (bytes(range(256)), "is not valid YAML"),
+}
+
+
+def snapshot(directory):
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def run_cli(argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as exit:
+        code = exit.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_rejected(argv, message, tmp_path, capsys):
+    before = snapshot(tmp_path)
+    code, out, err = run_cli(["train", *argv], capsys)
+    assert code == 2
+    assert out == ""
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(("lowcomm train: error: ", "lowcomm: error: "))
+    assert message in err
+    assert snapshot(tmp_path) == before
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", FLAG_CASES)
+def test_bad_flags(case, tmp_path, capsys):
+    argv, message = FLAG_CASES[case]
+    assert_rejected([*argv, "--out", str(tmp_path / "out")], message, tmp_path, capsys)
+
+
+@pytest.mark.parametrize("case", DATA_CASES)
+def test_bad_data(case, tmp_path, capsys):
+    name, content, message = DATA_CASES[case]
+    if content is not None:
+        (tmp_path / name).write_bytes(content)
+    assert_rejected(["--data", str(tmp_path / name), "--out", str(tmp_path / "out")], message, tmp_path, capsys)
+
+
+def test_a_folder_without_class_folders_is_not_image_data(tmp_path, capsys):
+    (tmp_path / "pictures" / "cats").mkdir(parents=True)
+    argv = ["--data", str(tmp_path / "pictures"), "--model", "resnet18-cifar", "--out", str(tmp_path / "out")]
+    assert_rejected(argv, "needs at least two class subfolders", tmp_path, capsys)
+
+
+@pytest.mark.parametrize("case", YAML_CASES)
+def test_bad_yaml_values(case, tmp_path, capsys):
+    values, message = YAML_CASES[case]
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(values))
+    argv = ["--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "out")]
+    assert_rejected(argv, message, tmp_path, capsys)
+
+
+@pytest.mark.parametrize("case", RAW_YAML_CASES)
+def test_bad_yaml_files(case, tmp_path, capsys):
+    content, message = RAW_YAML_CASES[case]
+    (tmp_path / "run.yaml").write_bytes(content)
+    argv = ["--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "out")]
+    assert_rejected(argv, message, tmp_path, capsys)
+
+
+def test_a_missing_config_file(tmp_path, capsys):
+    argv = ["--config", str(tmp_path / "absent.yaml"), "--out", str(tmp_path / "out")]
+    assert_rejected(argv, "--config: cannot read", tmp_path, capsys)
+
+
+def test_an_out_holding_another_run_is_left_alone(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text(yaml.safe_dump({"algo": "ddp", "steps": 5}))
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')
+    assert_rejected(["--out", str(out)], "already holds a run; pass --resume", tmp_path, capsys)
+    assert_rejected(["--out", str(out), "--resume"], "holds a different run (algo: 'ddp' there", tmp_path, capsys)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("x")
+    assert_rejected(["--out", str(tmp_path / "notes"), "--overwrite"], "holds no lowcomm run", tmp_path, capsys)
+    (tmp_path / "file").write_text("x")
+    assert_rejected(["--out", str(tmp_path / "file")], "is not a directory", tmp_path, capsys)
+
+
+def test_there_are_at_least_fifty_malformed_inputs():
+    count = len(FLAG_CASES) + len(DATA_CASES) + len(YAML_CASES) + len(RAW_YAML_CASES) + 1 + 1 + 4
+    assert count >= 50
+
+
+@pytest.mark.parametrize("command", [[sys.executable, "-m", "lowcomm"], ["lowcomm"]])
+def test_a_real_process_exits_2_with_one_line(command, tmp_path):
+    result = subprocess.run(
+        [*command, "train", "--algo", "adam", "--out", str(tmp_path / "out")], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("lowcomm train: error: --algo: unknown algorithm 'adam'")
+    assert result.stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []

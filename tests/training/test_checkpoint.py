@@ -1,0 +1,130 @@
+import hashlib
+import json
+import pickle
+
+import pytest
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+
+from lowcomm.training.checkpoint import (
+    checkpoint_directories,
+    discard_staging,
+    load_worker_state,
+    newest_complete_checkpoint,
+    problem_with,
+    save_checkpoint,
+)
+
+STATE = {"strategy": {"step": 3, "weights": torch.arange(6.0)}, "rng": [torch.tensor([1, 2], dtype=torch.uint8)]}
+MODEL = {"weight": torch.ones(2, 3), "bias": torch.zeros(2)}
+
+
+@pytest.fixture(autouse=True)
+def process_group():
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def save(root, step, state=STATE, keep=None):
+    return save_checkpoint(root, step, state, MODEL, keep)
+
+
+def test_a_checkpoint_holds_its_files_and_a_manifest_of_their_sizes_and_checksums(tmp_path):
+    directory = save(tmp_path, 7)
+    assert directory == tmp_path / "step_00000007"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000007"]  # no staging left behind
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert (manifest["step"], manifest["world_size"]) == (7, 1)
+    assert sorted(manifest["files"]) == ["model.safetensors", "rank_00000.pt"]
+    for name, entry in manifest["files"].items():
+        content = (directory / name).read_bytes()
+        assert entry == {"bytes": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+    assert problem_with(directory) is None
+    loaded = load_worker_state(directory, rank=0, world_size=1, device=torch.device("cpu"))
+    assert loaded["strategy"]["step"] == 3 and torch.equal(loaded["strategy"]["weights"], torch.arange(6.0))
+    assert {k: v.tolist() for k, v in load_file(directory / "model.safetensors").items()} == {
+        "weight": [[1.0] * 3] * 2,
+        "bias": [0.0, 0.0],
+    }
+
+
+def corrupt(directory, how):
+    rank_file = directory / "rank_00000.pt"
+    if how == "flipped byte":
+        content = bytearray(rank_file.read_bytes())
+        content[100] ^= 1
+        rank_file.write_bytes(bytes(content))
+    elif how == "truncated":
+        rank_file.write_bytes(rank_file.read_bytes()[:-10])
+    elif how == "missing file":
+        rank_file.unlink()
+    elif how == "no manifest":
+        (directory / "manifest.json").unlink()
+    elif how == "garbage manifest":
+        (directory / "manifest.json").write_text("{not json")
+
+
+@pytest.mark.parametrize(
+    "how, problem",
+    [
+        ("flipped byte", "rank_00000.pt fails its SHA-256 check"),
+        ("truncated", "rank_00000.pt has {size} bytes, the manifest says {expected}"),
+        ("missing file", "rank_00000.pt is missing"),
+        ("no manifest", "no manifest (an unfinished write)"),
+        ("garbage manifest", "unreadable manifest (JSONDecodeError)"),
+    ],
+)
+def test_damage_is_detected(tmp_path, how, problem):
+    directory = save(tmp_path, 1)
+    expected = (directory / "rank_00000.pt").stat().st_size
+    corrupt(directory, how)
+    assert problem_with(directory) == problem.format(size=expected - 10, expected=expected)
+
+
+def test_resuming_takes_the_newest_intact_checkpoint_and_names_those_it_skips(tmp_path):
+    for step in (1, 2, 3):
+        save(tmp_path, step)
+    corrupt(tmp_path / "step_00000003", "flipped byte")
+    corrupt(tmp_path / "step_00000002", "no manifest")
+    found, skipped = newest_complete_checkpoint(tmp_path)
+    assert found == tmp_path / "step_00000001"
+    assert [(d.name, problem) for d, problem in skipped] == [
+        ("step_00000003", "rank_00000.pt fails its SHA-256 check"),
+        ("step_00000002", "no manifest (an unfinished write)"),
+    ]
+    assert newest_complete_checkpoint(tmp_path / "absent") == (None, [])
+
+
+def test_a_write_that_fails_midway_leaves_no_checkpoint(tmp_path):
+    save(tmp_path, 1)
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        save(tmp_path, 2, state={"unpicklable": lambda: None})
+    assert [d.name for d in checkpoint_directories(tmp_path)] == ["step_00000001"]
+    assert newest_complete_checkpoint(tmp_path)[0] == tmp_path / "step_00000001"
+    discard_staging(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000001"]
+
+
+def test_keep_bounds_the_number_of_checkpoints(tmp_path):
+    for step in range(1, 5):
+        save(tmp_path, step, keep=2)
+    assert [d.name for d in checkpoint_directories(tmp_path)] == ["step_00000003", "step_00000004"]
+
+
+class Payload:
+    """Not a tensor, container or primitive: ``weights_only`` loading must refuse it."""
+
+
+def test_loading_refuses_anything_but_tensors_and_plain_containers(tmp_path):
+    directory = save(tmp_path, 1, state={"payload": Payload()})
+    assert problem_with(directory) is None
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        load_worker_state(directory, rank=0, world_size=1, device=torch.device("cpu"))
+
+
+def test_a_checkpoint_from_another_world_size_is_refused(tmp_path):
+    directory = save(tmp_path, 1)
+    with pytest.raises(ValueError, match="was written by 1 workers, this run has 2"):
+        load_worker_state(directory, rank=0, world_size=2, device=torch.device("cpu"))

@@ -1,0 +1,133 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lowcomm import ALGORITHMS
+from lowcomm.models import MODEL_NAMES
+from lowcomm.training.config import LAUNCH_FIELDS, TrainConfig, load_config
+
+ALGORITHM_FIELDS = ("sync_interval", "warmup_steps", "pseudo_sync_prob", "eta", "outer_lr", "outer_momentum")
+
+
+def test_the_defaults_are_the_embedded_quick_start():
+    config = load_config()
+    assert (config.algo, config.model, config.data, config.workers) == ("palsgd", "gpt-tiny", "synthetic-stories", 2)
+    assert config.device == "cpu"  # no GPU on the test machine: "auto" resolves to cpu
+    assert config.out.parent == Path("lowcomm-runs")
+    # PALSGD's paper values, but DiLoCo's outer lr: z must keep up in a 384-step run.
+    assert tuple(getattr(config, name) for name in ALGORITHM_FIELDS) == (32, 32, 0.2, 1.0, 0.7, 0.9)
+    assert load_config(overrides={"outer_lr": "0.5"}).outer_lr == 0.5
+
+
+@pytest.mark.parametrize(
+    "algo, expected",
+    [
+        # PALSGD (Naganuma et al. 2025): H=32, S=32, p=0.2, eta=1, outer SGD lr 0.1, Nesterov 0.9.
+        ("palsgd", (32, 32, 0.2, 1.0, 0.1, 0.9)),
+        # DiLoCo (Douillard et al. 2023): outer SGD lr 0.7, Nesterov 0.9.
+        ("diloco", (32, 0, None, None, 0.7, 0.9)),
+        # NoLoCo (Kolehmainen et al. 2025): H=50, alpha 0.7, mu 0.5.
+        ("noloco", (50, 0, None, None, 0.7, 0.5)),
+        ("localsgd", (32, 0, None, None, None, None)),
+        ("postlocalsgd", (32, 32, None, None, None, None)),
+        ("ddp", (None,) * 6),
+        ("streamingdiloco", (32, 0, None, None, 0.7, 0.9)),  # takes DiLoCo's through **kwargs
+    ],
+)
+def test_each_algorithm_gets_its_papers_defaults(algo, expected):
+    config = load_config(overrides={"algo": algo})
+    assert tuple(getattr(config, name) for name in ALGORITHM_FIELDS) == expected
+
+
+def test_algorithm_kwargs_hold_exactly_what_the_strategy_takes():
+    assert load_config(overrides={"algo": "ddp"}).algorithm_kwargs() == {"max_grad_norm": 1.0}
+    assert load_config(overrides={"algo": "palsgd", "seed": "7"}).algorithm_kwargs() == {
+        "sync_interval": 32,
+        "warmup_steps": 32,
+        "pseudo_sync_prob": 0.2,
+        "eta": 1.0,
+        "outer_lr": 0.1,
+        "outer_momentum": 0.9,
+        "seed": 7,
+        "max_grad_norm": 1.0,
+    }
+
+
+def test_flags_win_over_the_yaml_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"steps": 10, "lr": 0.01, "sync-interval": 8, "algo": "diloco"}))
+    config = load_config(path, {"steps": "20"})
+    assert (config.steps, config.lr, config.sync_interval, config.algo) == (20, 0.01, 8, "diloco")
+
+
+def test_a_written_config_reads_back_as_the_same_config(tmp_path):
+    config = load_config(overrides={"algo": "noloco", "out": str(tmp_path), "lr": "1e-3"})
+    path = tmp_path / "config.yaml"
+    path.write_text(config.to_yaml())
+    assert load_config(path) == config
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"algo": "adam"}, f"--algo: unknown algorithm 'adam'; choose one of {', '.join(ALGORITHMS)}"),
+        ({"model": "gpt-5"}, f"--model: unknown model 'gpt-5'; choose one of {', '.join(MODEL_NAMES)}"),
+        ({"steps": "0"}, "--steps: Input should be greater than or equal to 1 (got '0')"),
+        ({"workers": "two"}, (
+            "--workers: Input should be a valid integer, unable to parse string as an integer (got 'two')"
+        )),
+        ({"batch_size": True}, "--batch-size: Input should be a number, not a boolean"),
+        ({"lr": "nan"}, "--lr: Input should be a finite number"),
+        ({"lr": True}, "--lr: Input should be a number, not a boolean"),
+        ({"pseudo_sync_prob": "1"}, "--pseudo-sync-prob: Input should be less than 1 (got '1')"),
+        ({"outer_momentum": "-0.1"}, "--outer-momentum: Input should be greater than or equal to 0 (got '-0.1')"),
+        ({"seq_len": "129"}, "--seq-len: 129 exceeds gpt-tiny's 128 positions"),
+        ({"algo": "noloco", "workers": "1"}, "--workers: noloco needs at least 2 workers"),
+        ({"device": "cuda"}, "--device: cuda requested but no GPU is available"),
+        ({"algo": "ddp", "sync_interval": "4"}, "--sync-interval: ddp does not take it"),
+        ({"algo": "diloco", "eta": "2"}, "--eta: diloco does not take it"),
+        ({"lr": "0.1", "eta": "2"}, "--eta: lr * eta / pseudo_sync_prob = 1 >= 1 would overshoot z"),
+        ({"data": "synthetic-images"}, "--data: synthetic-images holds image data; gpt-tiny needs lm data"),
+        ({"model_impl": "hf"}, "--model-impl: hf exists only for gpt-neo-8m, gpt-neo-125m"),
+        ({"data": "/nonexistent/corpus.txt"}, "--data: no such file '/nonexistent/corpus.txt'"),
+    ],
+)
+def test_bad_values_raise_one_line_naming_the_flag(overrides, message):
+    with pytest.raises(ValueError) as raised:
+        load_config(overrides=overrides)
+    assert str(raised.value) == message
+
+
+def test_yaml_problems_name_the_config_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("steps: 10\nlearning_rate: 0.1\n")
+    with pytest.raises(ValueError, match="^--config: unknown key 'learning_rate'$"):
+        load_config(path)
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(ValueError, match="must hold a mapping of option names to values$"):
+        load_config(path)
+    with pytest.raises(ValueError, match="^--config: cannot read .*absent.yaml: No such file or directory$"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_under_torchrun_the_worker_count_is_its_world_size(monkeypatch):
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert load_config().workers == 3
+    with pytest.raises(ValueError, match="^--workers: 2 differs from torchrun's WORLD_SIZE 3$"):
+        load_config(overrides={"workers": "2"})
+
+
+def test_launch_fields_do_not_change_the_run_identity(tmp_path):
+    plain = load_config(overrides={"out": str(tmp_path / "a")})
+    launched = load_config(
+        overrides={"out": str(tmp_path / "b"), "max_restarts": "3", "hang_timeout": "5", "keep_checkpoints": "1"}
+    )
+    assert plain.run_identity() == launched.run_identity()
+    assert LAUNCH_FIELDS.isdisjoint(plain.run_identity())
+    assert plain.run_identity() != load_config(overrides={"out": str(tmp_path / "a"), "steps": "7"}).run_identity()
+
+
+def test_model_fields_are_all_flags_with_descriptions():
+    assert all(field.description for field in TrainConfig.model_fields.values())

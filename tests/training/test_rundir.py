@@ -1,0 +1,60 @@
+import pytest
+import yaml
+
+from lowcomm.training.config import load_config
+from lowcomm.training.rundir import prepare_run_directory
+
+
+def config_for(out, **overrides):
+    return load_config(overrides={"out": str(out), **overrides})
+
+
+def snapshot(directory):
+    return {str(path.relative_to(directory)): path.read_bytes() for path in directory.rglob("*") if path.is_file()}
+
+
+def test_a_fresh_directory_gets_the_resolved_config(tmp_path):
+    config = config_for(tmp_path / "run", algo="diloco")
+    prepare_run_directory(config)
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["config.yaml"]
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert (saved["algo"], saved["outer_lr"], saved["device"]) == ("diloco", 0.7, "cpu")
+
+
+def test_a_directory_holding_a_run_needs_resume_or_overwrite(tmp_path):
+    prepare_run_directory(config_for(tmp_path))
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    before = snapshot(tmp_path)
+    with pytest.raises(ValueError, match="already holds a run; pass --resume to continue it or --overwrite"):
+        prepare_run_directory(config_for(tmp_path))
+    assert snapshot(tmp_path) == before
+    prepare_run_directory(config_for(tmp_path, resume=True, max_restarts="2"))
+    assert snapshot(tmp_path)["metrics.jsonl"] == b"{}\n"
+    assert yaml.safe_load(snapshot(tmp_path)["config.yaml"])["max_restarts"] == 2
+
+
+def test_resuming_a_different_run_is_refused_and_names_the_difference(tmp_path):
+    prepare_run_directory(config_for(tmp_path, steps="100"))
+    before = snapshot(tmp_path)
+    with pytest.raises(ValueError, match=r"holds a different run \(steps: 100 there, 200 here\)"):
+        prepare_run_directory(config_for(tmp_path, steps="200", resume=True))
+    assert snapshot(tmp_path) == before
+
+
+def test_overwrite_replaces_a_run_but_never_a_foreign_directory(tmp_path):
+    prepare_run_directory(config_for(tmp_path, steps="100"))
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    prepare_run_directory(config_for(tmp_path, steps="200", overwrite=True))
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "cat.jpg").write_bytes(b"\xff\xd8")
+    with pytest.raises(ValueError, match="is not empty and holds no lowcomm run"):
+        prepare_run_directory(config_for(foreign, overwrite=True))
+    assert (foreign / "cat.jpg").read_bytes() == b"\xff\xd8"
+
+
+def test_out_must_be_a_directory(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is not a directory"):
+        prepare_run_directory(config_for(tmp_path / "file"))

@@ -1,0 +1,15 @@
+import pytest
+
+from lowcomm.training.schedule import warmup_cosine
+
+
+def test_linear_warmup_then_half_cosine_down_to_the_floor():
+    factor = warmup_cosine(warmup_steps=4, total_steps=12, min_ratio=0.1)
+    # warm-up: (step + 1) / 4; then 0.1 + 0.9 * (1 + cos(pi * (step - 4) / 8)) / 2
+    expected = {0: 0.25, 1: 0.5, 3: 1.0, 4: 1.0, 8: 0.55, 12: 0.1, 20: 0.1}
+    assert {step: factor(step) for step in expected} == pytest.approx(expected, abs=1e-15)
+
+
+def test_no_warmup_starts_at_the_peak():
+    assert warmup_cosine(0, 10, 0.0)(0) == 1.0
+    assert warmup_cosine(0, 10, 0.0)(10) == 0.0

@@ -1,0 +1,254 @@
+"""``lowcomm train`` end to end: real worker processes on gpt-tiny and the synthetic stories.
+
+Each run takes ~10 s on 2 cores, mostly interpreter start-up and imports; runs are shared between
+tests through the module-scoped ``runs`` fixture.
+"""
+
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lowcomm import ALGORITHMS
+from lowcomm.algorithms.periodic import PeriodicStrategy
+
+STEPS, BATCH, SEQ_LEN, WORKERS = 32, 8, 32, 2
+SHORT = ["--steps", str(STEPS), "--batch-size", str(BATCH), "--seq-len", str(SEQ_LEN), "--eval-every", "8"]
+SHORT += ["--checkpoint-every", "8", "--eval-batches", "2", "--lr-warmup", "2"]
+PERIODIC = ["--sync-interval", "4", "--warmup-steps", "4"]
+CLASSIC_SYNC_STEPS = [8, 12, 16, 20, 24, 28, 32]  # t > S = 4 with t % H == 0, H = 4
+
+
+def lowcomm_train(*args, cwd=None, env=None, timeout=240):
+    result = subprocess.run(
+        [sys.executable, "-m", "lowcomm", "train", *args], capture_output=True, text=True, cwd=cwd, env=env,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def records(out, kind=None):
+    """The records in ``out/metrics.jsonl``; ``kind`` picks train, eval, sync or event records."""
+    lines = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    kinds = {"train": "loss", "eval": "eval_loss", "sync": "sync", "event": "event"}
+    return [r for r in lines if kind is None or kinds[kind] in r]
+
+
+def without_timing(out):
+    """Every record but the events, without wall-clock fields: what must replay exactly."""
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in records(out) if "event" not in r]
+
+
+def manifest(out, step):
+    return json.loads((Path(out) / "checkpoints" / f"step_{step:08d}" / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, cache_dir):
+    """``runs(algo)``: the output directory of a finished short run of ``algo`` (run once per module).
+
+    PALSGD is the embedded default run: no ``--algo`` and no ``--out``, only shorter.
+    """
+    finished = {}
+
+    def run(algo):
+        if algo not in finished:
+            root = tmp_path_factory.mktemp(algo)
+            if algo == "palsgd":
+                result = lowcomm_train(*SHORT, *PERIODIC, "--cache-dir", cache_dir, cwd=root)
+                (out,) = (root / "lowcomm-runs").iterdir()
+            else:
+                out = root / "out"
+                extra = PERIODIC if issubclass(ALGORITHMS[algo], PeriodicStrategy) else []
+                result = lowcomm_train("--algo", algo, *SHORT, *extra, "--cache-dir", cache_dir, "--out", str(out))
+            finished[algo] = (out, result.stdout)
+        return finished[algo][0]
+
+    run.stdout = lambda algo: finished[algo][1]
+    return run
+
+
+@pytest.mark.parametrize("algo", ALGORITHMS)
+def test_every_algorithm_trains_and_reports(algo, runs):
+    out = runs(algo)
+    train, evals, syncs = records(out, "train"), records(out, "eval"), records(out, "sync")
+    pseudo_steps = [r["step"] for r in syncs if r["sync"] == "pseudo"]
+    assert sorted([r["step"] for r in train] + pseudo_steps) == list(range(1, STEPS + 1))
+    assert [r["step"] for r in evals] == [8, 16, 24, 32]
+    tokens_per_step = WORKERS * BATCH * SEQ_LEN
+    for done, record in enumerate(train, start=1):
+        assert record["tokens"] == done * tokens_per_step
+    assert all(math.isfinite(r["loss"]) for r in train)
+    assert evals[-1]["eval_loss"] < train[0]["loss"] - 1  # from ~6.6 (uniform over 2048 tokens ~ 7.6)
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert {k: summary[k] for k in ("algo", "workers", "steps", "tokens")} == {
+        "algo": algo,
+        "workers": WORKERS,
+        "steps": STEPS,
+        "tokens": train[-1]["tokens"],
+    }
+    assert summary["final_eval_loss"] == evals[-1]["eval_loss"]
+    assert summary["comm_bytes_total"] >= train[-1]["comm_bytes"] > 0
+    assert summary["wall_time_s"] >= summary["compute_s"] > 0 and summary["comm_wait_s"] >= 0
+
+    outer = [r["step"] for r in syncs if r["sync"] == "outer"]
+    if algo == "ddp":
+        # Every step all-reduces every gradient once: P bytes per step for 2 workers (ring: 2(K-1)/K).
+        payload = 4 * summary["parameters"]
+        assert [r["comm_bytes"] for r in train] == [payload * r["step"] for r in train]
+        assert summary["comm_bytes_total"] == WORKERS * STEPS * payload
+        assert outer == []
+    elif algo == "streamingdiloco":
+        assert outer and min(outer) > 4
+    else:
+        assert outer == CLASSIC_SYNC_STEPS
+    if algo == "palsgd":
+        assert pseudo_steps and min(pseudo_steps) > 4  # coins are drawn only after the warm-up
+    else:
+        assert pseudo_steps == []
+
+
+def test_local_sgd_traffic_is_one_model_per_sync(runs):
+    train = {r["step"]: r["comm_bytes"] for r in records(runs("localsgd"), "train")}
+    payload = 4 * json.loads((runs("localsgd") / "summary.json").read_text())["parameters"]
+    sent = {step: train[step] - train[step - 1] for step in range(2, STEPS + 1)}
+    # Warm-up steps 2..4 average gradients; afterwards only steps 8, 12, ... average the parameters.
+    assert sent == {step: payload if step <= 4 or step in CLASSIC_SYNC_STEPS else 0 for step in sent}
+
+
+def test_the_embedded_default_writes_the_documented_layout(runs):
+    out = runs("palsgd")
+    assert out.parent.name == "lowcomm-runs"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoints",
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "tensorboard",
+    ]
+    assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").iterdir())
+    checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert checkpoints == ["step_00000008", "step_00000016", "step_00000024", "step_00000032"]
+    assert sorted(manifest(out, 32)["files"]) == ["model.safetensors", "rank_00000.pt", "rank_00001.pt"]
+    stdout = runs.stdout("palsgd")
+    assert f"-> lowcomm-runs/{out.name}" in stdout and f"results in lowcomm-runs/{out.name}/" in stdout
+    config = (out / "config.yaml").read_text()
+    assert "algo: palsgd\n" in config and "outer_lr: 0.7\n" in config and "device: cpu\n" in config
+
+
+def test_resuming_replays_the_uninterrupted_run_exactly(runs, cache_dir, tmp_path):
+    straight = runs("palsgd")
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight, resumed)
+    for step in (24, 32):
+        shutil.rmtree(resumed / "checkpoints" / f"step_{step:08d}")
+    (resumed / "checkpoints" / "step_00000024").mkdir()  # an unfinished write: no manifest
+    (resumed / "summary.json").unlink()
+    result = lowcomm_train(*SHORT, *PERIODIC, "--cache-dir", cache_dir, "--out", str(resumed), "--resume")
+    assert "skipping checkpoint step_00000024: no manifest (an unfinished write)" in result.stderr
+    assert without_timing(resumed) == without_timing(straight)
+    assert {"step": 16, "event": "resume", "checkpoint": "step_00000016"} in records(resumed, "event")
+    assert [r["step"] for r in records(resumed, "sync") if r["sync"] == "pseudo" and r["step"] > 16]
+    global_model = manifest(resumed, 32)["files"]["model.safetensors"]
+    assert global_model == manifest(straight, 32)["files"]["model.safetensors"]
+
+
+def worker_pids(launcher_pid):
+    """The launcher's worker processes (multiprocessing spawn children)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if parent == launcher_pid and b"spawn_main" in command:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def listening_addresses(pids):
+    """The addresses on which these processes hold listening TCP sockets (read from /proc)."""
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except FileNotFoundError:  # closed since listed (the listing's own descriptor, say)
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target.removeprefix("socket:[").removesuffix("]"))
+    addresses = set()
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # state 0A: LISTEN
+                hex_address = fields[1].split(":")[0]  # 32-bit words, each little-endian
+                words = [bytes.fromhex(hex_address[i : i + 8])[::-1] for i in range(0, len(hex_address), 8)]
+                addresses.add(socket.inet_ntop(family, b"".join(words)))
+    return addresses
+
+
+def test_a_stopped_worker_makes_the_group_restart_and_resume(runs, cache_dir, tmp_path):
+    """SIGSTOP a worker after the first checkpoint: its peer's collective times out after 5 s, the
+    agent kills the group (torch's elastic agent allows 30 s for SIGTERM first) and restarts it."""
+    out = tmp_path / "out"
+    args = [*SHORT, *PERIODIC, "--cache-dir", cache_dir, "--out", str(out), "--max-restarts", "1"]
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "lowcomm", "train", *args, "--hang-timeout", "5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    first_checkpoint = out / "checkpoints" / "step_00000008"
+    while not first_checkpoint.exists() and launcher.poll() is None:
+        time.sleep(0.01)
+    workers = worker_pids(launcher.pid)
+    os.kill(workers[-1], signal.SIGSTOP)
+    assert listening_addresses([launcher.pid, *workers]) == {"127.0.0.1"}
+    stdout, stderr = launcher.communicate(timeout=240)
+    assert launcher.returncode == 0, stderr[-3000:]
+    resumes = [r for r in records(out, "event") if r["event"] == "resume"]
+    assert len(resumes) == 1 and resumes[0]["step"] >= 8
+    assert without_timing(out) == without_timing(runs("palsgd"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_torchrun_nodes_train_like_one_local_launch(runs, cache_dir, tmp_path):
+    out = tmp_path / "out"
+    rendezvous = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d"]
+    rendezvous += ["--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "lowcomm-test"]
+    args = ["--algo", "diloco", *SHORT, *PERIODIC, "--cache-dir", cache_dir, "--out", str(out)]
+    command = [sys.executable, "-m", "torch.distributed.run", *rendezvous, "-m", "lowcomm", "train", *args]
+    nodes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [node.communicate(timeout=240) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
+    assert sum("results in" in stdout for stdout, _ in outputs) == 1  # rank 0 alone reports
+    assert json.loads((out / "summary.json").read_text())["workers"] == 2
+    # Same records as the local launch; losses agree to float32 rounding (each node here runs two
+    # threads, a local worker one, and threaded kernels may sum in another order).
+    local, multi_node = without_timing(runs("diloco")), without_timing(out)
+    assert [sorted(r) for r in multi_node] == [sorted(r) for r in local]
+    for theirs, mine in zip(local, multi_node):
+        for key, value in theirs.items():
+            assert mine[key] == (pytest.approx(value, rel=1e-4) if isinstance(value, float) else value)
