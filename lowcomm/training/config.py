@@ -47,7 +47,20 @@ Float = Annotated[float, BeforeValidator(reject_non_finite)]
 
 IMAGE_SOURCES = frozenset({"synthetic-images", "image-folder"})
 
-ALGORITHM_PARAMETERS = ("sync_interval", "warmup_steps", "pseudo_sync_prob", "eta", "outer_lr", "outer_momentum")
+ALGORITHM_PARAMETERS = (
+    "sync_interval",
+    "warmup_steps",
+    "pseudo_sync_prob",
+    "eta",
+    "outer_lr",
+    "outer_momentum",
+    "outer_device",
+    "overlap_steps",
+    "merge_alpha",
+    "compress",
+    "num_fragments",
+    "fragment_pattern",
+)
 
 QUICK_START = {"outer_lr": 0.7}
 """What the embedded default run (no ``--config``, no ``--algo``) changes in PALSGD's paper defaults.
@@ -102,6 +115,12 @@ class TrainConfig(BaseModel):
     eta: Float | None = Field(None, gt=0, le=10**6, description="PALSGD's pull strength")
     outer_lr: Float | None = Field(None, gt=0, le=10, description="outer learning rate (NoLoCo's alpha)")
     outer_momentum: Float | None = Field(None, ge=0, lt=1, description="outer momentum (NoLoCo's mu), in [0, 1)")
+    outer_device: Literal["cpu"] | None = Field(None, description="keep z and the outer optimizer in (pinned) CPU memory")
+    overlap_steps: Int | None = Field(None, ge=0, le=10**9, description="tau: inner steps overlapping the outer all-reduce")
+    merge_alpha: Float | None = Field(None, ge=0, le=1, description="weight of the local model when merging after an overlap")
+    compress: Literal["none", "bf16", "int8", "int4"] | None = Field(None, description="pseudo-gradient quantisation")
+    num_fragments: Int | None = Field(None, ge=1, le=10**6, description="Streaming DiLoCo's fragment count P")
+    fragment_pattern: Literal["sequential", "strided"] | None = Field(None, description="how fragments split the model")
     eval_every: Int = Field(64, ge=1, le=10**9, description="steps between evaluations of the global model")
     eval_batches: Int = Field(8, ge=1, le=2**16, description="held-out batches per evaluation")
     checkpoint_every: Int = Field(128, ge=1, le=10**9, description="steps between checkpoints")

@@ -49,6 +49,10 @@ def test_algorithm_kwargs_hold_exactly_what_the_strategy_takes():
         "eta": 1.0,
         "outer_lr": 0.1,
         "outer_momentum": 0.9,
+        "outer_device": None,
+        "overlap_steps": 0,
+        "merge_alpha": 0.5,
+        "compress": "none",
         "seed": 7,
         "max_grad_norm": 1.0,
     }
