@@ -135,6 +135,8 @@ class TrainConfig(BaseModel):
         300.0, gt=0, le=10**6, description="seconds a collective may wait before the group fails"
     )
     bind_all: bool = Field(False, description="listen on all interfaces, not only 127.0.0.1")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: forward passes under bfloat16 autocast")
+    compile: bool = Field(False, description="compile the model with torch.compile")
 
     @field_validator("algo")
     @classmethod

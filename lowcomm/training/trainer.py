@@ -37,9 +37,12 @@ from lowcomm.training.rng import rng_state, seed_everything, set_rng_state
 from lowcomm.training.schedule import warmup_cosine
 
 
-def cross_entropy(model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
-    """The mean cross-entropy of ``model``'s logits (next tokens, or image classes)."""
-    return F.cross_entropy(model(inputs).flatten(0, -2), targets.flatten())
+def cross_entropy(model: nn.Module, inputs: Tensor, targets: Tensor, bf16: bool = False) -> Tensor:
+    """The mean cross-entropy of ``model``'s logits (next tokens, or image classes), in float32;
+    with ``bf16`` the forward pass runs under bfloat16 autocast."""
+    with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = model(inputs)
+    return F.cross_entropy(logits.float().flatten(0, -2), targets.flatten())
 
 
 @dataclass
@@ -86,6 +89,8 @@ class Trainer:
         else:
             sizes = {"num_classes": self.data.num_classes}
         model = build_model(config.model, implementation=config.model_impl, **sizes).to(device)
+        if config.compile:
+            model.compile()
         self.eval_model = copy.deepcopy(model).eval() if self.rank == 0 else None
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=device.type == "cuda"
@@ -138,7 +143,8 @@ class Trainer:
         sent_before, waited_before = stats.bytes_sent, stats.wait_s
         lr = self.scheduler.get_last_lr()[0]
         start = time.perf_counter()
-        loss = self.strategy.step([partial(cross_entropy, self.strategy.model, x, y) for x, y in micro_batches])
+        bf16 = self.config.precision == "bf16"
+        loss = self.strategy.step([partial(cross_entropy, self.strategy.model, x, y, bf16) for x, y in micro_batches])
         loss_value = None if loss is None else loss.item()
         self.progress.compute_s += time.perf_counter() - start - (stats.wait_s - waited_before)
         self.scheduler.step()
@@ -259,6 +265,8 @@ class Trainer:
             "tokens": self.progress.tokens,
             "tokens_per_s": self.progress.tokens / wall_time,
         }
+        if self.device.type == "cuda":
+            summary["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated(self.device)
         write_json_atomically(self.config.out / "summary.json", summary)
         if self.bar is not None:
             self.bar.close()
