@@ -13,9 +13,9 @@ Compression (``compress="bf16" | "int8" | "int4"``): each worker quantises its p
 blocks with error feedback (the rounding error is added to its next pseudo-gradient), the workers
 all-gather the compressed payloads and each averages them; the byte counters see the compressed size.
 
-A worker whose pseudo-gradient is not finite is left out of that outer step (the others' mean is
-used; with none left the step is skipped), restarts from z with a fresh inner optimizer state, and
-the step is recorded in ``events``.
+A worker whose pseudo-gradient (or a floating-point buffer) is not finite is left out of that outer
+step (the others' mean is used; with none left the step is skipped), restarts from z with a fresh
+inner optimizer state, and the step is recorded in ``events``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from lowcomm.algorithms.base import check_positive, check_positive_int
-from lowcomm.algorithms.periodic import PeriodicStrategy
+from lowcomm.algorithms.periodic import PeriodicStrategy, finite_flag
 from lowcomm.communication.communicator import Communicator, Handle
 from lowcomm.communication.compression import ErrorFeedback, dequantize
 
@@ -134,12 +134,8 @@ class DiLoCo(PeriodicStrategy):
         """Launch the average of this fragment's pseudo-gradient ``z - x``."""
         deltas = [self.outer_params[i].to(self.params[i].device) - self.params[i].detach() for i in self.fragments[fragment]]
         buffers = [b.clone() for b in self.buffers] if fragment == 0 else []
-        finite = all(bool(torch.isfinite(d).all()) for d in deltas)
-        if not finite:
-            for d in deltas:
-                d.zero_()
-        flag = torch.full((1,), float(finite), dtype=deltas[0].dtype, device=deltas[0].device)
-        pending = PendingSync(fragment, deltas + buffers + [flag], self.step_count + self.overlap_steps, finite)
+        flag = finite_flag(deltas + buffers)
+        pending = PendingSync(fragment, deltas + buffers + [flag], self.step_count + self.overlap_steps, bool(flag))
         if self.feedback is None:
             pending.handle = self.comm.all_reduce_mean(pending.payload, async_op=True)
         else:
@@ -169,12 +165,11 @@ class DiLoCo(PeriodicStrategy):
         indices = self.fragments[pending.fragment]
         deltas, rest = pending.payload[: len(indices)], pending.payload[len(indices) :]
         finite_share = float(rest[-1])
-        for buffer, mean in zip(self.buffers, rest[:-1]):
-            buffer.copy_(mean)
         if finite_share < 1:
-            self.events.append({"event": "nonfinite_pseudo_gradient", "step": self.step_count,
-                                "fragment": pending.fragment, "finite_workers": round(finite_share * self.comm.world_size)})
+            self.record_nonfinite(round(finite_share * self.comm.world_size), fragment=pending.fragment)
         if finite_share > 0:
+            for buffer, mean in zip(self.buffers, rest[:-1]):
+                buffer.copy_(mean / finite_share)
             self.outer_optimizer.zero_grad(set_to_none=True)
             for i, delta in zip(indices, deltas):
                 self.outer_params[i].grad = (delta / finite_share).to(self.outer_params[i].device)

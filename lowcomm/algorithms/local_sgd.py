@@ -1,6 +1,9 @@
 """Local SGD (Stich, "Local SGD Converges Fast and Communicates Little", ICLR 2019, arXiv 1805.09767).
 
 Rule: each worker k steps on its own; every H steps, ``x_k <- mean_k x_k``.
+
+A worker whose parameters (or floating-point buffers) are not finite is left out of the mean and
+continues from it with a fresh inner optimizer state; if no worker is finite, training stops with an error.
 """
 
 from __future__ import annotations
@@ -8,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lowcomm.algorithms.periodic import PeriodicStrategy
+from lowcomm.algorithms.periodic import PeriodicStrategy, finite_flag
 from lowcomm.communication.communicator import Communicator
 
 
@@ -35,7 +38,20 @@ class LocalSGD(PeriodicStrategy):
         )
 
     def synchronize(self) -> None:
-        self.comm.all_reduce_mean([p.data for p in self.params] + self.buffers)
+        tensors = [p.data for p in self.params] + self.buffers
+        flag = finite_flag(tensors)
+        locally_finite = bool(flag)
+        self.comm.all_reduce_mean(tensors + [flag])
+        finite_share = float(flag)
+        if finite_share == 1:
+            return
+        self.record_nonfinite(round(finite_share * self.comm.world_size))
+        if finite_share == 0:
+            raise FloatingPointError(f"step {self.step_count}: every worker's model is non-finite")
+        for t in tensors:
+            t.div_(finite_share)
+        if not locally_finite:
+            self.optimizer.state.clear()
 
     def global_state_dict(self) -> dict[str, torch.Tensor]:
         return self.averaged_state_dict()

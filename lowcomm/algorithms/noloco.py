@@ -7,6 +7,11 @@ group P, worker i with outer model z_i and outer momentum m_i exchanges ``x_j - 
 point-to-point and sets
 ``m_i <- mu * m_i + alpha * mean_{j in P}(x_j - z_j) + alpha * (mean_{j in P} z_j - z_i)``,
 ``z_i <- z_i + m_i`` and ``x_i <- z_i``.
+
+Members whose ``x_j - z_j`` or ``z_j`` is not finite are left out of both means (every member sees
+every contribution, so all agree; with none left, m and z stay as they are); such a member still
+sets ``x_i <- z_i`` and starts a fresh inner optimizer state. The exclusion is recorded in
+``events`` on every member of the group.
 """
 
 from __future__ import annotations
@@ -77,15 +82,22 @@ class NoLoCo(PeriodicStrategy):
         sent_by = dict(zip(peers, self.comm.exchange(own, peers)))
         sent_by[self.comm.rank] = own
         # Sum in rank order so that every member of the group computes bit-identical means.
-        contributions = [sent_by[j] for j in sorted(group)]
+        finite = [j for j in sorted(group) if all(bool(torch.isfinite(t).all()) for t in sent_by[j])]
+        contributions = [sent_by[j] for j in finite]
+        if len(finite) < len(group):
+            self.record_nonfinite(len(finite), group=sorted(group))
         n = len(self.params)
         with torch.no_grad():
-            for i, (x, z, m) in enumerate(zip(self.params, self.outer_params, self.momentum)):
-                mean_delta = sum(c[i] for c in contributions) / len(group)
-                mean_z = sum(c[n + i] for c in contributions) / len(group)
-                m.mul_(self.mu).add_(mean_delta, alpha=self.alpha).add_(mean_z - z, alpha=self.alpha)
-                z.add_(m)
+            if contributions:
+                for i, (z, m) in enumerate(zip(self.outer_params, self.momentum)):
+                    mean_delta = sum(c[i] for c in contributions) / len(contributions)
+                    mean_z = sum(c[n + i] for c in contributions) / len(contributions)
+                    m.mul_(self.mu).add_(mean_delta, alpha=self.alpha).add_(mean_z - z, alpha=self.alpha)
+                    z.add_(m)
+            for x, z in zip(self.params, self.outer_params):
                 x.copy_(z)
+        if self.comm.rank not in finite:
+            self.optimizer.state.clear()
 
     def global_state_dict(self) -> dict[str, torch.Tensor]:
         return self.averaged_state_dict()

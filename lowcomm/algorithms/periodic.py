@@ -4,17 +4,33 @@ Steps are numbered from 1 and every step counts. The first ``warmup_steps`` step
 gradients over all workers before the inner optimizer steps (DDP semantics); after them each worker
 steps on its own, and after every step ``t > warmup_steps`` with ``t % sync_interval == 0`` the
 workers synchronise in the algorithm's own way.
+
+At a synchronisation a worker whose contribution (its parameters, or its pseudo-gradient) is not
+finite is left out of it: the others' values are used, the worker takes the synchronised model and a
+fresh inner optimizer state, and the strategy records a ``nonfinite_pseudo_gradient`` event.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Sequence
+from typing import Any
+
 import torch
 from torch import nn
 
 from lowcomm.algorithms.base import Closure, Strategy, check_positive_int
 from lowcomm.communication.communicator import Communicator
+
+
+def finite_flag(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """A one-element tensor to mean-all-reduce along with ``tensors``: 1 if they are all finite, else 0
+    (and they are zeroed, adding nothing to the sum). Its mean is the share of finite workers."""
+    finite = all(bool(torch.isfinite(t).all()) for t in tensors)
+    if not finite:
+        for t in tensors:
+            t.zero_()
+    return torch.full((1,), float(finite), dtype=tensors[0].dtype, device=tensors[0].device)
 
 
 class PeriodicStrategy(Strategy):
@@ -78,6 +94,12 @@ class PeriodicStrategy(Strategy):
     @abstractmethod
     def synchronize(self) -> None:
         """The algorithm's periodic communication."""
+
+    def record_nonfinite(self, finite_workers: int, **details: Any) -> None:
+        """Record that workers with a non-finite contribution were left out of this step's synchronisation."""
+        self.events.append(
+            {"event": "nonfinite_pseudo_gradient", "step": self.step_count, **details, "finite_workers": finite_workers}
+        )
 
     def averaged_state_dict(self) -> dict[str, torch.Tensor]:
         """The workers' mean model (a collective: every worker must call it)."""

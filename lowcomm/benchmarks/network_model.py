@@ -59,6 +59,11 @@ class NetworkModel:
         _check_world_size(world_size)
         return self._send_s(ring_all_reduce_bytes(payload_bytes, world_size), steps=2 * (world_size - 1))
 
+    def all_gather_s(self, payload_bytes: int, world_size: int) -> float:
+        """Ring all-gather: ``K-1`` steps, each moving one worker's whole payload to the next worker."""
+        _check_world_size(world_size)
+        return self._send_s(payload_bytes * (world_size - 1), steps=world_size - 1)
+
     def exchange_s(self, payload_bytes: int, peers: int) -> float:
         """Send the payload to ``peers`` workers at once: the sends share this worker's egress,
         so the bytes add up while the latencies overlap."""

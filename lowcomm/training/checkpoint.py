@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import save as safetensors_bytes
+
+from lowcomm.training.peers import Peers, process_group_peers
 
 MANIFEST = "manifest.json"
 GLOBAL_MODEL = "model.safetensors"
@@ -73,24 +74,26 @@ def save_checkpoint(
     worker_state: dict[str, Any],
     global_model: dict[str, torch.Tensor] | None,
     keep: int | None = None,
+    peers: Peers | None = None,
 ) -> Path:
     """Collective: every rank saves its ``worker_state``; rank 0 adds ``global_model`` and commits.
 
-    Rank 0 then deletes all but the newest ``keep`` checkpoints.
+    Rank 0 then deletes all but the newest ``keep`` checkpoints. ``peers`` defaults to the
+    ``torch.distributed`` process group's.
     """
-    rank, world_size = dist.get_rank(), dist.get_world_size()
+    peers = peers or process_group_peers()
+    rank, world_size = peers.rank, peers.world_size
     staging = root / (STAGING_PREFIX + checkpoint_name(step))
     final = root / checkpoint_name(step)
     if rank == 0:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-    dist.barrier()
+    peers.barrier()
     files = write_durably(staging / rank_file(rank), lambda file: torch.save(worker_state, file))
     if rank == 0:
         tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in global_model.items()}
         files |= write_durably(staging / GLOBAL_MODEL, lambda file: file.write(safetensors_bytes(tensors)))
-    gathered: list[FileRecord] = [{} for _ in range(world_size)]
-    dist.all_gather_object(gathered, files)
+    gathered: list[FileRecord] = peers.all_gather(files)
     if rank == 0:
         manifest = {"step": step, "world_size": world_size, "files": {k: v for f in gathered for k, v in f.items()}}
         write_durably(staging / MANIFEST, lambda file: file.write(json.dumps(manifest, indent=1).encode()))

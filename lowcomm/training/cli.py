@@ -23,6 +23,8 @@ class Command:
 
 COMMANDS: dict[str, Command] = {
     "train": Command("lowcomm.training.train_command", "train a model with one algorithm on N workers"),
+    "bench": Command("lowcomm.benchmarks.bench", "compare algorithms side by side: time to DDP's loss, plots, report"),
+    "project": Command("lowcomm.benchmarks.project_command", "project recorded runs onto other bandwidths and worker counts"),
 }
 
 USAGE_ERROR = 2

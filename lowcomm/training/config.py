@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lowcomm.algorithms import ALGORITHMS
+from lowcomm.benchmarks.network_model import parse_rate
 from lowcomm.data.spec import parse_data_spec
 from lowcomm.models import GPT_NEO_SHAPES, MODEL_NAMES, model_spec
 
@@ -70,7 +71,8 @@ With the paper's outer learning rate of 0.1, z trails the workers through a run 
 """
 
 LAUNCH_FIELDS = frozenset(
-    {"out", "resume", "overwrite", "max_restarts", "hang_timeout", "keep_checkpoints", "bind_all", "cache_dir"}
+    {"out", "resume", "overwrite", "max_restarts", "hang_timeout", "keep_checkpoints", "bind_all", "cache_dir",
+     "network", "bandwidth", "latency"}
 )
 """Fields that say how a run is launched, not what it computes: they may change when it resumes."""
 
@@ -137,6 +139,14 @@ class TrainConfig(BaseModel):
     bind_all: bool = Field(False, description="listen on all interfaces, not only 127.0.0.1")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: forward passes under bfloat16 autocast")
     compile: bool = Field(False, description="compile the model with torch.compile")
+    backend: Literal["dist", "sim"] = Field(
+        "dist", description="dist: a process per worker; sim: all workers simulated in this process"
+    )
+    network: Literal["none", "model"] = Field(
+        "none", description="none: the real network (limited to --bandwidth in namespaces); model: modelled delays"
+    )
+    bandwidth: str = Field("unlimited", description="link rate per worker, tc-style: 100mbit, 1gbit, unlimited")
+    latency: Float = Field(0.0, ge=0, le=10, description="seconds per message (--network model)")
 
     @field_validator("algo")
     @classmethod
@@ -157,6 +167,12 @@ class TrainConfig(BaseModel):
     def readable_data(cls, data: str) -> str:
         parse_data_spec(data)
         return data
+
+    @field_validator("bandwidth")
+    @classmethod
+    def valid_rate(cls, bandwidth: str) -> str:
+        parse_rate(bandwidth)
+        return bandwidth
 
     @field_validator("device")
     @classmethod
@@ -180,7 +196,12 @@ class TrainConfig(BaseModel):
             raise ValueError(f"seq_len: {self.seq_len} exceeds {self.model}'s {max_positions} positions")
         if self.algo == "noloco" and self.workers < 2:
             raise ValueError("workers: noloco needs at least 2 workers")
-        if self.device == "cuda" and self.workers > torch.cuda.device_count() and not under_torchrun():
+        if self.backend == "sim" and under_torchrun():
+            raise ValueError("backend: sim runs every worker in one process; run it without torchrun")
+        if self.backend == "sim" and self.max_restarts > 0:
+            raise ValueError("max_restarts: the simulation does not restart workers")
+        simulated = self.backend == "sim"
+        if self.device == "cuda" and self.workers > torch.cuda.device_count() and not (under_torchrun() or simulated):
             raise ValueError(f"workers: {self.workers} exceeds the {torch.cuda.device_count()} GPUs here")
         self.fill_algorithm_defaults()
         if self.algo == "palsgd" and self.pseudo_sync_prob > 0:

@@ -4,6 +4,9 @@
 and restarts the whole group up to ``--max-restarts`` times when one fails or hangs. Under an
 external ``torchrun`` the process is already one worker and trains directly.
 
+``--backend sim`` runs the workers as threads of this process instead, meeting in a
+:class:`~lowcomm.communication.simulated.SimulatedGroup`.
+
 Single-machine runs listen on 127.0.0.1 only: the rendezvous store is a ``TCPStore`` served from a
 socket this process binds to the loopback address, the workers' process group keeps its keys in
 that same store, and gloo/NCCL are pinned to the loopback interface. ``--bind-all`` listens on
@@ -18,10 +21,14 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
 import torch.distributed as dist
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+from lowcomm.communication.simulated import SimulatedCommunicator, run_simulated
 from lowcomm.training.config import TrainConfig, under_torchrun
+from lowcomm.training.peers import simulated_peers
+from lowcomm.training.trainer import Trainer
 from lowcomm.training.worker import StoreAddress, run_worker
 
 LOOPBACK = "127.0.0.1"
@@ -36,6 +43,9 @@ def train(config: TrainConfig) -> None:
     """Train ``config`` on all its workers; raise if the group fails more than ``max_restarts`` times."""
     if under_torchrun():
         run_worker(config)
+        return
+    if config.backend == "sim":
+        train_simulated(config)
         return
     listener = socket.create_server(("" if config.bind_all else LOOPBACK, 0))
     port = listener.getsockname()[1]
@@ -56,6 +66,18 @@ def train(config: TrainConfig) -> None:
     with worker_environment(config.bind_all):
         elastic_launch(launch_config, run_worker)(config, StoreAddress(LOOPBACK, port))
     del store  # the store served the rendezvous and the process groups until here
+
+
+def train_simulated(config: TrainConfig) -> None:
+    """Train ``config`` with its workers simulated in this process, one thread each, on one device."""
+    device = torch.device(config.device)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.workers))
+
+    def worker(communicator: SimulatedCommunicator) -> None:
+        Trainer(config, device, communicator, simulated_peers(communicator)).train()
+
+    run_simulated(config.workers, worker, timeout_s=config.hang_timeout)
 
 
 @contextmanager

@@ -2,18 +2,27 @@
 
 Every :class:`TrainConfig` field is a flag. Everything is checked before any worker starts; bad
 input exits with code 2 and one line on stderr, leaving ``--out`` untouched.
+
+With a ``--bandwidth`` limit and the real network (``--network none``), every worker runs in a
+network namespace of its own behind a link of that rate (see
+:mod:`lowcomm.benchmarks.limited_launch`); where that is impossible, a warning says so and the link
+is modelled instead (``--network model``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
+from lowcomm.benchmarks.limited_launch import real_limit_unavailable, run_limited
+from lowcomm.benchmarks.network_model import parse_rate
 from lowcomm.training.cli import usage_error
 from lowcomm.training.config import ALGORITHM_PARAMETERS, TrainConfig, flag, load_config, under_torchrun
 from lowcomm.training.launch import train
@@ -44,10 +53,17 @@ def run(args: argparse.Namespace) -> int:
     overrides = {key: value for key, value in vars(args).items() if key not in ("command", "config")}
     try:
         config = load_config(args.config, overrides)
-        if reports():
+        limited = wants_real_limit(config)
+        if limited and (reason := real_limit_unavailable(config.backend)) is not None:
+            print(f"lowcomm train: warning: no real bandwidth limit ({reason}); modelling the {config.bandwidth} "
+                  "link instead (--network model)", file=sys.stderr)
+            config.network, limited = "model", False
+        if reports() and not limited:
             prepare_run_directory(config)
     except ValueError as error:
         return usage_error("train", str(error))
+    if limited:
+        return train_limited(config)
     if reports():
         print(
             f"lowcomm train: {config.algo} on {config.workers} {config.device} workers, {config.model} on "
@@ -69,3 +85,16 @@ def run(args: argparse.Namespace) -> int:
             f"(TensorBoard: tensorboard --logdir {config.out / 'tensorboard'})"
         )
     return 0
+
+
+def wants_real_limit(config: TrainConfig) -> bool:
+    """Whether this launcher must put the workers behind real links of ``--bandwidth``."""
+    return config.network == "none" and not math.isinf(parse_rate(config.bandwidth)) and not under_torchrun()
+
+
+def train_limited(config: TrainConfig) -> int:
+    """Train ``config`` on namespaced workers behind real limited links; rank 0 sets up ``--out``."""
+    with tempfile.TemporaryDirectory() as directory:
+        resolved = Path(directory) / "config.yaml"
+        resolved.write_text(config.to_yaml())
+        return run_limited(config.workers, config.bandwidth, ["lowcomm", "train", "--config", str(resolved)])

@@ -1,7 +1,9 @@
 """One worker's training loop: steps, evaluations of the global model, checkpoints and metrics.
 
 Every rank runs the same loop and the same collectives; rank 0 alone evaluates (the global model
-is the same on every rank) and reports (metrics, TensorBoard, progress bar, summary).
+is the same on every rank) and reports (metrics, TensorBoard, progress bar, summary). A rank is a
+worker process, or a thread of the simulation (``--backend sim``): building its data and model
+draws from process-wide generators, so ranks take turns at it.
 """
 
 from __future__ import annotations
@@ -10,19 +12,22 @@ import copy
 import math
 import os
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from lowcomm.algorithms import ALGORITHMS
 from lowcomm.algorithms.periodic import PeriodicStrategy
+from lowcomm.benchmarks.gradient_averaging import strategy_class
+from lowcomm.benchmarks.network_model import NetworkModel, parse_rate
+from lowcomm.communication.communicator import Communicator
+from lowcomm.communication.modelled import ModelledCommunicator
 from lowcomm.data import load_data
 from lowcomm.models import build_model
 from lowcomm.training.checkpoint import (
@@ -33,8 +38,19 @@ from lowcomm.training.checkpoint import (
 )
 from lowcomm.training.config import TrainConfig
 from lowcomm.training.metrics import MetricsLog, ProgressBar, write_json_atomically
+from lowcomm.training.peers import Peers
 from lowcomm.training.rng import rng_state, seed_everything, set_rng_state
 from lowcomm.training.schedule import warmup_cosine
+
+SETUP_LOCK = threading.Lock()
+"""Held while a rank seeds the global generators and builds its data and model."""
+
+
+def network_communicator(communicator: Communicator, config: TrainConfig) -> Communicator:
+    """``communicator``, slowed to the modelled link under ``--network model``."""
+    if config.network == "none":
+        return communicator
+    return ModelledCommunicator(communicator, NetworkModel(parse_rate(config.bandwidth), config.latency))
 
 
 def cross_entropy(model: nn.Module, inputs: Tensor, targets: Tensor, bf16: bool = False) -> Tensor:
@@ -67,10 +83,35 @@ class Restored:
 class Trainer:
     """Everything one worker trains with, built from the config (and a checkpoint when resuming)."""
 
-    def __init__(self, config: TrainConfig, device: torch.device) -> None:
+    def __init__(self, config: TrainConfig, device: torch.device, communicator: Communicator, peers: Peers) -> None:
         self.config = config
         self.device = device
-        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.peers = peers
+        self.rank, self.world_size = peers.rank, peers.world_size
+        with SETUP_LOCK:
+            model, optimizer = self.build(config, device)
+        communicator = network_communicator(communicator, config)
+        self.strategy = strategy_class(config.algo, communicator)(
+            model, optimizer, communicator=communicator, **config.algorithm_kwargs()
+        )
+        self.strategy.comm_stats.wait_s = 0.0  # waiting for the other ranks to start up is not communication
+        seed_everything(config.seed + self.rank)
+        self.progress = Progress()
+        self.checkpoints = config.out / "checkpoints"
+        restored = self.restore()
+        self.log = MetricsLog(config.out, restored.metrics_offset, self.step) if self.rank == 0 else None
+        self.bar: ProgressBar | None = None
+        self.clock_start = time.perf_counter() - self.progress.elapsed_s
+        if self.log is not None:
+            for checkpoint, problem in restored.skipped:
+                self.report_event("skipped_checkpoint", checkpoint=checkpoint, problem=problem)
+            if restored.checkpoint is None:
+                self.report_event("start")
+            else:
+                self.report_event("resume", checkpoint=restored.checkpoint)
+
+    def build(self, config: TrainConfig, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """This rank's data, the model (the same on every rank), its optimizer and LR schedule."""
         seed_everything(config.seed)
         self.data = load_data(
             config.data,
@@ -96,21 +137,7 @@ class Trainer:
             model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=device.type == "cuda"
         )
         self.scheduler = LambdaLR(optimizer, warmup_cosine(config.lr_warmup, config.steps, config.min_lr_ratio))
-        self.strategy = ALGORITHMS[config.algo](model, optimizer, **config.algorithm_kwargs())
-        seed_everything(config.seed + self.rank)
-        self.progress = Progress()
-        self.checkpoints = config.out / "checkpoints"
-        restored = self.restore()
-        self.log = MetricsLog(config.out, restored.metrics_offset, self.step) if self.rank == 0 else None
-        self.bar: ProgressBar | None = None
-        self.clock_start = time.perf_counter() - self.progress.elapsed_s
-        if self.log is not None:
-            for checkpoint, problem in restored.skipped:
-                self.report_event("skipped_checkpoint", checkpoint=checkpoint, problem=problem)
-            if restored.checkpoint is None:
-                self.report_event("start")
-            else:
-                self.report_event("resume", checkpoint=restored.checkpoint)
+        return model, optimizer
 
     @property
     def step(self) -> int:
@@ -196,8 +223,15 @@ class Trainer:
                 total += cross_entropy(self.eval_model, inputs, targets).item() * targets.numel()
                 count += targets.numel()
         self.progress.eval_loss = total / count
-        elapsed = round(self.elapsed(), 4)
-        self.log.write({"step": self.step, "eval_loss": self.progress.eval_loss, "elapsed_s": elapsed})
+        stats = self.strategy.comm_stats
+        self.log.write({
+            "step": self.step,
+            "eval_loss": self.progress.eval_loss,
+            "elapsed_s": round(self.elapsed(), 4),
+            "tokens": self.progress.tokens,
+            "comm_bytes": stats.bytes_sent,
+            "comm_wait_s": round(stats.wait_s, 4),
+        })
 
     def save(self) -> None:
         """Checkpoint every rank's state, the global model and the length of metrics.jsonl (a collective)."""
@@ -212,7 +246,7 @@ class Trainer:
             "metrics_offset": self.log.durable_offset() if self.log is not None else 0,
         }
         model = global_model if self.rank == 0 else None
-        save_checkpoint(self.checkpoints, self.step, state, model, self.config.keep_checkpoints)
+        save_checkpoint(self.checkpoints, self.step, state, model, self.config.keep_checkpoints, self.peers)
 
     def restore(self) -> Restored:
         """When resuming (``--resume``, or a restart by the elastic agent), load the newest complete
@@ -228,11 +262,10 @@ class Trainer:
             for name, problem in restored.skipped:
                 print(f"lowcomm: warning: skipping checkpoint {name}: {problem}", file=sys.stderr)
             restored.checkpoint = None if found is None else found.name
-        choice = [restored.checkpoint]
-        dist.broadcast_object_list(choice, src=0)
-        if choice[0] is None:
+        choice = self.peers.all_gather(restored.checkpoint)[0]
+        if choice is None:
             return restored
-        state = load_worker_state(self.checkpoints / choice[0], self.rank, self.world_size, self.device)
+        state = load_worker_state(self.checkpoints / choice, self.rank, self.world_size, self.device)
         self.strategy.load_state_dict(state["strategy"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.data.train.load_state_dict(state["data"])
@@ -244,13 +277,11 @@ class Trainer:
     def finish(self) -> None:
         """Sum the traffic and times over all workers; rank 0 writes summary.json."""
         stats = self.strategy.comm_stats
-        totals = torch.tensor([stats.bytes_sent, stats.wait_s, self.progress.compute_s], dtype=torch.float64)
-        totals = totals.to(self.device)
-        dist.all_reduce(totals)
+        everyone = self.peers.all_gather((stats.bytes_sent, stats.wait_s, self.progress.compute_s))
         if self.log is None:
             return
         wall_time = self.elapsed()
-        bytes_sent, wait_s, compute_s = totals.tolist()
+        bytes_sent, wait_s, compute_s = (sum(column) for column in zip(*everyone))
         summary = {
             "algo": self.config.algo,
             "model": self.config.model,

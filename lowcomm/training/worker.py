@@ -10,7 +10,9 @@ import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from lowcomm.communication.communicator import ProcessGroupCommunicator
 from lowcomm.training.config import TrainConfig
+from lowcomm.training.peers import process_group_peers
 from lowcomm.training.trainer import Trainer
 
 
@@ -35,7 +37,7 @@ def run_worker(config: TrainConfig, store_address: StoreAddress | None = None) -
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
     join_process_group("nccl" if device.type == "cuda" else "gloo", config.hang_timeout, store_address)
     try:
-        Trainer(config, device).train()
+        Trainer(config, device, ProcessGroupCommunicator(), process_group_peers()).train()
     finally:
         dist.destroy_process_group()
 

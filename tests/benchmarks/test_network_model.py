@@ -28,6 +28,12 @@ def test_exchange_shares_the_egress() -> None:
     assert NetworkModel(1e9, latency_s=0.01).exchange_s(10_000_000, 0) == 0.0
 
 
+def test_ring_all_gather_by_hand() -> None:
+    # 4 workers each gather 3 others' 10 MB over 1 Gbit/s: 30 MB * 8 / 1e9 = 0.24 s, 3 steps of 1 ms
+    assert NetworkModel(1e9, latency_s=1e-3).all_gather_s(10_000_000, 4) == pytest.approx(0.243)
+    assert GBIT.all_gather_s(10_000_000, 1) == 0.0
+
+
 def test_broadcast_pipelines_along_a_chain() -> None:
     # the source sends 50 MB once (0.4 s); 7 hops of 2 ms each
     assert NetworkModel(1e9, latency_s=2e-3).broadcast_s(50_000_000, 8) == pytest.approx(0.414)

@@ -63,7 +63,7 @@ def test_strategies_charge_their_formula() -> None:
     for rank, r in enumerate(run_workers(strategy_bytes, 2)):
         ring = 2 * (2 - 1) * params // 2
         assert r["ddp"] == 4 * ring            # a gradient all-reduce every step (one bucket)
-        assert r["localsgd"] == 2 * ring       # steps 2 and 4
+        assert r["localsgd"] == 2 * (ring + 8)  # the model and a finite flag, at steps 2 and 4
         assert r["diloco"] == 2 * (ring + 8)   # the pseudo-gradient and a one-element finite flag
         assert r["noloco"] == 2 * 2 * params   # x - z and z, to one partner, twice
         assert r["initial_broadcast"] == (params if rank == 0 else 0)

@@ -45,7 +45,7 @@ def records(out, kind=None):
 
 def without_timing(out):
     """Every record but the events, without wall-clock fields: what must replay exactly."""
-    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in records(out) if "event" not in r]
+    return [{k: v for k, v in r.items() if k not in ("elapsed_s", "comm_wait_s")} for r in records(out) if "event" not in r]
 
 
 def manifest(out, step):
@@ -127,8 +127,10 @@ def test_local_sgd_traffic_is_one_model_per_sync(runs):
     train = {r["step"]: r["comm_bytes"] for r in records(runs("localsgd"), "train")}
     payload = 4 * json.loads((runs("localsgd") / "summary.json").read_text())["parameters"]
     sent = {step: train[step] - train[step - 1] for step in range(2, STEPS + 1)}
-    # Warm-up steps 2..4 average gradients; afterwards only steps 8, 12, ... average the parameters.
-    assert sent == {step: payload if step <= 4 or step in CLASSIC_SYNC_STEPS else 0 for step in sent}
+    # Warm-up steps 2..4 average gradients; afterwards only steps 8, 12, ... average the parameters,
+    # with a 4-byte flag saying whether they are finite.
+    expected = {step: payload if step <= 4 else payload + 4 if step in CLASSIC_SYNC_STEPS else 0 for step in sent}
+    assert sent == expected
 
 
 def test_the_embedded_default_writes_the_documented_layout(runs):

@@ -1,0 +1,144 @@
+"""``lowcomm bench``: several algorithms on the same model, data, seed and token budget, side by side.
+
+Each algorithm trains as its own ``lowcomm train`` run in ``OUT/runs/ALGO`` with the train flags
+given here (a flag naming an algorithm's parameter, like ``--sync-interval``, goes to the algorithms
+that take it). Then ``OUT/results.csv``, three plots and ``OUT/report.md`` compare the runs. Under
+a real bandwidth limit the report also sets the network model's predicted wall time beside each
+measured one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import math
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from lowcomm.algorithms import ALGORITHMS
+from lowcomm.benchmarks.limited_launch import real_limit_unavailable
+from lowcomm.benchmarks.network_model import NetworkModel, parse_rate
+from lowcomm.benchmarks.projection import project
+from lowcomm.benchmarks.report import markdown_table, plot_curves, write_report
+from lowcomm.benchmarks.results import COLUMNS, choose_target, results_rows, write_csv
+from lowcomm.benchmarks.runs import Run, read_run
+from lowcomm.training import train_command
+from lowcomm.training.cli import usage_error
+from lowcomm.training.config import ALGORITHM_PARAMETERS, TrainConfig, flag, load_config
+
+DEFAULT_ALGOS = ("ddp", "localsgd", "diloco", "palsgd", "noloco")
+MODEL_CHECK_COLUMNS = ("algo", "measured_wall_time_s", "modelled_wall_time_s", "error")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    train_command.add_arguments(parser)
+    parser.add_argument("--algos", default=",".join(DEFAULT_ALGOS), metavar="A,B,...",
+                        help=f"the algorithms to compare (default: {','.join(DEFAULT_ALGOS)})")
+    parser.add_argument("--target-loss", type=float, metavar="LOSS",
+                        help="the eval loss to reach (default: DDP's final eval loss)")
+
+
+def run(args: argparse.Namespace) -> int:
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "algos", "target_loss")}
+    try:
+        algos = parse_algos(args.algos)
+        if "algo" in flags:
+            raise ValueError("--algo: name the algorithms to compare with --algos")
+        if args.target_loss is not None and not math.isfinite(args.target_loss):
+            raise ValueError(f"--target-loss: must be a finite number, got {args.target_loss}")
+        if "ddp" not in algos and args.target_loss is None:
+            raise ValueError("--target-loss: needed when ddp is not among --algos")
+        out = Path(flags.pop("out", Path("lowcomm-runs") / datetime.now().strftime("bench-%Y%m%d-%H%M%S")))
+        configs = {algo: load_config(args.config, run_flags(algo, flags, out)) for algo in algos}
+    except ValueError as error:
+        return usage_error("bench", str(error))
+    first = next(iter(configs.values()))
+    notes = []
+    if first.network == "none" and not math.isinf(parse_rate(first.bandwidth)):
+        reason = real_limit_unavailable(first.backend)
+        if reason is not None:
+            notes.append(f"no real bandwidth limit ({reason}): the {first.bandwidth} link was modelled (--network model)")
+            print(f"lowcomm bench: warning: {notes[-1]}", file=sys.stderr)
+            flags["network"] = "model"
+    commands = {}
+    for algo in algos:
+        arguments = ["train", *as_flags(run_flags(algo, flags, out))]
+        if args.config is not None:
+            arguments += ["--config", str(args.config)]
+        commands[algo] = " ".join(["lowcomm", *arguments])
+        print(f"lowcomm bench: {commands[algo]}", flush=True)
+        code = subprocess.run([sys.executable, "-m", "lowcomm", *arguments]).returncode
+        if code != 0:
+            print(f"lowcomm bench: error: the {algo} run failed (exit code {code}); see its output above", file=sys.stderr)
+            return 1
+    runs = [read_run(configs[algo].out) for algo in algos]
+    target = choose_target(runs, args.target_loss)
+    rows = results_rows(runs, target)
+    write_csv(out / "results.csv", rows, COLUMNS)
+    table = markdown_table(rows, COLUMNS)
+    if first.network == "none" and "network" not in flags and not math.isinf(parse_rate(first.bandwidth)):
+        table += "\n\nThe network model against this real limit:\n\n" + model_check(runs, first)
+    report = write_report(
+        out,
+        command=["lowcomm", "bench", "--algos", ",".join(algos), *as_flags(flags | {"out": out}),
+                 *(["--target-loss", str(args.target_loss)] if args.target_loss is not None else []),
+                 *(["--config", str(args.config)] if args.config is not None else [])],
+        run_commands=commands,
+        settings=settings(first, flags.get("network", first.network)),
+        target=target,
+        target_source="given" if args.target_loss is not None else "DDP's final eval loss",
+        table=table,
+        plots=plot_curves(runs, target, out),
+        notes=notes,
+    )
+    print(f"\n{table}\n\nlowcomm bench: done: {out / 'results.csv'}, {report} and plots in {out}/")
+    return 0
+
+
+def parse_algos(text: str) -> list[str]:
+    algos = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in algos if name not in ALGORITHMS]
+    if not algos or unknown:
+        raise ValueError(f"--algos: unknown algorithm {unknown[0]!r}; choose from {', '.join(ALGORITHMS)}"
+                         if unknown else "--algos: name at least one algorithm")
+    if len(set(algos)) < len(algos):
+        raise ValueError(f"--algos: an algorithm is named twice in {text!r}")
+    return algos
+
+
+def run_flags(algo: str, flags: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The train flags of ``algo``'s run: the shared ones, the parameters it takes, its own --out."""
+    takes = inspect.signature(ALGORITHMS[algo]).parameters
+    shared = {k: v for k, v in flags.items() if k not in ALGORITHM_PARAMETERS or k in takes}
+    return {"algo": algo, **shared, "out": out / "runs" / algo}
+
+
+def as_flags(values: dict[str, Any]) -> list[str]:
+    """``{"sync_interval": 16, "overwrite": True}`` as ``["--sync-interval", "16", "--overwrite"]``."""
+    arguments = []
+    for name, value in values.items():
+        arguments += [flag(name)] if value is True else [flag(name), str(value)]
+    return arguments
+
+
+def settings(config: TrainConfig, network: str) -> str:
+    tokens = config.batch_size * config.grad_accum * config.seq_len
+    link = "unlimited" if math.isinf(parse_rate(config.bandwidth)) else config.bandwidth
+    how = {"none": "real (tc-tbf in network namespaces)" if link != "unlimited" else "real",
+           "model": f"modelled, latency {config.latency} s"}[network]
+    return (f"{config.workers} workers ({config.backend} backend, {config.device}), {config.model} on {config.data}, "
+            f"{config.steps} steps of {tokens} tokens per worker, seed {config.seed}; network: {link}, {how}.")
+
+
+def model_check(runs: list[Run], config: TrainConfig) -> str:
+    """The model's wall time for each run (its own compute, the modelled link) beside the measured one."""
+    network = NetworkModel(parse_rate(config.bandwidth), config.latency)
+    rows = []
+    for run in runs:
+        modelled = project(run, network, run.workers, target=-math.inf).wall_time_s
+        rows.append({"algo": run.algo, "measured_wall_time_s": run.wall_time_s, "modelled_wall_time_s": modelled,
+                     "error": f"{modelled / run.wall_time_s - 1:+.1%}"})
+    return markdown_table(rows, MODEL_CHECK_COLUMNS)

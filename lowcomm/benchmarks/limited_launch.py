@@ -1,0 +1,78 @@
+"""Launch K workers under a real bandwidth limit: one torchrun agent per worker, each in a network
+namespace of a :class:`~lowcomm.benchmarks.netns.LimitedNetwork`.
+
+Agent ``i`` runs ``python -m torch.distributed.run --nnodes K --node-rank i`` (static rendezvous,
+so worker ``i`` is rank ``i``) with the rendezvous store on worker 0's address, and gloo pinned to
+the namespace's interface: the multi-node path of ``lowcomm train``, over real limited links.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from lowcomm.benchmarks.netns import LimitedNetwork, available
+
+RENDEZVOUS_PORT = 29400
+STOP_GRACE_S = 10
+POLL_S = 0.2
+
+
+def real_limit_unavailable(backend: str) -> str | None:
+    """Why workers cannot run behind real limited links here; None if they can."""
+    if backend == "sim":
+        return "--backend sim runs every worker in this one process"
+    usable, reason = available()
+    return None if usable else reason
+
+
+def agent_command(network: LimitedNetwork, worker: int, command: Sequence[str]) -> list[str]:
+    """The command that runs ``python -m COMMAND...`` as worker ``worker`` inside its namespace."""
+    return [
+        *network.command_prefix(worker),
+        sys.executable, "-m", "torch.distributed.run",
+        "--nnodes", str(network.num_workers),
+        "--nproc-per-node", "1",
+        "--node-rank", str(worker),
+        "--master-addr", network.address(0),
+        "--master-port", str(RENDEZVOUS_PORT),
+        "-m", *command,
+    ]
+
+
+def run_limited(workers: int, rate: str, command: Sequence[str]) -> int:
+    """Run ``python -m COMMAND...`` on ``workers`` namespaced agents whose links carry ``rate``.
+
+    Return 0 once all succeed, or the exit code of the first to fail, having stopped the others
+    (which would otherwise wait for it until their collectives time out). The network is gone on return.
+    """
+    with LimitedNetwork(workers, rate) as network:
+        environment = {**os.environ, "GLOO_SOCKET_IFNAME": network.interface}
+        agents = [subprocess.Popen(agent_command(network, i, command), env=environment) for i in range(workers)]
+        try:
+            while True:
+                codes = [agent.poll() for agent in agents]
+                failure = next((code for code in codes if code not in (None, 0)), None)
+                if failure is not None:
+                    return failure
+                if all(code == 0 for code in codes):
+                    return 0
+                time.sleep(POLL_S)
+        finally:
+            stop(agents)
+
+
+def stop(processes: list[subprocess.Popen]) -> None:
+    """Terminate the processes still running, and kill those that ignore it."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,81 @@
+"""A finished ``lowcomm train`` run, read back from its directory for comparison and projection.
+
+From ``summary.json`` the totals; from ``metrics.jsonl`` (see :mod:`lowcomm.training.metrics`) the
+evaluations of the global model, with worker 0's clock and counters at each, and the bytes worker 0
+sent in each step.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The global model's held-out loss after ``step``, with worker 0's clock and counters then."""
+
+    step: int
+    eval_loss: float
+    elapsed_s: float
+    tokens: int
+    comm_bytes: int  # cumulative bytes worker 0 had sent
+    comm_wait_s: float  # cumulative seconds worker 0 had waited for communication
+
+
+@dataclass(frozen=True)
+class Run:
+    directory: Path
+    summary: dict[str, Any]
+    evaluations: list[Evaluation]
+    step_bytes: dict[int, int]
+    """Bytes worker 0 sent during each step that sent any (step 1 includes the initial broadcast)."""
+
+    @property
+    def algo(self) -> str:
+        return self.summary["algo"]
+
+    @property
+    def workers(self) -> int:
+        return int(self.summary["workers"])
+
+    @property
+    def final_eval_loss(self) -> float:
+        return float(self.summary["final_eval_loss"])
+
+    @property
+    def wall_time_s(self) -> float:
+        return float(self.summary["wall_time_s"])
+
+    def time_to_target(self, target: float) -> float | None:
+        """Worker 0's clock at the first evaluation whose loss is at most ``target``; None if none is."""
+        return next((e.elapsed_s for e in self.evaluations if e.eval_loss <= target), None)
+
+
+def read_run(directory: str | Path) -> Run:
+    """Read a finished run; raise ValueError naming the directory if it is not one."""
+    directory = Path(directory)
+    try:
+        summary = json.loads((directory / "summary.json").read_text())
+        lines = (directory / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError as error:
+        raise ValueError(f"run: {directory} holds no finished run ({Path(error.filename).name} is missing)") from None
+    evaluations, step_bytes = [], {}
+    sent = 0
+    for record in map(json.loads, lines):
+        step = record["step"]
+        if "loss" in record:
+            if record["comm_bytes"] > sent:
+                step_bytes[step] = record["comm_bytes"] - sent
+            sent = record["comm_bytes"]
+        elif record.get("sync") == "pseudo" and record["bytes"] > 0:
+            step_bytes[step] = record["bytes"]
+            sent += record["bytes"]
+        elif "eval_loss" in record:
+            fields = ("eval_loss", "elapsed_s", "tokens", "comm_bytes", "comm_wait_s")
+            evaluations.append(Evaluation(step, *(record[name] for name in fields)))
+    if not evaluations:
+        raise ValueError(f"run: {directory} has no evaluations in metrics.jsonl")
+    return Run(directory, summary, evaluations, step_bytes)

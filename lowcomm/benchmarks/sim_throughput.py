@@ -1,0 +1,91 @@
+"""How fast the simulation trains: K simulated workers against one worker with a K-times larger batch.
+
+Both train the same model on random tokens for the same number of steps, so both see the same
+tokens per step; the simulation averages gradients every step (DDP's rule) through
+:class:`~lowcomm.communication.simulated.SimulatedCommunicator`. The ratio of their tokens per
+second is the price of simulating K workers instead of training one big batch.
+
+    python -m lowcomm.benchmarks.sim_throughput --model gpt-tiny --workers 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from lowcomm.benchmarks.gradient_averaging import GradientAveraging
+from lowcomm.communication.simulated import SimulatedCommunicator, run_simulated
+from lowcomm.models import build_model
+
+VOCAB_SIZE = 2048
+_BUILD_LOCK = threading.Lock()  # building a model draws from torch's global generator
+
+
+def training_steps(model_name: str, batch_size: int, seq_len: int, steps: int,
+                   communicator: SimulatedCommunicator | None = None) -> float:
+    """Train ``steps`` steps on random tokens; return the seconds they took (after one warm-up step)."""
+    with _BUILD_LOCK:
+        torch.manual_seed(0)
+        model = build_model(model_name, vocab_size=VOCAB_SIZE)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    rank = 0 if communicator is None else communicator.rank
+    tokens = torch.randint(VOCAB_SIZE, (batch_size, seq_len + 1), generator=torch.Generator().manual_seed(rank))
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+
+    def loss() -> torch.Tensor:
+        return F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
+
+    if communicator is None:
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            loss().backward()
+            optimizer.step()
+    else:
+        strategy = GradientAveraging(model, optimizer, communicator=communicator)
+
+        def step() -> None:
+            strategy.step(loss)
+
+    return timed_steps(step, steps)
+
+
+def timed_steps(step: Callable[[], None], steps: int) -> float:
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return time.perf_counter() - start
+
+
+def compare(model_name: str, workers: int, batch_size: int, seq_len: int, steps: int) -> dict[str, float]:
+    """Tokens per second of ``workers`` simulated workers and of one worker with their total batch."""
+    tokens = workers * batch_size * seq_len * steps
+    torch.set_num_threads(os.cpu_count() or 1)
+    single_s = training_steps(model_name, workers * batch_size, seq_len, steps)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    simulated_s = max(run_simulated(workers, lambda comm: training_steps(model_name, batch_size, seq_len, steps, comm)))
+    return {"single_tokens_per_s": tokens / single_s, "simulated_tokens_per_s": tokens / simulated_s,
+            "ratio": single_s / simulated_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="gpt-tiny")
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    result = compare(args.model, args.workers, args.batch_size, args.seq_len, args.steps)
+    print(f"{args.workers} simulated workers: {result['simulated_tokens_per_s']:,.0f} tokens/s; one worker with a "
+          f"{args.workers}x batch: {result['single_tokens_per_s']:,.0f} tokens/s; ratio {result['ratio']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Small recorded runs written by hand, in the format ``lowcomm train`` writes, with round numbers.
+
+Four workers; one all-reduce moves a payload of 1 MB, of which each worker sends 2 * 3/4 = 1.5 MB.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+MB = 1_000_000
+
+
+def write_run(directory: Path, summary: dict[str, Any], records: list[dict[str, Any]]) -> Path:
+    directory.mkdir(parents=True)
+    (directory / "summary.json").write_text(json.dumps({"workers": 4, "steps": 4, **summary}))
+    (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return directory
+
+
+def train(step: int, comm_bytes: float) -> dict[str, Any]:
+    return {"step": step, "loss": 9.0, "lr": 0.1, "elapsed_s": step * 1.0, "comm_bytes": int(comm_bytes),
+            "tokens": 100 * step}
+
+
+def evaluation(step: int, loss: float, elapsed_s: float, comm_bytes: float, comm_wait_s: float) -> dict[str, Any]:
+    return {"step": step, "eval_loss": loss, "elapsed_s": elapsed_s, "tokens": 100 * step,
+            "comm_bytes": int(comm_bytes), "comm_wait_s": comm_wait_s}
+
+
+def ddp(root: Path) -> Path:
+    """An all-reduce every step; 0.2 s of waiting per step; eval loss 3.0 after step 2, 2.0 after 4."""
+    return write_run(root / "ddp", {
+        "algo": "ddp", "final_eval_loss": 2.0, "wall_time_s": 4.5, "comm_bytes_total": 4 * 6 * MB,
+        "comm_wait_s": 0.8, "tokens": 400,
+    }, [
+        {"step": 0, "event": "start"},
+        train(1, 1.5 * MB), train(2, 3 * MB), evaluation(2, 3.0, 2.0, 3 * MB, 0.4),
+        train(3, 4.5 * MB), train(4, 6 * MB), evaluation(4, 2.0, 4.0, 6 * MB, 0.8),
+    ])
+
+
+def localsgd(root: Path) -> Path:
+    """The 1 MB initial broadcast in step 1, an all-reduce after steps 2 and 4 (H = 2)."""
+    return write_run(root / "localsgd", {
+        "algo": "localsgd", "final_eval_loss": 1.9, "wall_time_s": 3.3, "comm_bytes_total": 13 * MB,
+        "comm_wait_s": 0.33, "tokens": 400,
+    }, [
+        train(1, 1 * MB), train(2, 2.5 * MB), evaluation(2, 3.5, 1.5, 2.5 * MB, 0.1),
+        train(3, 2.5 * MB), train(4, 4 * MB), evaluation(4, 1.9, 3.0, 4 * MB, 0.2),
+    ])
+
+
+def palsgd(root: Path) -> Path:
+    """Step 3 is a pseudo-synchronisation (no train record) that also synchronises; never reaches 2.0."""
+    return write_run(root / "palsgd", {
+        "algo": "palsgd", "final_eval_loss": 2.5, "wall_time_s": 3.0, "comm_bytes_total": 10 * MB,
+        "comm_wait_s": 0.3, "tokens": 300,
+    }, [
+        train(1, 1 * MB), train(2, 1 * MB), evaluation(2, 3.2, 1.5, 1 * MB, 0.1),
+        {"step": 3, "sync": "pseudo", "bytes": 3 * MB // 2}, {"step": 3, "sync": "outer", "bytes": 3 * MB // 2},
+        train(4, 2.5 * MB), evaluation(4, 2.5, 2.8, 2.5 * MB, 0.3),
+    ])
+
+
+def noloco(root: Path) -> Path:
+    """x - z and z (1 MB each) to one partner after steps 2 and 4."""
+    return write_run(root / "noloco", {
+        "algo": "noloco", "final_eval_loss": 2.0, "wall_time_s": 3.0, "comm_bytes_total": 16 * MB,
+        "comm_wait_s": 0.2, "tokens": 400,
+    }, [
+        train(1, 0), train(2, 2 * MB), evaluation(2, 3.0, 1.4, 2 * MB, 0.1),
+        train(3, 2 * MB), train(4, 4 * MB), evaluation(4, 2.0, 2.9, 4 * MB, 0.2),
+    ])

@@ -1,0 +1,101 @@
+"""Reading recorded runs, the side-by-side table and the projections, against hand-worked numbers.
+
+The runs are those of :mod:`tests.benchmarks.recorded`; the network in the projections carries
+1 MB/s (8 Mbit/s), so a step that makes a worker send 1.5 MB costs 1.5 s.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lowcomm.benchmarks.network_model import NetworkModel
+from lowcomm.benchmarks.projection import project, project_all
+from lowcomm.benchmarks.results import COLUMNS, choose_target, results_rows, write_csv
+from lowcomm.benchmarks.runs import Evaluation, read_run
+from tests.benchmarks import recorded
+from tests.benchmarks.recorded import MB
+
+ONE_MB_PER_S = NetworkModel(8e6)
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> dict:
+    return {name: read_run(getattr(recorded, name)(tmp_path)) for name in ("ddp", "localsgd", "palsgd", "noloco")}
+
+
+def test_read_run(runs: dict) -> None:
+    assert runs["ddp"].evaluations == [Evaluation(2, 3.0, 2.0, 200, 3 * MB, 0.4), Evaluation(4, 2.0, 4.0, 400, 6 * MB, 0.8)]
+    assert runs["ddp"].step_bytes == {1: 1.5 * MB, 2: 1.5 * MB, 3: 1.5 * MB, 4: 1.5 * MB}
+    assert runs["palsgd"].step_bytes == {1: 1 * MB, 3: 1.5 * MB}  # step 3 has only a pseudo record
+    assert runs["noloco"].step_bytes == {2: 2 * MB, 4: 2 * MB}
+    assert runs["localsgd"].time_to_target(2.0) == 3.0
+    assert runs["palsgd"].time_to_target(2.0) is None
+
+
+def test_read_run_names_what_is_missing(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="summary.json is missing"):
+        read_run(tmp_path)
+
+
+def test_results_table(runs: dict, tmp_path: Path) -> None:
+    ordered = [runs[name] for name in ("ddp", "localsgd", "palsgd", "noloco")]
+    target = choose_target(ordered, None)
+    assert target == 2.0  # DDP's final eval loss
+    rows = results_rows(ordered, target)
+    assert [(r["algo"], r["time_to_target_s"], r["speedup_vs_ddp"]) for r in rows] == [
+        ("ddp", 4.0, 1.0), ("localsgd", 3.0, 4 / 3), ("palsgd", None, None), ("noloco", 2.9, 4 / 2.9)]
+    assert rows[0]["comm_share"] == pytest.approx(0.8 / 4.5)
+    write_csv(tmp_path / "results.csv", rows, COLUMNS)
+    assert (tmp_path / "results.csv").read_text().splitlines() == [
+        "algo,final_eval_loss,wall_time_s,time_to_target_s,speedup_vs_ddp,comm_bytes_total,comm_share,tokens",
+        "ddp,2,4.5,4,1,24000000,0.177778,400",
+        "localsgd,1.9,3.3,3,1.33333,13000000,0.1,400",
+        "palsgd,2.5,3,,,10000000,0.1,300",
+        "noloco,2,3,2.9,1.37931,16000000,0.0666667,400",
+    ]
+    assert choose_target(ordered[1:], 2.6) == 2.6
+    with pytest.raises(ValueError, match="--target-loss"):
+        choose_target(ordered[1:], None)
+
+
+def test_projection_at_one_megabyte_per_second(runs: dict) -> None:
+    # DDP: four steps of 1.5 s replace 0.8 s of waiting
+    ddp = project(runs["ddp"], ONE_MB_PER_S, 4, target=2.0)
+    assert ddp.time_to_target_s == pytest.approx(4.0 - 0.8 + 6.0)
+    assert ddp.wall_time_s == pytest.approx(4.5 - 0.8 + 6.0)
+    # Local SGD: the 1 MB broadcast (1 s) and two all-reduces (1.5 s each)
+    assert project(runs["localsgd"], ONE_MB_PER_S, 4, 2.0).time_to_target_s == pytest.approx(3.0 - 0.2 + 4.0)
+    palsgd = project(runs["palsgd"], ONE_MB_PER_S, 4, 2.0)
+    assert (palsgd.wall_time_s, palsgd.time_to_target_s) == (pytest.approx(3.0 - 0.3 + 2.5), None)
+    # NoLoCo: 2 MB to one partner, twice
+    assert project(runs["noloco"], ONE_MB_PER_S, 4, 2.0).time_to_target_s == pytest.approx(2.9 - 0.2 + 4.0)
+
+
+def test_projection_to_other_worker_counts_and_latency(runs: dict) -> None:
+    # two workers: a worker sends the whole 1 MB payload once per all-reduce
+    assert project(runs["ddp"], ONE_MB_PER_S, 2, 2.0).time_to_target_s == pytest.approx(4.0 - 0.8 + 4 * 1.0)
+    # five: 2 * 4/5 MB; NoLoCo's triple makes its members send to two partners
+    assert project(runs["ddp"], ONE_MB_PER_S, 5, 2.0).time_to_target_s == pytest.approx(4.0 - 0.8 + 4 * 1.6)
+    assert project(runs["noloco"], ONE_MB_PER_S, 5, 2.0).time_to_target_s == pytest.approx(2.9 - 0.2 + 2 * 4.0)
+    # 10 ms per message: a ring all-reduce among four takes 6 of them
+    slow_start = NetworkModel(8e6, latency_s=0.01)
+    assert project(runs["ddp"], slow_start, 4, 2.0).time_to_target_s == pytest.approx(4.0 - 0.8 + 4 * 1.56)
+
+
+def test_project_all_gives_speedups_over_ddp_at_each_point(runs: dict) -> None:
+    ordered = [runs[name] for name in ("ddp", "localsgd", "noloco")]
+    projections = project_all(ordered, [8e6, 80e6], [4], latency_s=0.0, target=2.0)
+    assert [(p.algo, p.bandwidth_bps) for p in projections] == [
+        ("ddp", 8e6), ("localsgd", 8e6), ("noloco", 8e6), ("ddp", 80e6), ("localsgd", 80e6), ("noloco", 80e6)]
+    assert projections[1].speedup_vs_ddp == pytest.approx(9.2 / 6.8)
+    assert projections[2].speedup_vs_ddp == pytest.approx(9.2 / 6.7)
+    assert projections[4].speedup_vs_ddp == pytest.approx((4.0 - 0.8 + 0.6) / (3.0 - 0.2 + 0.4))
+
+
+def test_a_one_worker_run_cannot_be_projected(runs: dict, tmp_path: Path) -> None:
+    alone = recorded.write_run(tmp_path / "alone", {**runs["ddp"].summary, "workers": 1},
+                               [recorded.evaluation(4, 2.0, 4.0, 0, 0.0)])
+    with pytest.raises(ValueError, match="run: .* one worker"):
+        project(read_run(alone), ONE_MB_PER_S, 4, 2.0)
