@@ -26,6 +26,7 @@ def _worker(rank: int, world_size: int, port: int, outdir: str, fn: Callable[...
     try:
         result = fn(*args)
         torch.save({"result": result}, Path(outdir) / f"{rank}.pt")
+        dist.barrier()  # no rank tears the group down while a peer still talks to it
     except BaseException:
         (Path(outdir) / f"{rank}.err").write_text(traceback.format_exc())
         raise

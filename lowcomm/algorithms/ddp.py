@@ -16,8 +16,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from lowcomm.algorithms.base import Closure, Strategy
-from lowcomm.communication.communicator import ProcessGroupCommunicator
-from lowcomm.communication.ddp_hooks import counting_allreduce_hook
+from lowcomm.communication.communicator import ProcessGroupCommunicator, payload_bytes
+from lowcomm.communication.ddp_hooks import CountingState, counting_allreduce_hook
 
 
 class DDP(Strategy):
@@ -45,10 +45,13 @@ class DDP(Strategy):
             process_group=self.comm.group,
             **ddp_options,
         )
-        self.ddp.register_comm_hook(self.comm, counting_allreduce_hook)
+        self.ddp.register_comm_hook(CountingState(self.comm), counting_allreduce_hook)
 
     def broadcast_initial_state(self) -> None:
-        """DistributedDataParallel broadcasts worker 0's state itself."""
+        """DistributedDataParallel broadcasts worker 0's state itself; its bytes are charged here."""
+        self.comm.stats.operations += 1
+        if self.comm.rank == 0:
+            self.comm.stats.bytes_sent += payload_bytes(list(self.local_model.state_dict().values()))
 
     @property
     def model(self) -> nn.Module:

@@ -2,7 +2,8 @@
 
 Each algorithm trains as its own ``lowcomm train`` run in ``OUT/runs/ALGO`` with the train flags
 given here (a flag naming an algorithm's parameter, like ``--sync-interval``, goes to the algorithms
-that take it). Then ``OUT/results.csv``, three plots and ``OUT/report.md`` compare the runs. Under
+that take it) and the same token budget: ``--steps`` gradient steps, so PALSGD, whose
+pseudo-synchronisation steps train on no tokens, runs ``S + (steps - S) / (1 - p)`` steps. Then ``OUT/results.csv``, three plots and ``OUT/report.md`` compare the runs. Under
 a real bandwidth limit the report also sets the network model's predicted wall time beside each
 measured one.
 """
@@ -52,10 +53,12 @@ def run(args: argparse.Namespace) -> int:
         if "ddp" not in algos and args.target_loss is None:
             raise ValueError("--target-loss: needed when ddp is not among --algos")
         out = Path(flags.pop("out", Path("lowcomm-runs") / datetime.now().strftime("bench-%Y%m%d-%H%M%S")))
-        configs = {algo: load_config(args.config, run_flags(algo, flags, out)) for algo in algos}
+        requested = {algo: load_config(args.config, run_flags(algo, flags, out)) for algo in algos}
+        budgets = {algo: {"steps": token_budget_steps(config)} for algo, config in requested.items()}
+        configs = {algo: load_config(args.config, run_flags(algo, flags, out) | budgets[algo]) for algo in algos}
     except ValueError as error:
         return usage_error("bench", str(error))
-    first = next(iter(configs.values()))
+    first = next(iter(requested.values()))
     notes = []
     if first.network == "none" and not math.isinf(parse_rate(first.bandwidth)):
         reason = real_limit_unavailable(first.backend)
@@ -65,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             flags["network"] = "model"
     commands = {}
     for algo in algos:
-        arguments = ["train", *as_flags(run_flags(algo, flags, out))]
+        arguments = ["train", *as_flags(run_flags(algo, flags, out) | budgets[algo])]
         if args.config is not None:
             arguments += ["--config", str(args.config)]
         commands[algo] = " ".join(["lowcomm", *arguments])
@@ -116,6 +119,16 @@ def run_flags(algo: str, flags: dict[str, Any], out: Path) -> dict[str, Any]:
     return {"algo": algo, **shared, "out": out / "runs" / algo}
 
 
+def token_budget_steps(config: TrainConfig) -> int:
+    """Steps that give ``config``'s run the expected tokens of ``config.steps`` gradient steps:
+    after its S warm-up steps, PALSGD trains on no tokens with probability p, so it runs
+    S + (steps - S) / (1 - p) steps."""
+    if not config.pseudo_sync_prob:
+        return config.steps
+    warmup = min(config.warmup_steps, config.steps)
+    return warmup + math.ceil((config.steps - warmup) / (1 - config.pseudo_sync_prob))
+
+
 def as_flags(values: dict[str, Any]) -> list[str]:
     """``{"sync_interval": 16, "overwrite": True}`` as ``["--sync-interval", "16", "--overwrite"]``."""
     arguments = []
@@ -130,7 +143,8 @@ def settings(config: TrainConfig, network: str) -> str:
     how = {"none": "real (tc-tbf in network namespaces)" if link != "unlimited" else "real",
            "model": f"modelled, latency {config.latency} s"}[network]
     return (f"{config.workers} workers ({config.backend} backend, {config.device}), {config.model} on {config.data}, "
-            f"{config.steps} steps of {tokens} tokens per worker, seed {config.seed}; network: {link}, {how}.")
+            f"a budget of {config.steps} gradient steps of {tokens} tokens per worker, seed {config.seed}; "
+            f"network: {link}, {how}.")
 
 
 def model_check(runs: list[Run], config: TrainConfig) -> str:

@@ -9,10 +9,14 @@ the namespace's interface: the multi-node path of ``lowcomm train``, over real l
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from types import FrameType
 
 from lowcomm.benchmarks.netns import LimitedNetwork, available
 
@@ -49,8 +53,10 @@ def run_limited(workers: int, rate: str, command: Sequence[str]) -> int:
     Return 0 once all succeed, or the exit code of the first to fail, having stopped the others
     (which would otherwise wait for it until their collectives time out). The network is gone on return.
     """
-    with LimitedNetwork(workers, rate) as network:
-        environment = {**os.environ, "GLOO_SOCKET_IFNAME": network.interface}
+    with terminate_unwinds(), LimitedNetwork(workers, rate) as network:
+        # The workers share this machine's cores, which torchrun (one worker per agent) cannot know.
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        environment = {**os.environ, "GLOO_SOCKET_IFNAME": network.interface, "OMP_NUM_THREADS": threads}
         agents = [subprocess.Popen(agent_command(network, i, command), env=environment) for i in range(workers)]
         try:
             while True:
@@ -63,6 +69,24 @@ def run_limited(workers: int, rate: str, command: Sequence[str]) -> int:
                 time.sleep(POLL_S)
         finally:
             stop(agents)
+
+
+@contextmanager
+def terminate_unwinds() -> Iterator[None]:
+    """Inside, SIGTERM raises ``SystemExit`` instead of ending the process at once, so that the
+    agents are stopped (and the network removed) on the way out rather than left running."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_now(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_now)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def stop(processes: list[subprocess.Popen]) -> None:

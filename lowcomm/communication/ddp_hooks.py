@@ -4,6 +4,7 @@ DDP checks the hook's annotations at run time, so they must stay real types here
 """
 
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -15,14 +16,22 @@ from lowcomm.communication.communicator import (
 )
 
 
-def counting_allreduce_hook(
-    comm: ProcessGroupCommunicator, bucket: dist.GradBucket
-) -> torch.futures.Future[torch.Tensor]:
+@dataclass
+class CountingState:
+    """The communicator to charge, and when the last charged all-reduce completed."""
+
+    comm: ProcessGroupCommunicator
+    busy_until: float = 0.0
+
+
+def counting_allreduce_hook(state: CountingState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """Average one gradient bucket like DDP's default hook, counting bytes and seconds in flight.
 
-    The seconds are from launch to completion of each bucket's all-reduce, which DDP overlaps with
-    the backward pass: an upper bound on the time communication made the step wait.
+    The seconds are those during which at least one bucket's all-reduce was in flight (buckets in
+    flight together count once). DDP overlaps them with the backward pass, so they bound from
+    above the time communication made the step wait.
     """
+    comm = state.comm
     buffer = bucket.buffer()
     comm.stats.operations += 1
     comm.stats.bytes_sent += ring_all_reduce_bytes(payload_bytes([buffer]), comm.world_size)
@@ -31,7 +40,9 @@ def counting_allreduce_hook(
     future = dist.all_reduce(buffer, group=comm.group, async_op=True).get_future()
 
     def finish(done: torch.futures.Future) -> torch.Tensor:
-        comm.stats.wait_s += time.perf_counter() - start
+        now = time.perf_counter()
+        comm.stats.wait_s += max(0.0, now - max(start, state.busy_until))
+        state.busy_until = max(state.busy_until, now)
         return done.value()[0]
 
     return future.then(finish)

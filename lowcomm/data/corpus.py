@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
-from lowcomm.data.spec import DataSource, one_line
+from lowcomm.data.spec import DataSource, jsonl_documents, one_line
 from lowcomm.data.stories import generate_stories
 
 
@@ -16,23 +15,6 @@ def txt_documents(text: str) -> list[str]:
     paragraphs = re.split(r"\n[ \t\r\f\v]*\n", text.strip())
     pieces = paragraphs if len(paragraphs) > 1 else text.splitlines()
     return [piece.strip() for piece in pieces if piece.strip()]
-
-
-def jsonl_documents(text: str, path: Path) -> list[str]:
-    """The ``"text"`` field of each JSON line."""
-    documents = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise ValueError(f"data: {path}:{number} is not valid JSON") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise ValueError(f"data: {path}:{number} has no string 'text' field")
-        if record["text"].strip():
-            documents.append(record["text"])
-    return documents
 
 
 def file_documents(path: Path) -> list[str]:

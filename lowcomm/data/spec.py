@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import glob
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -70,6 +71,26 @@ def check_text_file(path: Path) -> None:
         raise ValueError(f"data: {path} is not UTF-8 text (binary file?)") from None
     if b"\0" in head:
         raise ValueError(f"data: {path} is not UTF-8 text (binary file?)")
+    if path.suffix.lower() == ".jsonl":
+        whole_lines = head if len(head) < SNIFF_BYTES else head[: head.rfind(b"\n") + 1]
+        jsonl_documents(whole_lines.decode("utf-8"), path)
+
+
+def jsonl_documents(text: str, path: Path) -> list[str]:
+    """The ``"text"`` field of each JSON line."""
+    documents = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise ValueError(f"data: {path}:{number} is not valid JSON") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise ValueError(f"data: {path}:{number} has no string 'text' field")
+        if record["text"].strip():
+            documents.append(record["text"])
+    return documents
 
 
 def parse_data_spec(data: str) -> DataSource:

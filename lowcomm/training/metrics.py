@@ -11,7 +11,8 @@
   ``bytes`` (sent by this worker during the step);
 - event: ``step``, ``event`` and its details: ``start``, ``resume``, ``skipped_checkpoint``,
   ``nonfinite_loss`` (rank 0's), and whatever the strategy records in its ``events`` (such as
-  ``nonfinite_pseudo_gradient``).
+  ``nonfinite_pseudo_gradient``). After the elastic launcher restarted the group, ``start`` and
+  ``resume`` carry ``restart``, the number of that restart.
 
 A checkpoint stores the file's length, and resuming truncates the file back to it, so a resumed
 run's file is the uninterrupted run's, record for record.

@@ -53,6 +53,11 @@ def network_communicator(communicator: Communicator, config: TrainConfig) -> Com
     return ModelledCommunicator(communicator, NetworkModel(parse_rate(config.bandwidth), config.latency))
 
 
+def restart_count() -> int:
+    """How many times the elastic agent has restarted this worker's group (0 outside an agent)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
 def cross_entropy(model: nn.Module, inputs: Tensor, targets: Tensor, bf16: bool = False) -> Tensor:
     """The mean cross-entropy of ``model``'s logits (next tokens, or image classes), in float32;
     with ``bf16`` the forward pass runs under bfloat16 autocast."""
@@ -105,10 +110,11 @@ class Trainer:
         if self.log is not None:
             for checkpoint, problem in restored.skipped:
                 self.report_event("skipped_checkpoint", checkpoint=checkpoint, problem=problem)
+            restart = {"restart": restart_count()} if restart_count() else {}
             if restored.checkpoint is None:
-                self.report_event("start")
+                self.report_event("start", **restart)
             else:
-                self.report_event("resume", checkpoint=restored.checkpoint)
+                self.report_event("resume", checkpoint=restored.checkpoint, **restart)
 
     def build(self, config: TrainConfig, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
         """This rank's data, the model (the same on every rank), its optimizer and LR schedule."""
@@ -251,8 +257,7 @@ class Trainer:
     def restore(self) -> Restored:
         """When resuming (``--resume``, or a restart by the elastic agent), load the newest complete
         checkpoint that rank 0 finds, skipping incomplete or corrupt ones with a warning."""
-        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-        if not (self.config.resume or restarted):
+        if not (self.config.resume or restart_count()):
             return Restored()
         restored = Restored()
         if self.rank == 0:

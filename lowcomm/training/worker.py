@@ -34,7 +34,8 @@ def run_worker(config: TrainConfig, store_address: StoreAddress | None = None) -
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
+        if "OMP_NUM_THREADS" not in os.environ:  # a user's (or our namespaced launcher's) choice stands
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
     join_process_group("nccl" if device.type == "cuda" else "gloo", config.hang_timeout, store_address)
     try:
         Trainer(config, device, ProcessGroupCommunicator(), process_group_peers()).train()

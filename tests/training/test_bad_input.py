@@ -72,6 +72,8 @@ DATA_CASES = {
     "binary file": ("binary.txt", bytes(range(256)) * 4, "is not UTF-8 text (binary file?)"),
     "wrong suffix": ("corpus.bin", b"hello", "is not a .txt or .jsonl file"),
     "glob matching nothing": ("*.jsonl", None, "no file matches"),
+    "invalid JSON line": ("corpus.jsonl", b'{"text": "a"}\n{"text": \n', "corpus.jsonl:2 is not valid JSON"),
+    "JSON line without text": ("corpus.jsonl", b'{"body": "a"}\n', "corpus.jsonl:1 has no string 'text' field"),
 }
 
 YAML_CASES = {

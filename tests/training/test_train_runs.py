@@ -108,10 +108,13 @@ def test_every_algorithm_trains_and_reports(algo, runs):
 
     outer = [r["step"] for r in syncs if r["sync"] == "outer"]
     if algo == "ddp":
-        # Every step all-reduces every gradient once: P bytes per step for 2 workers (ring: 2(K-1)/K).
+        # Every step all-reduces every gradient once: P bytes per step for 2 workers (ring: 2(K-1)/K);
+        # before it, worker 0 broadcast its parameters and buffers.
         payload = 4 * summary["parameters"]
-        assert [r["comm_bytes"] for r in train] == [payload * r["step"] for r in train]
-        assert summary["comm_bytes_total"] == WORKERS * STEPS * payload
+        broadcast = train[0]["comm_bytes"] - payload
+        assert broadcast >= payload
+        assert [r["comm_bytes"] for r in train] == [broadcast + payload * r["step"] for r in train]
+        assert summary["comm_bytes_total"] == broadcast + WORKERS * STEPS * payload
         assert outer == []
     elif algo == "streamingdiloco":
         assert outer and min(outer) > 4
@@ -247,10 +250,36 @@ def test_two_torchrun_nodes_train_like_one_local_launch(runs, cache_dir, tmp_pat
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
     assert sum("results in" in stdout for stdout, _ in outputs) == 1  # rank 0 alone reports
     assert json.loads((out / "summary.json").read_text())["workers"] == 2
-    # Same records as the local launch; losses agree to float32 rounding (each node here runs two
-    # threads, a local worker one, and threaded kernels may sum in another order).
-    local, multi_node = without_timing(runs("diloco")), without_timing(out)
-    assert [sorted(r) for r in multi_node] == [sorted(r) for r in local]
-    for theirs, mine in zip(local, multi_node):
+    # Each node here runs two threads, a local worker one, and threaded kernels may sum in another order.
+    assert_same_records(runs("diloco"), out)
+
+
+def assert_same_records(expected_out, out):
+    """The same records, with the same counts, and floats (losses) equal to float32 rounding."""
+    expected, actual = without_timing(expected_out), without_timing(out)
+    assert [sorted(r) for r in actual] == [sorted(r) for r in expected]
+    for theirs, mine in zip(expected, actual):
         for key, value in theirs.items():
-            assert mine[key] == (pytest.approx(value, rel=1e-4) if isinstance(value, float) else value)
+            assert mine[key] == (pytest.approx(value, rel=1e-4) if isinstance(value, float) else value), (key, mine)
+
+
+@pytest.mark.parametrize("algo", ["diloco", "ddp"])
+def test_simulated_workers_train_like_worker_processes(algo, runs, cache_dir, tmp_path):
+    """``--backend sim``: the same run as two gloo processes (DDP's rule as gradient averaging)."""
+    out = tmp_path / "out"
+    extra = PERIODIC if algo == "diloco" else []
+    lowcomm_train("--algo", algo, "--backend", "sim", *SHORT, *extra, "--cache-dir", cache_dir, "--out", str(out))
+    assert_same_records(runs(algo), out)
+
+
+def test_a_modelled_link_slows_communication_only(runs, cache_dir, tmp_path):
+    """``--network model --bandwidth 20mbit``: the DDP run's numbers, and each step's all-reduce
+    (2 workers: each sends the payload once) waits its payload * 8 / 20e6 seconds."""
+    out = tmp_path / "out"
+    lowcomm_train("--algo", "ddp", "--network", "model", "--bandwidth", "20mbit", *SHORT, "--cache-dir", cache_dir,
+                  "--out", str(out))
+    assert_same_records(runs("ddp"), out)
+    summary = json.loads((out / "summary.json").read_text())
+    modelled_wait = STEPS * 4 * summary["parameters"] * 8 / 20e6
+    assert summary["comm_wait_s"] >= modelled_wait
+    assert summary["comm_wait_s"] - modelled_wait < json.loads((runs("ddp") / "summary.json").read_text())["comm_wait_s"] + 1

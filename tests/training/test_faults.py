@@ -1,0 +1,136 @@
+"""Faults end to end: workers killed at random moments, and a worker whose model turns NaN.
+
+A killed worker makes the elastic launcher restart the group from the newest complete checkpoint,
+and the run ends exactly where an uninterrupted run ends. A worker whose loss turns NaN is left out
+of the next synchronisation, which ``metrics.jsonl`` records, and the global model stays finite.
+"""
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lowcomm.training.cli import main
+from lowcomm.training.trainer import Trainer
+from tests.training.test_train_runs import (
+    PERIODIC,
+    SHORT,
+    STEPS,
+    cache_dir,  # noqa: F401 (a fixture)
+    listening_addresses,
+    lowcomm_train,
+    records,
+    without_timing,
+    worker_pids,
+)
+
+# After the 2-step warm-up, every step is a local step and every even one ends in an outer
+# synchronisation and a checkpoint write (which deletes the checkpoint before the last).
+CRASHY = [*SHORT, "--sync-interval", "2", "--warmup-steps", "2", "--checkpoint-every", "2", "--keep-checkpoints", "2"]
+KILL_WINDOWS = [range(3, 7), range(12, 16), range(21, 25)]
+"""One kill after a random step of each window: far enough apart that each attempt checkpoints."""
+STEP_S = 0.06
+"""About one training step on 2 cores: a kill lands anywhere in the step after its target."""
+
+POISONED_STEP = 6
+"""Worker 1's model turns NaN at this local step, before the outer step at 8 (PALSGD pseudo-synchronises at 7)."""
+NONFINITE_DETAILS = {"palsgd": {"fragment": 0}, "diloco": {"fragment": 0}, "noloco": {"group": [0, 1]}, "localsgd": {}}
+
+
+def live_records(out):
+    """The complete lines of an ``out/metrics.jsonl`` that is being written (none before it exists)."""
+    path = out / "metrics.jsonl"
+    text = path.read_text() if path.exists() else ""
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
+
+
+def attempts(out):
+    """The ``start`` and ``resume`` events as (event, restart): one per attempt of the group, unless
+    the next resumed from the same checkpoint (and cut the file back to it)."""
+    return [(r["event"], r.get("restart", 0)) for r in live_records(out) if r.get("event") in ("start", "resume")]
+
+
+def progress(out):
+    """(the restart the group is on, the newest step it logged); (-1, -1) before it logs anything."""
+    lines = live_records(out)
+    begun = [i for i, r in enumerate(lines) if r.get("event") in ("start", "resume")]
+    if not begun:
+        return -1, -1
+    return lines[begun[-1]].get("restart", 0), max(r["step"] for r in lines[begun[-1] :])
+
+
+def wait_for(condition, launcher, timeout_s=120):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert launcher.poll() is None, "the launcher exited early"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_workers_killed_at_random_moments_change_nothing(cache_dir, tmp_path):  # noqa: F811
+    """In each of several attempts, SIGKILL a random worker at a random moment: during a local step,
+    an outer all-reduce or a checkpoint write. The run ends bitwise where the uninterrupted run ends."""
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    lowcomm_train(*CRASHY, "--cache-dir", cache_dir, "--out", str(straight))
+    rng = random.Random(5)
+    targets = [rng.choice(window) for window in KILL_WINDOWS]
+    kills = len(targets)
+    with (tmp_path / "stderr.txt").open("w") as stderr:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "lowcomm", "train", *CRASHY, "--cache-dir", cache_dir, "--out", str(crashed),
+             "--max-restarts", str(kills)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        for restart, target in enumerate(targets):
+            wait_for(lambda: progress(crashed)[0] == restart and progress(crashed)[1] >= target, launcher)
+            time.sleep(rng.uniform(0, STEP_S))
+            workers = worker_pids(launcher.pid)
+            assert listening_addresses([launcher.pid, *workers]) == {"127.0.0.1"}
+            os.kill(rng.choice(sorted(workers)), signal.SIGKILL)
+            wait_for(lambda: progress(crashed)[0] == restart + 1, launcher)
+        assert launcher.wait(timeout=120) == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
+    assert attempts(crashed) == [("start", 0)] + [("resume", restart) for restart in range(1, kills + 1)]
+    assert without_timing(crashed) == without_timing(straight)
+    final = f"checkpoints/step_{STEPS:08d}/model.safetensors"
+    assert (crashed / final).read_bytes() == (straight / final).read_bytes()
+    summaries = [json.loads((out / "summary.json").read_text()) for out in (straight, crashed)]
+    assert summaries[0]["final_eval_loss"] == summaries[1]["final_eval_loss"]
+
+
+@pytest.fixture
+def nan_on_worker_1(monkeypatch):
+    """Worker 1's logits (hence its loss, gradients and model) turn NaN at ``POISONED_STEP``."""
+    build = Trainer.build
+
+    def build_poisoned(trainer, config, device):
+        model, optimizer = build(trainer, config, device)
+        if trainer.rank == 1:
+            model.register_forward_hook(
+                lambda module, inputs, logits: logits * math.nan if trainer.step == POISONED_STEP else None
+            )
+        return model, optimizer
+
+    monkeypatch.setattr(Trainer, "build", build_poisoned)
+
+
+@pytest.mark.parametrize("algo", NONFINITE_DETAILS)
+def test_a_worker_gone_nan_is_left_out_and_training_goes_on(algo, nan_on_worker_1, cache_dir, tmp_path):  # noqa: F811
+    out = tmp_path / "out"
+    flags = ["--algo", algo, *SHORT, *PERIODIC, "--backend", "sim", "--cache-dir", cache_dir, "--out", str(out)]
+    assert main(["train", *flags]) == 0
+    nonfinite = [r for r in records(out, "event") if r["event"] == "nonfinite_pseudo_gradient"]
+    assert nonfinite == [{"step": 8, "event": "nonfinite_pseudo_gradient", **NONFINITE_DETAILS[algo], "finite_workers": 1}]
+    assert json.loads((out / "summary.json").read_text())["steps"] == STEPS
+    assert [r["step"] for r in records(out, "eval")] == [8, 16, 24, 32]
+    assert all(math.isfinite(r["eval_loss"]) for r in records(out, "eval"))
+    for checkpoint in (out / "checkpoints").iterdir():
+        assert all(torch.isfinite(t).all() for t in load_file(checkpoint / "model.safetensors").values())
