@@ -54,8 +54,9 @@ with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20) as co
 """
 
 HOLDER = f"""
-import time
+import signal, time
 from lowcomm.benchmarks.netns import LimitedNetwork
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if our launcher ignores it
 with LimitedNetwork(2, "10mbit", prefix="{PREFIX}"):
     print("ready", flush=True)
     time.sleep(30)

@@ -1,0 +1,80 @@
+"""``lowcomm train --bandwidth``: workers behind real limited links, and nothing left when it is stopped.
+
+Skipped unless root with iproute2.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lowcomm.benchmarks.netns import available
+from tests.training.test_train_runs import SHORT
+
+
+@pytest.fixture(autouse=True)
+def namespaces_available() -> None:
+    usable, reason = available()
+    if not usable:
+        pytest.skip(reason)
+
+
+def namespaces_of(pid: int) -> list[str]:
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[0] for line in listing.splitlines() if line.startswith(f"lc{pid}")]
+
+
+def descendants(pid: int) -> set[int]:
+    """The processes below ``pid`` (its children, their children, ...)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_limited_run_trains_behind_the_links_and_sigterm_leaves_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "lowcomm", "train", "--algo", "ddp", *SHORT, "--steps", "100000",
+         "--bandwidth", "50mbit", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)],
+        stdout=subprocess.DEVNULL, stderr=(tmp_path / "stderr").open("w"),
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not (out / "metrics.jsonl").exists() or '"loss"' not in (out / "metrics.jsonl").read_text():
+            assert launcher.poll() is None, (tmp_path / "stderr").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no training step within 180 s"
+            time.sleep(0.2)
+        assert len(namespaces_of(launcher.pid)) == 3  # two workers and the bridge
+        started = descendants(launcher.pid)
+        assert len(started) >= 4  # an agent and a worker per namespace, at least
+        launcher.send_signal(signal.SIGTERM)
+        launcher.wait(timeout=60)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode != 0
+    deadline = time.monotonic() + 30
+    while any(map(alive, started)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [pid for pid in started if alive(pid)] == []
+    assert namespaces_of(launcher.pid) == []
