@@ -21,7 +21,7 @@ from typing import Any
 
 from lowcomm.algorithms import ALGORITHMS
 from lowcomm.benchmarks.limited_launch import real_limit_unavailable
-from lowcomm.benchmarks.network_model import NetworkModel, parse_rate
+from lowcomm.communication.network_model import NetworkModel, parse_rate
 from lowcomm.benchmarks.projection import project
 from lowcomm.benchmarks.report import markdown_table, plot_curves, write_report
 from lowcomm.benchmarks.results import COLUMNS, choose_target, results_rows, write_csv

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable
 from types import FrameType, TracebackType
 
-from lowcomm.benchmarks.network_model import parse_rate
+from lowcomm.communication.network_model import parse_rate
 
 SUBNET = "10.213.0"
 INTERFACE = "eth0"

@@ -13,7 +13,7 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
-from lowcomm.benchmarks.network_model import parse_rate
+from lowcomm.communication.network_model import parse_rate
 from lowcomm.benchmarks.projection import COLUMNS, project_all
 from lowcomm.benchmarks.report import markdown_table, plot_speedups
 from lowcomm.benchmarks.results import choose_target, write_csv

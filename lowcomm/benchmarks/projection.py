@@ -2,7 +2,7 @@
 
 A run's time splits into communication (worker 0's measured waits) and everything else (compute,
 evaluation, logging). Keeping the rest as measured and pricing each step's traffic with the
-:class:`~lowcomm.benchmarks.network_model.NetworkModel` gives the clock at every evaluation:
+:class:`~lowcomm.communication.network_model.NetworkModel` gives the clock at every evaluation:
 
     projected(s) = elapsed(s) - waited(s) + sum over steps t <= s of modelled(t)
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 from lowcomm.algorithms import ALGORITHMS, NoLoCo
 from lowcomm.algorithms.noloco import gossip_groups
-from lowcomm.benchmarks.network_model import NetworkModel
+from lowcomm.communication.network_model import NetworkModel
 from lowcomm.benchmarks.results import speedup
 from lowcomm.benchmarks.runs import Run
 

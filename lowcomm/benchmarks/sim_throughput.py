@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from lowcomm.benchmarks.gradient_averaging import GradientAveraging
+from lowcomm.algorithms.gradient_averaging import GradientAveraging
 from lowcomm.communication.simulated import SimulatedCommunicator, run_simulated
 from lowcomm.models import build_model
 

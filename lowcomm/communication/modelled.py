@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from lowcomm.benchmarks.network_model import NetworkModel
+from lowcomm.communication.network_model import NetworkModel
 from lowcomm.communication.communicator import Communicator, payload_bytes
 
 

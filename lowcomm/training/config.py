@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lowcomm.algorithms import ALGORITHMS
-from lowcomm.benchmarks.network_model import parse_rate
+from lowcomm.communication.network_model import parse_rate
 from lowcomm.data.spec import parse_data_spec
 from lowcomm.models import GPT_NEO_SHAPES, MODEL_NAMES, model_spec
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from lowcomm.benchmarks.limited_launch import real_limit_unavailable, run_limited
-from lowcomm.benchmarks.network_model import parse_rate
+from lowcomm.communication.network_model import parse_rate
 from lowcomm.training.cli import usage_error
 from lowcomm.training.config import ALGORITHM_PARAMETERS, TrainConfig, flag, load_config, under_torchrun
 from lowcomm.training.launch import train

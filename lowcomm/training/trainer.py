@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from lowcomm.algorithms.periodic import PeriodicStrategy
-from lowcomm.benchmarks.gradient_averaging import strategy_class
-from lowcomm.benchmarks.network_model import NetworkModel, parse_rate
+from lowcomm.algorithms.gradient_averaging import strategy_class
+from lowcomm.communication.network_model import NetworkModel, parse_rate
 from lowcomm.communication.communicator import Communicator
 from lowcomm.communication.modelled import ModelledCommunicator
 from lowcomm.data import load_data

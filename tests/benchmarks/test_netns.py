@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from lowcomm.benchmarks.netns import LimitedNetwork, available, cleanup_stale
-from lowcomm.benchmarks.network_model import NetworkModel
+from lowcomm.communication.network_model import NetworkModel
 
 PREFIX = "lctest"
 ROOT = Path(__file__).resolve().parents[2]

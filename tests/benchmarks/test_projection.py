@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lowcomm.benchmarks.network_model import NetworkModel
+from lowcomm.communication.network_model import NetworkModel
 from lowcomm.benchmarks.projection import project, project_all
 from lowcomm.benchmarks.results import COLUMNS, choose_target, results_rows, write_csv
 from lowcomm.benchmarks.runs import Evaluation, read_run

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from lowcomm.benchmarks.network_model import NetworkModel
+from lowcomm.communication.network_model import NetworkModel
 from lowcomm.communication.modelled import ModelledCommunicator
 from lowcomm.communication.simulated import SimulatedCommunicator, run_simulated
 

@@ -7,7 +7,7 @@ import threading
 import torch
 
 from lowcomm import DDP, LocalSGD, ProcessGroupCommunicator
-from lowcomm.benchmarks.gradient_averaging import GradientAveraging, strategy_class
+from lowcomm.algorithms.gradient_averaging import GradientAveraging, strategy_class
 from lowcomm.communication.communicator import Communicator
 from lowcomm.communication.simulated import SimulatedGroup, run_simulated
 from tests.algorithms import mlp

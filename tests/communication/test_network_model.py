@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from lowcomm.benchmarks.network_model import NetworkModel, parse_rate
+from lowcomm.communication.network_model import NetworkModel, parse_rate
 
 GBIT = NetworkModel(bandwidth_bps=1e9)
 
