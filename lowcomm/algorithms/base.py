@@ -81,6 +81,10 @@ class Strategy(ABC):
         """The model to evaluate and save: the global model (collective for some algorithms)."""
         return {k: v.detach().clone() for k, v in self.local_model.state_dict().items()}
 
+    def wait(self) -> None:
+        """Block until every communication this strategy started has completed (call it before
+        dropping the strategy or leaving the process group; results not yet due stay unapplied)."""
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume this worker exactly: model, optimizers, counters, RNG."""
         return {

@@ -197,10 +197,13 @@ class DiLoCo(PeriodicStrategy):
             return super().global_state_dict()
         return self.state_dict_with(self.outer_params + self.buffers)
 
-    def state_dict(self) -> dict[str, Any]:
+    def wait(self) -> None:
         for pending in self.pending:
             if pending.handle is not None:
                 pending.handle.wait()
+
+    def state_dict(self) -> dict[str, Any]:
+        self.wait()
         return {
             **super().state_dict(),
             "outer_params": [z.detach().clone() for z in self.outer_params],

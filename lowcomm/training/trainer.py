@@ -281,6 +281,7 @@ class Trainer:
 
     def finish(self) -> None:
         """Sum the traffic and times over all workers; rank 0 writes summary.json."""
+        self.strategy.wait()
         stats = self.strategy.comm_stats
         everyone = self.peers.all_gather((stats.bytes_sent, stats.wait_s, self.progress.compute_s))
         if self.log is None:

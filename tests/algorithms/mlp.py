@@ -81,9 +81,11 @@ def resumed(algo: str, options: dict[str, Any], steps: int, split: int, lr: floa
             torch.save(strategy.state_dict(), buffer)
             saved = buffer.getvalue()
     straight = flat(model)
+    strategy.wait()
     model, strategy = make(algo, options, lr, "adamw")
     strategy.load_state_dict(torch.load(io.BytesIO(saved), weights_only=True))
     for t in range(split + 1, steps + 1):
         data = batch(rank, t)
         strategy.step(lambda: loss_of(strategy.model, data))
+    strategy.wait()
     return {"straight": straight, "resumed": flat(model), "bytes": strategy.comm_stats.bytes_sent}

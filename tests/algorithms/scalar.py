@@ -36,6 +36,7 @@ def scalar_trajectory(algo: str, options: dict[str, Any], steps: int, lr: float)
         loss = strategy.step(lambda: 0.5 * (strategy.model(x)[0, 0] - b) ** 2)
         computed.append(loss is not None)
         trajectory.append(model.weight.item())
+    strategy.wait()
     return {
         "x": trajectory,
         "computed": computed,

@@ -89,6 +89,7 @@ def train(algo: str, options: dict, comm: Communicator | None = None) -> dict:
         data = mlp.batch(comm.rank, t)
         strategy.step(lambda: mlp.loss_of(strategy.model, data))
         params.append(mlp.flat(model))
+    strategy.wait()
     return {"params": params, "global": strategy.global_state_dict(), "bytes": comm.stats.bytes_sent - sent_before}
 
 
