@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import tempfile
 import traceback
@@ -32,6 +33,9 @@ def _worker(rank: int, world_size: int, port: int, outdir: str, fn: Callable[...
         raise
     finally:
         dist.destroy_process_group()
+    # The result is saved: leave without interpreter finalization, during which gloo's threads can
+    # still abort the process (see pytorch/pytorch#179291).
+    os._exit(0)
 
 
 def run_workers(fn: Callable[..., Any], world_size: int, *args: Any, timeout: float = 120) -> list[Any]:
