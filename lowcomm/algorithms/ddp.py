@@ -45,7 +45,8 @@ class DDP(Strategy):
             process_group=self.comm.group,
             **ddp_options,
         )
-        self.ddp.register_comm_hook(CountingState(self.comm), counting_allreduce_hook)
+        self.counting = CountingState(self.comm)
+        self.ddp.register_comm_hook(self.counting, counting_allreduce_hook)
 
     def broadcast_initial_state(self) -> None:
         """DistributedDataParallel broadcasts worker 0's state itself; its bytes are charged here."""
@@ -60,6 +61,7 @@ class DDP(Strategy):
     def step(self, closure: Closure | Sequence[Closure]) -> torch.Tensor:
         self.step_count += 1
         loss = self._backward(closure)
+        self.counting.end_step()
         self._optimizer_step()
         return loss
 

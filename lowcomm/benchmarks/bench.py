@@ -2,7 +2,8 @@
 
 Each algorithm trains as its own ``lowcomm train`` run in ``OUT/runs/ALGO`` with the train flags
 given here (a flag naming an algorithm's parameter, like ``--sync-interval``, goes to the algorithms
-that take it) and the same token budget: ``--steps`` gradient steps, so PALSGD, whose
+that take it; ``--set ALGO.OPTION=VALUE`` sets an option for one algorithm only, to compare tuned
+configurations) and the same token budget: ``--steps`` gradient steps, so PALSGD, whose
 pseudo-synchronisation steps train on no tokens, runs ``S + (steps - S) / (1 - p)`` steps. Then ``OUT/results.csv``, three plots and ``OUT/report.md`` compare the runs. Under
 a real bandwidth limit the report also sets the network model's predicted wall time beside each
 measured one.
@@ -40,10 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"the algorithms to compare (default: {','.join(DEFAULT_ALGOS)})")
     parser.add_argument("--target-loss", type=float, metavar="LOSS",
                         help="the eval loss to reach (default: DDP's final eval loss)")
+    parser.add_argument("--set", action="append", default=[], metavar="ALGO.OPTION=VALUE", dest="settings",
+                        help="a train option for one algorithm only, e.g. palsgd.lr=2e-3 (repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "algos", "target_loss")}
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "algos", "target_loss", "settings")}
     try:
         algos = parse_algos(args.algos)
         if "algo" in flags:
@@ -52,10 +55,12 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--target-loss: must be a finite number, got {args.target_loss}")
         if "ddp" not in algos and args.target_loss is None:
             raise ValueError("--target-loss: needed when ddp is not among --algos")
+        own = parse_settings(args.settings, algos)
         out = Path(flags.pop("out", Path("lowcomm-runs") / datetime.now().strftime("bench-%Y%m%d-%H%M%S")))
-        requested = {algo: load_config(args.config, run_flags(algo, flags, out)) for algo in algos}
+        requested = {algo: load_config(args.config, run_flags(algo, flags, out) | own[algo]) for algo in algos}
         budgets = {algo: {"steps": token_budget_steps(config)} for algo, config in requested.items()}
-        configs = {algo: load_config(args.config, run_flags(algo, flags, out) | budgets[algo]) for algo in algos}
+        configs = {algo: load_config(args.config, run_flags(algo, flags, out) | own[algo] | budgets[algo])
+                   for algo in algos}
     except ValueError as error:
         return usage_error("bench", str(error))
     first = next(iter(requested.values()))
@@ -68,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             flags["network"] = "model"
     commands = {}
     for algo in algos:
-        arguments = ["train", *as_flags(run_flags(algo, flags, out) | budgets[algo])]
+        arguments = ["train", *as_flags(run_flags(algo, flags, out) | own[algo] | budgets[algo])]
         if args.config is not None:
             arguments += ["--config", str(args.config)]
         commands[algo] = " ".join(["lowcomm", *arguments])
@@ -88,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         out,
         command=["lowcomm", "bench", "--algos", ",".join(algos), *as_flags(flags | {"out": out}),
                  *(["--target-loss", str(args.target_loss)] if args.target_loss is not None else []),
+                 *(word for setting in args.settings for word in ("--set", setting)),
                  *(["--config", str(args.config)] if args.config is not None else [])],
         run_commands=commands,
         settings=settings(first, flags.get("network", first.network)),
@@ -110,6 +116,23 @@ def parse_algos(text: str) -> list[str]:
     if len(set(algos)) < len(algos):
         raise ValueError(f"--algos: an algorithm is named twice in {text!r}")
     return algos
+
+
+def parse_settings(settings: list[str], algos: list[str]) -> dict[str, dict[str, str]]:
+    """``["palsgd.lr=2e-3"]`` as ``{"palsgd": {"lr": "2e-3"}, ...}``, with an empty dict for the others."""
+    own: dict[str, dict[str, str]] = {algo: {} for algo in algos}
+    for setting in settings:
+        target, _, value = setting.partition("=")
+        algo, _, option = target.partition(".")
+        option = option.replace("-", "_")
+        if not (algo and option and value):
+            raise ValueError(f"--set: expected ALGO.OPTION=VALUE, got {setting!r}")
+        if algo not in own:
+            raise ValueError(f"--set: {algo!r} is not among --algos")
+        if option not in TrainConfig.model_fields or option in ("algo", "out"):
+            raise ValueError(f"--set: {option!r} is not a train option of one algorithm")
+        own[algo][option] = value
+    return own
 
 
 def run_flags(algo: str, flags: dict[str, Any], out: Path) -> dict[str, Any]:

@@ -10,8 +10,9 @@ The losses stay as measured, since an algorithm computes the same thing at any b
 another worker count K' each operation keeps its payload and is re-priced for K' (a ring
 all-reduce sends 2(K'-1)/K' of it; a NoLoCo exchange goes to one partner, or two in the triple an
 odd K' leaves); the loss curve and the compute per step are assumed to carry over, which only a
-run at K' can confirm. Communication is assumed not to overlap compute, which overstates DDP's
-time by the part of its all-reduce that hides behind the backward pass.
+run at K' can confirm. A step's modelled traffic hides behind the computation it overlapped in the
+run (DDP: the backward pass from the first gradient bucket ready to the last), so only the rest
+of it adds to the clock.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class Projection:
 
 
 def step_seconds(run: Run, network: NetworkModel, workers: int) -> dict[int, float]:
-    """The modelled seconds of each step's traffic, for ``workers`` workers."""
+    """The modelled seconds each step's traffic adds to the clock, for ``workers`` workers."""
     if run.workers < 2:
         raise ValueError(f"run: {run.directory} has one worker, so no traffic to project from")
     pairwise = issubclass(ALGORITHMS[run.algo], NoLoCo)
@@ -47,10 +48,11 @@ def step_seconds(run: Run, network: NetworkModel, workers: int) -> dict[int, flo
     for step, sent in run.step_bytes.items():
         if pairwise:
             partners = len(next(g for g in gossip_groups(run.workers, step) if 0 in g)) - 1
-            seconds[step] = network.exchange_s(sent // partners, 2 if workers % 2 else 1)
+            modelled = network.exchange_s(sent // partners, 2 if workers % 2 else 1)
         else:
             payload = round(sent * run.workers / (2 * (run.workers - 1)))
-            seconds[step] = network.all_reduce_s(payload, workers)
+            modelled = network.all_reduce_s(payload, workers)
+        seconds[step] = max(0.0, modelled - run.overlap_per_step_s)
     return seconds
 
 

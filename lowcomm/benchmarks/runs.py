@@ -23,6 +23,7 @@ class Evaluation:
     tokens: int
     comm_bytes: int  # cumulative bytes worker 0 had sent
     comm_wait_s: float  # cumulative seconds worker 0 had waited for communication
+    comm_overlap_s: float  # cumulative seconds worker 0's communication could hide behind computation
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,12 @@ class Run:
     def wall_time_s(self) -> float:
         return float(self.summary["wall_time_s"])
 
+    @property
+    def overlap_per_step_s(self) -> float:
+        """Seconds per step that communication could hide behind computation (DDP's backward pass)."""
+        last = self.evaluations[-1]
+        return last.comm_overlap_s / last.step
+
     def time_to_target(self, target: float) -> float | None:
         """Worker 0's clock at the first evaluation whose loss is at most ``target``; None if none is."""
         return next((e.elapsed_s for e in self.evaluations if e.eval_loss <= target), None)
@@ -74,7 +81,7 @@ def read_run(directory: str | Path) -> Run:
             step_bytes[step] = record["bytes"]
             sent += record["bytes"]
         elif "eval_loss" in record:
-            fields = ("eval_loss", "elapsed_s", "tokens", "comm_bytes", "comm_wait_s")
+            fields = ("eval_loss", "elapsed_s", "tokens", "comm_bytes", "comm_wait_s", "comm_overlap_s")
             evaluations.append(Evaluation(step, *(record[name] for name in fields)))
     if not evaluations:
         raise ValueError(f"run: {directory} has no evaluations in metrics.jsonl")

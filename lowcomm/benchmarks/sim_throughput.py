@@ -1,7 +1,8 @@
 """How fast the simulation trains: K simulated workers against one worker with a K-times larger batch.
 
 Both train the same model on random tokens for the same number of steps, so both see the same
-tokens per step; the simulation averages gradients every step (DDP's rule) through
+tokens per step; the simulation batches its workers' passes as ``--backend sim`` does
+(:mod:`lowcomm.training.batched_replicas`) and averages gradients every step (DDP's rule) through
 :class:`~lowcomm.communication.simulated.SimulatedCommunicator`. The ratio of their tokens per
 second is the price of simulating K workers instead of training one big batch.
 
@@ -11,17 +12,18 @@ second is the price of simulating K workers instead of training one big batch.
 from __future__ import annotations
 
 import argparse
-import os
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
-import torch.nn.functional as F
 
 from lowcomm.algorithms.gradient_averaging import GradientAveraging
 from lowcomm.communication.simulated import SimulatedCommunicator, run_simulated
 from lowcomm.models import build_model
+from lowcomm.training.batched_replicas import ReplicaBatcher
+from lowcomm.training.loss import cross_entropy
 
 VOCAB_SIZE = 2048
 _BUILD_LOCK = threading.Lock()  # building a model draws from torch's global generator
@@ -37,17 +39,14 @@ def training_steps(model_name: str, batch_size: int, seq_len: int, steps: int,
     rank = 0 if communicator is None else communicator.rank
     tokens = torch.randint(VOCAB_SIZE, (batch_size, seq_len + 1), generator=torch.Generator().manual_seed(rank))
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-
-    def loss() -> torch.Tensor:
-        return F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
-
     if communicator is None:
         def step() -> None:
             optimizer.zero_grad(set_to_none=True)
-            loss().backward()
+            cross_entropy(model, inputs, targets).backward()
             optimizer.step()
     else:
         strategy = GradientAveraging(model, optimizer, communicator=communicator)
+        loss = partial(ReplicaBatcher(communicator).loss, model, inputs, targets)
 
         def step() -> None:
             strategy.step(loss)
@@ -66,9 +65,7 @@ def timed_steps(step: Callable[[], None], steps: int) -> float:
 def compare(model_name: str, workers: int, batch_size: int, seq_len: int, steps: int) -> dict[str, float]:
     """Tokens per second of ``workers`` simulated workers and of one worker with their total batch."""
     tokens = workers * batch_size * seq_len * steps
-    torch.set_num_threads(os.cpu_count() or 1)
     single_s = training_steps(model_name, workers * batch_size, seq_len, steps)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     simulated_s = max(run_simulated(workers, lambda comm: training_steps(model_name, batch_size, seq_len, steps, comm)))
     return {"single_tokens_per_s": tokens / single_s, "simulated_tokens_per_s": tokens / simulated_s,
             "ratio": single_s / simulated_s}

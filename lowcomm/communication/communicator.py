@@ -21,11 +21,13 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 @dataclass
 class CommStats:
-    """Cumulative traffic of one worker: bytes it sent, seconds it waited, operations it ran."""
+    """Cumulative traffic of one worker: bytes it sent, seconds it waited, operations it ran, and
+    seconds its communication could overlap computation (DDP's buckets during the backward pass)."""
 
     bytes_sent: int = 0
     wait_s: float = 0.0
     operations: int = 0
+    overlap_s: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -34,6 +36,7 @@ class CommStats:
         self.bytes_sent = int(state["bytes_sent"])
         self.wait_s = float(state["wait_s"])
         self.operations = int(state["operations"])
+        self.overlap_s = float(state["overlap_s"])
 
 
 def payload_bytes(tensors: Sequence[torch.Tensor]) -> int:

@@ -18,31 +18,40 @@ from lowcomm.communication.communicator import (
 
 @dataclass
 class CountingState:
-    """The communicator to charge, and when the last charged all-reduce completed."""
+    """The communicator to charge, and when this step's buckets became ready and were averaged."""
 
     comm: ProcessGroupCommunicator
-    busy_until: float = 0.0
+    first_ready: float | None = None
+    last_ready: float = 0.0
+    averaged: float = 0.0
+
+    def end_step(self) -> None:
+        """Charge the step's times: its wait runs from its last bucket ready (the end of the backward
+        pass) until every bucket was averaged, the communication the backward pass did not hide; its
+        overlap from its first bucket ready to its last, the time the backward pass could hide it."""
+        if self.first_ready is None:
+            return
+        self.comm.stats.wait_s += max(0.0, self.averaged - self.last_ready)
+        self.comm.stats.overlap_s += self.last_ready - self.first_ready
+        self.first_ready = None
 
 
 def counting_allreduce_hook(state: CountingState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-    """Average one gradient bucket like DDP's default hook, counting bytes and seconds in flight.
-
-    The seconds are those during which at least one bucket's all-reduce was in flight (buckets in
-    flight together count once). DDP overlaps them with the backward pass, so they bound from
-    above the time communication made the step wait.
-    """
+    """Average one gradient bucket like DDP's default hook, counting its bytes and noting its times
+    (:meth:`CountingState.end_step` charges them once the step's backward pass is over)."""
     comm = state.comm
     buffer = bucket.buffer()
     comm.stats.operations += 1
     comm.stats.bytes_sent += ring_all_reduce_bytes(payload_bytes([buffer]), comm.world_size)
-    start = time.perf_counter()
+    ready = time.perf_counter()
+    if state.first_ready is None:
+        state.first_ready = ready
+    state.last_ready = ready
     buffer.div_(comm.world_size)
     future = dist.all_reduce(buffer, group=comm.group, async_op=True).get_future()
 
     def finish(done: torch.futures.Future) -> torch.Tensor:
-        now = time.perf_counter()
-        comm.stats.wait_s += max(0.0, now - max(start, state.busy_until))
-        state.busy_until = max(state.busy_until, now)
+        state.averaged = max(state.averaged, time.perf_counter())
         return done.value()[0]
 
     return future.then(finish)

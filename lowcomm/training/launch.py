@@ -5,7 +5,8 @@ and restarts the whole group up to ``--max-restarts`` times when one fails or ha
 external ``torchrun`` the process is already one worker and trains directly.
 
 ``--backend sim`` runs the workers as threads of this process instead, meeting in a
-:class:`~lowcomm.communication.simulated.SimulatedGroup`.
+:class:`~lowcomm.communication.simulated.SimulatedGroup`, with their forward and backward passes
+batched into one (:mod:`lowcomm.training.batched_replicas`).
 
 Single-machine runs listen on 127.0.0.1 only: the rendezvous store is a ``TCPStore`` served from a
 socket this process binds to the loopback address, the workers' process group keeps its keys in
@@ -27,6 +28,7 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from lowcomm.communication.simulated import SimulatedCommunicator, run_simulated
 from lowcomm.training.config import TrainConfig, under_torchrun
+from lowcomm.training.batched_replicas import ReplicaBatcher
 from lowcomm.training.peers import simulated_peers
 from lowcomm.training.trainer import Trainer
 from lowcomm.training.worker import StoreAddress, run_worker
@@ -69,13 +71,12 @@ def train(config: TrainConfig) -> None:
 
 
 def train_simulated(config: TrainConfig) -> None:
-    """Train ``config`` with its workers simulated in this process, one thread each, on one device."""
+    """Train ``config`` with its workers simulated in this process, one thread each, on one device,
+    their forward and backward passes batched into one."""
     device = torch.device(config.device)
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.workers))
 
     def worker(communicator: SimulatedCommunicator) -> None:
-        Trainer(config, device, communicator, simulated_peers(communicator)).train()
+        Trainer(config, device, communicator, simulated_peers(communicator), ReplicaBatcher(communicator).loss).train()
 
     run_simulated(config.workers, worker, timeout_s=config.hang_timeout)
 

@@ -14,12 +14,12 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -37,6 +37,7 @@ from lowcomm.training.checkpoint import (
     save_checkpoint,
 )
 from lowcomm.training.config import TrainConfig
+from lowcomm.training.loss import cross_entropy
 from lowcomm.training.metrics import MetricsLog, ProgressBar, write_json_atomically
 from lowcomm.training.peers import Peers
 from lowcomm.training.rng import rng_state, seed_everything, set_rng_state
@@ -56,14 +57,6 @@ def network_communicator(communicator: Communicator, config: TrainConfig) -> Com
 def restart_count() -> int:
     """How many times the elastic agent has restarted this worker's group (0 outside an agent)."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-
-
-def cross_entropy(model: nn.Module, inputs: Tensor, targets: Tensor, bf16: bool = False) -> Tensor:
-    """The mean cross-entropy of ``model``'s logits (next tokens, or image classes), in float32;
-    with ``bf16`` the forward pass runs under bfloat16 autocast."""
-    with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=bf16):
-        logits = model(inputs)
-    return F.cross_entropy(logits.float().flatten(0, -2), targets.flatten())
 
 
 @dataclass
@@ -88,8 +81,17 @@ class Restored:
 class Trainer:
     """Everything one worker trains with, built from the config (and a checkpoint when resuming)."""
 
-    def __init__(self, config: TrainConfig, device: torch.device, communicator: Communicator, peers: Peers) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        device: torch.device,
+        communicator: Communicator,
+        peers: Peers,
+        loss: Callable[..., Tensor] = cross_entropy,
+    ) -> None:
+        """``loss(model, inputs, targets, bf16)`` is the training loss (the simulation batches it)."""
         self.config = config
+        self.loss = loss
         self.device = device
         self.peers = peers
         self.rank, self.world_size = peers.rank, peers.world_size
@@ -177,7 +179,7 @@ class Trainer:
         lr = self.scheduler.get_last_lr()[0]
         start = time.perf_counter()
         bf16 = self.config.precision == "bf16"
-        loss = self.strategy.step([partial(cross_entropy, self.strategy.model, x, y, bf16) for x, y in micro_batches])
+        loss = self.strategy.step([partial(self.loss, self.strategy.model, x, y, bf16) for x, y in micro_batches])
         loss_value = None if loss is None else loss.item()
         self.progress.compute_s += time.perf_counter() - start - (stats.wait_s - waited_before)
         self.scheduler.step()
@@ -237,6 +239,7 @@ class Trainer:
             "tokens": self.progress.tokens,
             "comm_bytes": stats.bytes_sent,
             "comm_wait_s": round(stats.wait_s, 4),
+            "comm_overlap_s": round(stats.overlap_s, 4),
         })
 
     def save(self) -> None:
@@ -283,11 +286,11 @@ class Trainer:
         """Sum the traffic and times over all workers; rank 0 writes summary.json."""
         self.strategy.wait()
         stats = self.strategy.comm_stats
-        everyone = self.peers.all_gather((stats.bytes_sent, stats.wait_s, self.progress.compute_s))
+        everyone = self.peers.all_gather((stats.bytes_sent, stats.wait_s, stats.overlap_s, self.progress.compute_s))
         if self.log is None:
             return
         wall_time = self.elapsed()
-        bytes_sent, wait_s, compute_s = (sum(column) for column in zip(*everyone))
+        bytes_sent, wait_s, overlap_s, compute_s = (sum(column) for column in zip(*everyone))
         summary = {
             "algo": self.config.algo,
             "model": self.config.model,
@@ -299,6 +302,7 @@ class Trainer:
             "comm_bytes_total": int(bytes_sent),
             "compute_s": compute_s / self.world_size,
             "comm_wait_s": wait_s / self.world_size,
+            "comm_overlap_s": overlap_s / self.world_size,
             "tokens": self.progress.tokens,
             "tokens_per_s": self.progress.tokens / wall_time,
         }

@@ -25,7 +25,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bench") / "out"
     cache = tmp_path_factory.mktemp("cache")
     result = lowcomm("bench", "--algos", "ddp,palsgd", "--workers", "2", *SHORT, *PERIODIC,
-                     "--cache-dir", str(cache), "--out", str(out))
+                     "--set", "palsgd.outer-momentum=0", "--cache-dir", str(cache), "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
@@ -42,6 +42,7 @@ def test_every_algorithm_runs_with_the_same_settings(bench: Path) -> None:
         assert f"algo: {algo}" in config and f"\nsteps: {steps}\n" in config and "seed: 0" in config
     assert "sync_interval: null" in (bench / "runs" / "ddp" / "config.yaml").read_text()  # PALSGD's flag only
     assert "sync_interval: 4" in (bench / "runs" / "palsgd" / "config.yaml").read_text()
+    assert "outer_momentum: 0.0" in (bench / "runs" / "palsgd" / "config.yaml").read_text()  # --set palsgd's own
 
 
 def test_results_csv_compares_with_ddp(bench: Path) -> None:
@@ -65,7 +66,7 @@ def test_results_csv_compares_with_ddp(bench: Path) -> None:
 
 def test_report_names_the_command_and_shows_the_plots(bench: Path) -> None:
     report = (bench / "report.md").read_text()
-    assert "lowcomm bench --algos ddp,palsgd" in report
+    assert "lowcomm bench --algos ddp,palsgd" in report and "--set palsgd.outer-momentum=0" in report
     assert "Machine:" in report and "| ddp |" in report
     for plot in PLOTS:
         assert f"]({plot})" in report
@@ -90,6 +91,11 @@ def test_projection_of_the_benchmark(bench: Path, tmp_path: Path) -> None:
     (["--algos", "ddp,ddp"], "--algos: an algorithm is named twice"),
     (["--algo", "ddp"], "--algo: name the algorithms to compare with --algos"),
     (["--steps", "0"], "steps"),
+    (["--set", "palsgd.lr"], "--set: expected ALGO.OPTION=VALUE, got 'palsgd.lr'"),
+    (["--algos", "ddp,palsgd", "--set", "noloco.lr=1e-3"], "--set: 'noloco' is not among --algos"),
+    (["--set", "ddp.speed=2"], "--set: 'speed' is not a train option"),
+    (["--set", "ddp.sync-interval=8"], "ddp does not take it"),
+    (["--set", "palsgd.lr=fast"], "lr"),
 ])
 def test_bad_input_exits_2_before_any_run(arguments: list[str], message: str, tmp_path: Path) -> None:
     result = lowcomm("bench", *arguments, "--out", str(tmp_path / "out"))

@@ -108,18 +108,16 @@ def test_workers_killed_at_random_moments_change_nothing(cache_dir, tmp_path):  
 
 @pytest.fixture
 def nan_on_worker_1(monkeypatch):
-    """Worker 1's logits (hence its loss, gradients and model) turn NaN at ``POISONED_STEP``."""
-    build = Trainer.build
+    """Worker 1's loss (hence its gradients and model) turns NaN at ``POISONED_STEP``."""
+    init = Trainer.__init__
 
-    def build_poisoned(trainer, config, device):
-        model, optimizer = build(trainer, config, device)
+    def init_poisoned(trainer, *args, **kwargs):
+        init(trainer, *args, **kwargs)
         if trainer.rank == 1:
-            model.register_forward_hook(
-                lambda module, inputs, logits: logits * math.nan if trainer.step == POISONED_STEP else None
-            )
-        return model, optimizer
+            loss = trainer.loss
+            trainer.loss = lambda *batch: loss(*batch) * (math.nan if trainer.step == POISONED_STEP else 1.0)
 
-    monkeypatch.setattr(Trainer, "build", build_poisoned)
+    monkeypatch.setattr(Trainer, "__init__", init_poisoned)
 
 
 @pytest.mark.parametrize("algo", NONFINITE_DETAILS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from lowcomm.models import build_model
-from lowcomm.training.trainer import cross_entropy
+from lowcomm.training.loss import cross_entropy
 
 
 def test_bf16_autocast_loss_is_close_to_float32_and_differs() -> None:

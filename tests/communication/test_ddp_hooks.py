@@ -1,0 +1,67 @@
+"""DDP's counting hook: bytes per bucket, the wait the backward pass did not hide, and the overlap."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from lowcomm.algorithms import DDP
+from lowcomm.communication.communicator import ProcessGroupCommunicator
+from lowcomm.communication.ddp_hooks import CountingState
+from tests.distributed import run_workers
+
+
+def charged(first_ready: float, last_ready: float, averaged: float) -> tuple[float, float]:
+    comm = ProcessGroupCommunicator()
+    CountingState(comm, first_ready, last_ready, averaged).end_step()
+    return comm.stats.wait_s, comm.stats.overlap_s
+
+
+class SlowBackward(torch.autograd.Function):
+    """The identity, whose backward pass takes 50 ms: a stand-in for a layer's gradient computation."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.05)
+        return grad
+
+
+class TwoBuckets(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = nn.Linear(64, 1024), nn.Linear(1024, 512)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(SlowBackward.apply(self.first(x)))
+
+
+def ddp_steps() -> dict:
+    arithmetic = [charged(1.0, 3.0, 3.5), charged(1.0, 3.0, 2.5)]
+    torch.manual_seed(0)
+    model = TwoBuckets()
+    # DDP's first bucket closes at 1 MB, after the second layer's 2 MB; the first layer's 0.25 MB
+    # are ready 50 ms later
+    strategy = DDP(model, torch.optim.SGD(model.parameters(), lr=0.1), bucket_cap_mb=0.1)
+    x = torch.randn(4, 64)
+    strategy.step(lambda: strategy.model(x).square().mean())  # DDP rebuilds its buckets after step 1
+    stats = strategy.comm_stats
+    before = (stats.operations, stats.overlap_s, stats.wait_s)
+    for _ in range(2):
+        strategy.step(lambda: strategy.model(x).square().mean())
+    return {"arithmetic": arithmetic, "operations": stats.operations - before[0],
+            "overlap_s": stats.overlap_s - before[1], "wait_s": stats.wait_s - before[2]}
+
+
+def test_ddp_charges_unhidden_wait_and_overlap() -> None:
+    for result in run_workers(ddp_steps, 2):
+        # wait: from the last bucket ready (3.0) to averaged (3.5); overlap: first to last ready
+        assert result["arithmetic"] == [(0.5, 2.0), (0.0, 2.0)]
+        assert result["operations"] == 2 * 2  # two buckets a step
+        assert 2 * 0.05 <= result["overlap_s"] < 2 * 0.05 + 1.0
+        assert 0 <= result["wait_s"] < 1.0
