@@ -10,9 +10,9 @@ The losses stay as measured, since an algorithm computes the same thing at any b
 another worker count K' each operation keeps its payload and is re-priced for K' (a ring
 all-reduce sends 2(K'-1)/K' of it; a NoLoCo exchange goes to one partner, or two in the triple an
 odd K' leaves); the loss curve and the compute per step are assumed to carry over, which only a
-run at K' can confirm. A step's modelled traffic hides behind the computation it overlapped in the
-run (DDP: the backward pass from the first gradient bucket ready to the last), so only the rest
-of it adds to the clock.
+run at K' can confirm. Part of a step's traffic can hide behind computation: for DDP, the buckets
+ready before the last can be sent during the rest of the backward pass, so a step hides
+``min(its overlap seconds, the modelled time of those buckets)`` (both means over the run).
 """
 
 from __future__ import annotations
@@ -44,16 +44,22 @@ def step_seconds(run: Run, network: NetworkModel, workers: int) -> dict[int, flo
     if run.workers < 2:
         raise ValueError(f"run: {run.directory} has one worker, so no traffic to project from")
     pairwise = issubclass(ALGORITHMS[run.algo], NoLoCo)
+    overlap_s, overlap_bytes = run.overlap_per_step
+    hidden = min(overlap_s, network.all_reduce_s(payload(run, overlap_bytes), workers)) if overlap_bytes else 0.0
     seconds = {}
     for step, sent in run.step_bytes.items():
         if pairwise:
             partners = len(next(g for g in gossip_groups(run.workers, step) if 0 in g)) - 1
             modelled = network.exchange_s(sent // partners, 2 if workers % 2 else 1)
         else:
-            payload = round(sent * run.workers / (2 * (run.workers - 1)))
-            modelled = network.all_reduce_s(payload, workers)
-        seconds[step] = max(0.0, modelled - run.overlap_per_step_s)
+            modelled = network.all_reduce_s(payload(run, sent), workers)
+        seconds[step] = max(0.0, modelled - hidden)
     return seconds
+
+
+def payload(run: Run, sent: float) -> int:
+    """The all-reduced payload of which each of ``run``'s workers sent ``sent`` bytes (2(K-1)/K of it)."""
+    return round(sent * run.workers / (2 * (run.workers - 1)))
 
 
 def project(run: Run, network: NetworkModel, workers: int, target: float) -> Projection:

@@ -23,7 +23,6 @@ class Evaluation:
     tokens: int
     comm_bytes: int  # cumulative bytes worker 0 had sent
     comm_wait_s: float  # cumulative seconds worker 0 had waited for communication
-    comm_overlap_s: float  # cumulative seconds worker 0's communication could hide behind computation
 
 
 @dataclass(frozen=True)
@@ -51,10 +50,11 @@ class Run:
         return float(self.summary["wall_time_s"])
 
     @property
-    def overlap_per_step_s(self) -> float:
-        """Seconds per step that communication could hide behind computation (DDP's backward pass)."""
-        last = self.evaluations[-1]
-        return last.comm_overlap_s / last.step
+    def overlap_per_step(self) -> tuple[float, float]:
+        """The mean worker's seconds per step that communication could hide behind, and the bytes per
+        step that could be sent in them (DDP: its backward pass and the buckets ready before the last)."""
+        steps = self.summary["steps"]
+        return self.summary["comm_overlap_s"] / steps, self.summary["comm_overlap_bytes"] / steps
 
     def time_to_target(self, target: float) -> float | None:
         """Worker 0's clock at the first evaluation whose loss is at most ``target``; None if none is."""
@@ -81,7 +81,7 @@ def read_run(directory: str | Path) -> Run:
             step_bytes[step] = record["bytes"]
             sent += record["bytes"]
         elif "eval_loss" in record:
-            fields = ("eval_loss", "elapsed_s", "tokens", "comm_bytes", "comm_wait_s", "comm_overlap_s")
+            fields = ("eval_loss", "elapsed_s", "tokens", "comm_bytes", "comm_wait_s")
             evaluations.append(Evaluation(step, *(record[name] for name in fields)))
     if not evaluations:
         raise ValueError(f"run: {directory} has no evaluations in metrics.jsonl")

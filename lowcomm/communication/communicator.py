@@ -22,12 +22,15 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 @dataclass
 class CommStats:
     """Cumulative traffic of one worker: bytes it sent, seconds it waited, operations it ran, and
-    seconds its communication could overlap computation (DDP's buckets during the backward pass)."""
+    what could overlap computation: the seconds it could hide behind and the bytes that could be
+    sent in them (DDP: the backward pass after the first gradient bucket is ready, and the buckets
+    ready before the last)."""
 
     bytes_sent: int = 0
     wait_s: float = 0.0
     operations: int = 0
     overlap_s: float = 0.0
+    overlap_bytes: int = 0
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -37,6 +40,7 @@ class CommStats:
         self.wait_s = float(state["wait_s"])
         self.operations = int(state["operations"])
         self.overlap_s = float(state["overlap_s"])
+        self.overlap_bytes = int(state["overlap_bytes"])
 
 
 def payload_bytes(tensors: Sequence[torch.Tensor]) -> int:

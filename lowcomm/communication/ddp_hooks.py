@@ -18,22 +18,28 @@ from lowcomm.communication.communicator import (
 
 @dataclass
 class CountingState:
-    """The communicator to charge, and when this step's buckets became ready and were averaged."""
+    """The communicator to charge, and this step's buckets: when they became ready and were
+    averaged, the bytes they sent and those of the last one ready."""
 
     comm: ProcessGroupCommunicator
     first_ready: float | None = None
     last_ready: float = 0.0
     averaged: float = 0.0
+    step_bytes: int = 0
+    last_bytes: int = 0
 
     def end_step(self) -> None:
-        """Charge the step's times: its wait runs from its last bucket ready (the end of the backward
-        pass) until every bucket was averaged, the communication the backward pass did not hide; its
-        overlap from its first bucket ready to its last, the time the backward pass could hide it."""
+        """Charge the step. Its wait runs from its last bucket ready (the end of the backward pass)
+        until every bucket was averaged: the communication the backward pass did not hide. It could
+        hide the buckets ready before the last (their bytes) from the first bucket ready to the
+        last (those seconds)."""
         if self.first_ready is None:
             return
-        self.comm.stats.wait_s += max(0.0, self.averaged - self.last_ready)
-        self.comm.stats.overlap_s += self.last_ready - self.first_ready
-        self.first_ready = None
+        stats = self.comm.stats
+        stats.wait_s += max(0.0, self.averaged - self.last_ready)
+        stats.overlap_s += self.last_ready - self.first_ready
+        stats.overlap_bytes += self.step_bytes - self.last_bytes
+        self.first_ready, self.step_bytes = None, 0
 
 
 def counting_allreduce_hook(state: CountingState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
@@ -41,12 +47,14 @@ def counting_allreduce_hook(state: CountingState, bucket: dist.GradBucket) -> to
     (:meth:`CountingState.end_step` charges them once the step's backward pass is over)."""
     comm = state.comm
     buffer = bucket.buffer()
+    sent = ring_all_reduce_bytes(payload_bytes([buffer]), comm.world_size)
     comm.stats.operations += 1
-    comm.stats.bytes_sent += ring_all_reduce_bytes(payload_bytes([buffer]), comm.world_size)
+    comm.stats.bytes_sent += sent
     ready = time.perf_counter()
     if state.first_ready is None:
         state.first_ready = ready
-    state.last_ready = ready
+    state.last_ready, state.last_bytes = ready, sent
+    state.step_bytes += sent
     buffer.div_(comm.world_size)
     future = dist.all_reduce(buffer, group=comm.group, async_op=True).get_future()
 

@@ -47,7 +47,8 @@ def batched_losses(
         name: torch.stack([replica[name].detach() for replica in named]).requires_grad_(p.requires_grad)
         for name, p in named[0].items()
     }
-    buffers = {name: torch.stack([dict(m.named_buffers())[name] for m in models]) for name, _ in models[0].named_buffers()}
+    named_buffers = [dict(model.named_buffers()) for model in models]
+    buffers = {name: torch.stack([replica[name] for replica in named_buffers]) for name in named_buffers[0]}
 
     def loss(params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         return cross_entropy(partial(functional_call, models[0], (params, buffers)), x, y, bf16)
@@ -57,11 +58,11 @@ def batched_losses(
         losses = vmap(loss, randomness="different")(params, buffers, torch.stack(list(inputs)), torch.stack(list(targets)))
     losses.sum().backward()
     with torch.no_grad():
-        for k, model in enumerate(models):
-            for name, buffer in model.named_buffers():
-                buffer.copy_(buffers[name][k])
-    trainable = [name for name, p in params.items() if p.requires_grad]
-    return [(losses[k].detach(), [params[name].grad[k] for name in trainable]) for k in range(len(models))]
+        for replica, stacked in zip(named_buffers, zip(*buffers.values())):
+            for buffer, value in zip(replica.values(), stacked):
+                buffer.copy_(value)
+    gradients = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params.values() if p.requires_grad]
+    return [(losses[k].detach(), [g[k] for g in gradients]) for k in range(len(models))]
 
 
 class ReplicaBatcher:

@@ -5,9 +5,8 @@
 - train: ``step``, ``loss`` (rank 0's), ``lr``, ``elapsed_s``, ``comm_bytes`` (cumulative bytes this
   worker sent), ``tokens`` (cumulative tokens trained on, all workers);
 - eval: ``step``, ``eval_loss`` (the global model on the held-out split), ``elapsed_s``, and
-  ``tokens``, ``comm_bytes``, ``comm_wait_s`` (cumulative seconds worker 0 waited for
-  communication) and ``comm_overlap_s`` (cumulative seconds its communication could hide behind
-  computation: DDP's from the first gradient bucket ready to the last in each step) at that point;
+  ``tokens``, ``comm_bytes`` and ``comm_wait_s`` (cumulative seconds worker 0 waited for
+  communication) at that point;
 - sync: ``step``, ``sync`` (``"outer"``, or ``"pseudo"`` for a PALSGD pseudo-synchronisation step),
   ``bytes`` (sent by this worker during the step);
 - event: ``step``, ``event`` and its details: ``start``, ``resume``, ``skipped_checkpoint``,

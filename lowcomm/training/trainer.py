@@ -239,7 +239,6 @@ class Trainer:
             "tokens": self.progress.tokens,
             "comm_bytes": stats.bytes_sent,
             "comm_wait_s": round(stats.wait_s, 4),
-            "comm_overlap_s": round(stats.overlap_s, 4),
         })
 
     def save(self) -> None:
@@ -286,11 +285,13 @@ class Trainer:
         """Sum the traffic and times over all workers; rank 0 writes summary.json."""
         self.strategy.wait()
         stats = self.strategy.comm_stats
-        everyone = self.peers.all_gather((stats.bytes_sent, stats.wait_s, stats.overlap_s, self.progress.compute_s))
+        everyone = self.peers.all_gather(
+            (stats.bytes_sent, stats.wait_s, stats.overlap_s, stats.overlap_bytes, self.progress.compute_s)
+        )
         if self.log is None:
             return
         wall_time = self.elapsed()
-        bytes_sent, wait_s, overlap_s, compute_s = (sum(column) for column in zip(*everyone))
+        bytes_sent, wait_s, overlap_s, overlap_bytes, compute_s = (sum(column) for column in zip(*everyone))
         summary = {
             "algo": self.config.algo,
             "model": self.config.model,
@@ -303,6 +304,7 @@ class Trainer:
             "compute_s": compute_s / self.world_size,
             "comm_wait_s": wait_s / self.world_size,
             "comm_overlap_s": overlap_s / self.world_size,
+            "comm_overlap_bytes": overlap_bytes / self.world_size,
             "tokens": self.progress.tokens,
             "tokens_per_s": self.progress.tokens / wall_time,
         }

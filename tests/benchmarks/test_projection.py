@@ -26,7 +26,7 @@ def runs(tmp_path: Path) -> dict:
 
 
 def test_read_run(runs: dict) -> None:
-    assert runs["ddp"].evaluations == [Evaluation(2, 3.0, 2.0, 200, 3 * MB, 0.4, 1.0), Evaluation(4, 2.0, 4.0, 400, 6 * MB, 0.8, 2.0)]
+    assert runs["ddp"].evaluations == [Evaluation(2, 3.0, 2.0, 200, 3 * MB, 0.4), Evaluation(4, 2.0, 4.0, 400, 6 * MB, 0.8)]
     assert runs["ddp"].step_bytes == {1: 1.5 * MB, 2: 1.5 * MB, 3: 1.5 * MB, 4: 1.5 * MB}
     assert runs["palsgd"].step_bytes == {1: 1 * MB, 3: 1.5 * MB}  # step 3 has only a pseudo record
     assert runs["noloco"].step_bytes == {2: 2 * MB, 4: 2 * MB}
@@ -61,8 +61,9 @@ def test_results_table(runs: dict, tmp_path: Path) -> None:
 
 
 def test_projection_at_one_megabyte_per_second(runs: dict) -> None:
-    # DDP: four all-reduces of 1.5 s, 0.5 s of each hidden behind the backward pass, replace 0.8 s of waiting
-    assert runs["ddp"].overlap_per_step_s == 0.5
+    # DDP: four all-reduces of 1.5 s replace 0.8 s of waiting; each hides 0.5 s behind the backward
+    # pass (its early buckets' 0.4 MB payload would take 0.6 s)
+    assert runs["ddp"].overlap_per_step == (0.5, 0.6 * MB)
     ddp = project(runs["ddp"], ONE_MB_PER_S, 4, target=2.0)
     assert ddp.time_to_target_s == pytest.approx(4.0 - 0.8 + 4 * 1.0)
     assert ddp.wall_time_s == pytest.approx(4.5 - 0.8 + 4 * 1.0)
@@ -75,8 +76,9 @@ def test_projection_at_one_megabyte_per_second(runs: dict) -> None:
 
 
 def test_projection_to_other_worker_counts_and_latency(runs: dict) -> None:
-    # two workers: a worker sends the whole 1 MB payload once per all-reduce
-    assert project(runs["ddp"], ONE_MB_PER_S, 2, 2.0).time_to_target_s == pytest.approx(4.0 - 0.8 + 4 * 0.5)
+    # two workers: a worker sends the whole 1 MB payload once per all-reduce; the early buckets'
+    # 0.4 MB take 0.4 s, all hidden
+    assert project(runs["ddp"], ONE_MB_PER_S, 2, 2.0).time_to_target_s == pytest.approx(4.0 - 0.8 + 4 * 0.6)
     # five: 2 * 4/5 MB; NoLoCo's triple makes its members send to two partners
     assert project(runs["ddp"], ONE_MB_PER_S, 5, 2.0).time_to_target_s == pytest.approx(4.0 - 0.8 + 4 * 1.1)
     assert project(runs["noloco"], ONE_MB_PER_S, 5, 2.0).time_to_target_s == pytest.approx(2.9 - 0.2 + 2 * 4.0)
@@ -92,8 +94,8 @@ def test_project_all_gives_speedups_over_ddp_at_each_point(runs: dict) -> None:
         ("ddp", 8e6), ("localsgd", 8e6), ("noloco", 8e6), ("ddp", 80e6), ("localsgd", 80e6), ("noloco", 80e6)]
     assert projections[1].speedup_vs_ddp == pytest.approx(7.2 / 6.8)
     assert projections[2].speedup_vs_ddp == pytest.approx(7.2 / 6.7)
-    # at 10 MB/s DDP's 0.15 s all-reduces hide entirely behind its backward passes
-    assert projections[4].speedup_vs_ddp == pytest.approx((4.0 - 0.8) / (3.0 - 0.2 + 0.4))
+    # at 10 MB/s DDP's all-reduces take 0.15 s, of which its early buckets' 0.06 s hide
+    assert projections[4].speedup_vs_ddp == pytest.approx((4.0 - 0.8 + 4 * 0.09) / (3.0 - 0.2 + 0.4))
 
 
 def test_a_one_worker_run_cannot_be_projected(runs: dict, tmp_path: Path) -> None:

@@ -15,8 +15,8 @@ from tests.distributed import run_workers
 
 def charged(first_ready: float, last_ready: float, averaged: float) -> tuple[float, float]:
     comm = ProcessGroupCommunicator()
-    CountingState(comm, first_ready, last_ready, averaged).end_step()
-    return comm.stats.wait_s, comm.stats.overlap_s
+    CountingState(comm, first_ready, last_ready, averaged, step_bytes=30, last_bytes=20).end_step()
+    return comm.stats.wait_s, comm.stats.overlap_s, comm.stats.overlap_bytes
 
 
 class SlowBackward(torch.autograd.Function):
@@ -51,17 +51,23 @@ def ddp_steps() -> dict:
     x = torch.randn(4, 64)
     strategy.step(lambda: strategy.model(x).square().mean())  # DDP rebuilds its buckets after step 1
     stats = strategy.comm_stats
-    before = (stats.operations, stats.overlap_s, stats.wait_s)
+    before = (stats.operations, stats.overlap_s, stats.wait_s, stats.bytes_sent, stats.overlap_bytes)
     for _ in range(2):
         strategy.step(lambda: strategy.model(x).square().mean())
     return {"arithmetic": arithmetic, "operations": stats.operations - before[0],
-            "overlap_s": stats.overlap_s - before[1], "wait_s": stats.wait_s - before[2]}
+            "overlap_s": stats.overlap_s - before[1], "wait_s": stats.wait_s - before[2],
+            "bytes": stats.bytes_sent - before[3], "overlap_bytes": stats.overlap_bytes - before[4]}
 
 
 def test_ddp_charges_unhidden_wait_and_overlap() -> None:
     for result in run_workers(ddp_steps, 2):
-        # wait: from the last bucket ready (3.0) to averaged (3.5); overlap: first to last ready
-        assert result["arithmetic"] == [(0.5, 2.0), (0.0, 2.0)]
+        # wait: from the last bucket ready (3.0) to averaged (3.5); overlap: first to last ready,
+        # and the bytes of the buckets before the last
+        assert result["arithmetic"] == [(0.5, 2.0, 10), (0.0, 2.0, 10)]
         assert result["operations"] == 2 * 2  # two buckets a step
         assert 2 * 0.05 <= result["overlap_s"] < 2 * 0.05 + 1.0
         assert 0 <= result["wait_s"] < 1.0
+        # two workers: each sends a bucket's payload once; the second layer's bucket is ready first
+        second_layer_bytes = (1024 * 512 + 512) * 4
+        assert result["bytes"] == 2 * (second_layer_bytes + (64 * 1024 + 1024) * 4)
+        assert result["overlap_bytes"] == 2 * second_layer_bytes
