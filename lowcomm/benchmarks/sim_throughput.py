@@ -1,17 +1,19 @@
 """How fast the simulation trains: K simulated workers against one worker with a K-times larger batch.
 
 Both train the same model on random tokens for the same number of steps, so both see the same
-tokens per step; the simulation batches its workers' passes as ``--backend sim`` does
-(:mod:`lowcomm.training.batched_replicas`) and averages gradients every step (DDP's rule) through
+tokens per step; the simulation runs its workers' passes batched into one
+(:mod:`lowcomm.training.batched_replicas`) or each in its worker's thread, as ``--sim-passes``
+chooses, and averages gradients every step (DDP's rule) through
 :class:`~lowcomm.communication.simulated.SimulatedCommunicator`. The ratio of their tokens per
 second is the price of simulating K workers instead of training one big batch.
 
-    python -m lowcomm.benchmarks.sim_throughput --model gpt-tiny --workers 8
+    python -m lowcomm.benchmarks.sim_throughput --model gpt-tiny --workers 8 --passes batched
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +32,7 @@ _BUILD_LOCK = threading.Lock()  # building a model draws from torch's global gen
 
 
 def training_steps(model_name: str, batch_size: int, seq_len: int, steps: int,
-                   communicator: SimulatedCommunicator | None = None) -> float:
+                   communicator: SimulatedCommunicator | None = None, batched: bool = False) -> float:
     """Train ``steps`` steps on random tokens; return the seconds they took (after one warm-up step)."""
     with _BUILD_LOCK:
         torch.manual_seed(0)
@@ -46,7 +48,7 @@ def training_steps(model_name: str, batch_size: int, seq_len: int, steps: int,
             optimizer.step()
     else:
         strategy = GradientAveraging(model, optimizer, communicator=communicator)
-        loss = partial(ReplicaBatcher(communicator).loss, model, inputs, targets)
+        loss = partial(ReplicaBatcher(communicator).loss if batched else cross_entropy, model, inputs, targets)
 
         def step() -> None:
             strategy.step(loss)
@@ -62,11 +64,20 @@ def timed_steps(step: Callable[[], None], steps: int) -> float:
     return time.perf_counter() - start
 
 
-def compare(model_name: str, workers: int, batch_size: int, seq_len: int, steps: int) -> dict[str, float]:
-    """Tokens per second of ``workers`` simulated workers and of one worker with their total batch."""
+def compare(model_name: str, workers: int, batch_size: int, seq_len: int, steps: int,
+            passes: str = "batched") -> dict[str, float]:
+    """Tokens per second of ``workers`` simulated workers (their passes ``"batched"`` or in
+    ``"threads"``, one intra-op thread per core and worker) and of one worker with their total batch."""
     tokens = workers * batch_size * seq_len * steps
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(cores)
     single_s = training_steps(model_name, workers * batch_size, seq_len, steps)
-    simulated_s = max(run_simulated(workers, lambda comm: training_steps(model_name, batch_size, seq_len, steps, comm)))
+    if passes == "threads":
+        torch.set_num_threads(max(1, cores // workers))
+    simulated_s = max(run_simulated(
+        workers, lambda comm: training_steps(model_name, batch_size, seq_len, steps, comm, passes == "batched")
+    ))
+    torch.set_num_threads(cores)
     return {"single_tokens_per_s": tokens / single_s, "simulated_tokens_per_s": tokens / simulated_s,
             "ratio": single_s / simulated_s}
 
@@ -78,10 +89,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--passes", choices=("batched", "threads"), default="batched")
     args = parser.parse_args()
-    result = compare(args.model, args.workers, args.batch_size, args.seq_len, args.steps)
-    print(f"{args.workers} simulated workers: {result['simulated_tokens_per_s']:,.0f} tokens/s; one worker with a "
-          f"{args.workers}x batch: {result['single_tokens_per_s']:,.0f} tokens/s; ratio {result['ratio']:.2f}")
+    result = compare(args.model, args.workers, args.batch_size, args.seq_len, args.steps, args.passes)
+    print(f"{args.workers} simulated workers ({args.passes}): {result['simulated_tokens_per_s']:,.0f} tokens/s; one "
+          f"worker with a {args.workers}x batch: {result['single_tokens_per_s']:,.0f} tokens/s; ratio {result['ratio']:.2f}")
 
 
 if __name__ == "__main__":

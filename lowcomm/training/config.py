@@ -142,6 +142,11 @@ class TrainConfig(BaseModel):
     backend: Literal["dist", "sim"] = Field(
         "dist", description="dist: a process per worker; sim: all workers simulated in this process"
     )
+    sim_passes: Literal["auto", "batched", "threads"] = Field(
+        "auto",
+        description="sim: the workers' forward and backward passes batched into one (vmap) or each in its "
+        "worker's thread (auto: batched on a GPU, threads on CPU, where they measured faster)",
+    )
     network: Literal["none", "model"] = Field(
         "none", description="none: the real network (limited to --bandwidth in namespaces); model: modelled delays"
     )
@@ -201,6 +206,8 @@ class TrainConfig(BaseModel):
         if self.backend == "sim" and self.max_restarts > 0:
             raise ValueError("max_restarts: the simulation does not restart workers")
         simulated = self.backend == "sim"
+        if self.sim_passes != "auto" and not simulated:
+            raise ValueError("sim_passes: only --backend sim takes it")
         if self.device == "cuda" and self.workers > torch.cuda.device_count() and not (under_torchrun() or simulated):
             raise ValueError(f"workers: {self.workers} exceeds the {torch.cuda.device_count()} GPUs here")
         self.fill_algorithm_defaults()

@@ -6,7 +6,7 @@ external ``torchrun`` the process is already one worker and trains directly.
 
 ``--backend sim`` runs the workers as threads of this process instead, meeting in a
 :class:`~lowcomm.communication.simulated.SimulatedGroup`, with their forward and backward passes
-batched into one (:mod:`lowcomm.training.batched_replicas`).
+batched into one (:mod:`lowcomm.training.batched_replicas`) or each in its thread.
 
 Single-machine runs listen on 127.0.0.1 only: the rendezvous store is a ``TCPStore`` served from a
 socket this process binds to the loopback address, the workers' process group keeps its keys in
@@ -29,6 +29,7 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from lowcomm.communication.simulated import SimulatedCommunicator, run_simulated
 from lowcomm.training.config import TrainConfig, under_torchrun
 from lowcomm.training.batched_replicas import ReplicaBatcher
+from lowcomm.training.loss import cross_entropy
 from lowcomm.training.peers import simulated_peers
 from lowcomm.training.trainer import Trainer
 from lowcomm.training.worker import StoreAddress, run_worker
@@ -72,11 +73,15 @@ def train(config: TrainConfig) -> None:
 
 def train_simulated(config: TrainConfig) -> None:
     """Train ``config`` with its workers simulated in this process, one thread each, on one device,
-    their forward and backward passes batched into one."""
+    their forward and backward passes batched into one or each in its thread (``--sim-passes``)."""
     device = torch.device(config.device)
+    batched = config.sim_passes == "batched" or (config.sim_passes == "auto" and device.type == "cuda")
+    if device.type == "cpu" and not batched:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.workers))
 
     def worker(communicator: SimulatedCommunicator) -> None:
-        Trainer(config, device, communicator, simulated_peers(communicator), ReplicaBatcher(communicator).loss).train()
+        loss = ReplicaBatcher(communicator).loss if batched else cross_entropy
+        Trainer(config, device, communicator, simulated_peers(communicator), loss).train()
 
     run_simulated(config.workers, worker, timeout_s=config.hang_timeout)
 

@@ -12,6 +12,8 @@ FLAG_CASES = {
     "unknown algorithm": (["--algo", "adam"], "--algo: unknown algorithm 'adam'"),
     "empty algorithm": (["--algo", ""], "--algo: unknown algorithm ''"),
     "unknown model": (["--model", "gpt-5"], "--model: unknown model 'gpt-5'"),
+    "sim passes without sim": (["--sim-passes", "batched"], "--sim-passes: only --backend sim takes it"),
+    "unknown sim passes": (["--backend", "sim", "--sim-passes", "vmap"], "--sim-passes: Input should be"),
     "unknown implementation": (["--model-impl", "tf"], "--model-impl: Input should be 'lowcomm' or 'hf'"),
     "hf for gpt-tiny": (["--model-impl", "hf"], "--model-impl: hf exists only for"),
     "zero workers": (["--workers", "0"], "--workers: Input should be greater than or equal to 1"),

@@ -263,12 +263,13 @@ def assert_same_records(expected_out, out):
             assert mine[key] == (pytest.approx(value, rel=1e-4) if isinstance(value, float) else value), (key, mine)
 
 
-@pytest.mark.parametrize("algo", ["diloco", "ddp"])
-def test_simulated_workers_train_like_worker_processes(algo, runs, cache_dir, tmp_path):
+@pytest.mark.parametrize("algo, passes", [("diloco", "batched"), ("diloco", "threads"), ("ddp", "auto")])
+def test_simulated_workers_train_like_worker_processes(algo, passes, runs, cache_dir, tmp_path):
     """``--backend sim``: the same run as two gloo processes (DDP's rule as gradient averaging)."""
     out = tmp_path / "out"
     extra = PERIODIC if algo == "diloco" else []
-    lowcomm_train("--algo", algo, "--backend", "sim", *SHORT, *extra, "--cache-dir", cache_dir, "--out", str(out))
+    lowcomm_train("--algo", algo, "--backend", "sim", "--sim-passes", passes, *SHORT, *extra, "--cache-dir", cache_dir,
+                  "--out", str(out))
     assert_same_records(runs(algo), out)
 
 
