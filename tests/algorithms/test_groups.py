@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import pytest
@@ -32,16 +33,23 @@ def whole(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([(p.full_tensor() if isinstance(p, DTensor) else p).detach().flatten() for p in model.parameters()])
 
 
-def run(algo: str, inner: str | None, mesh: Any, batch_of: Any, poison: bool = False) -> dict[str, Any]:
-    """Train ``algo``: on the mesh with DDP or FSDP inside, or (``inner=None``) without it over the
-    given process group. ``batch_of(t)`` is this rank's batch at step t. ``poison`` writes a NaN into
-    element 20 of the first weight after the inner optimizer's step 2 (its owner's chunk)."""
+def build(algo: str, inner: str | None, mesh: Any, options: dict[str, Any]) -> tuple[torch.nn.Module, Any]:
+    """The MLP and ``algo``'s strategy: on the mesh with DDP or FSDP inside, or (``inner=None``)
+    without it over the given process group."""
     model = mlp.mlp()
     if inner == "fsdp":
         model = lowcomm.shard_within_groups(model, mesh)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.5)
     where = {"communicator": ProcessGroupCommunicator(mesh)} if inner is None else {"mesh": mesh}
-    strategy = ALGORITHMS[algo](model, optimizer, **OPTIONS[algo], **where)
+    return model, ALGORITHMS[algo](model, optimizer, **options, **where)
+
+
+def run(algo: str, inner: str | None, mesh: Any, batch_of: Any, poison: bool = False) -> dict[str, Any]:
+    """Train ``algo`` (see :func:`build`); ``batch_of(t)`` is this rank's batch at step t. ``poison``
+    writes a NaN into element 20 of the first weight after the inner optimizer's step 2 (in rank 1's
+    chunk and FSDP shard)."""
+    model, strategy = build(algo, inner, mesh, OPTIONS[algo])
+    optimizer = strategy.optimizer
     if poison:
         def nan_at_step_2(*_: Any) -> None:
             if strategy.step_count == 2:
@@ -61,6 +69,35 @@ def run(algo: str, inner: str | None, mesh: Any, batch_of: Any, poison: bool = F
             "within": strategy.inner_comm_stats.bytes_sent}
 
 
+def resumed(algo: str, options: dict[str, Any], inner: str, mesh: Any, batch_of: Any) -> dict[str, Any]:
+    """Train STEPS steps straight, and again from a state saved after step 3 into fresh objects."""
+    model, strategy = build(algo, inner, mesh, options)
+    for t in range(1, STEPS + 1):
+        data = batch_of(t)
+        strategy.step(lambda: mlp.loss_of(strategy.model, data))
+        if t == 3:
+            buffer = io.BytesIO()
+            torch.save(strategy.state_dict(), buffer)
+    straight = whole(model)
+    strategy.wait()
+    model, strategy = build(algo, inner, mesh, options)
+    buffer.seek(0)
+    strategy.load_state_dict(torch.load(buffer, weights_only=False))
+    for t in range(4, STEPS + 1):
+        data = batch_of(t)
+        strategy.step(lambda: mlp.loss_of(strategy.model, data))
+    strategy.wait()
+    return {"straight": straight, "resumed": whole(model)}
+
+
+RESUMED = {
+    "diloco": {"sync_interval": 2, "overlap_steps": 1, "compress": "int4", "compress_block_size": 8},
+    "palsgd": {"sync_interval": 2, "warmup_steps": 1, "pseudo_sync_prob": 0.4},
+    "noloco": {"sync_interval": 2},
+    "localsgd": {"sync_interval": 2},
+}
+
+
 def two_by_two() -> dict[str, Any]:
     mesh = lowcomm.worker_groups(num_groups=2, group_size=2)
     rank, group = dist.get_rank(), dist.get_rank() // 2
@@ -74,6 +111,8 @@ def two_by_two() -> dict[str, Any]:
     results["nonfinite"] = {inner: run("diloco", inner, mesh, own, poison=rank == 1) for inner in ("ddp", "fsdp")}
     results["nonfinite"]["workers"] = run("diloco", None, between, both, poison=group == 0)
     results["one_rank_groups"] = one_rank_groups()
+    results["resumed"] = {(algo, inner): resumed(algo, options, inner, mesh, own)
+                          for algo, options in RESUMED.items() for inner in ("ddp", "fsdp")}
     return results
 
 
@@ -169,3 +208,9 @@ def test_groups_of_one_rank_change_nothing(grouped: list[dict[str, Any]]) -> Non
             assert all(torch.equal(a, b) for a, b in zip(mesh["params"], none["params"])), algo
             assert (mesh["between"], mesh["within"]) == (none["between"], 0), algo
         assert r["error"] == "world size 4 is not num_groups x group_size = 3 x 1"
+
+
+def test_a_state_saved_with_groups_resumes_bit_identically(grouped: list[dict[str, Any]]) -> None:
+    for r in grouped:
+        for (algo, inner), result in r["resumed"].items():
+            assert torch.equal(result["straight"], result["resumed"]), (algo, inner)
