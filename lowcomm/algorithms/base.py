@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -97,8 +97,15 @@ class Strategy(ABC):
         self.shards.complete()
 
     def micro_batch_context(self, last: bool) -> contextlib.AbstractContextManager[Any]:
-        """Entered around each micro-batch's backward pass (DDP skips syncing all but the last)."""
-        return contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync()
+        """Entered around each micro-batch's backward pass: DDP and FSDP average only the last's
+        (FSDP then reduce-scatters the accumulated gradients)."""
+        if last:
+            return contextlib.nullcontext()
+        if self.ddp is not None:
+            return self.ddp.no_sync()
+        if self.inner == "fsdp":
+            return gradient_sync_off(self.local_model)
+        return contextlib.nullcontext()
 
     @property
     def model(self) -> nn.Module:
@@ -180,6 +187,16 @@ class Strategy(ABC):
         self.optimizer.step()
         for group, lr in zip(self.optimizer.param_groups, saved):
             group["lr"] = lr
+
+
+@contextlib.contextmanager
+def gradient_sync_off(model: nn.Module) -> Iterator[None]:
+    """Inside, an FSDP2 model's backward passes accumulate unsharded gradients without reducing them."""
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
 
 
 def wrap_ddp(

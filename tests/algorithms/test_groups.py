@@ -44,10 +44,11 @@ def build(algo: str, inner: str | None, mesh: Any, options: dict[str, Any]) -> t
     return model, ALGORITHMS[algo](model, optimizer, **options, **where)
 
 
-def run(algo: str, inner: str | None, mesh: Any, batch_of: Any, poison: bool = False) -> dict[str, Any]:
-    """Train ``algo`` (see :func:`build`); ``batch_of(t)`` is this rank's batch at step t. ``poison``
-    writes a NaN into element 20 of the first weight after the inner optimizer's step 2 (in rank 1's
-    chunk and FSDP shard)."""
+def run(algo: str, inner: str | None, mesh: Any, batch_of: Any, poison: bool = False,
+        micro_batches: int = 1) -> dict[str, Any]:
+    """Train ``algo`` (see :func:`build`); ``batch_of(t)`` is this rank's batch at step t, split into
+    ``micro_batches`` closures. ``poison`` writes a NaN into element 20 of the first weight after the
+    inner optimizer's step 2 (in rank 1's chunk and FSDP shard)."""
     model, strategy = build(algo, inner, mesh, OPTIONS[algo])
     optimizer = strategy.optimizer
     if poison:
@@ -59,8 +60,9 @@ def run(algo: str, inner: str | None, mesh: Any, batch_of: Any, poison: bool = F
         optimizer.register_step_post_hook(nan_at_step_2)
     params, losses = [], []
     for t in range(1, STEPS + 1):
-        data = batch_of(t)
-        loss = strategy.step(lambda: mlp.loss_of(strategy.model, data))
+        x, y = batch_of(t)
+        parts = [(x[i::micro_batches], y[i::micro_batches]) for i in range(micro_batches)]
+        loss = strategy.step([lambda part=part: mlp.loss_of(strategy.model, part) for part in parts])
         losses.append(None if loss is None else loss.item())
         params.append(whole(model))
     strategy.wait()
@@ -110,6 +112,7 @@ def two_by_two() -> dict[str, Any]:
         results[algo]["workers"] = run(algo, None, between, both)
     results["nonfinite"] = {inner: run("diloco", inner, mesh, own, poison=rank == 1) for inner in ("ddp", "fsdp")}
     results["nonfinite"]["workers"] = run("diloco", None, between, both, poison=group == 0)
+    results["micro_batches"] = {inner: run("diloco", inner, mesh, own, micro_batches=2) for inner in ("ddp", "fsdp")}
     results["one_rank_groups"] = one_rank_groups()
     results["resumed"] = {(algo, inner): resumed(algo, options, inner, mesh, own)
                           for algo, options in RESUMED.items() for inner in ("ddp", "fsdp")}
@@ -140,6 +143,12 @@ def test_a_group_with_ddp_inside_is_one_worker_with_the_groups_batch(grouped: li
         assert not all(map(torch.equal, grouped[0][algo]["ddp"]["params"], grouped[2][algo]["ddp"]["params"]))
     if algo == "palsgd":  # some steps were pseudo-synchronisations
         assert None in grouped[0][algo]["ddp"]["losses"]
+
+
+def test_micro_batches_inside_a_group_add_up_to_its_batch(grouped: list[dict[str, Any]]) -> None:
+    for rank, r in enumerate(grouped):
+        for inner in ("ddp", "fsdp"):
+            close(r["micro_batches"][inner]["params"], r["diloco"]["workers"]["params"], 1e-6, f"{inner} rank {rank}")
 
 
 @pytest.mark.parametrize("algo", list(OPTIONS))
