@@ -114,6 +114,7 @@ def two_by_two() -> dict[str, Any]:
     results["nonfinite"]["workers"] = run("diloco", None, between, both, poison=group == 0)
     results["micro_batches"] = {inner: run("diloco", inner, mesh, own, micro_batches=2) for inner in ("ddp", "fsdp")}
     results["one_rank_groups"] = one_rank_groups()
+    results["errors"] = refusals(mesh)
     results["resumed"] = {(algo, inner): resumed(algo, options, inner, mesh, own)
                           for algo, options in RESUMED.items() for inner in ("ddp", "fsdp")}
     return results
@@ -197,6 +198,18 @@ def test_a_group_with_one_nonfinite_rank_is_left_out(grouped: list[dict[str, Any
             assert all(torch.isfinite(p).all() for p in run_["params"][1:])
 
 
+def refusals(mesh: Any) -> list[str]:
+    """The one-line errors of a mesh given with a communicator, and of an FSDP model without its mesh."""
+    errors = []
+    for model, where in ((mlp.mlp(), {"mesh": mesh, "communicator": ProcessGroupCommunicator()}),
+                         (lowcomm.shard_within_groups(mlp.mlp(), mesh), {})):
+        try:
+            lowcomm.DiLoCo(model, torch.optim.SGD(model.parameters(), lr=0.1), **where)
+        except ValueError as error:
+            errors.append(str(error))
+    return errors
+
+
 def one_rank_groups() -> dict[str, Any]:
     mesh = lowcomm.worker_groups(num_groups=4, group_size=1)
     rank = dist.get_rank()
@@ -223,3 +236,8 @@ def test_a_state_saved_with_groups_resumes_bit_identically(grouped: list[dict[st
     for r in grouped:
         for (algo, inner), result in r["resumed"].items():
             assert torch.equal(result["straight"], result["resumed"]), (algo, inner)
+
+
+def test_a_mesh_with_a_communicator_or_fsdp_without_its_mesh_is_refused(grouped: list[dict[str, Any]]) -> None:
+    assert grouped[0]["errors"] == ["communicator: give either a mesh or a communicator, not both",
+                                    "mesh: a model sharded with FSDP needs the mesh it was sharded over"]
