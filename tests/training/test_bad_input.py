@@ -6,7 +6,7 @@ import sys
 import pytest
 import yaml
 
-from lowcomm.training.cli import main
+from lowcomm.cli import main
 
 FLAG_CASES = {
     "unknown algorithm": (["--algo", "adam"], "--algo: unknown algorithm 'adam'"),

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lowcomm.training.cli import main
+from lowcomm.cli import main
 from lowcomm.training.trainer import Trainer
 from tests.training.test_train_runs import (
     PERIODIC,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lowcomm.benchmarks.netns import available
+from lowcomm.launching.netns import available
 from tests.training.test_train_runs import SHORT
 
 
