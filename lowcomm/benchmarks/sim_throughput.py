@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import threading
-import time
-from collections.abc import Callable
 from functools import partial
 
 import torch
 
 from lowcomm.algorithms.gradient_averaging import GradientAveraging
+from lowcomm.benchmarks.timing import seconds_per_step
 from lowcomm.communication.simulated import SimulatedCommunicator, run_simulated
 from lowcomm.models import build_model
 from lowcomm.training.batched_replicas import ReplicaBatcher
@@ -53,15 +52,7 @@ def training_steps(model_name: str, batch_size: int, seq_len: int, steps: int,
         def step() -> None:
             strategy.step(loss)
 
-    return timed_steps(step, steps)
-
-
-def timed_steps(step: Callable[[], None], steps: int) -> float:
-    step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return time.perf_counter() - start
+    return seconds_per_step(step, steps, warmup=1, device=torch.device("cpu")) * steps
 
 
 def compare(model_name: str, workers: int, batch_size: int, seq_len: int, steps: int,
