@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from lowcomm.launching.netns import available
-from tests.training.test_train_runs import SHORT
+from tests.train_runs import SHORT
 
 
 @pytest.fixture(autouse=True)
