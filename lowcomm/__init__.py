@@ -12,6 +12,7 @@ from lowcomm.algorithms import (
     StreamingDiLoCo,
 )
 from lowcomm.communication import CommStats, Communicator, ProcessGroupCommunicator
+from lowcomm.communication.groups import shard_within_groups, worker_groups
 
 __version__ = "0.1.0"
 
@@ -28,4 +29,6 @@ __all__ = [
     "ProcessGroupCommunicator",
     "Strategy",
     "StreamingDiLoCo",
+    "shard_within_groups",
+    "worker_groups",
 ]

@@ -27,6 +27,7 @@ from typing import IO, Any
 import torch
 from safetensors.torch import save as safetensors_bytes
 
+from lowcomm.atomic import commit, fsync_path
 from lowcomm.training.peers import Peers, process_group_peers
 from lowcomm.training.sharded_state import SHARDED_DIRECTORY, save_sharded
 
@@ -63,14 +64,6 @@ def write_durably(path: Path, write: Callable[[IO[bytes]], Any]) -> FileRecord:
     return {path.name: {"bytes": path.stat().st_size, "sha256": sha256(path)}}
 
 
-def fsync_directory(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def save_checkpoint(
     root: Path,
     step: int,
@@ -104,17 +97,15 @@ def save_checkpoint(
         if sharded is not None:
             files |= {path.relative_to(staging).as_posix(): {"bytes": path.stat().st_size, "sha256": sha256(path)}
                       for path in sorted((staging / SHARDED_DIRECTORY).iterdir())}
-            fsync_directory(staging / SHARDED_DIRECTORY)
+            fsync_path(staging / SHARDED_DIRECTORY)
     gathered: list[FileRecord] = peers.all_gather(files)
     if rank == 0:
         manifest = {"step": step, "world_size": world_size, "files": {k: v for f in gathered for k, v in f.items()}}
         if layout is not None:
             manifest["layout"] = layout
         write_durably(staging / MANIFEST, lambda file: file.write(json.dumps(manifest, indent=1).encode()))
-        fsync_directory(staging)
         shutil.rmtree(final, ignore_errors=True)
-        staging.rename(final)
-        fsync_directory(root)
+        commit(staging, final)
         if keep is not None:
             for old in checkpoint_directories(root)[:-keep]:
                 shutil.rmtree(old)

@@ -8,6 +8,7 @@ import shutil
 
 import yaml
 
+from lowcomm.atomic import write_atomically
 from lowcomm.training.config import TrainConfig, run_identity
 
 CONFIG_FILE = "config.yaml"
@@ -33,9 +34,7 @@ def prepare_run_directory(config: TrainConfig) -> None:
             )
     try:
         out.mkdir(parents=True, exist_ok=True)
-        temporary = out / f".{CONFIG_FILE}.tmp"
-        temporary.write_text(config.to_yaml())
-        os.replace(temporary, out / CONFIG_FILE)
+        write_atomically(out / CONFIG_FILE, lambda temporary: temporary.write_text(config.to_yaml()))
     except OSError as error:
         raise ValueError(f"--out: cannot write to {out}: {error.strerror}") from None
 
