@@ -11,9 +11,11 @@ the group and, unless they are ``DTensor``s, by the rank inside it:
   In another group size, a plain tensor is taken to be either the same on every rank of a group
   (DistributedDataParallel's replicas and their optimizer state) or the rank's chunk along dim 0,
   in ``torch.chunk``'s sizes with empty trailing chunks (``DTensor``'s ``Shard(0)``), of the tensor
-  or of it flattened (the shards of z and the outer optimizer state). Where the saved rank's tensor
-  has this rank's shape it is taken as it is; otherwise the saved group's chunks are joined and this
-  rank's chunk is cut out (flattened where the tensor here is flat, reshaped where it is whole).
+  or of it flattened (the shards of z and the outer optimizer state). Where every rank of the saved
+  group holds a tensor of this rank's shape, it is a replica and taken as it is; otherwise the saved
+  group's chunks are joined and this rank's chunk is cut out (flattened where the tensor here is
+  flat, reshaped where it is whole). Chunks that all had this rank's shape start where its chunk
+  starts, so taking them as they are is right too.
 
 Resuming K x G as K' x G': group g' < K loads group g's state; a new group g' >= K loads group 0's
 and then starts from the global model (``z``) with a fresh inner optimizer state.
@@ -177,10 +179,13 @@ def load_sharded(
         tensor = here.get(key)
         if tensor is None:
             return saved_tensor(key)
-        if key in saved and tuple(saved[key].size) == tuple(tensor.shape):
+        group_keys = [f"group_{source.group}/rank_{i}/{path}" for i in range(source.group_size)]
+        if source.group_size == position.group_size or all(
+            key in saved and tuple(saved[key].size) == tuple(tensor.shape) for key in group_keys
+        ):
             targets[key] = tensor
             return tensor
-        chunks = [saved_tensor(f"group_{source.group}/rank_{i}/{path}") for i in range(source.group_size)]
+        chunks = [saved_tensor(key) for key in group_keys]
         rechunked.append((tensor, chunks))
         return tensor
 
