@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 STEPS, BATCH, SEQ_LEN, WORKERS = 32, 8, 32, 2
@@ -73,3 +74,33 @@ def listening_addresses(pids):
                 words = [bytes.fromhex(hex_address[i : i + 8])[::-1] for i in range(0, len(hex_address), 8)]
                 addresses.add(socket.inet_ntop(family, b"".join(words)))
     return addresses
+
+
+def live_records(out):
+    """The complete lines of an ``out/metrics.jsonl`` that is being written (none before it exists)."""
+    path = out / "metrics.jsonl"
+    text = path.read_text() if path.exists() else ""
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
+
+
+def attempts(out):
+    """The ``start`` and ``resume`` events as (event, restart): one per attempt of the group, unless
+    the next resumed from the same checkpoint (and cut the file back to it)."""
+    return [(r["event"], r.get("restart", 0)) for r in live_records(out) if r.get("event") in ("start", "resume")]
+
+
+def progress(out):
+    """(the restart the group is on, the newest step it logged); (-1, -1) before it logs anything."""
+    lines = live_records(out)
+    begun = [i for i, r in enumerate(lines) if r.get("event") in ("start", "resume")]
+    if not begun:
+        return -1, -1
+    return lines[begun[-1]].get("restart", 0), max(r["step"] for r in lines[begun[-1] :])
+
+
+def wait_for(condition, launcher, timeout_s=120):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert launcher.poll() is None, "the launcher exited early"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
