@@ -13,6 +13,20 @@ STEPS, BATCH, SEQ_LEN, WORKERS = 32, 8, 32, 2
 SHORT = ["--steps", str(STEPS), "--batch-size", str(BATCH), "--seq-len", str(SEQ_LEN), "--eval-every", "8"]
 SHORT += ["--checkpoint-every", "8", "--eval-batches", "2", "--lr-warmup", "2"]
 PERIODIC = ["--sync-interval", "4", "--warmup-steps", "4"]
+OUTER_SYNCS = [8, 12, 16, 20, 24, 28, 32]  # with PERIODIC: t > S = 4 with t % H == 0, H = 4
+GROUPED = ["--algo", "diloco", *SHORT, *PERIODIC, "--groups", "2", "--group-size", "2"]
+
+
+def diloco_bytes_between_groups(parameters, groups=2, group_size=2):
+    """What the K groups of a ``GROUPED`` run send each other, all ranks summed: every all-reduce
+    between groups is a ring among K, in which each group sends 2(K-1)/K of one model's bytes
+    M = 4 x parameters, spread over its ranks, and each rank adds its 4-byte finite flag to an outer
+    step's. Group 0 first broadcasts its model (M); each warm-up step all-reduces the gradients.
+    (gpt-tiny has no buffers.)"""
+    model_bytes, ring = 4 * parameters, 2 * (groups - 1) / groups
+    warmup, syncs = 4, len(OUTER_SYNCS)
+    per_sync = groups * ring * (model_bytes + group_size * 4)
+    return round(model_bytes + warmup * groups * ring * model_bytes + syncs * per_sync)
 
 
 def lowcomm_train(*args, cwd=None, env=None, timeout=240):

@@ -14,10 +14,11 @@ import time
 import pytest
 
 from tests.train_runs import (
-    PERIODIC,
-    SHORT,
+    GROUPED,
+    OUTER_SYNCS,
     STEPS,
     attempts,
+    diloco_bytes_between_groups,
     lowcomm_train,
     manifest,
     progress,
@@ -28,8 +29,6 @@ from tests.train_runs import (
 )
 
 K, G = 2, 2
-GROUPS = ["--algo", "diloco", *SHORT, *PERIODIC, "--groups", str(K), "--group-size", str(G)]
-OUTER_SYNCS = [8, 12, 16, 20, 24, 28, 32]  # t > S = 4 with t % H == 0, H = 4
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +39,7 @@ def grouped(tmp_path_factory, cache_dir):
     def run(inner):
         if inner not in finished:
             out = tmp_path_factory.mktemp(inner) / "out"
-            lowcomm_train(*GROUPS, "--inner", inner, "--cache-dir", cache_dir, "--out", str(out))
+            lowcomm_train(*GROUPED, "--inner", inner, "--cache-dir", cache_dir, "--out", str(out))
             finished[inner] = out
         return finished[inner]
 
@@ -53,17 +52,14 @@ def summary(out):
 
 @pytest.mark.parametrize("inner", ["ddp", "fsdp"])
 def test_groups_count_the_slow_link_apart(inner, grouped):
-    """Between groups, every synchronisation is a ring all-reduce of one model among K = 2 groups:
-    each group sends 2(K-1)/K = 1 model's bytes M = 4 x parameters, spread over its 2 ranks, and each
-    rank adds its 4-byte finite flag. Before it, group 0 broadcast its model (M), and each of the 4
-    warm-up steps all-reduced the gradients (K x M). gpt-tiny has no buffers."""
+    """Between groups: the ring formula (see ``diloco_bytes_between_groups``); within groups apart."""
     out = grouped(inner)
     result = summary(out)
     assert (result["workers"], result["groups"], result["group_size"], result["inner"]) == (K * G, K, G, inner)
     model_bytes = 4 * result["parameters"]
-    syncs = len(OUTER_SYNCS)
-    between = model_bytes + 4 * K * model_bytes + syncs * (K * model_bytes + K * G * 4)
-    assert result["comm_bytes_between_groups"] == between
+    # 2 groups: each sends 2(K-1)/K = 1 model's bytes per all-reduce; a broadcast, 4 warm-up steps, 7 syncs
+    assert result["comm_bytes_between_groups"] == model_bytes + 4 * 2 * model_bytes + 7 * (2 * model_bytes + 4 * 4)
+    assert result["comm_bytes_between_groups"] == diloco_bytes_between_groups(result["parameters"])
     assert result["comm_bytes_total"] == result["comm_bytes_between_groups"] + result["comm_bytes_within_groups"]
     if inner == "ddp":  # at least DistributedDataParallel's gradient all-reduce: M per rank per step
         assert result["comm_bytes_within_groups"] >= K * G * STEPS * model_bytes
@@ -89,7 +85,7 @@ def resume(out, cache_dir, *layout):
     for step in (24, 32):
         shutil.rmtree(out / "checkpoints" / f"step_{step:08d}")
     (out / "summary.json").unlink()
-    return lowcomm_train(*GROUPS, *layout, "--cache-dir", cache_dir, "--out", str(out), "--resume")
+    return lowcomm_train(*GROUPED, *layout, "--cache-dir", cache_dir, "--out", str(out), "--resume")
 
 
 def test_a_sharded_checkpoint_resumes_bit_identically(grouped, cache_dir, tmp_path):
@@ -135,7 +131,7 @@ def test_a_killed_rank_of_one_group_changes_nothing(grouped, cache_dir, tmp_path
     rng = random.Random(11)
     with (tmp_path / "stderr.txt").open("w") as stderr:
         launcher = subprocess.Popen(
-            [sys.executable, "-m", "lowcomm", "train", *GROUPS, "--inner", "ddp", "--cache-dir", cache_dir,
+            [sys.executable, "-m", "lowcomm", "train", *GROUPED, "--inner", "ddp", "--cache-dir", cache_dir,
              "--out", str(crashed), "--max-restarts", "1"],
             stdout=subprocess.DEVNULL,
             stderr=stderr,
