@@ -63,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
         return train_limited(config)
     if reports():
         print(
-            f"lowcomm train: {config.algo} on {config.workers} {config.device} workers, {config.model} on "
+            f"lowcomm train: {config.algo} on {config.workers} {config.device} workers"
+            f"{f' ({config.groups} groups of {config.group_size}, {config.inner} inside)' if config.grouped else ''}, "
+            f"{config.model} on "
             f"{config.data}, {config.steps} steps -> {config.out}"
         )
     # Imported here, so that ``lowcomm train --help`` and refused input never load the trainer.
