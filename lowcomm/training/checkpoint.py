@@ -5,11 +5,20 @@
         sharded/            with worker groups: the strategies' tensors, one DCP checkpoint
                             (see :mod:`lowcomm.training.sharded_state`); the rank files hold the rest
         model.safetensors   the global model, for evaluation and export
-        manifest.json       the step, the world size (and layout), and every file's size and SHA-256
+        manifest.json       the step, the world size (and layout), the ranks whose files the directory
+                            holds, and every file's size and SHA-256
+
+Nodes without a shared filesystem (several storage domains, :mod:`lowcomm.training.storage`) each
+hold their own ranks' rank files and a DCP checkpoint of their ranks' tensors (``sharded/``, with its
+own ``.metadata``), and a manifest of those; rank 0's node also holds ``model.safetensors``, and its
+manifest lists every other node's files (``other_nodes``) by size and SHA-256 as they reported them.
+A node reads only its own files: resuming needs every rank on the node that saved it, in the same
+layout. Resuming picks the newest checkpoint that every node holds intact (:func:`agreed_checkpoint`).
 
 A checkpoint is written into a hidden staging directory; each file is fsynced, then the manifest,
 then the directory, which is renamed into place before its parent is fsynced. A directory whose
 manifest is missing or disagrees with its files is incomplete or corrupt, and resuming skips it.
+Old checkpoints are pruned only once every node has committed the new one.
 Files are loaded with ``torch.load(..., weights_only=True)``.
 """
 
@@ -26,10 +35,12 @@ from typing import IO, Any
 
 import torch
 from safetensors.torch import save as safetensors_bytes
+from torch.distributed.checkpoint import CheckpointException
 
 from lowcomm.atomic import commit, fsync_path
 from lowcomm.training.peers import Peers, process_group_peers
 from lowcomm.training.sharded_state import SHARDED_DIRECTORY, save_sharded
+from lowcomm.training.storage import Storage, shared_storage
 
 MANIFEST = "manifest.json"
 GLOBAL_MODEL = "model.safetensors"
@@ -64,6 +75,10 @@ def write_durably(path: Path, write: Callable[[IO[bytes]], Any]) -> FileRecord:
     return {path.name: {"bytes": path.stat().st_size, "sha256": sha256(path)}}
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written; raised on every rank alike, with one line naming the node."""
+
+
 def save_checkpoint(
     root: Path,
     step: int,
@@ -73,42 +88,87 @@ def save_checkpoint(
     peers: Peers | None = None,
     sharded: dict[str, torch.Tensor] | None = None,
     layout: dict[str, int] | None = None,
+    storage: Storage | None = None,
 ) -> Path:
     """Collective: every rank saves its ``worker_state`` (and its ``sharded`` tensors into one DCP
-    checkpoint, with worker groups); rank 0 adds ``global_model``, records ``layout`` and commits.
+    checkpoint per storage domain, with worker groups); rank 0 adds ``global_model``; each domain's
+    leader records ``layout`` and commits its directory.
 
-    Rank 0 then deletes all but the newest ``keep`` checkpoints. ``peers`` defaults to the
-    ``torch.distributed`` process group's.
+    Once every domain has committed, each leader deletes all but its newest ``keep`` checkpoints.
+    ``peers`` defaults to the ``torch.distributed`` process group's, ``storage`` to one domain.
     """
     peers = peers or process_group_peers()
+    storage = storage or shared_storage(peers.rank, peers.world_size)
     rank, world_size = peers.rank, peers.world_size
     staging = root / (STAGING_PREFIX + checkpoint_name(step))
     final = root / checkpoint_name(step)
-    if rank == 0:
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-    peers.barrier()
-    files = write_durably(staging / rank_file(rank), lambda file: torch.save(worker_state, file))
-    if sharded is not None:
-        save_sharded(staging / SHARDED_DIRECTORY, sharded)
-    if rank == 0:
-        tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in global_model.items()}
-        files |= write_durably(staging / GLOBAL_MODEL, lambda file: file.write(safetensors_bytes(tensors)))
-        if sharded is not None:
-            files |= {path.relative_to(staging).as_posix(): {"bytes": path.stat().st_size, "sha256": sha256(path)}
-                      for path in sorted((staging / SHARDED_DIRECTORY).iterdir())}
-            fsync_path(staging / SHARDED_DIRECTORY)
-    gathered: list[FileRecord] = peers.all_gather(files)
-    if rank == 0:
-        manifest = {"step": step, "world_size": world_size, "files": {k: v for f in gathered for k, v in f.items()}}
-        if layout is not None:
-            manifest["layout"] = layout
-        write_durably(staging / MANIFEST, lambda file: file.write(json.dumps(manifest, indent=1).encode()))
-        shutil.rmtree(final, ignore_errors=True)
-        commit(staging, final)
-        if keep is not None:
+
+    def agree(action: Callable[[], Any]) -> list[Any]:
+        """Every rank's result of ``action``; if it failed on any rank, CheckpointError on all."""
+        try:
+            outcome = (action(), None)
+        except OSError as error:
+            outcome = (None, f"checkpoint {final.name}: cannot write {error.filename or root} on "
+                             f"{storage.name}: {error.strerror}")
+        gathered = peers.all_gather(outcome)
+        failure = next((error for _, error in gathered if error is not None), None)
+        if failure is not None:
+            raise CheckpointError(failure)
+        return [result for result, _ in gathered]
+
+    def start() -> None:
+        if storage.leader:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+
+    def write() -> FileRecord:
+        files = write_durably(staging / rank_file(rank), lambda file: torch.save(worker_state, file))
+        if rank == 0:
+            tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in global_model.items()}
+            files |= write_durably(staging / GLOBAL_MODEL, lambda file: file.write(safetensors_bytes(tensors)))
+        return files
+
+    def list_sharded() -> FileRecord:
+        if not storage.leader:
+            return {}
+        fsync_path(staging / SHARDED_DIRECTORY)
+        return {path.relative_to(staging).as_posix(): {"bytes": path.stat().st_size, "sha256": sha256(path)}
+                for path in sorted((staging / SHARDED_DIRECTORY).iterdir())}
+
+    def commit_domain() -> None:
+        if storage.leader:
+            domain_files = {k: v for d, f in enumerate(written) if storage.domain_of(d) == storage.domain
+                            for k, v in f.items()}
+            manifest = {"step": step, "world_size": world_size, "ranks": list(storage.domains[storage.domain]),
+                        "files": domain_files}
+            if layout is not None:
+                manifest["layout"] = layout
+            if rank == 0 and not storage.shared:  # every other node's files, as they reported them
+                manifest["other_nodes"] = {
+                    storage.names[domain]: {"ranks": list(ranks), "files": {
+                        k: v for r in ranks for k, v in written[r].items()}}
+                    for domain, ranks in enumerate(storage.domains) if domain != storage.domain}
+            write_durably(staging / MANIFEST, lambda file: file.write(json.dumps(manifest, indent=1).encode()))
+            shutil.rmtree(final, ignore_errors=True)
+            commit(staging, final)
+
+    def prune() -> None:
+        if storage.leader and keep is not None:
             for old in checkpoint_directories(root)[:-keep]:
                 shutil.rmtree(old)
+
+    agree(start)
+    written = agree(write)
+    if sharded is not None:
+        try:
+            save_sharded(staging / SHARDED_DIRECTORY, sharded, storage.group)
+        except CheckpointException as error:
+            raise CheckpointError(f"checkpoint {final.name}: the sharded state could not be written on "
+                                  f"{storage.name}: {first_line(error)}") from None
+        for domain_rank, files in enumerate(agree(list_sharded)):
+            written[domain_rank] |= files
+    agree(commit_domain)
+    agree(prune)  # only once every domain holds this checkpoint
     return final
 
 
@@ -161,6 +221,65 @@ def newest_complete_checkpoint(root: Path) -> tuple[Path | None, list[tuple[Path
     return None, skipped
 
 
+def agreed_checkpoint(root: Path, peers: Peers, storage: Storage) -> tuple[Path | None, list[tuple[str, str]]]:
+    """Collective: the newest checkpoint that every storage domain holds intact under its ``root``
+    (or ``None``), and the newer ones that some domain does not, each with the problems found.
+
+    Each domain's leader checks its own directory (and discards unfinished writes). With several
+    domains, a domain's files must also be those that rank 0's manifest lists for its ranks: a
+    directory left by another attempt at the same step does not count. ValueError (one line, naming
+    the node and step) where resuming would lose a checkpoint: no checkpoint is intact on every
+    domain while some domain holds one, or a domain holds another domain's ranks' files.
+    """
+    if storage.leader:
+        discard_staging(root)
+    listed = peers.all_gather([d.name for d in checkpoint_directories(root)] if storage.leader else [])
+    skipped: list[tuple[str, str]] = []
+    partly_intact: tuple[str, str] | None = None
+    for name in sorted({name for names in listed for name in names}, reverse=True):
+        gathered = peers.all_gather(directory_report(root / name) if storage.leader else None)
+        problems = domain_problems(name, [gathered[ranks[0]] for ranks in storage.domains], storage)
+        if not problems:
+            return root / name, skipped
+        skipped.append((name, "; ".join(problems.values())))
+        if partly_intact is None and len(problems) < len(storage.domains):
+            partly_intact = name, next(iter(problems.values()))
+    if partly_intact is not None:
+        name, problem = partly_intact
+        raise ValueError(f"resume: no checkpoint is intact on every node; {name} is intact on some, not on {problem}")
+    return None, skipped
+
+
+def directory_report(directory: Path) -> dict[str, Any]:
+    """What a leader tells the others about one of its checkpoint directories."""
+    problem = problem_with(directory) if directory.is_dir() else "no such checkpoint"
+    if problem is not None:
+        return {"problem": problem}
+    manifest = read_manifest(directory)
+    return {"problem": None, "ranks": manifest.get("ranks"), "files": manifest["files"],
+            "other_nodes": manifest.get("other_nodes", {})}
+
+
+def domain_problems(name: str, reports: list[dict[str, Any]], storage: Storage) -> dict[int, str]:
+    """Each domain's problem with checkpoint ``name`` (none: it may be resumed), from their reports."""
+    if storage.shared:
+        return {} if reports[0]["problem"] is None else {0: reports[0]["problem"]}
+    problems = {d: f"{storage.names[d]}: {r['problem']}" for d, r in enumerate(reports) if r["problem"] is not None}
+    listing = {tuple(entry["ranks"]): entry["files"] for entry in reports[0].get("other_nodes", {}).values()}
+    for domain, report in enumerate(reports):
+        if report["problem"] is not None:
+            continue
+        ranks = storage.domains[domain]
+        if report["ranks"] != list(ranks):
+            raise ValueError(
+                f"resume: {storage.names[domain]} holds the checkpoint files of ranks {report['ranks']} ({name}) but "
+                f"runs ranks {list(ranks)}; without a shared --out every node must keep its ranks (torchrun orders "
+                "nodes by host name)")
+        if domain > 0 and listing.get(ranks) != report["files"]:
+            problems[domain] = f"{storage.names[domain]}: its files are not those rank 0's manifest lists (an older write)"
+    return problems
+
+
 def read_manifest(directory: Path) -> dict[str, Any]:
     return json.loads((directory / MANIFEST).read_text())
 
@@ -171,6 +290,12 @@ def load_worker_state(directory: Path, rank: int, world_size: int, device: torch
     if saved_world_size != world_size:
         raise ValueError(f"resume: {directory} was written by {saved_world_size} workers, this run has {world_size}")
     return load_rank_file(directory, rank, device)
+
+
+def first_line(error: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def load_rank_file(directory: Path, rank: int, device: torch.device) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed import ProcessGroup
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Placement, Replicate, Shard
 
@@ -130,9 +131,10 @@ def initialise_state(optimizer: torch.optim.Optimizer) -> None:
         group["lr"] = lr
 
 
-def save_sharded(directory: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """Collective: every rank's ``tensors`` into one DCP checkpoint in ``directory``."""
-    dcp.save(tensors, storage_writer=dcp.FileSystemWriter(directory))
+def save_sharded(directory: Path, tensors: dict[str, torch.Tensor], group: ProcessGroup | None = None) -> None:
+    """Collective over ``group`` (default: every rank): its ranks' ``tensors`` into one DCP
+    checkpoint in ``directory``, whose metadata its first rank writes."""
+    dcp.save(tensors, storage_writer=dcp.FileSystemWriter(directory), process_group=group)
 
 
 def load_sharded(
@@ -143,8 +145,9 @@ def load_sharded(
     source: Position,
     mesh: DeviceMesh,
     device: torch.device,
+    group: ProcessGroup | None = None,
 ) -> Any:
-    """Collective: the state ``skeleton`` describes, its tensors read from the DCP checkpoint in
+    """Collective over ``group`` (the ranks that saved ``directory``): the state ``skeleton`` describes, its tensors read from the DCP checkpoint in
     ``directory`` as saved by rank ``source``, resharded onto this rank, at ``position``.
 
     A tensor lands in the matching tensor of ``template`` (this rank's current state, which gives
@@ -190,7 +193,7 @@ def load_sharded(
         return tensor
 
     state = join(skeleton, target)
-    dcp.load(targets, storage_reader=dcp.FileSystemReader(directory))
+    dcp.load(targets, storage_reader=dcp.FileSystemReader(directory), process_group=group)
     for tensor, chunks in rechunked:
         whole = torch.cat([chunk.reshape(-1) if tensor.dim() == 1 else chunk for chunk in chunks])
         size = -(-whole.shape[0] // position.group_size)

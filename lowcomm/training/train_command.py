@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         if warning is not None:
             print(f"lowcomm train: warning: {warning}", file=sys.stderr)
             config.network = "model"
-        if reports() and not limited:
+        if not (under_torchrun() or limited):  # under torchrun each node's workers prepare its own
             prepare_run_directory(config)
     except ValueError as error:
         return usage_error("train", str(error))

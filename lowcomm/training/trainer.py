@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import pickle
 import sys
 import threading
 import time
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
+from torch.distributed.checkpoint import CheckpointException
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh
 from torch.optim.lr_scheduler import LambdaLR
@@ -45,10 +47,10 @@ from lowcomm.data import load_data
 from lowcomm.models import build_model
 from lowcomm.training.checkpoint import (
     GLOBAL_MODEL,
-    discard_staging,
+    agreed_checkpoint,
+    first_line,
     load_rank_file,
     load_worker_state,
-    newest_complete_checkpoint,
     read_manifest,
     save_checkpoint,
 )
@@ -58,6 +60,7 @@ from lowcomm.training.metrics import MetricsLog, ProgressBar, write_json_atomica
 from lowcomm.training.peers import Peers
 from lowcomm.training.rng import rng_state, seed_everything, set_rng_state
 from lowcomm.training.schedule import warmup_cosine
+from lowcomm.training.storage import Storage, shared_storage
 from lowcomm.training.sharded_state import SHARDED_DIRECTORY, Position, initialise_state, load_sharded, split
 
 SETUP_LOCK = threading.Lock()
@@ -105,14 +108,19 @@ class Trainer:
         communicator: Communicator,
         peers: Peers,
         loss: Callable[..., Tensor] = cross_entropy,
+        storage: Storage | None = None,
     ) -> None:
-        """``loss(model, inputs, targets, bf16)`` is the training loss (the simulation batches it)."""
+        """``loss(model, inputs, targets, bf16)`` is the training loss (the simulation batches it);
+        ``storage`` says which ranks share ``--out`` (by default, all)."""
         self.config = config
         self.loss = loss
         self.device = device
         self.peers = peers
         self.rank, self.world_size = peers.rank, peers.world_size
+        self.storage = storage or shared_storage(self.rank, self.world_size)
         self.mesh: DeviceMesh | None = worker_groups(config.groups, config.group_size) if config.grouped else None
+        if config.inner == "fsdp":
+            self.refuse_groups_across_domains()
         with SETUP_LOCK:
             model, optimizer = self.build(config, device)
         if self.mesh is None:
@@ -139,6 +147,18 @@ class Trainer:
                 self.report_event("start", **restart)
             else:
                 self.report_event("resume", checkpoint=restored.checkpoint, **restart)
+
+    def refuse_groups_across_domains(self) -> None:
+        """FSDP2's shards of a group spread over nodes that do not share ``--out`` would split one
+        tensor over several DCP checkpoints, which none of them could load: refused."""
+        size = self.config.group_size
+        for group in range(self.config.groups):
+            nodes = {self.storage.domain_of(rank) for rank in range(group * size, (group + 1) * size)}
+            if len(nodes) > 1:
+                raise ValueError(
+                    f"--inner fsdp: group {group} spans nodes that do not share --out ("
+                    f"{', '.join(self.storage.names[node] for node in sorted(nodes))}), and no node could load its "
+                    "sharded checkpoint; make the nodes the groups, or put --out on a shared filesystem")
 
     def build(self, config: TrainConfig, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
         """This rank's data, the model (the same on every rank), its optimizer and LR schedule."""
@@ -288,34 +308,32 @@ class Trainer:
             "metrics_offset": self.log.durable_offset() if self.log is not None else 0,
         }
         model = global_model if self.rank == 0 else None
-        save_checkpoint(
-            self.checkpoints, self.step, state, model, self.config.keep_checkpoints, self.peers, sharded, layout
-        )
+        save_checkpoint(self.checkpoints, self.step, state, model, self.config.keep_checkpoints, self.peers, sharded,
+                        layout, self.storage)
 
     def restore(self) -> Restored:
-        """When resuming (``--resume``, or a restart by the elastic agent), load the newest complete
-        checkpoint that rank 0 finds, skipping incomplete or corrupt ones with a warning."""
+        """When resuming (``--resume``, or a restart by the elastic agent), load the newest checkpoint
+        that every node holds intact, skipping incomplete or corrupt ones with a warning."""
         if not (self.config.resume or restart_count()):
             return Restored()
-        restored = Restored()
+        found, skipped = agreed_checkpoint(self.checkpoints, self.peers, self.storage)
+        restored = Restored(skipped=skipped)
         if self.rank == 0:
-            discard_staging(self.checkpoints)
-            found, skipped = newest_complete_checkpoint(self.checkpoints)
-            restored.skipped = [(directory.name, problem) for directory, problem in skipped]
-            for name, problem in restored.skipped:
+            for name, problem in skipped:
                 print(f"lowcomm: warning: skipping checkpoint {name}: {problem}", file=sys.stderr)
-            restored.checkpoint = None if found is None else found.name
-        choice = self.peers.all_gather(restored.checkpoint)[0]
-        if choice is None:
+        if found is None:
             return restored
-        directory = self.checkpoints / choice
-        if self.mesh is None:
-            state = load_worker_state(directory, self.rank, self.world_size, self.device)
-            self.strategy.load_state_dict(state["strategy"])
-            self.data.train.load_state_dict(state["data"])
-            set_rng_state(state["rng"])
-        else:
-            state = self.load_grouped(directory)
+        restored.checkpoint = found.name
+        try:
+            if self.mesh is None:
+                state = load_worker_state(found, self.rank, self.world_size, self.device)
+                self.strategy.load_state_dict(state["strategy"])
+                self.data.train.load_state_dict(state["data"])
+                set_rng_state(state["rng"])
+            else:
+                state = self.load_grouped(found)
+        except (OSError, RuntimeError, pickle.UnpicklingError, CheckpointException) as error:
+            raise ValueError(f"resume: {found.name} on {self.storage.name}: {first_line(error)}") from None
         self.scheduler.load_state_dict(state["scheduler"])
         self.progress = Progress(**state["progress"])
         restored.metrics_offset = state["metrics_offset"]
@@ -330,13 +348,21 @@ class Trainer:
         position = Position.of(self.mesh)
         source = position.source(saved["groups"], saved["group_size"])
         same_layout = (saved["groups"], saved["group_size"]) == (position.groups, position.group_size)
+        if not (same_layout or self.storage.shared):
+            raise ValueError(
+                f"resume: {directory.name} was saved as {saved['groups']} x {saved['group_size']}; without a shared "
+                f"--out a run resumes only in its saved layout (resharding to {position.groups} x "
+                f"{position.group_size} reads other nodes' files): copy every node's checkpoints/{directory.name} "
+                "into one directory on a shared filesystem to change it")
         own = load_rank_file(directory, source.group * source.group_size + source.inner, self.device)
         for value in vars(self.strategy).values():
             if isinstance(value, torch.optim.Optimizer):
                 initialise_state(value)
         template = self.strategy.state_dict()
         sharded = directory / SHARDED_DIRECTORY
-        strategy_state = load_sharded(sharded, own["strategy"], template, position, source, self.mesh, self.device)
+        strategy_state = load_sharded(
+            sharded, own["strategy"], template, position, source, self.mesh, self.device, self.storage.group
+        )
         self.strategy.load_state_dict(strategy_state)
         if position.group >= saved["groups"]:  # a new group starts from the global model
             global_model = load_file(directory / GLOBAL_MODEL, device=str(self.device))

@@ -1,19 +1,26 @@
-"""One worker process: pick its device, join the process group, train, leave."""
+"""One worker process: pick its device, join the process group, (under torchrun) prepare the
+nodes' run directories, train, leave. A refusal or a failed checkpoint write ends it with one line
+on stderr and a non-zero exit code."""
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from lowcomm.cli import USAGE_ERROR
 from lowcomm.communication.communicator import ProcessGroupCommunicator
+from lowcomm.training.checkpoint import CheckpointError
 from lowcomm.training.config import TrainConfig
 from lowcomm.training.peers import process_group_peers
-from lowcomm.training.trainer import Trainer
+from lowcomm.training.storage import prepare_node_directories, shared_storage
+from lowcomm.training.trainer import Trainer, restart_count
 
 
 @dataclass(frozen=True)
@@ -38,9 +45,27 @@ def run_worker(config: TrainConfig, store_address: StoreAddress | None = None) -
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
     join_process_group("nccl" if device.type == "cuda" else "gloo", config.hang_timeout, store_address)
     try:
-        Trainer(config, device, ProcessGroupCommunicator(), process_group_peers()).train()
+        peers = process_group_peers()
+        try:
+            if store_address is None:  # torchrun's: every node has its own --out, shared or not
+                storage = prepare_node_directories(config, peers, restarted=restart_count() > 0)
+            else:
+                storage = shared_storage(peers.rank, peers.world_size)
+            trainer = Trainer(config, device, ProcessGroupCommunicator(), peers, storage=storage)
+        except ValueError as error:  # refused on every rank alike, before training
+            fail(str(error), USAGE_ERROR)
+        try:
+            trainer.train()
+        except CheckpointError as error:
+            fail(str(error), 1)
     finally:
         dist.destroy_process_group()
+
+
+def fail(message: str, exit_code: int) -> NoReturn:
+    """Stop this worker with one line on stderr."""
+    print(f"lowcomm train: error: {message}", file=sys.stderr)
+    raise SystemExit(exit_code)
 
 
 def join_process_group(backend: str, hang_timeout_s: float, store_address: StoreAddress | None) -> None:

@@ -1,0 +1,138 @@
+"""Nodes without a shared filesystem, end to end: two torchrun agents on this machine stand in for
+two nodes (c10d rendezvous on 127.0.0.1), each with its own ``--out``, or both with the same one."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.distributed import free_port
+from tests.train_runs import PERIODIC, SHORT, STEPS, records, wait_for
+
+FLAGS = ["--algo", "diloco", *SHORT, *PERIODIC, "--hang-timeout", "30"]
+FINAL = f"checkpoints/step_{STEPS:08d}/model.safetensors"
+
+
+def start_nodes(outs, cache_dir, *flags, nproc=1, logs=None):
+    """One torchrun agent per node, the i-th training into ``outs[i]``; their stderr goes to ``logs``."""
+    port = free_port()
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    agents = []
+    for node, out in enumerate(outs):
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", str(nproc),
+            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "nodes",
+            "--local-addr", "127.0.0.1", "--max-restarts", "0",
+            "-m", "lowcomm", "train", *FLAGS, *flags, "--cache-dir", cache_dir, "--out", str(out),
+        ]
+        stderr = (logs / f"node{node}.txt").open("a") if logs else subprocess.PIPE
+        agents.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=env, text=True))
+    return agents
+
+
+def run_nodes(outs, cache_dir, *flags, nproc=1, tmp_path):
+    agents = start_nodes(outs, cache_dir, *flags, nproc=nproc, logs=tmp_path)
+    codes = [agent.wait(timeout=300) for agent in agents]
+    logs = "".join((tmp_path / f"node{node}.txt").read_text()[-2000:] for node in range(2))
+    assert codes == [0, 0], logs
+
+
+def rank_0_first(outs):
+    """``outs`` with the directory of global rank 0's node first (torchrun orders the nodes)."""
+    return sorted(outs, key=lambda out: not (out / "metrics.jsonl").exists())
+
+
+def manifest(out, step):
+    return json.loads((out / "checkpoints" / f"step_{step:08d}" / "manifest.json").read_text())
+
+
+def files(out, step):
+    return sorted(p.relative_to(out / "checkpoints" / f"step_{step:08d}").as_posix()
+                  for p in (out / "checkpoints" / f"step_{step:08d}").rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory, cache_dir):
+    """Both nodes training into the same ``--out``."""
+    root = tmp_path_factory.mktemp("shared")
+    run_nodes([root / "out", root / "out"], cache_dir, tmp_path=root)
+    return root / "out"
+
+
+@pytest.fixture(scope="module")
+def separate(tmp_path_factory, cache_dir):
+    """Each node training into its own ``--out``: (rank 0's node's, the other's)."""
+    root = tmp_path_factory.mktemp("separate")
+    outs = [root / "a", root / "b"]
+    run_nodes(outs, cache_dir, tmp_path=root)
+    return rank_0_first(outs)
+
+
+def test_a_shared_out_holds_every_rank_as_before(shared):
+    assert files(shared, STEPS) == ["manifest.json", "model.safetensors", "rank_00000.pt", "rank_00001.pt"]
+    assert "other_nodes" not in manifest(shared, STEPS)
+    assert [r["step"] for r in records(shared, "eval")] == [8, 16, 24, 32]
+
+
+def test_each_node_holds_its_own_ranks_and_rank_0_lists_them_all(separate, shared):
+    first, second = separate
+    assert files(first, STEPS) == ["manifest.json", "model.safetensors", "rank_00000.pt"]
+    assert files(second, STEPS) == ["manifest.json", "rank_00001.pt"]
+    assert not any((second / name).exists() for name in ("metrics.jsonl", "summary.json", "tensorboard"))
+    assert (second / "config.yaml").read_text() == (first / "config.yaml").read_text().replace(str(first), str(second))
+    (listing,) = manifest(first, STEPS)["other_nodes"].values()
+    assert listing == {"ranks": [1], "files": manifest(second, STEPS)["files"]}
+    assert manifest(second, STEPS)["ranks"] == [1]
+    assert (first / FINAL).read_bytes() == (shared / FINAL).read_bytes()
+    assert [r["step"] for r in records(first, "eval")] == [8, 16, 24, 32]
+
+
+def test_a_node_killed_mid_run_resumes_with_the_other_to_the_same_model(shared, cache_dir, tmp_path):
+    outs = [tmp_path / "a", tmp_path / "b"]
+    agents = start_nodes(outs, cache_dir, logs=tmp_path)
+    metrics = lambda: [out for out in outs if (out / "metrics.jsonl").exists()]
+    wait_for(lambda: metrics() and any(r.get("step", 0) >= 13 for r in records(metrics()[0])), agents[0])
+    other = next(out for out in outs if out not in metrics())
+    node = outs.index(other)
+    (worker,) = children(agents[node].pid)
+    os.kill(worker, signal.SIGKILL)
+    assert all(agent.wait(timeout=120) != 0 for agent in agents)
+    run_nodes(outs, cache_dir, "--resume", tmp_path=tmp_path)
+    first = rank_0_first(outs)[0]
+    resumed = [r for r in records(first, "event") if r["event"] == "resume"]
+    assert resumed and resumed[-1]["checkpoint"] in ("step_00000008", "step_00000016")
+    assert (first / FINAL).read_bytes() == (shared / FINAL).read_bytes()
+
+
+def test_a_truncated_checkpoint_on_one_node_makes_both_fall_back(separate, shared, cache_dir, tmp_path):
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for source, copy in zip(separate, outs):
+        shutil.copytree(source, copy)
+    (outs[0] / "summary.json").unlink()
+    damaged = outs[1] / "checkpoints" / f"step_{STEPS:08d}" / "rank_00001.pt"
+    damaged.write_bytes(damaged.read_bytes()[:-10])
+    run_nodes(outs, cache_dir, "--resume", tmp_path=tmp_path)
+    first = rank_0_first(outs)[0]
+    events = records(first, "event")
+    skipped = [r for r in events if r["event"] == "skipped_checkpoint"]
+    assert len(skipped) == 1 and skipped[0]["checkpoint"] == f"step_{STEPS:08d}"
+    assert "rank_00001.pt has" in skipped[0]["problem"] and "node" in skipped[0]["problem"]
+    assert {"step": 24, "event": "resume", "checkpoint": "step_00000024"} in events
+    assert (first / FINAL).read_bytes() == (shared / FINAL).read_bytes()
+
+
+def children(pid):
+    """The processes whose parent is ``pid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError):
+            continue
+    return found
