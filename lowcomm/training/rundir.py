@@ -18,25 +18,31 @@ def prepare_run_directory(config: TrainConfig) -> None:
     """Make ``config.out`` ready for this run and write ``config.yaml``; raise a one-line ValueError
     (having written nothing) if it holds something else."""
     out = config.out
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out: {out} is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        saved = out / CONFIG_FILE
-        if not saved.is_file():
-            raise ValueError(f"--out: {out} is not empty and holds no lowcomm run; choose another directory")
-        if config.overwrite:
-            shutil.rmtree(out)
-        elif config.resume:
-            check_same_run(config, saved)
-        else:
-            raise ValueError(
-                f"--out: {out} already holds a run; pass --resume to continue it or --overwrite to replace it"
-            )
+    if check_run_directory(config) and config.overwrite:
+        shutil.rmtree(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         write_atomically(out / CONFIG_FILE, lambda temporary: temporary.write_text(config.to_yaml()))
     except OSError as error:
         raise ValueError(f"--out: cannot write to {out}: {error.strerror}") from None
+
+
+def check_run_directory(config: TrainConfig) -> bool:
+    """Raise a one-line ValueError unless ``config.out`` may hold this run (changing nothing);
+    return whether it holds a run already."""
+    out = config.out
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out: {out} is not a directory")
+    if not (out.is_dir() and any(out.iterdir())):
+        return False
+    saved = out / CONFIG_FILE
+    if not saved.is_file():
+        raise ValueError(f"--out: {out} is not empty and holds no lowcomm run; choose another directory")
+    if config.resume and not config.overwrite:
+        check_same_run(config, saved)
+    elif not config.overwrite:
+        raise ValueError(f"--out: {out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+    return True
 
 
 def check_same_run(config: TrainConfig, saved_config: os.PathLike[str]) -> None:

@@ -5,7 +5,8 @@ nodes reach or a directory of the node's own. The nodes whose ``--out`` is the s
 storage domain; each domain's first rank (its leader) prepares and writes that directory. Domains
 are found over the process group, one per round: the first node not yet placed prepares its
 ``--out`` (the checks of :func:`~lowcomm.training.rundir.prepare_run_directory`) and writes a fresh
-token into it; every node not yet placed that reads that token in its own ``--out`` joins the
+token into it (once every node has checked its ``--out``, so that a refusal leaves every
+``--out`` untouched); every node not yet placed that reads that token in its own ``--out`` joins the
 domain. A node's ranks share the node's filesystem.
 
 With one domain (a shared filesystem, one node, or lowcomm's own launcher) everything is written as
@@ -26,7 +27,7 @@ import torch.distributed as dist
 from lowcomm.atomic import write_atomically
 from lowcomm.training.config import TrainConfig
 from lowcomm.training.peers import Peers
-from lowcomm.training.rundir import prepare_run_directory
+from lowcomm.training.rundir import check_run_directory, prepare_run_directory
 
 TOKEN_FILE = ".storage_token"
 """In ``--out``: the token of the launch whose node prepared it last."""
@@ -87,6 +88,19 @@ def prepare_node_directories(config: TrainConfig, peers: Peers, restarted: bool)
     for rank, name in enumerate(names):
         first_rank.setdefault(name, rank)
     unplaced = sorted(first_rank, key=first_rank.get)
+
+    def on_node(error: object, name: str) -> str:
+        return f"{error} (on {name})" if len(first_rank) > 1 else str(error)
+
+    refusal = None
+    if first_rank[names[peers.rank]] == peers.rank:  # every node checks its --out before any is written
+        try:
+            check_run_directory(config)
+        except ValueError as error:
+            refusal = on_node(error, names[peers.rank])
+    refused = [refusal for refusal in peers.all_gather(refusal) if refusal is not None]
+    if refused:
+        raise ValueError(refused[0])
     domains: list[tuple[int, ...]] = []
     while unplaced:
         preparer = first_rank[unplaced[0]]
@@ -95,7 +109,7 @@ def prepare_node_directories(config: TrainConfig, peers: Peers, restarted: bool)
             prepared = prepare_with_token(config)
         token, error = peers.all_gather(prepared)[preparer]
         if error is not None:
-            raise ValueError(error if len(first_rank) == 1 else f"{error} (on {unplaced[0]})")
+            raise ValueError(on_node(error, unplaced[0]))
         sees = names[peers.rank] in unplaced and first_rank[names[peers.rank]] == peers.rank and holds_token(config, token)
         seen = peers.all_gather(sees)
         joined = [name for name in unplaced if seen[first_rank[name]]]

@@ -136,3 +136,48 @@ def children(pid):
         except (OSError, IndexError):
             continue
     return found
+
+
+def test_worker_groups_on_nodes_without_a_shared_out(cache_dir, tmp_path):
+    """2 nodes x 2 ranks, DDP inside each node's group: each node holds its ranks' files and a DCP
+    checkpoint of its own (metadata included); resumed from step 16 it ends bit-identical; resuming
+    in another layout is refused with one line."""
+    outs = [tmp_path / "a", tmp_path / "b"]
+    run_nodes(outs, cache_dir, "--inner", "ddp", nproc=2, tmp_path=tmp_path)
+    first, second = rank_0_first(outs)
+    assert files(first, 16) == ["manifest.json", "model.safetensors", "rank_00000.pt", "rank_00001.pt",
+                                "sharded/.metadata", "sharded/__0_0.distcp", "sharded/__1_0.distcp"]
+    assert files(second, 16) == ["manifest.json", "rank_00002.pt", "rank_00003.pt",  # DCP names files by rank in the node
+                                 "sharded/.metadata", "sharded/__0_0.distcp", "sharded/__1_0.distcp"]
+    assert manifest(second, 16)["layout"] == {"groups": 2, "group_size": 2}
+    straight = (first / FINAL).read_bytes()
+    for out in outs:
+        for step in (24, 32):
+            shutil.rmtree(out / "checkpoints" / f"step_{step:08d}")
+    (first / "summary.json").unlink()
+    run_nodes(outs, cache_dir, "--inner", "ddp", "--resume", nproc=2, tmp_path=tmp_path)
+    assert {"step": 16, "event": "resume", "checkpoint": "step_00000016"} in records(first, "event")
+    assert (first / FINAL).read_bytes() == straight
+
+    agents = start_nodes(outs, cache_dir, "--inner", "ddp", "--resume", "--groups", "4", nproc=2)
+    errors = [agent.communicate(timeout=300)[1] for agent in agents]
+    assert all(agent.returncode != 0 for agent in agents)
+    for error in errors:
+        ours = [line for line in error.splitlines() if line.startswith("lowcomm train: error:")]
+        assert ours and set(ours) == {
+            f"lowcomm train: error: resume: step_{STEPS:08d} was saved as 2 x 2; without a shared --out a run resumes "
+            "only in its saved layout (resharding to 4 x 1 reads other nodes' files): copy every node's "
+            f"checkpoints/step_{STEPS:08d} into one directory on a shared filesystem to change it"}
+
+
+def test_an_out_holding_another_run_on_one_node_is_refused_on_both(separate, cache_dir, tmp_path):
+    outs = [tmp_path / "a", tmp_path / "b"]
+    shutil.copytree(separate[1], outs[1])
+    agents = start_nodes(outs, cache_dir)
+    errors = [agent.communicate(timeout=300)[1] for agent in agents]
+    assert [agent.returncode for agent in agents] != [0, 0]
+    for error in errors:
+        ours = [line for line in error.splitlines() if "lowcomm train: error:" in line]
+        assert len(ours) == 1 and ours[0].startswith(f"lowcomm train: error: --out: {outs[1]} already holds a run; "
+                                                     "pass --resume to continue it or --overwrite to replace it (on node")
+    assert not outs[0].exists()
