@@ -1,13 +1,16 @@
 import hashlib
 import json
 import pickle
+import shutil
 
 import pytest
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
+from lowcomm.communication.simulated import run_simulated
 from lowcomm.training.checkpoint import (
+    agreed_checkpoint,
     checkpoint_directories,
     discard_staging,
     load_worker_state,
@@ -15,6 +18,8 @@ from lowcomm.training.checkpoint import (
     problem_with,
     save_checkpoint,
 )
+from lowcomm.training.peers import simulated_peers
+from lowcomm.training.storage import Storage
 
 STATE = {"strategy": {"step": 3, "weights": torch.arange(6.0)}, "rng": [torch.tensor([1, 2], dtype=torch.uint8)]}
 MODEL = {"weight": torch.ones(2, 3), "bias": torch.zeros(2)}
@@ -50,8 +55,8 @@ def test_a_checkpoint_holds_its_files_and_a_manifest_of_their_sizes_and_checksum
     }
 
 
-def corrupt(directory, how):
-    rank_file = directory / "rank_00000.pt"
+def corrupt(directory, how, name="rank_00000.pt"):
+    rank_file = directory / name
     if how == "flipped byte":
         content = bytearray(rank_file.read_bytes())
         content[100] ^= 1
@@ -128,3 +133,82 @@ def test_a_checkpoint_from_another_world_size_is_refused(tmp_path):
     directory = save(tmp_path, 1)
     with pytest.raises(ValueError, match="was written by 1 workers, this run has 2"):
         load_worker_state(directory, rank=0, world_size=2, device=torch.device("cpu"))
+
+
+def on_two_nodes(tmp_path, then, steps=(1, 2), ranks=((0,), (1,))):
+    """Two simulated ranks on two nodes without a shared directory (``tmp_path/node0``, ``/node1``):
+    save ``steps``, call ``then(rank, root)``, and return ``agreed_checkpoint`` on every rank."""
+
+    def worker(communicator):
+        peers = simulated_peers(communicator)
+        storage = Storage(peers.rank, ranks, ("node 0 (a)", "node 1 (b)"))
+        root = tmp_path / f"node{peers.rank}"
+        for step in steps:
+            save_checkpoint(root, step, STATE, MODEL if peers.rank == 0 else None, None, peers, storage=storage)
+        peers.barrier()
+        then(peers.rank, root)
+        peers.barrier()
+        found, skipped = agreed_checkpoint(root, peers, storage)
+        return None if found is None else found.name, skipped
+
+    return run_simulated(2, worker)
+
+
+def test_nodes_without_a_shared_directory_resume_the_newest_checkpoint_both_hold(tmp_path):
+    results = on_two_nodes(tmp_path, lambda rank, root: None)
+    assert results == [("step_00000002", [])] * 2
+    assert sorted(p.name for p in (tmp_path / "node1" / "step_00000002").iterdir()) == ["manifest.json", "rank_00001.pt"]
+    listing = json.loads((tmp_path / "node0" / "step_00000002" / "manifest.json").read_text())["other_nodes"]
+    node1 = json.loads((tmp_path / "node1" / "step_00000002" / "manifest.json").read_text())
+    assert listing == {"node 1 (b)": {"ranks": [1], "files": node1["files"]}} and node1["ranks"] == [1]
+
+
+@pytest.mark.parametrize("how", ["truncated", "no manifest"])
+def test_a_checkpoint_damaged_on_one_node_makes_both_fall_back(tmp_path, how):
+    def damage(rank, root):
+        if rank == 1:
+            corrupt(root / "step_00000002", how, "rank_00001.pt")
+
+    problem = {"truncated": "rank_00001.pt has", "no manifest": "no manifest"}[how]
+    for found, skipped in on_two_nodes(tmp_path, damage):
+        assert found == "step_00000001"
+        assert [name for name, _ in skipped] == ["step_00000002"]
+        assert skipped[0][1].startswith(f"node 1 (b): {problem}")
+
+
+def test_a_step_directory_from_another_write_does_not_count(tmp_path):
+    def rewrite(rank, root):
+        if rank == 1:  # as if node 1 kept an intact step 2 of an earlier attempt
+            directory = root / "step_00000002"
+            content = b"an earlier attempt"
+            (directory / "rank_00001.pt").write_bytes(content)
+            manifest = json.loads((directory / "manifest.json").read_text())
+            manifest["files"]["rank_00001.pt"] = {"bytes": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+            (directory / "manifest.json").write_text(json.dumps(manifest))
+
+    for found, skipped in on_two_nodes(tmp_path, rewrite):
+        assert found == "step_00000001"
+        assert skipped == [("step_00000002", "node 1 (b): its files are not those rank 0's manifest lists (an older write)")]
+
+
+def test_no_checkpoint_on_one_node_stops_with_one_line_naming_it(tmp_path):
+    def lose(rank, root):
+        if rank == 1:
+            shutil.rmtree(root)
+
+    with pytest.raises(ValueError, match=r"^resume: no checkpoint is intact on every node; step_00000002 is intact "
+                                         r"on some, not on node 1 \(b\): no such checkpoint$"):
+        on_two_nodes(tmp_path, lose)
+
+
+def test_a_node_running_other_ranks_than_it_saved_is_refused(tmp_path):
+    def swap(rank, root):
+        if rank == 1:
+            for directory in checkpoint_directories(root):
+                manifest = json.loads((directory / "manifest.json").read_text())
+                manifest["ranks"] = [0]
+                (directory / "manifest.json").write_text(json.dumps(manifest))
+
+    with pytest.raises(ValueError, match=r"node 1 \(b\) holds the checkpoint files of ranks \[0\] \(step_00000002\) "
+                                         r"but runs ranks \[1\]; without a shared --out every node must keep its ranks"):
+        on_two_nodes(tmp_path, swap)
