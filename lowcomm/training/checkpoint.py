@@ -13,7 +13,7 @@ hold their own ranks' rank files and a DCP checkpoint of their ranks' tensors (`
 own ``.metadata``), and a manifest of those; rank 0's node also holds ``model.safetensors``, and its
 manifest lists every other node's files (``other_nodes``) by size and SHA-256 as they reported them.
 A node reads only its own files: resuming needs every rank on the node that saved it, in the same
-layout. Resuming picks the newest checkpoint that every node holds intact (:func:`agreed_checkpoint`).
+layout (resharding would read other nodes' shards; it needs a run saved on a shared filesystem). Resuming picks the newest checkpoint that every node holds intact (:func:`agreed_checkpoint`).
 
 A checkpoint is written into a hidden staging directory; each file is fsynced, then the manifest,
 then the directory, which is renamed into place before its parent is fsynced. A directory whose

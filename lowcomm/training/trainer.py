@@ -350,10 +350,9 @@ class Trainer:
         same_layout = (saved["groups"], saved["group_size"]) == (position.groups, position.group_size)
         if not (same_layout or self.storage.shared):
             raise ValueError(
-                f"resume: {directory.name} was saved as {saved['groups']} x {saved['group_size']}; without a shared "
-                f"--out a run resumes only in its saved layout (resharding to {position.groups} x "
-                f"{position.group_size} reads other nodes' files): copy every node's checkpoints/{directory.name} "
-                "into one directory on a shared filesystem to change it")
+                f"resume: {directory.name} was saved as {saved['groups']} x {saved['group_size']} on nodes without a "
+                f"shared --out, and resumes only in that layout: resharding to {position.groups} x "
+                f"{position.group_size} would read other nodes' checkpoint files")
         own = load_rank_file(directory, source.group * source.group_size + source.inner, self.device)
         for value in vars(self.strategy).values():
             if isinstance(value, torch.optim.Optimizer):

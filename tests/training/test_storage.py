@@ -165,9 +165,8 @@ def test_worker_groups_on_nodes_without_a_shared_out(cache_dir, tmp_path):
     for error in errors:
         ours = [line for line in error.splitlines() if line.startswith("lowcomm train: error:")]
         assert ours and set(ours) == {
-            f"lowcomm train: error: resume: step_{STEPS:08d} was saved as 2 x 2; without a shared --out a run resumes "
-            "only in its saved layout (resharding to 4 x 1 reads other nodes' files): copy every node's "
-            f"checkpoints/step_{STEPS:08d} into one directory on a shared filesystem to change it"}
+            f"lowcomm train: error: resume: step_{STEPS:08d} was saved as 2 x 2 on nodes without a shared --out, "
+            "and resumes only in that layout: resharding to 4 x 1 would read other nodes' checkpoint files"}
 
 
 def test_an_out_holding_another_run_on_one_node_is_refused_on_both(separate, cache_dir, tmp_path):
