@@ -54,8 +54,8 @@ def manifest(out, step):
     return json.loads((Path(out) / "checkpoints" / f"step_{step:08d}" / "manifest.json").read_text())
 
 
-def worker_pids(launcher_pid):
-    """The launcher's worker processes (multiprocessing spawn children)."""
+def child_pids(parent_pid, command_part=b""):
+    """The processes whose parent is ``parent_pid`` and whose command line holds ``command_part``."""
     pids = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -63,9 +63,14 @@ def worker_pids(launcher_pid):
             command = (stat.parent / "cmdline").read_bytes()
         except (OSError, IndexError):
             continue
-        if parent == launcher_pid and b"spawn_main" in command:
+        if parent == parent_pid and command_part in command:
             pids.append(int(stat.parent.name))
     return pids
+
+
+def worker_pids(launcher_pid):
+    """The launcher's worker processes (multiprocessing spawn children)."""
+    return child_pids(launcher_pid, b"spawn_main")
 
 
 def listening_addresses(pids):

@@ -60,8 +60,8 @@ from lowcomm.training.metrics import MetricsLog, ProgressBar, write_json_atomica
 from lowcomm.training.peers import Peers
 from lowcomm.training.rng import rng_state, seed_everything, set_rng_state
 from lowcomm.training.schedule import warmup_cosine
-from lowcomm.training.storage import Storage, shared_storage
 from lowcomm.training.sharded_state import SHARDED_DIRECTORY, Position, initialise_state, load_sharded, split
+from lowcomm.training.storage import Storage, shared_storage
 
 SETUP_LOCK = threading.Lock()
 """Held while a rank seeds the global generators and builds its data and model."""

@@ -1,18 +1,16 @@
 """Nodes without a shared filesystem, end to end: two torchrun agents on this machine stand in for
 two nodes (c10d rendezvous on 127.0.0.1), each with its own ``--out``, or both with the same one."""
 
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from tests.distributed import free_port
-from tests.train_runs import PERIODIC, SHORT, STEPS, records, wait_for
+from tests.train_runs import PERIODIC, SHORT, STEPS, child_pids, live_records, manifest, records, wait_for
 
 FLAGS = ["--algo", "diloco", *SHORT, *PERIODIC, "--hang-timeout", "30"]
 FINAL = f"checkpoints/step_{STEPS:08d}/model.safetensors"
@@ -45,10 +43,6 @@ def run_nodes(outs, cache_dir, *flags, nproc=1, tmp_path):
 def rank_0_first(outs):
     """``outs`` with the directory of global rank 0's node first (torchrun orders the nodes)."""
     return sorted(outs, key=lambda out: not (out / "metrics.jsonl").exists())
-
-
-def manifest(out, step):
-    return json.loads((out / "checkpoints" / f"step_{step:08d}" / "manifest.json").read_text())
 
 
 def files(out, step):
@@ -95,11 +89,14 @@ def test_each_node_holds_its_own_ranks_and_rank_0_lists_them_all(separate, share
 def test_a_node_killed_mid_run_resumes_with_the_other_to_the_same_model(shared, cache_dir, tmp_path):
     outs = [tmp_path / "a", tmp_path / "b"]
     agents = start_nodes(outs, cache_dir, logs=tmp_path)
-    metrics = lambda: [out for out in outs if (out / "metrics.jsonl").exists()]
-    wait_for(lambda: metrics() and any(r.get("step", 0) >= 13 for r in records(metrics()[0])), agents[0])
+
+    def metrics():
+        return [out for out in outs if (out / "metrics.jsonl").exists()]
+
+    wait_for(lambda: metrics() and any(r.get("step", 0) >= 13 for r in live_records(metrics()[0])), agents[0])
     other = next(out for out in outs if out not in metrics())
     node = outs.index(other)
-    (worker,) = children(agents[node].pid)
+    (worker,) = child_pids(agents[node].pid)
     os.kill(worker, signal.SIGKILL)
     assert all(agent.wait(timeout=120) != 0 for agent in agents)
     run_nodes(outs, cache_dir, "--resume", tmp_path=tmp_path)
@@ -124,18 +121,6 @@ def test_a_truncated_checkpoint_on_one_node_makes_both_fall_back(separate, share
     assert "rank_00001.pt has" in skipped[0]["problem"] and "node" in skipped[0]["problem"]
     assert {"step": 24, "event": "resume", "checkpoint": "step_00000024"} in events
     assert (first / FINAL).read_bytes() == (shared / FINAL).read_bytes()
-
-
-def children(pid):
-    """The processes whose parent is ``pid``."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-        except (OSError, IndexError):
-            continue
-    return found
 
 
 def test_worker_groups_on_nodes_without_a_shared_out(cache_dir, tmp_path):
