@@ -13,7 +13,8 @@ hold their own ranks' rank files and a DCP checkpoint of their ranks' tensors (`
 own ``.metadata``), and a manifest of those; rank 0's node also holds ``model.safetensors``, and its
 manifest lists every other node's files (``other_nodes``) by size and SHA-256 as they reported them.
 A node reads only its own files: resuming needs every rank on the node that saved it, in the same
-layout (resharding would read other nodes' shards; it needs a run saved on a shared filesystem). Resuming picks the newest checkpoint that every node holds intact (:func:`agreed_checkpoint`).
+layout (resharding would read other nodes' shards; it needs a run saved on a shared filesystem).
+Resuming picks the newest checkpoint that every node holds intact (:func:`agreed_checkpoint`).
 
 A checkpoint is written into a hidden staging directory; each file is fsynced, then the manifest,
 then the directory, which is renamed into place before its parent is fsynced. A directory whose
@@ -165,8 +166,8 @@ def save_checkpoint(
         except CheckpointException as error:
             raise CheckpointError(f"checkpoint {final.name}: the sharded state could not be written on "
                                   f"{storage.name}: {first_line(error)}") from None
-        for domain_rank, files in enumerate(agree(list_sharded)):
-            written[domain_rank] |= files
+        for leader, files in enumerate(agree(list_sharded)):
+            written[leader] |= files
     agree(commit_domain)
     agree(prune)  # only once every domain holds this checkpoint
     return final
@@ -207,18 +208,6 @@ def problem_with(directory: Path) -> str | None:
         if sha256(path) != digest:
             return f"{name} fails its SHA-256 check"
     return None
-
-
-def newest_complete_checkpoint(root: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
-    """The newest intact checkpoint under ``root`` (or ``None``), and the newer ones that are not,
-    each with its problem."""
-    skipped = []
-    for directory in reversed(checkpoint_directories(root)):
-        problem = problem_with(directory)
-        if problem is None:
-            return directory, skipped
-        skipped.append((directory, problem))
-    return None, skipped
 
 
 def agreed_checkpoint(root: Path, peers: Peers, storage: Storage) -> tuple[Path | None, list[tuple[str, str]]]:

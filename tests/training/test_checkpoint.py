@@ -12,14 +12,12 @@ from lowcomm.communication.simulated import run_simulated
 from lowcomm.training.checkpoint import (
     agreed_checkpoint,
     checkpoint_directories,
-    discard_staging,
     load_worker_state,
-    newest_complete_checkpoint,
     problem_with,
     save_checkpoint,
 )
-from lowcomm.training.peers import simulated_peers
-from lowcomm.training.storage import Storage
+from lowcomm.training.peers import process_group_peers, simulated_peers
+from lowcomm.training.storage import Storage, shared_storage
 
 STATE = {"strategy": {"step": 3, "weights": torch.arange(6.0)}, "rng": [torch.tensor([1, 2], dtype=torch.uint8)]}
 MODEL = {"weight": torch.ones(2, 3), "bias": torch.zeros(2)}
@@ -34,6 +32,11 @@ def process_group():
 
 def save(root, step, state=STATE, keep=None):
     return save_checkpoint(root, step, state, MODEL, keep)
+
+
+def newest(root):
+    """The checkpoint one rank resumes under ``root``, and the newer ones it skips."""
+    return agreed_checkpoint(root, process_group_peers(), shared_storage(0, 1))
 
 
 def test_a_checkpoint_holds_its_files_and_a_manifest_of_their_sizes_and_checksums(tmp_path):
@@ -93,13 +96,13 @@ def test_resuming_takes_the_newest_intact_checkpoint_and_names_those_it_skips(tm
         save(tmp_path, step)
     corrupt(tmp_path / "step_00000003", "flipped byte")
     corrupt(tmp_path / "step_00000002", "no manifest")
-    found, skipped = newest_complete_checkpoint(tmp_path)
+    found, skipped = newest(tmp_path)
     assert found == tmp_path / "step_00000001"
-    assert [(d.name, problem) for d, problem in skipped] == [
+    assert skipped == [
         ("step_00000003", "rank_00000.pt fails its SHA-256 check"),
         ("step_00000002", "no manifest (an unfinished write)"),
     ]
-    assert newest_complete_checkpoint(tmp_path / "absent") == (None, [])
+    assert newest(tmp_path / "absent") == (None, [])
 
 
 def test_a_write_that_fails_midway_leaves_no_checkpoint(tmp_path):
@@ -107,8 +110,8 @@ def test_a_write_that_fails_midway_leaves_no_checkpoint(tmp_path):
     with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
         save(tmp_path, 2, state={"unpicklable": lambda: None})
     assert [d.name for d in checkpoint_directories(tmp_path)] == ["step_00000001"]
-    assert newest_complete_checkpoint(tmp_path)[0] == tmp_path / "step_00000001"
-    discard_staging(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".staging_step_00000002", "step_00000001"]
+    assert newest(tmp_path)[0] == tmp_path / "step_00000001"  # and the unfinished write is discarded
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000001"]
 
 
