@@ -138,7 +138,7 @@ def test_a_checkpoint_from_another_world_size_is_refused(tmp_path):
         load_worker_state(directory, rank=0, world_size=2, device=torch.device("cpu"))
 
 
-def on_two_nodes(tmp_path, then, steps=(1, 2), ranks=((0,), (1,))):
+def on_two_nodes(tmp_path, then, steps=(1, 2), ranks=((0,), (1,)), keep=None):
     """Two simulated ranks on two nodes without a shared directory (``tmp_path/node0``, ``/node1``):
     save ``steps``, call ``then(rank, root)``, and return ``agreed_checkpoint`` on every rank."""
 
@@ -147,7 +147,7 @@ def on_two_nodes(tmp_path, then, steps=(1, 2), ranks=((0,), (1,))):
         storage = Storage(peers.rank, ranks, ("node 0 (a)", "node 1 (b)"))
         root = tmp_path / f"node{peers.rank}"
         for step in steps:
-            save_checkpoint(root, step, STATE, MODEL if peers.rank == 0 else None, None, peers, storage=storage)
+            save_checkpoint(root, step, STATE, MODEL if peers.rank == 0 else None, keep, peers, storage=storage)
         peers.barrier()
         then(peers.rank, root)
         peers.barrier()
@@ -164,6 +164,12 @@ def test_nodes_without_a_shared_directory_resume_the_newest_checkpoint_both_hold
     listing = json.loads((tmp_path / "node0" / "step_00000002" / "manifest.json").read_text())["other_nodes"]
     node1 = json.loads((tmp_path / "node1" / "step_00000002" / "manifest.json").read_text())
     assert listing == {"node 1 (b)": {"ranks": [1], "files": node1["files"]}} and node1["ranks"] == [1]
+
+
+def test_every_node_keeps_its_newest_checkpoints(tmp_path):
+    assert on_two_nodes(tmp_path, lambda rank, root: None, steps=(1, 2, 3, 4), keep=2) == [("step_00000004", [])] * 2
+    for node in ("node0", "node1"):
+        assert [d.name for d in checkpoint_directories(tmp_path / node)] == ["step_00000003", "step_00000004"]
 
 
 @pytest.mark.parametrize("how", ["truncated", "no manifest"])
