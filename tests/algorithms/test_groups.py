@@ -179,6 +179,19 @@ def test_traffic_between_groups_is_one_model_per_group(grouped: list[dict[str, A
         # finite flag agreed at each outer step; DDP's initial broadcast and one all-gather at start.
         within = STEPS * MODEL_BYTES + 4 * 25 * 8 + 3 * 8 + 25 * 8 + (MODEL_BYTES if inner == 0 else 0)
         assert r["diloco"]["ddp"]["within"] == within
+    # The baseline, DDP inside: DistributedDataParallel's ring over the 4 ranks in order leaves a group
+    # from the group's last rank only, so that rank's 2(4-1)/4 x the model each step is between groups.
+    # FSDP inside: HSDP, each rank's FSDP shard (rows 4 + 4 + 1 + 1 of 8 and 1 + 0 of 1 row: 29 and
+    # 20 values) averaged across the groups each step, after the first group's shards were broadcast.
+    ring_of_4 = 2 * 3 * MODEL_BYTES // 4
+    fsdp_bytes = {0: 29 * 8, 1: 20 * 8}
+    for rank, r in enumerate(grouped):
+        inner, first_group = rank % 2, rank < 2
+        last = inner == 1
+        assert r["ddp"]["ddp"]["between"] == (STEPS * ring_of_4 if last else 0)
+        assert r["ddp"]["ddp"]["within"] == (0 if last else STEPS * ring_of_4) + (MODEL_BYTES if rank == 0 else 0)
+        shard = fsdp_bytes[inner]
+        assert r["ddp"]["fsdp"]["between"] == STEPS * ring_all_reduce_bytes(shard, 2) + (shard if first_group else 0)
     per_sync = sum(ring_all_reduce_bytes(chunk_bytes[i], 2) for i in (0, 1))
     assert per_sync == ring_all_reduce_bytes(MODEL_BYTES, 2)  # one model's worth per group
     # Without groups a worker sends its whole model (and the flag) itself.
