@@ -192,6 +192,14 @@ def test_traffic_between_groups_is_one_model_per_group(grouped: list[dict[str, A
         assert r["ddp"]["ddp"]["within"] == (0 if last else STEPS * ring_of_4) + (MODEL_BYTES if rank == 0 else 0)
         shard = fsdp_bytes[inner]
         assert r["ddp"]["fsdp"]["between"] == STEPS * ring_all_reduce_bytes(shard, 2) + (shard if first_group else 0)
+        # Within the group, FSDP's collectives on its two units (the Linear layers), padded shards of
+        # 4 x 4 + 4 = 20 and 1 x 8 + 1 = 9 values sent to the one other rank: each step all-gathers
+        # them for the forward pass and again for the backward pass, and reduce-scatters their
+        # gradients once (with two micro-batches: four all-gathers, still one reduce-scatter).
+        units = (20 + 9) * 8
+        assert r["ddp"]["fsdp"]["within"] == STEPS * 3 * units
+        assert r["diloco"]["fsdp"]["within"] == STEPS * 3 * units + 3 * 8  # and DiLoCo's finite flags
+        assert r["micro_batches"]["fsdp"]["within"] == STEPS * 5 * units + 3 * 8
     per_sync = sum(ring_all_reduce_bytes(chunk_bytes[i], 2) for i in (0, 1))
     assert per_sync == ring_all_reduce_bytes(MODEL_BYTES, 2)  # one model's worth per group
     # Without groups a worker sends its whole model (and the flag) itself.
