@@ -139,7 +139,7 @@ class DiLoCo(PeriodicStrategy):
         """Launch the average of this fragment's pseudo-gradient ``z - x``."""
         xs = self.shards.local()
         deltas = [self.outer_params[i].to(xs[i].device) - xs[i] for i in self.fragments[fragment]]
-        buffers = [b.clone() for b in self.buffers] if fragment == 0 else []
+        buffers = [b.clone() for b in self.group_buffers()] if fragment == 0 else []
         flag = self.finite_flag(deltas + buffers)
         pending = PendingSync(fragment, deltas + buffers + [flag], self.step_count + self.overlap_steps, bool(flag))
         if self.feedback is None:

@@ -42,7 +42,7 @@ class LocalSGD(PeriodicStrategy):
         )
 
     def synchronize(self) -> None:
-        tensors = self.shards.local() + self.buffers
+        tensors = self.shards.local() + self.group_buffers()
         flag = self.finite_flag(tensors)
         locally_finite = bool(flag)
         self.comm.all_reduce_mean(tensors + [flag])

@@ -115,6 +115,7 @@ def two_by_two() -> dict[str, Any]:
     results["micro_batches"] = {inner: run("diloco", inner, mesh, own, micro_batches=2) for inner in ("ddp", "fsdp")}
     results["one_rank_groups"] = one_rank_groups()
     results["errors"] = refusals(mesh)
+    results["batch_norm"] = {algo: batch_norm_statistics(algo, mesh) for algo in ("localsgd", "diloco")}
     results["resumed"] = {(algo, inner): resumed(algo, options, inner, mesh, own)
                           for algo, options in RESUMED.items() for inner in ("ddp", "fsdp")}
     return results
@@ -219,6 +220,18 @@ def test_a_group_with_one_nonfinite_rank_is_left_out(grouped: list[dict[str, Any
             assert all(torch.isfinite(p).all() for p in run_["params"][1:])
 
 
+def batch_norm_statistics(algo: str, mesh: Any) -> torch.Tensor:
+    """A batch-norm layer's running mean after two steps on this rank's batches and a synchronisation."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1)).double()
+    model = lowcomm.shard_within_groups(model, mesh)
+    strategy = ALGORITHMS[algo](model, torch.optim.SGD(model.parameters(), lr=0.05), mesh=mesh, sync_interval=2)
+    for t in (1, 2):
+        data = mlp.batch(dist.get_rank(), t)
+        strategy.step(lambda: mlp.loss_of(strategy.model, data))
+    return model[1].running_mean.clone()
+
+
 def refusals(mesh: Any) -> list[str]:
     """The one-line errors of a mesh given with a communicator, and of an FSDP model without its mesh."""
     errors = []
@@ -262,3 +275,10 @@ def test_a_state_saved_with_groups_resumes_bit_identically(grouped: list[dict[st
 def test_a_mesh_with_a_communicator_or_fsdp_without_its_mesh_is_refused(grouped: list[dict[str, Any]]) -> None:
     assert grouped[0]["errors"] == ["communicator: give either a mesh or a communicator, not both",
                                     "mesh: a model sharded with FSDP needs the mesh it was sharded over"]
+
+
+def test_fsdp_inside_batch_norm_statistics_are_averaged_over_every_rank(grouped: list[dict[str, Any]]) -> None:
+    for algo in ("localsgd", "diloco"):
+        statistics = [r["batch_norm"][algo] for r in grouped]
+        assert all(torch.allclose(s, statistics[0], rtol=0, atol=1e-12) for s in statistics), algo
+        assert statistics[0].abs().sum() > 0, algo
