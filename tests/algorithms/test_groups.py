@@ -110,8 +110,10 @@ def two_by_two() -> dict[str, Any]:
     for algo in OPTIONS:
         results[algo] = {inner: run(algo, inner, mesh, own) for inner in ("ddp", "fsdp")}
         results[algo]["workers"] = run(algo, None, between, both)
-    results["nonfinite"] = {inner: run("diloco", inner, mesh, own, poison=rank == 1) for inner in ("ddp", "fsdp")}
-    results["nonfinite"]["workers"] = run("diloco", None, between, both, poison=group == 0)
+    results["nonfinite"] = {}
+    for algo in ("diloco", "localsgd", "noloco"):
+        results["nonfinite"][algo] = {inner: run(algo, inner, mesh, own, poison=rank == 1) for inner in ("ddp", "fsdp")}
+        results["nonfinite"][algo]["workers"] = run(algo, None, between, both, poison=group == 0)
     results["micro_batches"] = {inner: run("diloco", inner, mesh, own, micro_batches=2) for inner in ("ddp", "fsdp")}
     results["one_rank_groups"] = one_rank_groups()
     results["errors"] = refusals(mesh)
@@ -211,13 +213,14 @@ def test_traffic_between_groups_is_one_model_per_group(grouped: list[dict[str, A
 
 def test_a_group_with_one_nonfinite_rank_is_left_out(grouped: list[dict[str, Any]]) -> None:
     # Only rank 1 (group 0) holds the NaN, yet all of group 0 is left out, as the worker it stands for.
+    # Without groups, worker 0 (group 0's batch) is the one left out: the same events and models.
     for rank, r in enumerate(grouped):
-        for inner in ("ddp", "fsdp"):
-            run_ = r["nonfinite"][inner]
-            assert run_["events"] == [{"event": "nonfinite_pseudo_gradient", "step": 2, "fragment": 0,
-                                       "finite_workers": 1}], (rank, inner)
-            close(run_["params"], r["nonfinite"]["workers"]["params"], 1e-5, f"rank {rank} {inner}")
-            assert all(torch.isfinite(p).all() for p in run_["params"][1:])
+        for algo, runs in r["nonfinite"].items():
+            assert runs["workers"]["events"][0]["finite_workers"] == 1
+            for inner in ("ddp", "fsdp"):
+                assert runs[inner]["events"] == runs["workers"]["events"], (algo, rank, inner)
+                close(runs[inner]["params"], runs["workers"]["params"], 1e-5, f"{algo} rank {rank} {inner}")
+                assert all(torch.isfinite(p).all() for p in runs[inner]["params"][1:])
 
 
 def batch_norm_statistics(algo: str, mesh: Any) -> torch.Tensor:
