@@ -184,8 +184,9 @@ def test_traffic_between_groups_is_one_model_per_group(grouped: list[dict[str, A
         assert r["diloco"]["ddp"]["within"] == within
     # The baseline, DDP inside: DistributedDataParallel's ring over the 4 ranks in order leaves a group
     # from the group's last rank only, so that rank's 2(4-1)/4 x the model each step is between groups.
-    # FSDP inside: HSDP, each rank's FSDP shard (rows 4 + 4 + 1 + 1 of 8 and 1 + 0 of 1 row: 29 and
-    # 20 values) averaged across the groups each step, after the first group's shards were broadcast.
+    # FSDP inside: HSDP, each rank's FSDP shard (rank 0: 4 rows of 4, 4 biases, the one row of 8 and
+    # the one bias, 29 values; rank 1: 16 + 4 = 20) averaged across the groups each step, after the
+    # first group's shards were broadcast.
     ring_of_4 = 2 * 3 * MODEL_BYTES // 4
     fsdp_bytes = {0: 29 * 8, 1: 20 * 8}
     for rank, r in enumerate(grouped):
