@@ -24,6 +24,8 @@ class PostLocalSGD(LocalSGD):
         *,
         sync_interval: int = 32,
         warmup_steps: int = 32,
+        compress: str = "none",
+        compress_block_size: int | None = None,
         communicator: Communicator | None = None,
         max_grad_norm: float | None = None,
     ) -> None:
@@ -32,6 +34,8 @@ class PostLocalSGD(LocalSGD):
             optimizer,
             sync_interval=sync_interval,
             warmup_steps=check_positive_int("warmup_steps", warmup_steps),
+            compress=compress,
+            compress_block_size=compress_block_size,
             communicator=communicator,
             max_grad_norm=max_grad_norm,
         )
