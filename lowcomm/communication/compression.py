@@ -25,8 +25,13 @@ step, so ``2 (K - 1) E(c)`` bytes in all, about ``2 (K - 1) / K`` of one encoded
     int8: E(c) = c + 4 ceil(c / B)         int4: E(c) = ceil(c / 2) + 4 ceil(c / B)
     bf16: E(c) = 2 c                       topk:F: E(c) = ceil(c / B) ceil(F min(B, c)) (4 + index bytes)
 
-(B the block size). For top-k the owner keeps only the top
-entries of the sum of K sparse chunks (up to K times denser); what it drops stays in its residual.
+(B the block size; a chunk shorter than B is one block; top-k positions take 1 byte for blocks of up
+to 256 values, 2 up to 32768, else 4). Defaults: B = 256 for int8 and int4, 4096 for top-k.
+
+Top-k is reduced the same way, not all-gathered: an all-gather of the workers' sparse payloads would
+give the exact mean of the sparse vectors but cost ``(K - 1) E(n)`` per worker, ``K / 2`` times more.
+The price: an owner's sum of K sparse chunks holds up to K times more nonzeros than it sends on (it
+keeps the top ``ceil(F B)`` of each block), and what it drops waits in its residual for later rounds.
 """
 
 from __future__ import annotations
@@ -50,11 +55,22 @@ _SPEC_ERROR = "compress: must be none, bf16, int8, int4 or topk:FRACTION with 0 
 
 
 class Codec(ABC):
-    """Encodes rows of values into rows of ``encoded_bytes(numel)`` bytes."""
+    """Encodes rows of values, in blocks of ``block_size``, into rows of ``encoded_bytes(numel)`` bytes."""
 
-    @abstractmethod
+    def __init__(self, block_size: int) -> None:
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        self.block_size = block_size
+
     def encoded_bytes(self, numel: int) -> int:
         """Bytes of one encoded row of ``numel`` values."""
+        if numel < 0:
+            raise ValueError(f"numel must be >= 0, got {numel}")
+        return self.row_bytes(numel)
+
+    @abstractmethod
+    def row_bytes(self, numel: int) -> int:
+        ...
 
     @abstractmethod
     def encode(self, rows: torch.Tensor) -> torch.Tensor:
@@ -86,14 +102,10 @@ class Quantizer(Codec):
     def __init__(self, scheme: str, block_size: int = 256) -> None:
         if scheme not in SCHEMES:
             raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
-        if block_size < 1:
-            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        super().__init__(block_size)
         self.scheme = scheme
-        self.block_size = block_size
 
-    def encoded_bytes(self, numel: int) -> int:
-        if numel < 0:
-            raise ValueError(f"numel must be >= 0, got {numel}")
+    def row_bytes(self, numel: int) -> int:
         if self.scheme == "bf16":
             return 2 * numel
         payload = numel if self.scheme == "int8" else math.ceil(numel / 2)
@@ -130,10 +142,8 @@ class TopK(Codec):
     def __init__(self, fraction: float, block_size: int = 4096) -> None:
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
-        if block_size < 1:
-            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        super().__init__(block_size)
         self.fraction = fraction
-        self.block_size = block_size
 
     def block(self, numel: int) -> int:
         return max(1, min(self.block_size, numel))
@@ -146,9 +156,7 @@ class TopK(Codec):
         block = self.block(numel)
         return torch.uint8 if block <= 1 << 8 else torch.int16 if block <= 1 << 15 else torch.int32
 
-    def encoded_bytes(self, numel: int) -> int:
-        if numel < 0:
-            raise ValueError(f"numel must be >= 0, got {numel}")
+    def row_bytes(self, numel: int) -> int:
         per_value = 4 + self.index_dtype(numel).itemsize
         return math.ceil(numel / self.block(numel)) * self.kept(numel) * per_value
 

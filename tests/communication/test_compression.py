@@ -259,3 +259,19 @@ def test_error_feedback_keeps_the_running_sum_on_track(spec: str, bound: float) 
     # Without the residuals the same check fails: the rounding bias adds up round after round.
     unfed = run_simulated(world_size, lambda comm: repeated_means(comm, spec, feedback=False))
     assert (unfed[0]["applied"] - true_sum).abs().max().item() > 5 * bound
+
+
+@pytest.mark.parametrize(
+    ("call", "argument"),
+    [
+        (lambda: Quantizer("fp8"), "scheme"),
+        (lambda: Quantizer("int8", block_size=0), "block_size"),
+        (lambda: TopK(0.0), "fraction"),
+        (lambda: TopK(0.5, block_size=0), "block_size"),
+        (lambda: Quantizer("int8").encoded_bytes(-1), "numel"),
+        (lambda: TopK(0.5).encoded_bytes(-1), "numel"),
+    ],
+)
+def test_bad_arguments_are_named(call, argument: str) -> None:
+    with pytest.raises(ValueError, match=argument):
+        call()
