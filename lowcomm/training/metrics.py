@@ -80,7 +80,12 @@ class ProgressBar:
         self.bar.close()
 
 
-def write_json_atomically(path: Path, value: dict[str, Any]) -> None:
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``path`` through a temporary file and a rename, so a reader sees the old or the new text."""
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(value, indent=2) + "\n")
+    temporary.write_text(text, encoding="utf-8")
     os.replace(temporary, path)
+
+
+def write_json_atomically(path: Path, value: dict[str, Any]) -> None:
+    write_text_atomically(path, json.dumps(value, indent=2) + "\n")
