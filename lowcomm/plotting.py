@@ -17,15 +17,14 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from lowcomm.training.records import Evaluation, Records
-
 if TYPE_CHECKING:
     from lowcomm.benchmarks.projection import Projection
+    from lowcomm.training.records import Evaluation, Records
 
-Curves = Sequence[tuple[str, Sequence[Evaluation]]]
+Curves = Sequence[tuple[str, Sequence["Evaluation"]]]
 """Labelled eval-loss curves: (label, evaluations) per run."""
 
-X_AXES: dict[str, tuple[str, Callable[[Evaluation], float]]] = {
+X_AXES: dict[str, tuple[str, Callable[["Evaluation"], float]]] = {
     "step": ("step", lambda e: e.step),
     "time": ("wall-clock (s, worker 0)", lambda e: e.elapsed_s),
     "tokens": ("tokens trained on (all workers)", lambda e: e.tokens),
@@ -44,7 +43,7 @@ def new_figure(columns: int = 1, rows: int = 1) -> tuple[Figure, list[Axes]]:
 
 def save_figure(figure: Figure, path: Path) -> None:
     """Render ``figure`` to ``path`` (format from its suffix) through a temporary file and a rename."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = path.with_name(f".{path.name}.tmp")
     try:
         figure.savefig(temporary, dpi=DPI, format=path.suffix.lstrip(".").lower())
         os.replace(temporary, path)
@@ -100,7 +99,7 @@ def loss_figure(records: Records, title: str) -> Figure:
         axes.plot(x["x"], [p.loss for p in records.train], linewidth=0.8, alpha=0.6, label="train loss (worker 0)")
         axes.plot(x["eval"], [e.eval_loss for e in records.evaluations], marker="o", label="eval loss (global model)")
         if x["sync"]:
-            axes.vlines(x["sync"], 0, 0.03, transform=axes.get_xaxis_transform(), color="black", linewidth=0.8,
+            axes.vlines(x["sync"], 0, 0.05, transform=axes.get_xaxis_transform(), color="tab:red", linewidth=1,
                         label="outer synchronisation")
         axes.set(xlabel=label, ylabel="loss")
         axes.grid(alpha=0.3)

@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import yaml
 from matplotlib.figure import Figure
 
 from lowcomm.plotting import comparison_figure, save_figure
 from lowcomm.training.cli import usage_error
 from lowcomm.training.records import Evaluation, read_records
-from lowcomm.training.rundir import CONFIG_FILE
+from lowcomm.training.rundir import read_run_config
 
 DEFAULT_OUT = Path("lowcomm-plot.png")
 
@@ -58,7 +57,7 @@ def run_curve(directory: Path) -> tuple[str, list[Evaluation]]:
     if not evaluations:
         raise ValueError(f"RUN_DIR: {directory} has no evaluations in metrics.jsonl yet")
     try:
-        algo = yaml.safe_load((directory / CONFIG_FILE).read_text(encoding="utf-8"))["algo"]
-    except (OSError, yaml.YAMLError, TypeError, KeyError):
-        return str(directory), evaluations
-    return f"{directory} ({algo})", evaluations
+        algo = read_run_config(directory).get("algo")
+    except ValueError:
+        algo = None
+    return (f"{directory} ({algo})" if algo else str(directory)), evaluations

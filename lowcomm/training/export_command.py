@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from lowcomm.data.tokenizer import TextTokenizer, tokenizer_file
@@ -30,7 +29,7 @@ from lowcomm.models.hf_export import to_hf_model
 from lowcomm.training.checkpoint import GLOBAL_MODEL, newest_complete_checkpoint
 from lowcomm.training.cli import usage_error
 from lowcomm.training.outputs import TOKENIZER_FILE
-from lowcomm.training.rundir import CONFIG_FILE
+from lowcomm.training.rundir import CONFIG_FILE, read_run_config
 
 PROBE_TOKENS = 64
 LOGITS_TOLERANCE = 1e-4
@@ -71,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     write_directory(args.to, hf_model, source.tokenizer, model.max_positions)
     parameters = sum(p.numel() for p in model.parameters())
     print(f"lowcomm export: {source.checkpoint.name} of {args.run_dir} -> {args.to} "
-          f"({type(hf_model).__name__}, {parameters:,} parameters, logits within {difference:.1g} of lowcomm's)\n"
+          f"({type(hf_model).__name__}, {parameters:,} parameters, logits within {difference:.2g} of lowcomm's)\n"
           f"load it with AutoModelForCausalLM.from_pretrained({str(args.to)!r}) "
           f"and AutoTokenizer.from_pretrained({str(args.to)!r})")
     return 0
@@ -89,28 +88,16 @@ def export_source(run_dir: Path) -> ExportSource:
     if task != "lm":
         raise ValueError(f"RUN_DIR: {run_dir} trained {model}, not a language model; only language models export")
     checkpoint, skipped = newest_complete_checkpoint(run_dir / "checkpoints")
-    for directory, problem in skipped:
-        print(f"lowcomm export: warning: skipping checkpoint {directory.name}: {problem}", file=sys.stderr)
+    problems = "; ".join(f"{directory.name}: {problem}" for directory, problem in skipped)
     if checkpoint is None:
-        raise ValueError(f"RUN_DIR: {run_dir} has no complete checkpoint in checkpoints/")
+        raise ValueError(f"RUN_DIR: {run_dir} has no complete checkpoint in checkpoints/"
+                         + (f" ({problems})" if problems else ""))
+    if problems:
+        print(f"lowcomm export: warning: skipping newer incomplete checkpoints ({problems})", file=sys.stderr)
     if not (run_dir / TOKENIZER_FILE).is_file():
         raise ValueError(f"RUN_DIR: {run_dir} has no {TOKENIZER_FILE}; lowcomm train --resume --out {run_dir} "
                          "writes it")
     return ExportSource(model, config.get("model_impl", "lowcomm"), checkpoint, tokenizer_file(run_dir / TOKENIZER_FILE))
-
-
-def read_run_config(run_dir: Path) -> dict[str, Any]:
-    if not run_dir.is_dir():
-        raise ValueError(f"RUN_DIR: {run_dir} is not a directory")
-    try:
-        config = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"RUN_DIR: {run_dir} holds no lowcomm run ({CONFIG_FILE} is missing)") from None
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        raise ValueError(f"RUN_DIR: cannot read {run_dir / CONFIG_FILE}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"RUN_DIR: {run_dir / CONFIG_FILE} is not a lowcomm run's configuration")
-    return config
 
 
 def check_destination(to: Path) -> None:
@@ -140,7 +127,9 @@ def logits_difference(model: torch.nn.Module, hf_model: Any) -> float:
 def write_directory(to: Path, hf_model: Any, tokenizer: TextTokenizer, max_positions: int) -> None:
     """Save the model and tokenizer into a staging directory beside ``to``, then rename it to ``to``."""
     from transformers import PreTrainedTokenizerFast
+    from transformers.utils import logging
 
+    logging.disable_progress_bar()
     end_of_text = tokenizer.backend.id_to_token(tokenizer.end_of_text_id)
     hf_tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend, bos_token=end_of_text,
                                            eos_token=end_of_text, model_max_length=max_positions)
