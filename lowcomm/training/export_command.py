@@ -5,7 +5,8 @@ see :mod:`lowcomm.training.checkpoint`), converted by :mod:`lowcomm.models.hf_ex
 is the run's ``tokenizer.json`` as a ``PreTrainedTokenizerFast``. ``DIR`` then holds
 ``config.json``, ``model.safetensors`` and the tokenizer's files, and loads offline with
 ``AutoModelForCausalLM.from_pretrained(DIR)`` and ``AutoTokenizer.from_pretrained(DIR)``. Before
-anything is written, the converted model must give lowcomm's logits on a probe sequence.
+anything is written, the converted model must give lowcomm's logits on a probe sequence (to
+:data:`LOGITS_TOLERANCE`).
 ``DIR`` is written beside itself under a temporary name and renamed into place.
 """
 
@@ -33,6 +34,8 @@ from lowcomm.training.rundir import CONFIG_FILE, read_run_config
 
 PROBE_TOKENS = 64
 LOGITS_TOLERANCE = 1e-4
+"""Largest difference allowed between the converted model's logits and lowcomm's, relative to the
+largest logit (or absolute, below 1)."""
 TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 """Written into ``tokenizer_config.json``: the name every transformers version since 4 loads."""
 
@@ -62,10 +65,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         return usage_error("export", str(error))
     model, hf_model = convert(source)
-    difference = logits_difference(model, hf_model)
-    if difference > LOGITS_TOLERANCE:
-        print(f"lowcomm export: error: the converted model's logits differ from lowcomm's by {difference:.3g}; "
-              "nothing written", file=sys.stderr)
+    difference, largest = logits_difference(model, hf_model)
+    if difference > LOGITS_TOLERANCE * max(1.0, largest):
+        print(f"lowcomm export: error: the converted model's logits differ from lowcomm's by {difference:.3g} "
+              f"(largest logit {largest:.3g}); nothing written", file=sys.stderr)
         return 1
     write_directory(args.to, hf_model, source.tokenizer, model.max_positions)
     parameters = sum(p.numel() for p in model.parameters())
@@ -117,11 +120,13 @@ def convert(source: ExportSource) -> tuple[torch.nn.Module, Any]:
 
 
 @torch.no_grad()
-def logits_difference(model: torch.nn.Module, hf_model: Any) -> float:
-    """The largest absolute difference between the two models' logits on a fixed probe sequence."""
+def logits_difference(model: torch.nn.Module, hf_model: Any) -> tuple[float, float]:
+    """The largest absolute difference between the two models' logits on a fixed probe sequence,
+    and the largest absolute logit of lowcomm's model there."""
     vocab_size = hf_model.config.vocab_size
     probe = (torch.arange(min(PROBE_TOKENS, model.max_positions)) * 7919 % vocab_size)[None]
-    return (model(probe) - hf_model(input_ids=probe).logits).abs().max().item()
+    expected = model(probe)
+    return (expected - hf_model(input_ids=probe).logits).abs().max().item(), expected.abs().max().item()
 
 
 def write_directory(to: Path, hf_model: Any, tokenizer: TextTokenizer, max_positions: int) -> None:

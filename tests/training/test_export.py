@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from lowcomm.data.tokenizer import tokenizer_file
 from lowcomm.models import build_model
+from lowcomm.training import export_command
 from lowcomm.training.cli import main
 
 RUN = ["--backend", "sim", "--workers", "1", "--algo", "ddp", "--steps", "2", "--checkpoint-every", "2",
@@ -130,3 +131,20 @@ def test_an_existing_destination_is_refused(root: Path, tmp_path: Path, capsys: 
     (tmp_path / "empty").mkdir()
     assert main(["export", str(root / "gpt-tiny"), "--to", str(tmp_path / "empty")]) == 0
     assert (tmp_path / "empty" / "config.json").is_file()
+
+
+def test_a_conversion_that_changes_the_logits_writes_nothing(root: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    convert = export_command.to_hf_model
+
+    def off_by_a_percent(*args):
+        hf_model = convert(*args)
+        with torch.no_grad():
+            hf_model.transformer.ln_f.weight.mul_(1.01)
+        return hf_model
+
+    monkeypatch.setattr(export_command, "to_hf_model", off_by_a_percent)
+    assert main(["export", str(root / "gpt-tiny"), "--to", str(tmp_path / "hf")]) == 1
+    assert "the converted model's logits differ from lowcomm's" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == []
