@@ -2,13 +2,12 @@
 bench``) and projected speedups (``lowcomm project``).
 
 Plots use matplotlib's object API (``Figure``, rendered by Agg), so no display is needed and no
-global backend is changed. Files are written atomically (a temporary file renamed into place), so a
-reader never sees half a picture.
+global backend is changed. Files are written atomically (:mod:`lowcomm.atomic`), so a reader never
+sees half a picture.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
+from lowcomm.atomic import write_atomically
 
 if TYPE_CHECKING:
     from lowcomm.benchmarks.projection import Projection
@@ -42,13 +43,9 @@ def new_figure(columns: int = 1, rows: int = 1) -> tuple[Figure, list[Axes]]:
 
 
 def save_figure(figure: Figure, path: Path) -> None:
-    """Render ``figure`` to ``path`` (format from its suffix) through a temporary file and a rename."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        figure.savefig(temporary, dpi=DPI, format=path.suffix.lstrip(".").lower())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    """Render ``figure`` to ``path`` (format from its suffix), atomically."""
+    suffix = path.suffix.lstrip(".").lower()
+    write_atomically(path, lambda temporary: figure.savefig(temporary, dpi=DPI, format=suffix))
 
 
 def draw_eval_curves(axes: Axes, curves: Curves, x_axis: str, target: float | None = None) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from lowcomm.plotting import comparison_figure, save_figure
-from lowcomm.training.cli import usage_error
+from lowcomm.cli import usage_error
 from lowcomm.training.records import Evaluation, read_records
 from lowcomm.training.rundir import read_run_config
 

@@ -7,7 +7,7 @@ is the run's ``tokenizer.json`` as a ``PreTrainedTokenizerFast``. ``DIR`` then h
 ``AutoModelForCausalLM.from_pretrained(DIR)`` and ``AutoTokenizer.from_pretrained(DIR)``. Before
 anything is written, the converted model must give lowcomm's logits on a probe sequence (to
 :data:`LOGITS_TOLERANCE`).
-``DIR`` is written beside itself under a temporary name and renamed into place.
+``DIR`` is written beside itself under a temporary name and committed in place (:mod:`lowcomm.atomic`).
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from lowcomm.atomic import commit, fsync_path
 from lowcomm.data.tokenizer import TextTokenizer, tokenizer_file
 from lowcomm.models import build_model, model_spec
 from lowcomm.models.hf_export import to_hf_model
 from lowcomm.training.checkpoint import GLOBAL_MODEL, newest_complete_checkpoint
-from lowcomm.training.cli import usage_error
+from lowcomm.cli import usage_error
 from lowcomm.training.outputs import TOKENIZER_FILE
 from lowcomm.training.rundir import CONFIG_FILE, read_run_config
 
@@ -130,7 +131,7 @@ def logits_difference(model: torch.nn.Module, hf_model: Any) -> tuple[float, flo
 
 
 def write_directory(to: Path, hf_model: Any, tokenizer: TextTokenizer, max_positions: int) -> None:
-    """Save the model and tokenizer into a staging directory beside ``to``, then rename it to ``to``."""
+    """Save the model and tokenizer into a staging directory beside ``to``, then commit it as ``to``."""
     from transformers import PreTrainedTokenizerFast
     from transformers.utils import logging
 
@@ -146,8 +147,8 @@ def write_directory(to: Path, hf_model: Any, tokenizer: TextTokenizer, max_posit
         settings = json.loads(tokenizer_config.read_text())
         settings["tokenizer_class"] = TOKENIZER_CLASS
         tokenizer_config.write_text(json.dumps(settings, indent=2) + "\n")
-        if to.exists():
-            to.rmdir()
-        staging.rename(to)
+        for path in staging.iterdir():
+            fsync_path(path)
+        commit(staging, to)  # replaces an empty directory
     finally:
         shutil.rmtree(staging, ignore_errors=True)

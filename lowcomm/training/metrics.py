@@ -29,6 +29,8 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from lowcomm.atomic import write_atomically
+
 SCALARS = {"loss": "train/loss", "lr": "train/lr", "comm_bytes": "comm/bytes_sent", "eval_loss": "eval/loss"}
 
 
@@ -80,12 +82,5 @@ class ProgressBar:
         self.bar.close()
 
 
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write ``path`` through a temporary file and a rename, so a reader sees the old or the new text."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-
-
 def write_json_atomically(path: Path, value: dict[str, Any]) -> None:
-    write_text_atomically(path, json.dumps(value, indent=2) + "\n")
+    write_atomically(path, lambda temporary: temporary.write_text(json.dumps(value, indent=2) + "\n"))

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from lowcomm.atomic import write_atomically
 from lowcomm.data.tokenizer import TextTokenizer
 from lowcomm.models.generate import continue_tokens
 from lowcomm.plotting import loss_figure, save_figure
-from lowcomm.training.metrics import write_text_atomically
 from lowcomm.training.records import read_records
 
 LOSS_PLOT = "loss.png"
@@ -34,7 +34,7 @@ def write_loss_plot(out: Path, title: str) -> None:
 
 
 def write_tokenizer(out: Path, tokenizer: TextTokenizer) -> None:
-    write_text_atomically(out / TOKENIZER_FILE, tokenizer.backend.to_str())
+    write_atomically(out / TOKENIZER_FILE, lambda temporary: tokenizer.backend.save(str(temporary)))
 
 
 def held_out_prompt(eval_batches: list[tuple[Tensor, Tensor]], seq_len: int) -> list[int]:
@@ -64,5 +64,5 @@ def write_samples(out: Path, model: nn.Module, tokenizer: TextTokenizer, prompt:
                   seed: int) -> str:
     """Write ``out/samples.txt`` (see :func:`samples_text`) and return its text."""
     text = samples_text(model, tokenizer, prompt, seq_len, seed)
-    write_text_atomically(out / SAMPLES_FILE, text)
+    write_atomically(out / SAMPLES_FILE, lambda temporary: temporary.write_text(text, encoding="utf-8"))
     return text

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from lowcomm.atomic import write_atomically
 from lowcomm.training.config import LAUNCH_FIELDS, TrainConfig
 
 CONFIG_FILE = "config.yaml"
@@ -35,9 +36,7 @@ def prepare_run_directory(config: TrainConfig) -> None:
             )
     try:
         out.mkdir(parents=True, exist_ok=True)
-        temporary = out / f".{CONFIG_FILE}.tmp"
-        temporary.write_text(config.to_yaml())
-        os.replace(temporary, out / CONFIG_FILE)
+        write_atomically(out / CONFIG_FILE, lambda temporary: temporary.write_text(config.to_yaml()))
     except OSError as error:
         raise ValueError(f"--out: cannot write to {out}: {error.strerror}") from None
 

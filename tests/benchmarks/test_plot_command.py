@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lowcomm.training.cli import main
+from lowcomm.cli import main
 from tests.benchmarks import recorded
 
 
