@@ -23,7 +23,7 @@ DEFAULT_OUT = Path("lowcomm-plot.png")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="lowcomm train runs or bench directories")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"image to write, .png, .pdf or .svg (default: {DEFAULT_OUT})")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="FILE", help=f"image to write, .png, .pdf or .svg (default: {DEFAULT_OUT})")
 
 
 def run(args: argparse.Namespace) -> int:
