@@ -2,7 +2,7 @@
 
 import sys
 
-from lowcomm.training.cli import main
+from lowcomm.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

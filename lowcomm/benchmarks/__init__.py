@@ -1,1 +1,2 @@
-"""Measuring communication: a cost model of the network and real bandwidth limits to run under."""
+"""Measuring communication: ``lowcomm bench`` and ``lowcomm project``, a cost model's projections,
+reports, and step-speed and simulation-throughput measurements."""

@@ -21,14 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from lowcomm.algorithms import ALGORITHMS
-from lowcomm.benchmarks.limited_launch import real_limit_unavailable
+from lowcomm.cli import usage_error
 from lowcomm.communication.network_model import NetworkModel, parse_rate
 from lowcomm.benchmarks.projection import project
-from lowcomm.benchmarks.report import markdown_table, plot_curves, write_report
+from lowcomm.benchmarks.report import markdown_table, write_report
 from lowcomm.benchmarks.results import COLUMNS, choose_target, results_rows, write_csv
 from lowcomm.benchmarks.runs import Run, read_run
+from lowcomm.launching.limited import real_limit
+from lowcomm.plotting import plot_bench_curves
 from lowcomm.training import train_command
-from lowcomm.training.cli import usage_error
 from lowcomm.training.config import ALGORITHM_PARAMETERS, TrainConfig, flag, load_config
 
 DEFAULT_ALGOS = ("ddp", "localsgd", "diloco", "palsgd", "noloco")
@@ -65,12 +66,11 @@ def run(args: argparse.Namespace) -> int:
         return usage_error("bench", str(error))
     first = next(iter(requested.values()))
     notes = []
-    if first.network == "none" and not math.isinf(parse_rate(first.bandwidth)):
-        reason = real_limit_unavailable(first.backend)
-        if reason is not None:
-            notes.append(f"no real bandwidth limit ({reason}): the {first.bandwidth} link was modelled (--network model)")
-            print(f"lowcomm bench: warning: {notes[-1]}", file=sys.stderr)
-            flags["network"] = "model"
+    limited, warning = real_limit(first.network, first.bandwidth, first.backend)
+    if warning is not None:
+        notes.append(warning)
+        print(f"lowcomm bench: warning: {warning}", file=sys.stderr)
+        flags["network"] = "model"
     commands = {}
     for algo in algos:
         arguments = ["train", *as_flags(run_flags(algo, flags, out) | own[algo] | budgets[algo])]
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     rows = results_rows(runs, target)
     write_csv(out / "results.csv", rows, COLUMNS)
     table = markdown_table(rows, COLUMNS)
-    if first.network == "none" and "network" not in flags and not math.isinf(parse_rate(first.bandwidth)):
+    if limited:
         table += "\n\nThe network model against this real limit:\n\n" + model_check(runs, first)
     report = write_report(
         out,
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         target=target,
         target_source="given" if args.target_loss is not None else "DDP's final eval loss",
         table=table,
-        plots=plot_curves(runs, target, out),
+        plots=plot_bench_curves([(run.algo, run.evaluations) for run in runs], target, out),
         notes=notes,
     )
     print(f"\n{table}\n\nlowcomm bench: done: {out / 'results.csv'}, {report} and plots in {out}/")

@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import threading
-import time
-from collections.abc import Callable
 from functools import partial
 
 import torch
 
 from lowcomm.algorithms.gradient_averaging import GradientAveraging
+from lowcomm.benchmarks.timing import seconds_per_step
 from lowcomm.communication.simulated import SimulatedCommunicator, run_simulated
 from lowcomm.models import build_model
 from lowcomm.training.batched_replicas import ReplicaBatcher
@@ -32,8 +31,9 @@ _BUILD_LOCK = threading.Lock()  # building a model draws from torch's global gen
 
 
 def training_steps(model_name: str, batch_size: int, seq_len: int, steps: int,
-                   communicator: SimulatedCommunicator | None = None, batched: bool = False) -> float:
-    """Train ``steps`` steps on random tokens; return the seconds they took (after one warm-up step)."""
+                   communicator: SimulatedCommunicator | None = None, batched: bool = False) -> tuple[float, int]:
+    """Train ``steps`` steps on random tokens; return the seconds they took (after one warm-up step)
+    and the tokens they trained on."""
     with _BUILD_LOCK:
         torch.manual_seed(0)
         model = build_model(model_name, vocab_size=VOCAB_SIZE)
@@ -53,32 +53,26 @@ def training_steps(model_name: str, batch_size: int, seq_len: int, steps: int,
         def step() -> None:
             strategy.step(loss)
 
-    return timed_steps(step, steps)
-
-
-def timed_steps(step: Callable[[], None], steps: int) -> float:
-    step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return time.perf_counter() - start
+    return seconds_per_step(step, steps, warmup=1, device=torch.device("cpu")) * steps, inputs.numel() * steps
 
 
 def compare(model_name: str, workers: int, batch_size: int, seq_len: int, steps: int,
             passes: str = "batched") -> dict[str, float]:
     """Tokens per second of ``workers`` simulated workers (their passes ``"batched"`` or in
     ``"threads"``, one intra-op thread per core and worker) and of one worker with their total batch."""
-    tokens = workers * batch_size * seq_len * steps
     cores = os.cpu_count() or 1
     torch.set_num_threads(cores)
-    single_s = training_steps(model_name, workers * batch_size, seq_len, steps)
+    single_s, single_tokens = training_steps(model_name, workers * batch_size, seq_len, steps)
     if passes == "threads":
         torch.set_num_threads(max(1, cores // workers))
-    simulated_s = max(run_simulated(
+    simulated = run_simulated(
         workers, lambda comm: training_steps(model_name, batch_size, seq_len, steps, comm, passes == "batched")
-    ))
+    )
     torch.set_num_threads(cores)
-    return {"single_tokens_per_s": tokens / single_s, "simulated_tokens_per_s": tokens / simulated_s,
+    simulated_s = max(seconds for seconds, _ in simulated)
+    simulated_tokens = sum(tokens for _, tokens in simulated)
+    return {"single_tokens": single_tokens, "simulated_tokens": simulated_tokens,
+            "single_tokens_per_s": single_tokens / single_s, "simulated_tokens_per_s": simulated_tokens / simulated_s,
             "ratio": single_s / simulated_s}
 
 

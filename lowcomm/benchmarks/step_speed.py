@@ -14,17 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from lowcomm.algorithms import ALGORITHMS
+from lowcomm.benchmarks.timing import seconds_per_step
 from lowcomm.models import build_model
+from lowcomm.training.loss import cross_entropy
 
 
 @dataclass
@@ -42,20 +41,6 @@ def flops_per_token(model: nn.Module, seq_len: int) -> float:
     config = getattr(model, "config", None)
     attention = 6 * config.n_layer * seq_len * config.n_embd if hasattr(config, "n_layer") else 0
     return 6 * parameters + attention
-
-
-def time_steps(step: Callable[[], None], steps: int, warmup: int, device: torch.device) -> float:
-    """Seconds per step over ``steps`` steps after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) / steps
 
 
 def measure(
@@ -81,18 +66,13 @@ def measure(
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     tokens = torch.randint(0, vocab_size, (batch, seq_len + 1), device=device)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-    def loss_of(module: nn.Module) -> torch.Tensor:
-        with autocast:
-            logits = module(inputs)
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+    bf16 = precision == "bf16"
 
     if loop == "plain":
 
         def step() -> None:
             optimizer.zero_grad(set_to_none=True)
-            loss_of(model).backward()
+            cross_entropy(model, inputs, targets, bf16).backward()
             optimizer.step()
 
     else:
@@ -102,11 +82,11 @@ def measure(
         strategy = ALGORITHMS[loop](model, optimizer, **options)
 
         def step() -> None:
-            strategy.step(lambda: loss_of(strategy.model))
+            strategy.step(lambda: cross_entropy(strategy.model, inputs, targets, bf16))
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = time_steps(step, steps, warmup, device)
+    seconds = seconds_per_step(step, steps, warmup, device)
     rate = batch * seq_len / seconds
     mfu = rate * flops_per_token(model, seq_len) / (peak_tflops * 1e12) if peak_tflops else None
     memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from lowcomm.atomic import write_atomically
 from lowcomm.data.spec import one_line
 
 END_OF_TEXT = "<|endoftext|>"
@@ -96,18 +96,15 @@ def text_hash(documents: list[str]) -> str:
 def cached_byte_level_bpe(documents: list[str], vocab_size: int, cache_dir: Path) -> TextTokenizer:
     """The byte-level BPE for these documents, trained once and cached in ``cache_dir``.
 
-    The file is named by a hash of the text and the vocabulary size and written atomically (temp
-    file + rename). Workers sharing ``cache_dir`` take a lock, so the first trains it and all load
+    The file is named by a hash of the text and the vocabulary size and written atomically. Workers sharing ``cache_dir`` take a lock, so the first trains it and all load
     the same file.
     """
     if vocab_size <= BYTE_ALPHABET_SIZE:
         raise ValueError(f"vocab_size: must exceed the {BYTE_ALPHABET_SIZE} byte symbols, got {vocab_size}")
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"bpe-{vocab_size}-{text_hash(documents)}.json"
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(path.with_suffix(".lock")):
         if not path.exists():
-            temporary = path.with_suffix(f".{os.getpid()}.tmp")
-            train_byte_level_bpe(documents, vocab_size).save(str(temporary))
-            os.replace(temporary, path)
+            tokenizer = train_byte_level_bpe(documents, vocab_size)
+            write_atomically(path, lambda temporary: tokenizer.save(str(temporary)))
     return tokenizer_file(path)

@@ -25,6 +25,7 @@ from typing import IO, Any
 import torch
 from safetensors.torch import save as safetensors_bytes
 
+from lowcomm.atomic import commit
 from lowcomm.training.peers import Peers, process_group_peers
 
 MANIFEST = "manifest.json"
@@ -60,14 +61,6 @@ def write_durably(path: Path, write: Callable[[IO[bytes]], Any]) -> FileRecord:
     return {path.name: {"bytes": path.stat().st_size, "sha256": sha256(path)}}
 
 
-def fsync_directory(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def save_checkpoint(
     root: Path,
     step: int,
@@ -97,10 +90,8 @@ def save_checkpoint(
     if rank == 0:
         manifest = {"step": step, "world_size": world_size, "files": {k: v for f in gathered for k, v in f.items()}}
         write_durably(staging / MANIFEST, lambda file: file.write(json.dumps(manifest, indent=1).encode()))
-        fsync_directory(staging)
         shutil.rmtree(final, ignore_errors=True)
-        staging.rename(final)
-        fsync_directory(root)
+        commit(staging, final)
         if keep is not None:
             for old in checkpoint_directories(root)[:-keep]:
                 shutil.rmtree(old)

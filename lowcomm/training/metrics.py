@@ -29,6 +29,8 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from lowcomm.atomic import write_atomically
+
 SCALARS = {"loss": "train/loss", "lr": "train/lr", "comm_bytes": "comm/bytes_sent", "eval_loss": "eval/loss"}
 
 
@@ -81,6 +83,4 @@ class ProgressBar:
 
 
 def write_json_atomically(path: Path, value: dict[str, Any]) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(temporary, path)
+    write_atomically(path, lambda temporary: temporary.write_text(json.dumps(value, indent=2) + "\n"))

@@ -1,13 +1,16 @@
 """The run directory (``--out``): refuse one that holds another run, clear it for ``--overwrite``,
-record the resolved config in it."""
+record the resolved config in it, and read it back."""
 
 from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
+from typing import Any
 
 import yaml
 
+from lowcomm.atomic import write_atomically
 from lowcomm.training.config import LAUNCH_FIELDS, TrainConfig
 
 CONFIG_FILE = "config.yaml"
@@ -33,9 +36,7 @@ def prepare_run_directory(config: TrainConfig) -> None:
             )
     try:
         out.mkdir(parents=True, exist_ok=True)
-        temporary = out / f".{CONFIG_FILE}.tmp"
-        temporary.write_text(config.to_yaml())
-        os.replace(temporary, out / CONFIG_FILE)
+        write_atomically(out / CONFIG_FILE, lambda temporary: temporary.write_text(config.to_yaml()))
     except OSError as error:
         raise ValueError(f"--out: cannot write to {out}: {error.strerror}") from None
 
@@ -55,3 +56,18 @@ def check_same_run(config: TrainConfig, saved_config: os.PathLike[str]) -> None:
                 f"--out: {config.out} holds a different run ({key}: {saved_identity.get(key)!r} there, "
                 f"{identity.get(key)!r} here); choose another --out or pass --overwrite"
             )
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """The configuration recorded in ``run_dir``; a one-line ValueError if there is none."""
+    if not run_dir.is_dir():
+        raise ValueError(f"RUN_DIR: {run_dir} is not a directory")
+    try:
+        config = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"RUN_DIR: {run_dir} holds no lowcomm run ({CONFIG_FILE} is missing)") from None
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        raise ValueError(f"RUN_DIR: cannot read {run_dir / CONFIG_FILE}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"RUN_DIR: {run_dir / CONFIG_FILE} is not a lowcomm run's configuration")
+    return config

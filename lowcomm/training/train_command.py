@@ -5,7 +5,7 @@ input exits with code 2 and one line on stderr, leaving ``--out`` untouched.
 
 With a ``--bandwidth`` limit and the real network (``--network none``), every worker runs in a
 network namespace of its own behind a link of that rate (see
-:mod:`lowcomm.benchmarks.limited_launch`); where that is impossible, a warning says so and the link
+:mod:`lowcomm.launching.limited`); where that is impossible, a warning says so and the link
 is modelled instead (``--network model``).
 """
 
@@ -13,19 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
 from pathlib import Path
 
-from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-
-from lowcomm.benchmarks.limited_launch import real_limit_unavailable, run_limited
-from lowcomm.communication.network_model import parse_rate
-from lowcomm.training.cli import usage_error
+from lowcomm.cli import usage_error
+from lowcomm.launching.limited import real_limit, run_limited
 from lowcomm.training.config import ALGORITHM_PARAMETERS, TrainConfig, flag, load_config, under_torchrun
-from lowcomm.training.launch import train
 from lowcomm.training.rundir import prepare_run_directory
 
 
@@ -53,11 +48,12 @@ def run(args: argparse.Namespace) -> int:
     overrides = {key: value for key, value in vars(args).items() if key not in ("command", "config")}
     try:
         config = load_config(args.config, overrides)
-        limited = wants_real_limit(config)
-        if limited and (reason := real_limit_unavailable(config.backend)) is not None:
-            print(f"lowcomm train: warning: no real bandwidth limit ({reason}); modelling the {config.bandwidth} "
-                  "link instead (--network model)", file=sys.stderr)
-            config.network, limited = "model", False
+        # Under torchrun this process is one worker already: the limit is the job's network's.
+        limited, warning = (False, None) if under_torchrun() else real_limit(config.network, config.bandwidth,
+                                                                               config.backend)
+        if warning is not None:
+            print(f"lowcomm train: warning: {warning}", file=sys.stderr)
+            config.network = "model"
         if reports() and not limited:
             prepare_run_directory(config)
     except ValueError as error:
@@ -69,6 +65,12 @@ def run(args: argparse.Namespace) -> int:
             f"lowcomm train: {config.algo} on {config.workers} {config.device} workers, {config.model} on "
             f"{config.data}, {config.steps} steps -> {config.out}"
         )
+    # Imported here, so that ``lowcomm train --help`` and refused input never load the trainer.
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from lowcomm.training.launch import train
+    from lowcomm.training.outputs import LOSS_PLOT, SAMPLES_FILE
+
     try:
         train(config)
     except ChildFailedError as error:
@@ -78,18 +80,17 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if reports():
         summary = json.loads((config.out / "summary.json").read_text())
+        samples = config.out / SAMPLES_FILE
+        if samples.is_file():
+            print(f"\n{samples.read_text(encoding='utf-8')}")
         print(
             f"lowcomm train: done: final eval loss {summary['final_eval_loss']:.4f} after {summary['steps']} steps "
             f"in {summary['wall_time_s']:.1f} s\n"
-            f"results in {config.out}/: metrics.jsonl, summary.json, config.yaml, checkpoints/ "
+            f"results in {config.out}/: {LOSS_PLOT}, {SAMPLES_FILE + ', ' if samples.is_file() else ''}"
+            f"metrics.jsonl, summary.json, config.yaml, checkpoints/ "
             f"(TensorBoard: tensorboard --logdir {config.out / 'tensorboard'})"
         )
     return 0
-
-
-def wants_real_limit(config: TrainConfig) -> bool:
-    """Whether this launcher must put the workers behind real links of ``--bandwidth``."""
-    return config.network == "none" and not math.isinf(parse_rate(config.bandwidth)) and not under_torchrun()
 
 
 def train_limited(config: TrainConfig) -> int:

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from lowcomm.benchmarks.results import COLUMNS
-from tests.training.test_train_runs import PERIODIC, SHORT, records
+from tests.train_runs import PERIODIC, SHORT, records
 
 PLOTS = ("loss_vs_time.png", "loss_vs_tokens.png", "loss_vs_bytes.png")
 

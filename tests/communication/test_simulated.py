@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from functools import partial
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from lowcomm.communication.simulated import (
     run_simulated,
 )
 from tests.algorithms import mlp
+from tests.algorithms.scalar import EXAMPLES, scalar_model
 from tests.distributed import run_workers
 
 SIZES = [(1,), (1003,), (700_001,)]  # the last is 2.8 MB: gloo cuts it into 1 MiB segments
@@ -120,6 +122,30 @@ def test_algorithms_train_as_on_gloo_bit_for_bit() -> None:
             assert all(torch.equal(a, b) for a, b in zip(ours["params"], theirs["params"])), (algo, rank)
             assert all(torch.equal(ours["global"][k], theirs["global"][k]) for k in theirs["global"]), (algo, rank)
             assert ours["bytes"] == theirs["bytes"]
+
+
+def scalar_run(algo: str, comm: SimulatedCommunicator) -> list[float]:
+    """30 steps of ``algo`` on the one-parameter problem: every tensor it sends is a bucket of its own."""
+    model = scalar_model(comm.rank)
+    strategy = ALGORITHMS[algo](model, torch.optim.SGD(model.parameters(), lr=0.1), communicator=comm, sync_interval=3)
+    a, b = EXAMPLES[comm.rank]
+    x = torch.tensor([[a]], dtype=torch.float64)
+    weights = []
+    for _ in range(30):
+        strategy.step(lambda: 0.5 * (strategy.model(x)[0, 0] - b) ** 2)
+        weights.append(model.weight.item())
+    strategy.wait()
+    return weights
+
+
+@pytest.mark.parametrize("algo", ["localsgd", "noloco"])
+def test_repeated_runs_are_bitwise_identical(algo: str) -> None:
+    """A worker goes on as soon as everyone has posted, so what it posted (its broadcast model, its
+    exchanged tensors) must not be a view of tensors it then changes while the others still read."""
+    first = run_simulated(3, partial(scalar_run, algo))
+    assert first[0][0] == 1.0 - 0.1 * EXAMPLES[0][0] * (1.0 * EXAMPLES[0][0] - EXAMPLES[0][1])  # from worker 0's w = 1
+    for _ in range(60):
+        assert run_simulated(3, partial(scalar_run, algo)) == first
 
 
 def test_ring_chunks_by_hand() -> None:

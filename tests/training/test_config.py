@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from lowcomm import ALGORITHMS
@@ -14,7 +15,7 @@ ALGORITHM_FIELDS = ("sync_interval", "warmup_steps", "pseudo_sync_prob", "eta", 
 def test_the_defaults_are_the_embedded_quick_start():
     config = load_config()
     assert (config.algo, config.model, config.data, config.workers) == ("palsgd", "gpt-tiny", "synthetic-stories", 2)
-    assert config.device == "cpu"  # no GPU on the test machine: "auto" resolves to cpu
+    assert config.device == ("cuda" if torch.cuda.is_available() else "cpu")  # "auto": a GPU if there is one
     assert config.out.parent == Path("lowcomm-runs")
     # PALSGD's paper values, but DiLoCo's outer lr: z must keep up in a 384-step run.
     assert tuple(getattr(config, name) for name in ALGORITHM_FIELDS) == (32, 32, 0.2, 1.0, 0.7, 0.9)
@@ -96,7 +97,8 @@ def test_a_written_config_reads_back_as_the_same_config(tmp_path):
         ({"outer_momentum": "-0.1"}, "--outer-momentum: Input should be greater than or equal to 0 (got '-0.1')"),
         ({"seq_len": "129"}, "--seq-len: 129 exceeds gpt-tiny's 128 positions"),
         ({"algo": "noloco", "workers": "1"}, "--workers: noloco needs at least 2 workers"),
-        ({"device": "cuda"}, "--device: cuda requested but no GPU is available"),
+        pytest.param({"device": "cuda"}, "--device: cuda requested but no GPU is available",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is available")),
         ({"algo": "ddp", "sync_interval": "4"}, "--sync-interval: ddp does not take it"),
         ({"algo": "diloco", "eta": "2"}, "--eta: diloco does not take it"),
         ({"lr": "0.1", "eta": "2"}, "--eta: lr * eta / pseudo_sync_prob = 1 >= 1 would overshoot z"),
@@ -115,6 +117,11 @@ def test_bad_values_raise_one_line_naming_the_flag(overrides, message):
     with pytest.raises(ValueError) as raised:
         load_config(overrides=overrides)
     assert str(raised.value) == message
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_cuda_is_accepted_where_there_is_a_gpu():
+    assert load_config(overrides={"device": "cuda"}).device == "cuda"
 
 
 def test_yaml_problems_name_the_config_file(tmp_path):

@@ -18,13 +18,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lowcomm.training.cli import main
+from lowcomm.cli import main
 from lowcomm.training.trainer import Trainer
-from tests.training.test_train_runs import (
+from tests.train_runs import (
     PERIODIC,
     SHORT,
     STEPS,
-    cache_dir,  # noqa: F401 (a fixture)
     listening_addresses,
     lowcomm_train,
     records,
@@ -75,7 +74,7 @@ def wait_for(condition, launcher, timeout_s=120):
         time.sleep(0.005)
 
 
-def test_workers_killed_at_random_moments_change_nothing(cache_dir, tmp_path):  # noqa: F811
+def test_workers_killed_at_random_moments_change_nothing(cache_dir, tmp_path):
     """In each of several attempts, SIGKILL a random worker at a random moment: during a local step,
     an outer all-reduce or a checkpoint write. The run ends bitwise where the uninterrupted run ends."""
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
@@ -121,7 +120,7 @@ def nan_on_worker_1(monkeypatch):
 
 
 @pytest.mark.parametrize("algo", NONFINITE_DETAILS)
-def test_a_worker_gone_nan_is_left_out_and_training_goes_on(algo, nan_on_worker_1, cache_dir, tmp_path):  # noqa: F811
+def test_a_worker_gone_nan_is_left_out_and_training_goes_on(algo, nan_on_worker_1, cache_dir, tmp_path):
     out = tmp_path / "out"
     flags = ["--algo", algo, *SHORT, *PERIODIC, "--backend", "sim", "--cache-dir", cache_dir, "--out", str(out)]
     assert main(["train", *flags]) == 0

@@ -9,52 +9,31 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from lowcomm import ALGORITHMS
 from lowcomm.algorithms.periodic import PeriodicStrategy
+from tests.distributed import free_port
+from tests.train_runs import (
+    BATCH,
+    PERIODIC,
+    SEQ_LEN,
+    SHORT,
+    STEPS,
+    WORKERS,
+    listening_addresses,
+    lowcomm_train,
+    manifest,
+    records,
+    without_timing,
+    worker_pids,
+)
 
-STEPS, BATCH, SEQ_LEN, WORKERS = 32, 8, 32, 2
-SHORT = ["--steps", str(STEPS), "--batch-size", str(BATCH), "--seq-len", str(SEQ_LEN), "--eval-every", "8"]
-SHORT += ["--checkpoint-every", "8", "--eval-batches", "2", "--lr-warmup", "2"]
-PERIODIC = ["--sync-interval", "4", "--warmup-steps", "4"]
 CLASSIC_SYNC_STEPS = [8, 12, 16, 20, 24, 28, 32]  # t > S = 4 with t % H == 0, H = 4
-
-
-def lowcomm_train(*args, cwd=None, env=None, timeout=240):
-    result = subprocess.run(
-        [sys.executable, "-m", "lowcomm", "train", *args], capture_output=True, text=True, cwd=cwd, env=env,
-        timeout=timeout,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
-def records(out, kind=None):
-    """The records in ``out/metrics.jsonl``; ``kind`` picks train, eval, sync or event records."""
-    lines = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    kinds = {"train": "loss", "eval": "eval_loss", "sync": "sync", "event": "event"}
-    return [r for r in lines if kind is None or kinds[kind] in r]
-
-
-def without_timing(out):
-    """Every record but the events, without wall-clock fields: what must replay exactly."""
-    return [{k: v for k, v in r.items() if k not in ("elapsed_s", "comm_wait_s")} for r in records(out) if "event" not in r]
-
-
-def manifest(out, step):
-    return json.loads((Path(out) / "checkpoints" / f"step_{step:08d}" / "manifest.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="module")
@@ -142,16 +121,20 @@ def test_the_embedded_default_writes_the_documented_layout(runs):
     assert sorted(p.name for p in out.iterdir()) == [
         "checkpoints",
         "config.yaml",
+        "loss.png",
         "metrics.jsonl",
+        "samples.txt",
         "summary.json",
         "tensorboard",
+        "tokenizer.json",
     ]
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").iterdir())
     checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert checkpoints == ["step_00000008", "step_00000016", "step_00000024", "step_00000032"]
     assert sorted(manifest(out, 32)["files"]) == ["model.safetensors", "rank_00000.pt", "rank_00001.pt"]
     stdout = runs.stdout("palsgd")
-    assert f"-> lowcomm-runs/{out.name}" in stdout and f"results in lowcomm-runs/{out.name}/" in stdout
+    assert f"-> lowcomm-runs/{out.name}" in stdout and f"results in lowcomm-runs/{out.name}/: loss.png" in stdout
+    assert (out / "samples.txt").read_text() in stdout  # the story is shown
     config = (out / "config.yaml").read_text()
     assert "algo: palsgd\n" in config and "outer_lr: 0.7\n" in config and "device: cpu\n" in config
 
@@ -164,6 +147,7 @@ def test_resuming_replays_the_uninterrupted_run_exactly(runs, cache_dir, tmp_pat
         shutil.rmtree(resumed / "checkpoints" / f"step_{step:08d}")
     (resumed / "checkpoints" / "step_00000024").mkdir()  # an unfinished write: no manifest
     (resumed / "summary.json").unlink()
+    (resumed / "samples.txt").unlink()
     result = lowcomm_train(*SHORT, *PERIODIC, "--cache-dir", cache_dir, "--out", str(resumed), "--resume")
     assert "skipping checkpoint step_00000024: no manifest (an unfinished write)" in result.stderr
     assert without_timing(resumed) == without_timing(straight)
@@ -171,42 +155,7 @@ def test_resuming_replays_the_uninterrupted_run_exactly(runs, cache_dir, tmp_pat
     assert [r["step"] for r in records(resumed, "sync") if r["sync"] == "pseudo" and r["step"] > 16]
     global_model = manifest(resumed, 32)["files"]["model.safetensors"]
     assert global_model == manifest(straight, 32)["files"]["model.safetensors"]
-
-
-def worker_pids(launcher_pid):
-    """The launcher's worker processes (multiprocessing spawn children)."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            command = (stat.parent / "cmdline").read_bytes()
-        except (OSError, IndexError):
-            continue
-        if parent == launcher_pid and b"spawn_main" in command:
-            pids.append(int(stat.parent.name))
-    return pids
-
-
-def listening_addresses(pids):
-    """The addresses on which these processes hold listening TCP sockets (read from /proc)."""
-    inodes = set()
-    for pid in pids:
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                target = os.readlink(fd)
-            except FileNotFoundError:  # closed since listed (the listing's own descriptor, say)
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target.removeprefix("socket:[").removesuffix("]"))
-    addresses = set()
-    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # state 0A: LISTEN
-                hex_address = fields[1].split(":")[0]  # 32-bit words, each little-endian
-                words = [bytes.fromhex(hex_address[i : i + 8])[::-1] for i in range(0, len(hex_address), 8)]
-                addresses.add(socket.inet_ntop(family, b"".join(words)))
-    return addresses
+    assert (resumed / "samples.txt").read_text() == (straight / "samples.txt").read_text()  # seeded sampling
 
 
 def test_a_stopped_worker_makes_the_group_restart_and_resume(runs, cache_dir, tmp_path):
@@ -231,12 +180,6 @@ def test_a_stopped_worker_makes_the_group_restart_and_resume(runs, cache_dir, tm
     resumes = [r for r in records(out, "event") if r["event"] == "resume"]
     assert len(resumes) == 1 and resumes[0]["step"] >= 8
     assert without_timing(out) == without_timing(runs("palsgd"))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_torchrun_nodes_train_like_one_local_launch(runs, cache_dir, tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lowcomm.benchmarks.netns import LimitedNetwork, available, cleanup_stale
+from lowcomm.launching.netns import LimitedNetwork, available, cleanup_stale
 from lowcomm.communication.network_model import NetworkModel
 
 PREFIX = "lctest"
@@ -55,7 +55,7 @@ with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20) as co
 
 HOLDER = f"""
 import signal, time
-from lowcomm.benchmarks.netns import LimitedNetwork
+from lowcomm.launching.netns import LimitedNetwork
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if our launcher ignores it
 with LimitedNetwork(2, "10mbit", prefix="{PREFIX}"):
     print("ready", flush=True)

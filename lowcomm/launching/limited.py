@@ -1,5 +1,5 @@
 """Launch K workers under a real bandwidth limit: one torchrun agent per worker, each in a network
-namespace of a :class:`~lowcomm.benchmarks.netns.LimitedNetwork`.
+namespace of a :class:`~lowcomm.launching.netns.LimitedNetwork`.
 
 Agent ``i`` runs ``python -m torch.distributed.run --nnodes K --node-rank i`` (static rendezvous,
 so worker ``i`` is rank ``i``) with the rendezvous store on worker 0's address, and gloo pinned to
@@ -8,6 +8,7 @@ the namespace's interface: the multi-node path of ``lowcomm train``, over real l
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -18,19 +19,27 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
 
-from lowcomm.benchmarks.netns import LimitedNetwork, available
+from lowcomm.communication.network_model import parse_rate
+from lowcomm.launching.netns import LimitedNetwork, available
 
 RENDEZVOUS_PORT = 29400
 STOP_GRACE_S = 10
 POLL_S = 0.2
 
 
-def real_limit_unavailable(backend: str) -> str | None:
-    """Why workers cannot run behind real limited links here; None if they can."""
+def real_limit(network: str, bandwidth: str, backend: str) -> tuple[bool, str | None]:
+    """Whether workers with these options run behind real links of ``bandwidth``, and, when such links
+    are asked for (the real network, ``--network none``, with a finite rate) but impossible here,
+    the warning that says the link is modelled instead (``--network model``)."""
+    if network != "none" or math.isinf(parse_rate(bandwidth)):
+        return False, None
     if backend == "sim":
-        return "--backend sim runs every worker in this one process"
-    usable, reason = available()
-    return None if usable else reason
+        reason = "--backend sim runs every worker in this one process"
+    else:
+        usable, reason = available()
+        if usable:
+            return True, None
+    return False, f"no real bandwidth limit ({reason}): the {bandwidth} link is modelled (--network model)"
 
 
 def agent_command(network: LimitedNetwork, worker: int, command: Sequence[str]) -> list[str]:

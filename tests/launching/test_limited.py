@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from lowcomm.benchmarks.netns import available
-from tests.training.test_train_runs import SHORT
+from lowcomm.launching.netns import available
+from tests.train_runs import SHORT
 
 
 @pytest.fixture(autouse=True)

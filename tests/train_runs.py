@@ -1,0 +1,75 @@
+"""Helpers for tests that run ``lowcomm train``: short gpt-tiny settings, running the command,
+reading ``metrics.jsonl`` and checkpoint manifests, and finding a launcher's workers and sockets."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+STEPS, BATCH, SEQ_LEN, WORKERS = 32, 8, 32, 2
+SHORT = ["--steps", str(STEPS), "--batch-size", str(BATCH), "--seq-len", str(SEQ_LEN), "--eval-every", "8"]
+SHORT += ["--checkpoint-every", "8", "--eval-batches", "2", "--lr-warmup", "2"]
+PERIODIC = ["--sync-interval", "4", "--warmup-steps", "4"]
+
+
+def lowcomm_train(*args, cwd=None, env=None, timeout=240):
+    result = subprocess.run(
+        [sys.executable, "-m", "lowcomm", "train", *args], capture_output=True, text=True, cwd=cwd, env=env,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def records(out, kind=None):
+    """The records in ``out/metrics.jsonl``; ``kind`` picks train, eval, sync or event records."""
+    lines = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    kinds = {"train": "loss", "eval": "eval_loss", "sync": "sync", "event": "event"}
+    return [r for r in lines if kind is None or kinds[kind] in r]
+
+
+def without_timing(out):
+    """Every record but the events, without wall-clock fields: what must replay exactly."""
+    return [{k: v for k, v in r.items() if k not in ("elapsed_s", "comm_wait_s")} for r in records(out) if "event" not in r]
+
+
+def manifest(out, step):
+    return json.loads((Path(out) / "checkpoints" / f"step_{step:08d}" / "manifest.json").read_text())
+
+
+def worker_pids(launcher_pid):
+    """The launcher's worker processes (multiprocessing spawn children)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if parent == launcher_pid and b"spawn_main" in command:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def listening_addresses(pids):
+    """The addresses on which these processes hold listening TCP sockets (read from /proc)."""
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except FileNotFoundError:  # closed since listed (the listing's own descriptor, say)
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target.removeprefix("socket:[").removesuffix("]"))
+    addresses = set()
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # state 0A: LISTEN
+                hex_address = fields[1].split(":")[0]  # 32-bit words, each little-endian
+                words = [bytes.fromhex(hex_address[i : i + 8])[::-1] for i in range(0, len(hex_address), 8)]
+                addresses.add(socket.inet_ntop(family, b"".join(words)))
+    return addresses
