@@ -13,7 +13,8 @@ Compression (``compress="bf16" | "int8" | "int4" | "topk:F"``): the pseudo-gradi
 :class:`~lowcomm.communication.compression.CompressedMean` (each worker encodes its chunks, the
 chunk owners average and re-encode them, an all-gather returns them; error feedback on both
 sides), about ``2(K-1)/K`` x the compressed payload per worker; buffers and the finite flag are
-all-reduced uncompressed; the byte counters see what is sent.
+all-reduced uncompressed; the byte counters see what is sent. The compressed mean blocks: with
+``overlap_steps`` only the all-reduce of buffers and flag is in flight during the tau steps.
 
 A worker whose pseudo-gradient (or a floating-point buffer) is not finite is left out of that outer
 step (the others' mean is used; with none left the step is skipped), restarts from z with a fresh
