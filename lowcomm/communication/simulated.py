@@ -172,6 +172,10 @@ class SimulatedCommunicator(Communicator):
         everyone = self.group.meet((self._next_operation(), 0), self.rank, [t.detach().clone() for t in tensors])
         return [[t.clone() for t in posted] for posted in everyone]
 
+    def _all_to_all(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        everyone = self.group.meet((self._next_operation(), 0), self.rank, [t.detach().clone() for t in tensors])
+        return [posted[self.rank].clone() for posted in everyone]
+
     def _broadcast(self, tensors: list[torch.Tensor], src: int) -> None:
         flats = [flat_copy(bucket) for bucket in _buckets(tensors)] if self.rank == src else None
         sent = self.group.meet((self._next_operation(), 0), self.rank, flats)[src]

@@ -97,6 +97,7 @@ RESUMED = {
     "palsgd": {"sync_interval": 2, "warmup_steps": 1, "pseudo_sync_prob": 0.4},
     "noloco": {"sync_interval": 2},
     "localsgd": {"sync_interval": 2},
+    "postlocalsgd": {"sync_interval": 2, "warmup_steps": 1, "compress": "int8", "compress_block_size": 8},
 }
 
 

@@ -35,7 +35,8 @@ def operations(comm: Communicator) -> dict:
     c = torch.full((4,), float(rank))
     comm.broadcast([c], src=1)
     gathered = comm.all_gather([torch.tensor([rank], dtype=torch.int8), torch.full((2,), rank / 2)])
-    return {"a": a, "b": b, "received": received[0][0], "c": c, "gathered": gathered,
+    addressed = comm.all_to_all([torch.tensor([10.0 * rank + j, 0.0]) for j in range(comm.world_size)])
+    return {"a": a, "b": b, "received": received[0][0], "c": c, "gathered": gathered, "addressed": addressed,
             "bytes": comm.stats.bytes_sent, "operations": comm.stats.operations}
 
 
@@ -48,9 +49,10 @@ def test_operations_on_four_simulated_workers() -> None:
         for source, (small, halves) in enumerate(r["gathered"]):
             assert torch.equal(small, torch.tensor([source], dtype=torch.int8))
             assert torch.equal(halves, torch.full((2,), source / 2))
-        # as test_communicator works out for gloo, then the all-gather: 3 others x 9 bytes
-        assert r["bytes"] == 134 + (16 if rank == 1 else 0) + 27
-        assert r["operations"] == 5
+        assert [t.tolist() for t in r["addressed"]] == [[10.0 * source + rank, 0.0] for source in range(4)]
+        # as test_communicator works out for gloo, then the all-gather: 3 others x 9 bytes; all-to-all: 3 x 8
+        assert r["bytes"] == 134 + (16 if rank == 1 else 0) + 27 + 24
+        assert r["operations"] == 6
 
 
 def awkward_tensors(rank: int) -> list[torch.Tensor]:
@@ -85,7 +87,7 @@ def train(algo: str, options: dict, comm: Communicator | None = None) -> dict:
     comm = comm or ProcessGroupCommunicator()
     with MODEL_LOCK:
         model = mlp.mlp()
-    strategy = ALGORITHMS[algo](model, torch.optim.AdamW(model.parameters(), lr=0.05), communicator=comm, **options)
+    strategy = ALGORITHMS[algo.split("_")[0]](model, torch.optim.AdamW(model.parameters(), lr=0.05), communicator=comm, **options)
     params, sent_before = [], comm.stats.bytes_sent
     for t in range(1, 10):
         data = mlp.batch(comm.rank, t)
@@ -102,6 +104,8 @@ RUNS = {
     "streamingdiloco": {"sync_interval": 3, "num_fragments": 2, "compress": "int4"},
     "palsgd": {"sync_interval": 3, "warmup_steps": 1, "pseudo_sync_prob": 0.3, "eta": 0.5},
     "noloco": {"sync_interval": 3},
+    "localsgd_topk": {"sync_interval": 3, "compress": "topk:0.3", "compress_block_size": 8},
+    "palsgd_int8": {"sync_interval": 3, "warmup_steps": 1, "pseudo_sync_prob": 0.3, "eta": 0.5, "compress": "int8"},
 }
 
 
