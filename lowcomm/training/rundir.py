@@ -1,10 +1,12 @@
 """The run directory (``--out``): refuse one that holds another run, clear it for ``--overwrite``,
-record the resolved config in it."""
+record the resolved config in it, and read it back."""
 
 from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -58,3 +60,18 @@ def check_same_run(config: TrainConfig, saved_config: os.PathLike[str]) -> None:
                 f"--out: {config.out} holds a different run ({key}: {saved_identity.get(key)!r} there, "
                 f"{identity.get(key)!r} here); choose another --out or pass --overwrite"
             )
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """The configuration recorded in ``run_dir``; a one-line ValueError if there is none."""
+    if not run_dir.is_dir():
+        raise ValueError(f"RUN_DIR: {run_dir} is not a directory")
+    try:
+        config = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"RUN_DIR: {run_dir} holds no lowcomm run ({CONFIG_FILE} is missing)") from None
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        raise ValueError(f"RUN_DIR: cannot read {run_dir / CONFIG_FILE}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"RUN_DIR: {run_dir / CONFIG_FILE} is not a lowcomm run's configuration")
+    return config
