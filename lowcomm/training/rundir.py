@@ -1,5 +1,5 @@
 """The run directory (``--out``): refuse one that holds another run, clear it for ``--overwrite``,
-record the resolved config in it.
+record the resolved config in it, and read it back.
 
 A resumed run is the same run: every option that decides what it computes must match, except
 ``--steps``, which may extend (or shorten) it down to the steps already done; the trainer then
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -72,3 +74,18 @@ def check_steps_not_done(config: TrainConfig) -> None:
         raise ValueError(
             f"--steps: {config.out} has already trained {done} steps; resume it with --steps {done} or more"
         )
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """The configuration recorded in ``run_dir``; a one-line ValueError if there is none."""
+    if not run_dir.is_dir():
+        raise ValueError(f"RUN_DIR: {run_dir} is not a directory")
+    try:
+        config = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"RUN_DIR: {run_dir} holds no lowcomm run ({CONFIG_FILE} is missing)") from None
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        raise ValueError(f"RUN_DIR: cannot read {run_dir / CONFIG_FILE}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"RUN_DIR: {run_dir / CONFIG_FILE} is not a lowcomm run's configuration")
+    return config

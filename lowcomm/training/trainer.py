@@ -1,7 +1,9 @@
 """One worker's training loop: steps, evaluations of the global model, checkpoints and metrics.
 
 Every rank runs the same loop and the same collectives; rank 0 alone evaluates (the global model
-is the same on every rank) and reports (metrics, TensorBoard, progress bar, summary). A rank is a
+is the same on every rank) and reports (metrics, TensorBoard, progress bar, summary, and the
+outputs of :mod:`lowcomm.training.outputs`: ``loss.png`` at every checkpoint, the last step's
+included, and a language model's tokenizer and text samples). A rank is a
 worker process, or a thread of the simulation (``--backend sim``): building its data and model
 draws from process-wide generators, so ranks take turns at it.
 """
@@ -40,6 +42,7 @@ from lowcomm.training.checkpoint import (
 from lowcomm.training.config import TrainConfig
 from lowcomm.training.loss import cross_entropy
 from lowcomm.training.metrics import MetricsLog, ProgressBar, write_json_atomically
+from lowcomm.training.outputs import held_out_prompt, write_loss_plot, write_samples, write_tokenizer
 from lowcomm.training.peers import Peers
 from lowcomm.training.rng import rng_state, seed_everything, set_rng_state
 from lowcomm.training.schedule import warmup_cosine
@@ -112,7 +115,10 @@ class Trainer:
         self.log = MetricsLog(config.out, restored.metrics_offset, self.step) if self.rank == 0 else None
         self.bar: ProgressBar | None = None
         self.clock_start = time.perf_counter() - self.progress.elapsed_s
+        self.evaluated_step: int | None = None
         if self.log is not None:
+            if self.data.tokenizer is not None:
+                write_tokenizer(config.out, self.data.tokenizer)
             for checkpoint, problem in restored.skipped:
                 self.report_event("skipped_checkpoint", checkpoint=checkpoint, problem=problem)
             restart = {"restart": restart_count()} if restart_count() else {}
@@ -237,6 +243,7 @@ class Trainer:
                 total += cross_entropy(self.eval_model, inputs, targets).item() * targets.numel()
                 count += targets.numel()
         self.progress.eval_loss = total / count
+        self.evaluated_step = self.step
         stats = self.strategy.comm_stats
         self.log.write({
             "step": self.step,
@@ -262,6 +269,9 @@ class Trainer:
         }
         model = global_model if self.rank == 0 else None
         save_checkpoint(self.checkpoints, self.step, state, model, self.config.keep_checkpoints, self.peers)
+        if self.log is not None:
+            config = self.config
+            write_loss_plot(config.out, f"{config.algo} x{self.world_size}: {config.model} on {config.data}")
 
     def restore(self) -> Restored:
         """When resuming (``--resume``, or a restart by the elastic agent), load the newest complete
@@ -337,6 +347,10 @@ class Trainer:
         }
         if self.device.type == "cuda":
             summary["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated(self.device)
+        if self.data.tokenizer is not None and self.evaluated_step == self.step:  # eval_model is the final model
+            prompt = held_out_prompt(self.data.eval_batches, self.config.seq_len)
+            write_samples(self.config.out, self.eval_model, self.data.tokenizer, prompt, self.config.seq_len,
+                          self.config.seed)
         write_json_atomically(self.config.out / "summary.json", summary)
         if self.bar is not None:
             self.bar.close()

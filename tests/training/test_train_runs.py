@@ -123,16 +123,20 @@ def test_the_embedded_default_writes_the_documented_layout(runs):
     assert sorted(p.name for p in out.iterdir()) == [
         "checkpoints",
         "config.yaml",
+        "loss.png",
         "metrics.jsonl",
+        "samples.txt",
         "summary.json",
         "tensorboard",
+        "tokenizer.json",
     ]
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").iterdir())
     checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert checkpoints == ["step_00000008", "step_00000016", "step_00000024", "step_00000032"]
     assert sorted(manifest(out, 32)["files"]) == ["model.safetensors", "rank_00000.pt", "rank_00001.pt"]
     stdout = runs.stdout("palsgd")
-    assert f"-> lowcomm-runs/{out.name}" in stdout and f"results in lowcomm-runs/{out.name}/" in stdout
+    assert f"-> lowcomm-runs/{out.name}" in stdout and f"results in lowcomm-runs/{out.name}/: loss.png" in stdout
+    assert (out / "samples.txt").read_text() in stdout  # the story is shown
     config = (out / "config.yaml").read_text()
     assert "algo: palsgd\n" in config and "outer_lr: 0.7\n" in config and "device: cpu\n" in config
 
@@ -145,6 +149,7 @@ def test_resuming_replays_the_uninterrupted_run_exactly(runs, cache_dir, tmp_pat
         shutil.rmtree(resumed / "checkpoints" / f"step_{step:08d}")
     (resumed / "checkpoints" / "step_00000024").mkdir()  # an unfinished write: no manifest
     (resumed / "summary.json").unlink()
+    (resumed / "samples.txt").unlink()
     result = lowcomm_train(*SHORT, *PERIODIC, "--cache-dir", cache_dir, "--out", str(resumed), "--resume")
     assert "skipping checkpoint step_00000024: no manifest (an unfinished write)" in result.stderr
     assert without_timing(resumed) == without_timing(straight)
@@ -152,6 +157,7 @@ def test_resuming_replays_the_uninterrupted_run_exactly(runs, cache_dir, tmp_pat
     assert [r["step"] for r in records(resumed, "sync") if r["sync"] == "pseudo" and r["step"] > 16]
     global_model = manifest(resumed, 32)["files"]["model.safetensors"]
     assert global_model == manifest(straight, 32)["files"]["model.safetensors"]
+    assert (resumed / "samples.txt").read_text() == (straight / "samples.txt").read_text()  # seeded sampling
 
 
 def test_a_finished_run_extended_with_more_steps_follows_a_replanned_schedule(runs, cache_dir, tmp_path, capsys):
