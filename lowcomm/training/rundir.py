@@ -1,5 +1,10 @@
 """The run directory (``--out``): refuse one that holds another run, clear it for ``--overwrite``,
-record the resolved config in it, and read it back."""
+record the resolved config in it, and read it back.
+
+A resumed run is the same run: every option that decides what it computes must match, except
+``--steps``, which may extend (or shorten) it down to the steps already done; the trainer then
+re-plans the learning-rate schedule for the new length.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from typing import Any
 import yaml
 
 from lowcomm.atomic import write_atomically
+from lowcomm.training.checkpoint import checkpoint_step, checkpoints_of, newest_complete_checkpoint
 from lowcomm.training.config import TrainConfig, run_identity
 
 CONFIG_FILE = "config.yaml"
@@ -55,11 +61,23 @@ def check_same_run(config: TrainConfig, saved_config: os.PathLike[str]) -> None:
                          "(its checkpoints hold another layout), or choose another --out")
     identity = config.run_identity()
     for key in sorted(identity.keys() | saved_identity.keys()):
-        if identity.get(key) != saved_identity.get(key):
+        if key != "steps" and identity.get(key) != saved_identity.get(key):
             raise ValueError(
                 f"--out: {config.out} holds a different run ({key}: {saved_identity.get(key)!r} there, "
                 f"{identity.get(key)!r} here); choose another --out or pass --overwrite"
             )
+    if identity["steps"] != saved_identity.get("steps"):
+        check_steps_not_done(config)
+
+
+def check_steps_not_done(config: TrainConfig) -> None:
+    """Raise if the run in ``config.out`` has already trained more than ``config.steps`` steps."""
+    found, _ = newest_complete_checkpoint(checkpoints_of(config.out))
+    done = 0 if found is None else checkpoint_step(found)
+    if config.steps < done:
+        raise ValueError(
+            f"--steps: {config.out} has already trained {done} steps; resume it with --steps {done} or more"
+        )
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from lowcomm.data import load_data
 from lowcomm.models import build_model
 from lowcomm.training.checkpoint import (
     GLOBAL_MODEL,
+    checkpoints_of,
     discard_staging,
     load_rank_file,
     load_worker_state,
@@ -96,6 +97,8 @@ class Restored:
     checkpoint: str | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
     metrics_offset: int = 0
+    planned_steps: int | None = None
+    """The run length the checkpoint's learning-rate schedule was planned for, if not this run's."""
 
 
 class Trainer:
@@ -129,7 +132,7 @@ class Trainer:
             stats.wait_s = 0.0  # waiting for the other ranks to start up is not communication
         seed_everything(config.seed + self.rank)
         self.progress = Progress()
-        self.checkpoints = config.out / "checkpoints"
+        self.checkpoints = checkpoints_of(config.out)
         restored = self.restore()
         self.log = MetricsLog(config.out, restored.metrics_offset, self.step) if self.rank == 0 else None
         self.bar: ProgressBar | None = None
@@ -145,6 +148,8 @@ class Trainer:
                 self.report_event("start", **restart)
             else:
                 self.report_event("resume", checkpoint=restored.checkpoint, **restart)
+            if restored.planned_steps is not None:
+                self.report_replanned_schedule(restored.planned_steps)
 
     def build(self, config: TrainConfig, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
         """This rank's data, the model (the same on every rank), its optimizer and LR schedule."""
@@ -174,6 +179,7 @@ class Trainer:
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=device.type == "cuda"
         )
+        self.optimizer = optimizer
         self.scheduler = LambdaLR(optimizer, warmup_cosine(config.lr_warmup, config.steps, config.min_lr_ratio))
         return model, optimizer
 
@@ -206,7 +212,7 @@ class Trainer:
         micro_batches = [self.to_device(next(self.data.train)) for _ in range(self.config.grad_accum)]
         stats = self.strategy.comm_stats
         sent_before, waited_before = stats.bytes_sent, stats.wait_s
-        lr = self.scheduler.get_last_lr()[0]
+        lr = self.optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
         bf16 = self.config.precision == "bf16"
         loss = self.strategy.step([partial(self.loss, self.strategy.model, x, y, bf16) for x, y in micro_batches])
@@ -289,6 +295,7 @@ class Trainer:
         state = {
             "strategy": strategy_state,
             "scheduler": self.scheduler.state_dict(),
+            "lr_schedule_steps": self.config.steps,
             "data": self.data.train.state_dict(),
             "rng": rng_state(),
             "progress": asdict(self.progress),
@@ -327,6 +334,9 @@ class Trainer:
         else:
             state = self.load_grouped(directory)
         self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("lr_schedule_steps", self.config.steps) != self.config.steps:
+            restored.planned_steps = state["lr_schedule_steps"]
+            self.replan_schedule()
         self.progress = Progress(**state["progress"])
         restored.metrics_offset = state["metrics_offset"]
         return restored
@@ -364,6 +374,23 @@ class Trainer:
         )
         seed_everything(self.config.seed + self.rank + self.world_size * self.strategy.step_count)
         return first
+
+    def replan_schedule(self) -> None:
+        """Follow this run's learning-rate schedule (planned for ``config.steps``) from the resumed
+        step on: the learning rate of the next step becomes the new plan's."""
+        factor = self.scheduler.lr_lambdas[0]
+        for group, base_lr in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base_lr * factor(self.scheduler.last_epoch)
+
+    def report_replanned_schedule(self, planned_steps: int) -> None:
+        lr = self.optimizer.param_groups[0]["lr"]
+        print(
+            f"lowcomm: warning: --steps changed from {planned_steps} to {self.config.steps}: the learning-rate "
+            f"schedule is re-planned for {self.config.steps} steps and followed from step {self.step} "
+            f"(next lr {lr:.3g})",
+            file=sys.stderr,
+        )
+        self.report_event("lr_schedule_replanned", from_steps=planned_steps, to_steps=self.config.steps, lr=lr)
 
     def finish(self) -> None:
         """Sum the traffic and times over all workers; rank 0 writes summary.json."""
