@@ -51,8 +51,18 @@ CHECKPOINT_NAME = re.compile(r"step_(\d{8})")
 FileRecord = dict[str, dict[str, Any]]
 
 
+def checkpoints_of(out: Path) -> Path:
+    """Where the run in ``out`` keeps its checkpoints."""
+    return out / "checkpoints"
+
+
 def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}"
+
+
+def checkpoint_step(directory: Path) -> int:
+    """The step a checkpoint directory holds, from its name."""
+    return int(CHECKPOINT_NAME.fullmatch(directory.name)[1])
 
 
 def rank_file(rank: int) -> str:
@@ -210,9 +220,21 @@ def problem_with(directory: Path) -> str | None:
     return None
 
 
+def newest_complete_checkpoint(root: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest intact checkpoint under ``root`` (or ``None``), and the newer ones that are not,
+    each with its problem."""
+    skipped = []
+    for directory in reversed(checkpoint_directories(root)):
+        problem = problem_with(directory)
+        if problem is None:
+            return directory, skipped
+        skipped.append((directory, problem))
+    return None, skipped
+
+
 def agreed_checkpoint(root: Path, peers: Peers, storage: Storage) -> tuple[Path | None, list[tuple[str, str]]]:
     """Collective: the newest checkpoint that every storage domain holds intact under its ``root``
-    (or ``None``), and the newer ones that some domain does not, each with the problems found.
+    (or ``None``), and the names of the newer ones that some domain does not, each with the problems.
 
     Each domain's leader checks its own directory (and discards unfinished writes). With several
     domains, a domain's files must also be those that rank 0's manifest lists for its ranks: a
@@ -222,8 +244,15 @@ def agreed_checkpoint(root: Path, peers: Peers, storage: Storage) -> tuple[Path 
     """
     if storage.leader:
         discard_staging(root)
+    if storage.shared:
+        choice = None
+        if storage.leader:
+            found, skipped = newest_complete_checkpoint(root)
+            choice = None if found is None else found.name, [(d.name, problem) for d, problem in skipped]
+        name, skipped = peers.all_gather(choice)[0]
+        return None if name is None else root / name, skipped
     listed = peers.all_gather([d.name for d in checkpoint_directories(root)] if storage.leader else [])
-    skipped: list[tuple[str, str]] = []
+    skipped = []
     partly_intact: tuple[str, str] | None = None
     for name in sorted({name for names in listed for name in names}, reverse=True):
         gathered = peers.all_gather(directory_report(root / name) if storage.leader else None)
@@ -251,8 +280,6 @@ def directory_report(directory: Path) -> dict[str, Any]:
 
 def domain_problems(name: str, reports: list[dict[str, Any]], storage: Storage) -> dict[int, str]:
     """Each domain's problem with checkpoint ``name`` (none: it may be resumed), from their reports."""
-    if storage.shared:
-        return {} if reports[0]["problem"] is None else {0: reports[0]["problem"]}
     problems = {d: f"{storage.names[d]}: {r['problem']}" for d, r in enumerate(reports) if r["problem"] is not None}
     listing = {tuple(entry["ranks"]): entry["files"] for entry in reports[0].get("other_nodes", {}).values()}
     for domain, report in enumerate(reports):

@@ -1,17 +1,38 @@
 """The run directory (``--out``): refuse one that holds another run, clear it for ``--overwrite``,
-record the resolved config in it."""
+record the resolved config in it, and read it back.
+
+Under torchrun every node prepares its own ``--out``, and the nodes find which of them share one
+(their storage domains, :class:`~lowcomm.training.storage.Storage`), one domain per round: the first
+node not yet placed prepares its ``--out`` and writes a fresh token into it, once every node has
+checked its own (so that a refusal leaves every ``--out`` untouched); every node not yet placed that
+reads that token in its ``--out`` joins the domain.
+
+A resumed run is the same run: every option that decides what it computes must match, except
+``--steps``, which may extend (or shorten) it down to the steps already done; the trainer then
+re-plans the learning-rate schedule for the new length.
+"""
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
+import socket
+from pathlib import Path
+from typing import Any
 
+import torch.distributed as dist
 import yaml
 
 from lowcomm.atomic import write_atomically
+from lowcomm.training.checkpoint import checkpoint_step, checkpoints_of, newest_complete_checkpoint
 from lowcomm.training.config import TrainConfig, run_identity
+from lowcomm.training.peers import Peers
+from lowcomm.training.storage import Storage
 
 CONFIG_FILE = "config.yaml"
+TOKEN_FILE = ".storage_token"
+"""In ``--out``: the token of the launch whose node prepared it last."""
 
 
 def prepare_run_directory(config: TrainConfig) -> None:
@@ -59,8 +80,107 @@ def check_same_run(config: TrainConfig, saved_config: os.PathLike[str]) -> None:
                          "(its checkpoints hold another layout), or choose another --out")
     identity = config.run_identity()
     for key in sorted(identity.keys() | saved_identity.keys()):
-        if identity.get(key) != saved_identity.get(key):
+        if key != "steps" and identity.get(key) != saved_identity.get(key):
             raise ValueError(
                 f"--out: {config.out} holds a different run ({key}: {saved_identity.get(key)!r} there, "
                 f"{identity.get(key)!r} here); choose another --out or pass --overwrite"
             )
+    if identity["steps"] != saved_identity.get("steps"):
+        check_steps_not_done(config)
+
+
+def check_steps_not_done(config: TrainConfig) -> None:
+    """Raise if the run in ``config.out`` has already trained more than ``config.steps`` steps."""
+    found, _ = newest_complete_checkpoint(checkpoints_of(config.out))
+    done = 0 if found is None else checkpoint_step(found)
+    if config.steps < done:
+        raise ValueError(
+            f"--steps: {config.out} has already trained {done} steps; resume it with --steps {done} or more"
+        )
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """The configuration recorded in ``run_dir``; a one-line ValueError if there is none."""
+    if not run_dir.is_dir():
+        raise ValueError(f"RUN_DIR: {run_dir} is not a directory")
+    try:
+        config = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"RUN_DIR: {run_dir} holds no lowcomm run ({CONFIG_FILE} is missing)") from None
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        raise ValueError(f"RUN_DIR: cannot read {run_dir / CONFIG_FILE}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"RUN_DIR: {run_dir / CONFIG_FILE} is not a lowcomm run's configuration")
+    return config
+
+
+def node_name() -> str:
+    """This node as messages name it: torchrun's node rank and the host."""
+    return f"node {os.environ.get('GROUP_RANK', '0')} ({socket.gethostname()})"
+
+
+def prepare_node_directories(config: TrainConfig, peers: Peers, restarted: bool) -> Storage:
+    """Collective under torchrun: prepare every node's ``--out`` and find the storage domains.
+
+    A refused ``--out`` raises the same one-line ValueError, naming its node, on every rank. A
+    ``restarted`` group (torchrun's ``--max-restarts``) prepares its directories as ``--resume``.
+    """
+    if restarted:
+        config = config.model_copy(update={"resume": True, "overwrite": False})
+    names = peers.all_gather(node_name())
+    first_rank: dict[str, int] = {}
+    for rank, name in enumerate(names):
+        first_rank.setdefault(name, rank)
+    unplaced = sorted(first_rank, key=first_rank.get)
+
+    def on_node(error: object, name: str) -> str:
+        return f"{error} (on {name})" if len(first_rank) > 1 else str(error)
+
+    refusal = None
+    if first_rank[names[peers.rank]] == peers.rank:  # every node checks its --out before any is written
+        try:
+            check_run_directory(config)
+        except ValueError as error:
+            refusal = on_node(error, names[peers.rank])
+    refused = [refusal for refusal in peers.all_gather(refusal) if refusal is not None]
+    if refused:
+        raise ValueError(refused[0])
+    domains: list[tuple[int, ...]] = []
+    while unplaced:
+        preparer = first_rank[unplaced[0]]
+        prepared = None
+        if peers.rank == preparer:
+            prepared = prepare_with_token(config)
+        token, error = peers.all_gather(prepared)[preparer]
+        if error is not None:
+            raise ValueError(on_node(error, unplaced[0]))
+        sees = names[peers.rank] in unplaced and first_rank[names[peers.rank]] == peers.rank and holds_token(config, token)
+        seen = peers.all_gather(sees)
+        joined = [name for name in unplaced if seen[first_rank[name]]]
+        domains.append(tuple(rank for rank, name in enumerate(names) if name in joined))
+        unplaced = [name for name in unplaced if name not in joined]
+    domain_names = tuple(" and ".join(dict.fromkeys(names[rank] for rank in ranks)) for ranks in domains)
+    group = None
+    if len(domains) > 1:
+        group, _ = dist.new_subgroups_by_enumeration([list(ranks) for ranks in domains])
+    return Storage(peers.rank, tuple(domains), domain_names, group)
+
+
+def prepare_with_token(config: TrainConfig) -> tuple[str | None, str | None]:
+    """Prepare ``--out`` and write a fresh token into it: (the token, None), or (None, why not)."""
+    try:
+        prepare_run_directory(config)
+        token = secrets.token_hex(16)
+        write_atomically(config.out / TOKEN_FILE, lambda temporary: temporary.write_text(token))
+    except ValueError as error:
+        return None, str(error)
+    except OSError as error:
+        return None, f"--out: cannot write to {config.out}: {error.strerror}"
+    return token, None
+
+
+def holds_token(config: TrainConfig, token: str) -> bool:
+    try:
+        return (config.out / TOKEN_FILE).read_text() == token
+    except (OSError, UnicodeDecodeError):
+        return False

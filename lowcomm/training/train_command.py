@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     from lowcomm.training.launch import train
+    from lowcomm.training.outputs import LOSS_PLOT, SAMPLES_FILE
 
     try:
         train(config)
@@ -82,10 +83,14 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if reports():
         summary = json.loads((config.out / "summary.json").read_text())
+        samples = config.out / SAMPLES_FILE
+        if samples.is_file():
+            print(f"\n{samples.read_text(encoding='utf-8')}")
         print(
             f"lowcomm train: done: final eval loss {summary['final_eval_loss']:.4f} after {summary['steps']} steps "
             f"in {summary['wall_time_s']:.1f} s\n"
-            f"results in {config.out}/: metrics.jsonl, summary.json, config.yaml, checkpoints/ "
+            f"results in {config.out}/: {LOSS_PLOT}, {SAMPLES_FILE + ', ' if samples.is_file() else ''}"
+            f"metrics.jsonl, summary.json, config.yaml, checkpoints/ "
             f"(TensorBoard: tensorboard --logdir {config.out / 'tensorboard'})"
         )
     return 0

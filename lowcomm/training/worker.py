@@ -19,7 +19,8 @@ from lowcomm.communication.communicator import ProcessGroupCommunicator
 from lowcomm.training.checkpoint import CheckpointError
 from lowcomm.training.config import TrainConfig
 from lowcomm.training.peers import process_group_peers
-from lowcomm.training.storage import prepare_node_directories, shared_storage
+from lowcomm.training.rundir import prepare_node_directories
+from lowcomm.training.storage import shared_storage
 from lowcomm.training.trainer import Trainer, restart_count
 
 
