@@ -292,7 +292,8 @@ def domain_problems(name: str, reports: list[dict[str, Any]], storage: Storage) 
                 f"runs ranks {list(ranks)}; without a shared --out every node must keep its ranks (torchrun orders "
                 "nodes by host name)")
         if domain > 0 and listing.get(ranks) != report["files"]:
-            problems[domain] = f"{storage.names[domain]}: its files are not those rank 0's manifest lists (an older write)"
+            problems[domain] = (f"{storage.names[domain]}: its files are not those rank 0's manifest lists "
+                                "(an older write)")
     return problems
 
 

@@ -154,7 +154,8 @@ def prepare_node_directories(config: TrainConfig, peers: Peers, restarted: bool)
         token, error = peers.all_gather(prepared)[preparer]
         if error is not None:
             raise ValueError(on_node(error, unplaced[0]))
-        sees = names[peers.rank] in unplaced and first_rank[names[peers.rank]] == peers.rank and holds_token(config, token)
+        mine = names[peers.rank]
+        sees = mine in unplaced and first_rank[mine] == peers.rank and holds_token(config, token)
         seen = peers.all_gather(sees)
         joined = [name for name in unplaced if seen[first_rank[name]]]
         domains.append(tuple(rank for rank, name in enumerate(names) if name in joined))

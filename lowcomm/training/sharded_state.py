@@ -147,8 +147,9 @@ def load_sharded(
     device: torch.device,
     group: ProcessGroup | None = None,
 ) -> Any:
-    """Collective over ``group`` (the ranks that saved ``directory``): the state ``skeleton`` describes, its tensors read from the DCP checkpoint in
-    ``directory`` as saved by rank ``source``, resharded onto this rank, at ``position``.
+    """Collective over ``group`` (the ranks that saved ``directory``; default: every rank): the state
+    ``skeleton`` describes, its tensors read from the DCP checkpoint in ``directory`` as saved by
+    rank ``source``, resharded onto this rank, at ``position``.
 
     A tensor lands in the matching tensor of ``template`` (this rank's current state, which gives
     the layout here); one the template lacks (optimizer state before the first step, say) is made

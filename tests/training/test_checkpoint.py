@@ -160,7 +160,8 @@ def on_two_nodes(tmp_path, then, steps=(1, 2), ranks=((0,), (1,)), keep=None):
 def test_nodes_without_a_shared_directory_resume_the_newest_checkpoint_both_hold(tmp_path):
     results = on_two_nodes(tmp_path, lambda rank, root: None)
     assert results == [("step_00000002", [])] * 2
-    assert sorted(p.name for p in (tmp_path / "node1" / "step_00000002").iterdir()) == ["manifest.json", "rank_00001.pt"]
+    node1_files = sorted(p.name for p in (tmp_path / "node1" / "step_00000002").iterdir())
+    assert node1_files == ["manifest.json", "rank_00001.pt"]
     listing = json.loads((tmp_path / "node0" / "step_00000002" / "manifest.json").read_text())["other_nodes"]
     node1 = json.loads((tmp_path / "node1" / "step_00000002" / "manifest.json").read_text())
     assert listing == {"node 1 (b)": {"ranks": [1], "files": node1["files"]}} and node1["ranks"] == [1]
@@ -197,7 +198,8 @@ def test_a_step_directory_from_another_write_does_not_count(tmp_path):
 
     for found, skipped in on_two_nodes(tmp_path, rewrite):
         assert found == "step_00000001"
-        assert skipped == [("step_00000002", "node 1 (b): its files are not those rank 0's manifest lists (an older write)")]
+        problem = "node 1 (b): its files are not those rank 0's manifest lists (an older write)"
+        assert skipped == [("step_00000002", problem)]
 
 
 def test_no_checkpoint_on_one_node_stops_with_one_line_naming_it(tmp_path):
@@ -218,6 +220,7 @@ def test_a_node_running_other_ranks_than_it_saved_is_refused(tmp_path):
                 manifest["ranks"] = [0]
                 (directory / "manifest.json").write_text(json.dumps(manifest))
 
-    with pytest.raises(ValueError, match=r"node 1 \(b\) holds the checkpoint files of ranks \[0\] \(step_00000002\) "
-                                         r"but runs ranks \[1\]; without a shared --out every node must keep its ranks"):
+    refusal = (r"node 1 \(b\) holds the checkpoint files of ranks \[0\] \(step_00000002\) but runs ranks \[1\]; "
+               r"without a shared --out every node must keep its ranks")
+    with pytest.raises(ValueError, match=refusal):
         on_two_nodes(tmp_path, swap)

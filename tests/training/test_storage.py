@@ -132,7 +132,8 @@ def test_worker_groups_on_nodes_without_a_shared_out(cache_dir, tmp_path):
     first, second = rank_0_first(outs)
     assert files(first, 16) == ["manifest.json", "model.safetensors", "rank_00000.pt", "rank_00001.pt",
                                 "sharded/.metadata", "sharded/__0_0.distcp", "sharded/__1_0.distcp"]
-    assert files(second, 16) == ["manifest.json", "rank_00002.pt", "rank_00003.pt",  # DCP names files by rank in the node
+    # DCP names a node's files by the rank inside the node
+    assert files(second, 16) == ["manifest.json", "rank_00002.pt", "rank_00003.pt",
                                  "sharded/.metadata", "sharded/__0_0.distcp", "sharded/__1_0.distcp"]
     assert manifest(second, 16)["layout"] == {"groups": 2, "group_size": 2}
     straight = (first / FINAL).read_bytes()
@@ -162,6 +163,7 @@ def test_an_out_holding_another_run_on_one_node_is_refused_on_both(separate, cac
     assert [agent.returncode for agent in agents] != [0, 0]
     for error in errors:
         ours = [line for line in error.splitlines() if "lowcomm train: error:" in line]
-        assert len(ours) == 1 and ours[0].startswith(f"lowcomm train: error: --out: {outs[1]} already holds a run; "
-                                                     "pass --resume to continue it or --overwrite to replace it (on node")
+        assert len(ours) == 1 and ours[0].startswith(
+            f"lowcomm train: error: --out: {outs[1]} already holds a run; pass --resume to continue it or "
+            "--overwrite to replace it (on node")
     assert not outs[0].exists()
