@@ -119,14 +119,11 @@ def node_name() -> str:
     return f"node {os.environ.get('GROUP_RANK', '0')} ({socket.gethostname()})"
 
 
-def prepare_node_directories(config: TrainConfig, peers: Peers, restarted: bool) -> Storage:
+def prepare_node_directories(config: TrainConfig, peers: Peers) -> Storage:
     """Collective under torchrun: prepare every node's ``--out`` and find the storage domains.
 
-    A refused ``--out`` raises the same one-line ValueError, naming its node, on every rank. A
-    ``restarted`` group (torchrun's ``--max-restarts``) prepares its directories as ``--resume``.
+    A refused ``--out`` raises the same one-line ValueError, naming its node, on every rank.
     """
-    if restarted:
-        config = config.model_copy(update={"resume": True, "overwrite": False})
     names = peers.all_gather(node_name())
     first_rank: dict[str, int] = {}
     for rank, name in enumerate(names):

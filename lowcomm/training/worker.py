@@ -49,7 +49,10 @@ def run_worker(config: TrainConfig, store_address: StoreAddress | None = None) -
         peers = process_group_peers()
         try:
             if store_address is None:  # torchrun's: every node has its own --out, shared or not
-                storage = prepare_node_directories(config, peers, restarted=restart_count() > 0)
+                # torchrun counts restarts per node: a node restarted for another node's failure counts none
+                if any(peers.all_gather(restart_count() > 0)):
+                    config = config.model_copy(update={"resume": True, "overwrite": False})
+                storage = prepare_node_directories(config, peers)
             else:
                 storage = shared_storage(peers.rank, peers.world_size)
             trainer = Trainer(config, device, ProcessGroupCommunicator(), peers, storage=storage)
