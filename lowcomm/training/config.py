@@ -117,10 +117,12 @@ class TrainConfig(BaseModel):
     pseudo_sync_prob: Float | None = Field(None, ge=0, lt=1, description="PALSGD's p, in [0, 1)")
     eta: Float | None = Field(None, gt=0, le=10**6, description="PALSGD's pull strength")
     outer_lr: Float | None = Field(None, gt=0, le=10, description="outer learning rate (NoLoCo's alpha)")
-    outer_momentum: Float | None = Field(None, ge=0, lt=1, description="outer momentum (NoLoCo's mu), in [0, 1)")
+    outer_momentum: Float | None = Field(None, description="outer momentum (NoLoCo's mu), in [0, 1)")
     outer_device: Literal["cpu"] | None = Field(None, description="keep z and the outer optimizer in (pinned) CPU memory")
     overlap_steps: Int | None = Field(None, ge=0, le=10**9, description="tau: inner steps overlapping the outer all-reduce")
-    merge_alpha: Float | None = Field(None, ge=0, le=1, description="weight of the local model when merging after an overlap")
+    merge_alpha: Float | None = Field(
+        None, ge=0, le=1, description="weight of the local model in the merge after an overlap (default 0.5)"
+    )
     compress: str | None = Field(
         None, description="what the averaged values travel as: none, bf16, int8, int4 or topk:FRACTION"
     )
@@ -209,8 +211,6 @@ class TrainConfig(BaseModel):
         max_positions = spec.max_positions
         if max_positions is not None and self.seq_len > max_positions:
             raise ValueError(f"seq_len: {self.seq_len} exceeds {self.model}'s {max_positions} positions")
-        if self.algo == "noloco" and self.workers < 2:
-            raise ValueError("workers: noloco needs at least 2 workers")
         if self.backend == "sim" and under_torchrun():
             raise ValueError("backend: sim runs every worker in one process; run it without torchrun")
         if self.backend == "sim" and self.max_restarts > 0:
@@ -221,10 +221,7 @@ class TrainConfig(BaseModel):
         if self.device == "cuda" and self.workers > torch.cuda.device_count() and not (under_torchrun() or simulated):
             raise ValueError(f"workers: {self.workers} exceeds the {torch.cuda.device_count()} GPUs here")
         self.fill_algorithm_defaults()
-        if self.algo == "palsgd" and self.pseudo_sync_prob > 0:
-            pull = self.lr * self.eta / self.pseudo_sync_prob
-            if pull >= 1:
-                raise ValueError(f"eta: lr * eta / pseudo_sync_prob = {pull:.4g} >= 1 would overshoot z")
+        ALGORITHMS[self.algo].check_options(self.workers, self.lr, self.algorithm_kwargs())
         return self
 
     def fill_algorithm_defaults(self) -> None:

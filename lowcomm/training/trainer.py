@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from lowcomm.algorithms.periodic import PeriodicStrategy
-from lowcomm.algorithms.gradient_averaging import strategy_class
+from lowcomm.training.strategy_choice import strategy_class
 from lowcomm.communication.network_model import NetworkModel, parse_rate
 from lowcomm.communication.communicator import Communicator
 from lowcomm.communication.modelled import ModelledCommunicator
