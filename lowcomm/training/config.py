@@ -22,6 +22,7 @@ from lowcomm.algorithms import ALGORITHMS
 from lowcomm.communication.compression import parse_compression
 from lowcomm.communication.network_model import parse_rate
 from lowcomm.data.spec import parse_data_spec
+from lowcomm.data.tokenizer import check_tokenizer_source
 from lowcomm.models import GPT_NEO_SHAPES, MODEL_NAMES, model_spec
 
 
@@ -177,6 +178,13 @@ class TrainConfig(BaseModel):
     def readable_data(cls, data: str) -> str:
         parse_data_spec(data)
         return data
+
+    @field_validator("tokenizer")
+    @classmethod
+    def existing_tokenizer(cls, tokenizer: str | None) -> str | None:
+        if tokenizer is not None:
+            check_tokenizer_source(tokenizer)
+        return tokenizer
 
     @field_validator("compress")
     @classmethod

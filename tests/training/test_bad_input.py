@@ -73,6 +73,7 @@ FLAG_CASES = {
     "negative overlap": (["--algo", "diloco", "--overlap-steps", "-1"], "--overlap-steps: Input should be greater"),
     "merge beyond one": (["--algo", "diloco", "--merge-alpha", "2"], "--merge-alpha: Input should be less than or"),
     "merge without overlap": (["--algo", "diloco", "--merge-alpha", "0.3"], "--merge-alpha: only an overlapped outer"),
+    "missing tokenizer file": (["--tokenizer", "/nonexistent/tok.json"], "--tokenizer: no such file"),
     "unknown compression": (["--algo", "diloco", "--compress", "int3"], "--compress: must be none, bf16, int8, int4"),
     "zero fragments": (["--algo", "streamingdiloco", "--num-fragments", "0"], "--num-fragments: Input should be"),
     "unknown fragment pattern": (["--algo", "streamingdiloco", "--fragment-pattern", "random"],
@@ -88,7 +89,6 @@ if not torch.cuda.is_available():
 CHECKED_ELSEWHERE = {
     "data": "DATA_CASES and test_a_folder_without_class_folders_is_not_image_data",
     "out": "test_an_out_holding_another_run_is_left_alone",
-    "tokenizer": "a hub name or a path, loaded by the workers",
 }
 
 DATA_CASES = {

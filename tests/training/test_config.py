@@ -98,6 +98,8 @@ def test_a_written_config_reads_back_as_the_same_config(tmp_path):
         ({"algo": "noloco", "outer_momentum": "1"}, "--outer-momentum: must be in [0, 1), got 1.0"),
         ({"algo": "diloco", "merge_alpha": "0.3"},
          "--merge-alpha: only an overlapped outer step merges; give overlap_steps > 0 or no merge_alpha"),
+        ({"tokenizer": "/nonexistent/tok.json"}, "--tokenizer: no such file '/nonexistent/tok.json'"),
+        ({"tokenizer": "./absent-folder"}, "--tokenizer: no such folder './absent-folder'"),
         ({"seq_len": "129"}, "--seq-len: 129 exceeds gpt-tiny's 128 positions"),
         ({"algo": "noloco", "workers": "1"}, "--workers: noloco needs at least 2 workers"),
         pytest.param({"device": "cuda"}, "--device: cuda requested but no GPU is available",
