@@ -193,7 +193,7 @@ class ProcessGroupCommunicator(Communicator):
 
     def _all_reduce_mean(self, tensors: list[torch.Tensor]) -> Callable[[], None]:
         pending = []
-        for bucket in _buckets(tensors):
+        for bucket in dtype_buckets(tensors):
             flat = flatten(bucket)
             work = dist.all_reduce(flat, group=self.group, async_op=True)
             pending.append((bucket, flat, work))
@@ -221,7 +221,7 @@ class ProcessGroupCommunicator(Communicator):
 
     def _all_gather(self, tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
         gathered: list[dict[int, torch.Tensor]] = [{} for _ in range(self.world_size)]
-        for bucket in _buckets(tensors):
+        for bucket in dtype_buckets(tensors):
             flat = flatten(bucket)
             outputs = [torch.empty_like(flat) for _ in range(self.world_size)]
             dist.all_gather(outputs, flat, group=self.group)
@@ -242,7 +242,7 @@ class ProcessGroupCommunicator(Communicator):
         return list(received.unbind())
 
     def _broadcast(self, tensors: list[torch.Tensor], src: int) -> None:
-        for bucket in _buckets(tensors):
+        for bucket in dtype_buckets(tensors):
             flat = flatten(bucket)
             dist.broadcast(flat, self._global_rank(src), group=self.group)
             for tensor, value in zip(bucket, unflatten(flat, bucket)):
@@ -252,7 +252,7 @@ class ProcessGroupCommunicator(Communicator):
         return rank if self.group is None else dist.get_global_rank(self.group, rank)
 
 
-def _buckets(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+def dtype_buckets(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
     """Group tensors by (device, dtype), keeping their order inside each group."""
     groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
     for tensor in tensors:

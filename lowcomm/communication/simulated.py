@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from lowcomm.communication.communicator import Communicator, _buckets, flatten, unflatten
+from lowcomm.communication.communicator import Communicator, dtype_buckets, flatten, unflatten
 
 Result = TypeVar("Result")
 
@@ -137,7 +137,7 @@ class SimulatedCommunicator(Communicator):
 
     def _all_reduce_mean(self, tensors: list[torch.Tensor]) -> Callable[[], None]:
         operation = self._next_operation()
-        buckets = _buckets(tensors)
+        buckets = dtype_buckets(tensors)
         flats = [flatten(bucket) for bucket in buckets]
         self.group.post((operation, 0), self.rank, flats)
 
@@ -166,9 +166,9 @@ class SimulatedCommunicator(Communicator):
         return [posted[self.rank].clone() for posted in everyone]
 
     def _broadcast(self, tensors: list[torch.Tensor], src: int) -> None:
-        flats = [flatten(bucket) for bucket in _buckets(tensors)] if self.rank == src else None
+        flats = [flatten(bucket) for bucket in dtype_buckets(tensors)] if self.rank == src else None
         sent = self.group.meet((self._next_operation(), 0), self.rank, flats)[src]
-        for bucket, flat in zip(_buckets(tensors), sent):
+        for bucket, flat in zip(dtype_buckets(tensors), sent):
             for tensor, value in zip(bucket, unflatten(flat, bucket)):
                 tensor.copy_(value)
 
