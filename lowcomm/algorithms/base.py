@@ -47,17 +47,16 @@ class Strategy(ABC):
     """The fewest workers the algorithm runs with."""
 
     @classmethod
-    def check_options(cls, workers: int, lr: float, options: dict[str, Any]) -> None:
-        """Reject, before any worker starts, what this algorithm cannot run with: ``workers`` the
-        worker count, ``lr`` the peak inner learning rate, ``options`` the constructor's keyword
-        arguments with every default filled in. The constructor applies the same rules."""
-        cls.check_workers("workers", workers)
+    def check_options(cls, lr: float, options: dict[str, Any]) -> None:
+        """Reject, before any worker starts, options this algorithm cannot run with: ``lr`` the peak
+        inner learning rate, ``options`` the constructor's keyword arguments with every default filled
+        in. The constructor applies the same rules."""
 
     @classmethod
-    def check_workers(cls, argument: str, workers: int) -> None:
-        """Reject fewer than :attr:`min_workers` workers, naming ``argument``."""
-        if workers < cls.min_workers:
-            raise ValueError(f"{argument}: {cls.__name__.lower()} needs at least {cls.min_workers} workers")
+    def check_workers(cls, argument: str, count: int, unit: str = "workers") -> None:
+        """Reject fewer than :attr:`min_workers` workers (with worker groups: groups), naming ``argument``."""
+        if count < cls.min_workers:
+            raise ValueError(f"{argument}: {cls.__name__.lower()} needs at least {cls.min_workers} {unit}")
 
     def __init__(
         self,
@@ -96,7 +95,10 @@ class Strategy(ABC):
         self.max_grad_norm = max_grad_norm
         self.step_count = 0
         self.events: list[dict[str, Any]] = []  # notable things that happened, for the caller to log
-        self.check_workers("communicator", self.comm.world_size)
+        if mesh is None:
+            self.check_workers("communicator", self.comm.world_size)
+        else:
+            self.check_workers("mesh", self.comm.world_size, "groups")
         self.ddp, self.counting = self.data_parallel()
         self.broadcast_initial_state()
 

@@ -138,8 +138,8 @@ class DiLoCo(PeriodicStrategy):
         self.pending: list[PendingSync] = []
 
     @classmethod
-    def check_options(cls, workers: int, lr: float, options: dict[str, Any]) -> None:
-        super().check_options(workers, lr, options)
+    def check_options(cls, lr: float, options: dict[str, Any]) -> None:
+        super().check_options(lr, options)
         check_momentum("outer_momentum", options["outer_momentum"])
         check_overlap(options["overlap_steps"], options["sync_interval"], options["merge_alpha"])
 

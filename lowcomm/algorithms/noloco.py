@@ -76,8 +76,8 @@ class NoLoCo(PeriodicStrategy):
         self.momentum = [torch.zeros_like(z) for z in self.outer_params]
 
     @classmethod
-    def check_options(cls, workers: int, lr: float, options: dict[str, Any]) -> None:
-        super().check_options(workers, lr, options)
+    def check_options(cls, lr: float, options: dict[str, Any]) -> None:
+        super().check_options(lr, options)
         check_momentum("outer_momentum", options["outer_momentum"])
 
     def synchronize(self) -> None:

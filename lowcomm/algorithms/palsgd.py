@@ -105,8 +105,8 @@ class PALSGD(DiLoCo):
         return pull
 
     @classmethod
-    def check_options(cls, workers: int, lr: float, options: dict[str, Any]) -> None:
-        super().check_options(workers, lr, options)
+    def check_options(cls, lr: float, options: dict[str, Any]) -> None:
+        super().check_options(lr, options)
         cls.pull_strength(lr, options["eta"], options["pseudo_sync_prob"])
 
     def state_dict(self) -> dict[str, Any]:

@@ -62,11 +62,11 @@ def run(args: argparse.Namespace) -> int:
         budgets = {algo: {"steps": token_budget_steps(config)} for algo, config in requested.items()}
         configs = {algo: load_config(args.config, run_flags(algo, flags, out) | own[algo] | budgets[algo])
                    for algo in algos}
+        first = next(iter(requested.values()))
+        limited, warning = real_limit(first.network, first.bandwidth, first.backend, first.grouped)
     except ValueError as error:
         return usage_error("bench", str(error))
-    first = next(iter(requested.values()))
     notes = []
-    limited, warning = real_limit(first.network, first.bandwidth, first.backend)
     if warning is not None:
         notes.append(warning)
         print(f"lowcomm bench: warning: {warning}", file=sys.stderr)
@@ -165,7 +165,10 @@ def settings(config: TrainConfig, network: str) -> str:
     link = "unlimited" if math.isinf(parse_rate(config.bandwidth)) else config.bandwidth
     how = {"none": "real (tc-tbf in network namespaces)" if link != "unlimited" else "real",
            "model": f"modelled, latency {config.latency} s"}[network]
-    return (f"{config.workers} workers ({config.backend} backend, {config.device}), {config.model} on {config.data}, "
+    who = f"{config.workers} workers"
+    if config.grouped:
+        who = f"{config.groups} groups of {config.group_size} workers with {config.inner} inside"
+    return (f"{who} ({config.backend} backend, {config.device}), {config.model} on {config.data}, "
             f"a budget of {config.steps} gradient steps of {tokens} tokens per worker, seed {config.seed}; "
             f"network: {link}, {how}.")
 
@@ -175,7 +178,7 @@ def model_check(runs: list[Run], config: TrainConfig) -> str:
     network = NetworkModel(parse_rate(config.bandwidth), config.latency)
     rows = []
     for run in runs:
-        modelled = project(run, network, run.workers, target=-math.inf).wall_time_s
+        modelled = project(run, network, run.links, target=-math.inf).wall_time_s
         rows.append({"algo": run.algo, "measured_wall_time_s": run.wall_time_s, "modelled_wall_time_s": modelled,
                      "error": f"{modelled / run.wall_time_s - 1:+.1%}"})
     return markdown_table(rows, MODEL_CHECK_COLUMNS)

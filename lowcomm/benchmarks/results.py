@@ -14,7 +14,7 @@ from typing import Any
 from lowcomm.benchmarks.runs import Run
 
 COLUMNS = ("algo", "final_eval_loss", "wall_time_s", "time_to_target_s", "speedup_vs_ddp",
-           "comm_bytes_total", "comm_share", "tokens")
+           "comm_bytes_total", "comm_bytes_between_groups", "comm_share", "tokens")
 
 
 def choose_target(runs: list[Run], target_loss: float | None) -> float:
@@ -46,6 +46,7 @@ def results_rows(runs: list[Run], target: float) -> list[dict[str, Any]]:
             "time_to_target_s": reached,
             "speedup_vs_ddp": speedup(ddp_time, reached),
             "comm_bytes_total": int(run.summary["comm_bytes_total"]),
+            "comm_bytes_between_groups": int(run.summary.get("comm_bytes_between_groups", run.summary["comm_bytes_total"])),
             "comm_share": run.summary["comm_wait_s"] / run.wall_time_s,
             "tokens": int(run.summary["tokens"]),
         })

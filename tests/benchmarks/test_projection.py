@@ -49,11 +49,12 @@ def test_results_table(runs: dict, tmp_path: Path) -> None:
     assert rows[0]["comm_share"] == pytest.approx(0.8 / 4.5)
     write_csv(tmp_path / "results.csv", rows, COLUMNS)
     assert (tmp_path / "results.csv").read_text().splitlines() == [
-        "algo,final_eval_loss,wall_time_s,time_to_target_s,speedup_vs_ddp,comm_bytes_total,comm_share,tokens",
-        "ddp,2,4.5,4,1,24000000,0.177778,400",
-        "localsgd,1.9,3.3,3,1.33333,13000000,0.1,400",
-        "palsgd,2.5,3,,,10000000,0.1,300",
-        "noloco,2,3,2.9,1.37931,16000000,0.0666667,400",
+        "algo,final_eval_loss,wall_time_s,time_to_target_s,speedup_vs_ddp,comm_bytes_total,"
+        "comm_bytes_between_groups,comm_share,tokens",
+        "ddp,2,4.5,4,1,24000000,24000000,0.177778,400",
+        "localsgd,1.9,3.3,3,1.33333,13000000,13000000,0.1,400",
+        "palsgd,2.5,3,,,10000000,10000000,0.1,300",
+        "noloco,2,3,2.9,1.37931,16000000,16000000,0.0666667,400",
     ]
     assert choose_target(ordered[1:], 2.6) == 2.6
     with pytest.raises(ValueError, match="--target-loss"):
@@ -103,3 +104,17 @@ def test_a_one_worker_run_cannot_be_projected(runs: dict, tmp_path: Path) -> Non
                                [recorded.evaluation(4, 2.0, 4.0, 0, 0.0)])
     with pytest.raises(ValueError, match="run: .* one worker"):
         project(read_run(alone), ONE_MB_PER_S, 4, 2.0)
+
+
+def test_with_worker_groups_the_slow_links_are_the_groups(tmp_path: Path) -> None:
+    """Each group's link carries what its ranks send between groups: DiLoCo's 2 MB per sync (a 2 MB
+    payload among 2 groups, 2 s at 1 MB/s), DDP's 3 MB per step (all sent by the group's last rank)."""
+    diloco, ddp = read_run(recorded.grouped_diloco(tmp_path)), read_run(recorded.grouped_ddp(tmp_path))
+    assert (diloco.links, ddp.links) == (2, 2)
+    assert diloco.link_step_bytes == {2: 2 * MB, 4: 2 * MB}
+    assert ddp.link_step_bytes == {1: 3 * MB, 2: 3 * MB, 3: 3 * MB, 4: 3 * MB}
+    assert project(diloco, ONE_MB_PER_S, 2, 2.1).time_to_target_s == pytest.approx(2.9 - 0.2 + 2 * 2.0)
+    assert project(ddp, ONE_MB_PER_S, 2, 2.0).wall_time_s == pytest.approx(4.0 - 0.4 + 4 * 3.0)
+    # On 4 groups, the same payloads: 2 x 3/4 of them per link
+    assert project(diloco, ONE_MB_PER_S, 4, 2.1).time_to_target_s == pytest.approx(2.9 - 0.2 + 2 * 3.0)
+    assert results_rows([ddp, diloco], 2.1)[1]["comm_bytes_between_groups"] == 8 * MB
