@@ -16,7 +16,7 @@ from lowcomm.training.checkpoint import (
     problem_with,
     save_checkpoint,
 )
-from lowcomm.training.peers import process_group_peers, simulated_peers
+from lowcomm.training.peers import communicator_peers, process_group_peers
 from lowcomm.training.storage import Storage, shared_storage
 
 STATE = {"strategy": {"step": 3, "weights": torch.arange(6.0)}, "rng": [torch.tensor([1, 2], dtype=torch.uint8)]}
@@ -143,7 +143,7 @@ def on_two_nodes(tmp_path, then, steps=(1, 2), ranks=((0,), (1,)), keep=None):
     save ``steps``, call ``then(rank, root)``, and return ``agreed_checkpoint`` on every rank."""
 
     def worker(communicator):
-        peers = simulated_peers(communicator)
+        peers = communicator_peers(communicator)
         storage = Storage(peers.rank, ranks, ("node 0 (a)", "node 1 (b)"))
         root = tmp_path / f"node{peers.rank}"
         for step in steps:
