@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
 
 from lowcomm.algorithms import ALGORITHMS, DDP, Strategy
 from lowcomm.algorithms.periodic import PeriodicStrategy
@@ -25,10 +26,13 @@ class GradientAveraging(PeriodicStrategy):
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         *,
+        mesh: DeviceMesh | None = None,
         communicator: Communicator | None = None,
         max_grad_norm: float | None = None,
     ) -> None:
-        super().__init__(model, optimizer, sync_interval=1, communicator=communicator, max_grad_norm=max_grad_norm)
+        super().__init__(
+            model, optimizer, sync_interval=1, mesh=mesh, communicator=communicator, max_grad_norm=max_grad_norm
+        )
 
     @property
     def in_warmup(self) -> bool:

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         configs = {algo: load_config(args.config, run_flags(algo, flags, out) | own[algo] | budgets[algo])
                    for algo in algos}
         first = next(iter(requested.values()))
-        limited, warning = real_limit(first.network, first.bandwidth, first.backend, first.grouped)
+        limited, warning = real_limit(first.network, first.bandwidth, first.backend)
     except ValueError as error:
         return usage_error("bench", str(error))
     notes = []

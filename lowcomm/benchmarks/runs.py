@@ -39,8 +39,8 @@ class Run:
     @property
     def link_step_bytes(self) -> dict[int, int]:
         """Bytes one slow link carried in each step that carried any. Without groups, worker 0's. With
-        groups, a group's ranks share its link and may send unequal parts (DDP's ring leaves a group
-        from one rank only), so worker 0's bytes are scaled to add up to the run's bytes between
+        groups, a group's ranks share its link and may send unequal parts (DDP inside: unequal
+        chunks), so worker 0's bytes are scaled to add up to the run's bytes between
         groups over its K groups, or spread evenly over the steps if worker 0 sent none of them."""
         if "groups" not in self.summary:
             return self.step_bytes

@@ -275,9 +275,6 @@ class TrainConfig(BaseModel):
             self.groups, self.group_size = (given, other) if name == "groups" else (other, given)
         if self.backend == "sim":
             raise ValueError("backend: sim simulates single workers, not worker groups; use --backend dist")
-        if self.network == "model":
-            raise ValueError("network: the model does not price worker groups' shared links; limit them for real "
-                             "with --bandwidth and --network none")
         self.inner = self.inner or "ddp"
         if self.inner == "fsdp" and (problem := fsdp_problem(self.model)) is not None:
             raise ValueError(f"inner: FSDP cannot shard {self.model}: {problem}; use --inner ddp")

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config, overrides)
         # Under torchrun this process is one worker already: the limit is the job's network's.
         limited, warning = (False, None) if under_torchrun() else real_limit(
-            config.network, config.bandwidth, config.backend, config.grouped
+            config.network, config.bandwidth, config.backend
         )
         if warning is not None:
             print(f"lowcomm train: warning: {warning}", file=sys.stderr)

@@ -36,12 +36,11 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from torch.distributed.device_mesh import DeviceMesh
 from torch.optim.lr_scheduler import LambdaLR
 
-from lowcomm.algorithms import ALGORITHMS
 from lowcomm.algorithms.periodic import PeriodicStrategy
 from lowcomm.algorithms.gradient_averaging import strategy_class
 from lowcomm.communication.groups import shard_within_groups, worker_groups
 from lowcomm.communication.network_model import NetworkModel, parse_rate
-from lowcomm.communication.communicator import Communicator
+from lowcomm.communication.communicator import Communicator, ProcessGroupCommunicator
 from lowcomm.communication.modelled import ModelledCommunicator
 from lowcomm.data import load_data
 from lowcomm.models import build_model
@@ -69,10 +68,14 @@ SETUP_LOCK = threading.Lock()
 
 
 def network_communicator(communicator: Communicator, config: TrainConfig) -> Communicator:
-    """``communicator``, slowed to the modelled link under ``--network model``."""
+    """``communicator``, slowed to the modelled link under ``--network model``. With worker groups the
+    link is a group's, shared by its G ranks (each sends its shard to its peers in parallel), so each
+    rank's traffic is modelled at 1/G of the rate."""
     if config.network == "none":
         return communicator
-    return ModelledCommunicator(communicator, NetworkModel(parse_rate(config.bandwidth), config.latency))
+    ranks_per_link = config.group_size if config.grouped else 1
+    network = NetworkModel(parse_rate(config.bandwidth) / ranks_per_link, config.latency)
+    return ModelledCommunicator(communicator, network)
 
 
 def restart_count() -> int:
@@ -121,13 +124,13 @@ class Trainer:
         self.mesh: DeviceMesh | None = worker_groups(config.groups, config.group_size) if config.grouped else None
         with SETUP_LOCK:
             model, optimizer = self.build(config, device)
-        if self.mesh is None:
-            communicator = network_communicator(communicator, config)
-            self.strategy = strategy_class(config.algo, communicator)(
-                model, optimizer, communicator=communicator, **config.algorithm_kwargs()
-            )
-        else:
-            self.strategy = ALGORITHMS[config.algo](model, optimizer, mesh=self.mesh, **config.algorithm_kwargs())
+        layout = {}
+        if self.mesh is not None:  # the algorithm's communicator connects the groups
+            communicator, layout = ProcessGroupCommunicator(self.mesh["group"].get_group()), {"mesh": self.mesh}
+        communicator = network_communicator(communicator, config)
+        self.strategy = strategy_class(config.algo, communicator)(
+            model, optimizer, communicator=communicator, **layout, **config.algorithm_kwargs()
+        )
         for stats in (self.strategy.comm_stats, self.strategy.inner_comm_stats):
             stats.wait_s = 0.0  # waiting for the other ranks to start up is not communication
         seed_everything(config.seed + self.rank)

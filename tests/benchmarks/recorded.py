@@ -91,13 +91,14 @@ def grouped_diloco(root: Path) -> Path:
 
 
 def grouped_ddp(root: Path) -> Path:
-    """2 groups x 2 ranks, a 2 MB model, DDP's ring over all 4 ranks every step: it leaves each group
-    from the group's last rank, which sends 2 x 3/4 x 2 MB = 3 MB, and never from rank 0."""
+    """2 groups x 2 ranks, a 2 MB model, DDP's ring over all 4 ranks every step: every rank sends
+    2 x 3/4 x 2 MB = 3 MB, and 2 of the ring's 4 links leave a group, so each rank counts 1.5 MB
+    between groups (each group's link carries 3 MB); rank 0 waits 0.1 s a step on the slow link."""
     return write_run(root / "grouped_ddp", {
         "algo": "ddp", "groups": 2, "group_size": 2, "final_eval_loss": 2.0, "wall_time_s": 4.0,
         "comm_bytes_total": 48 * MB, "comm_bytes_between_groups": 24 * MB, "comm_bytes_within_groups": 24 * MB,
         "comm_wait_s": 0.4, "tokens": 400,
     }, [
-        train(1, 0), train(2, 0), evaluation(2, 3.0, 2.0, 0, 0.2),
-        train(3, 0), train(4, 0), evaluation(4, 2.0, 3.9, 0, 0.4),
+        train(1, 1.5 * MB), train(2, 3 * MB), evaluation(2, 3.0, 2.0, 3 * MB, 0.2),
+        train(3, 4.5 * MB), train(4, 6 * MB), evaluation(4, 2.0, 3.9, 6 * MB, 0.4),
     ])

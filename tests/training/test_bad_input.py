@@ -83,8 +83,6 @@ FLAG_CASES = {
     ),
     "groups in the simulation": (["--groups", "2", "--group-size", "2", "--backend", "sim"],
                                  "--backend: sim simulates single workers, not worker groups"),
-    "groups on a modelled network": (["--groups", "2", "--group-size", "2", "--network", "model"],
-                                     "--network: the model does not price worker groups' shared links"),
     "noloco in one group": (["--algo", "noloco", "--groups", "1", "--group-size", "2"],
                             "--groups: noloco needs at least 2 groups"),
     "unknown flag": (["--learning-rate", "1"], "unrecognized arguments: --learning-rate 1"),
