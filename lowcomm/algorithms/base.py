@@ -76,7 +76,9 @@ class Strategy(ABC):
         if communicator is None:
             communicator = ProcessGroupCommunicator(None if mesh is None else mesh["group"].get_group())
         self.comm = communicator
-        self.inner_comm: ProcessGroupCommunicator | None = None if mesh is None else ProcessGroupCommunicator(mesh["inner"].get_group())
+        self.inner_comm: ProcessGroupCommunicator | None = None
+        if mesh is not None:
+            self.inner_comm = ProcessGroupCommunicator(mesh["inner"].get_group())
         self.inner = inner_kind(self.params, mesh)
         self.shards = GroupShards(self.params, self.inner, self.inner_comm)
         if self.inner == "fsdp":
