@@ -217,15 +217,14 @@ def wrap_ddp(
 ) -> tuple[DistributedDataParallel, CountingState]:
     """torch's DistributedDataParallel over ``comm``'s process group, its traffic charged to ``stats``
     (by the returned state, whose ``end_step`` closes each step's count; with ``within``, split as
-    :class:`CountingState` says). Rank 0 first broadcasts its parameters (shared ones once) and
-    buffers, charged to ``stats``."""
+    :class:`CountingState` says). Rank 0 first broadcasts its state, charged to ``stats``."""
     device = next(model.parameters()).device
     ddp = DistributedDataParallel(
         model, device_ids=[device] if device.type == "cuda" else None, process_group=comm.group, **options
     )
     stats.operations += 1  # DistributedDataParallel broadcasts rank 0's state itself
     if comm.rank == 0:
-        stats.bytes_sent += payload_bytes([*model.parameters(), *model.buffers()])
+        stats.bytes_sent += payload_bytes(list(model.state_dict().values()))
     counting = CountingState(comm, stats=stats, within=within, crossing_links=crossing_links)
     ddp.register_comm_hook(counting, counting_allreduce_hook)
     return ddp, counting

@@ -38,8 +38,9 @@ def within_groups_bytes(inner, parameters):
     one other rank half the payload it covers), all ranks summed; M = 4 x parameters, all even-sized.
 
     - Both: the finite flag (float64) agreed at each of the 7 outer steps, 2(G-1)/G x 8 = 8 bytes.
-    - DDP: DistributedDataParallel's broadcast from the group's first rank (M) and its gradient
-      all-reduce each step (2(G-1)/G x M = M); lowcomm's all-gather of each rank's M/2 chunk after
+    - DDP: DistributedDataParallel's broadcast from the group's first rank (M, and the embedding
+      that lm_head shares again: the state dict's every entry is counted) and its gradient all-reduce
+      each step (2(G-1)/G x M = M); lowcomm's all-gather of each rank's M/2 chunk after
       the initial broadcast, the 4 warm-up steps and the 7 outer steps.
     - FSDP2: each step all-gathers (G-1) x one shard (M/2 for the whole model) of each block in the
       forward and again in the backward pass, the root's (embeddings, last LayerNorm) once (it stays
@@ -47,7 +48,8 @@ def within_groups_bytes(inner, parameters):
     model_bytes, syncs = 4 * parameters, len(OUTER_SYNCS)
     flags = K * G * syncs * 8
     if inner == "ddp":
-        return flags + K * model_bytes + K * G * (STEPS * model_bytes + (1 + 4 + syncs) * model_bytes // 2)
+        embedding = parameters - BLOCK_PARAMETERS - 128 * 64 - 2 * 64  # less wpe and ln_f
+        return flags + K * (model_bytes + 4 * embedding) + K * G * (STEPS * model_bytes + (1 + 4 + syncs) * model_bytes // 2)
     blocks, root = 4 * BLOCK_PARAMETERS // 2, 4 * (parameters - BLOCK_PARAMETERS) // 2
     return flags + K * G * STEPS * (2 * blocks + root + (blocks + root))
 
