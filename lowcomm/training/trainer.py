@@ -37,7 +37,6 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.optim.lr_scheduler import LambdaLR
 
 from lowcomm.algorithms.periodic import PeriodicStrategy
-from lowcomm.algorithms.gradient_averaging import strategy_class
 from lowcomm.communication.groups import shard_within_groups, worker_groups
 from lowcomm.communication.network_model import NetworkModel, parse_rate
 from lowcomm.communication.communicator import Communicator, ProcessGroupCommunicator
@@ -62,6 +61,7 @@ from lowcomm.training.peers import Peers
 from lowcomm.training.rng import rng_state, seed_everything, set_rng_state
 from lowcomm.training.schedule import warmup_cosine
 from lowcomm.training.sharded_state import SHARDED_DIRECTORY, Position, initialise_state, load_sharded, split
+from lowcomm.training.strategy_choice import strategy_class
 
 SETUP_LOCK = threading.Lock()
 """Held while a rank seeds the global generators and builds its data and model."""
@@ -124,12 +124,12 @@ class Trainer:
         self.mesh: DeviceMesh | None = worker_groups(config.groups, config.group_size) if config.grouped else None
         with SETUP_LOCK:
             model, optimizer = self.build(config, device)
-        layout = {}
+        on_mesh = {}
         if self.mesh is not None:  # the algorithm's communicator connects the groups
-            communicator, layout = ProcessGroupCommunicator(self.mesh["group"].get_group()), {"mesh": self.mesh}
+            communicator, on_mesh = ProcessGroupCommunicator(self.mesh["group"].get_group()), {"mesh": self.mesh}
         communicator = network_communicator(communicator, config)
         self.strategy = strategy_class(config.algo, communicator)(
-            model, optimizer, communicator=communicator, **layout, **config.algorithm_kwargs()
+            model, optimizer, communicator=communicator, **on_mesh, **config.algorithm_kwargs()
         )
         for stats in (self.strategy.comm_stats, self.strategy.inner_comm_stats):
             stats.wait_s = 0.0  # waiting for the other ranks to start up is not communication
