@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     from lowcomm.training.launch import train
+    from lowcomm.training.live import LiveFailure
 
     try:
         train(config)
@@ -80,13 +81,17 @@ def run(args: argparse.Namespace) -> int:
         message = f"worker {rank} failed (exit code {failure.exitcode}); see its log above"
         print(f"lowcomm train: error: {message}", file=sys.stderr)
         return 1
+    except LiveFailure as error:
+        print(f"lowcomm train: error: {error}", file=sys.stderr)
+        return 1
     if reports():
-        summary = json.loads((config.out / "summary.json").read_text())
+        out = config.out / f"group_{config.live_group or 0}" if config.live else config.out  # live: per group
+        summary = json.loads((out / "summary.json").read_text())
         print(
             f"lowcomm train: done: final eval loss {summary['final_eval_loss']:.4f} after {summary['steps']} steps "
             f"in {summary['wall_time_s']:.1f} s\n"
-            f"results in {config.out}/: metrics.jsonl, summary.json, config.yaml, checkpoints/ "
-            f"(TensorBoard: tensorboard --logdir {config.out / 'tensorboard'})"
+            f"results in {out}/: metrics.jsonl, summary.json, config.yaml, checkpoints/ "
+            f"(TensorBoard: tensorboard --logdir {out / 'tensorboard'})"
         )
     return 0
 
