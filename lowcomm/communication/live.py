@@ -16,6 +16,7 @@ outer step, every group alike, as for an outer step where every worker was non-f
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,9 +37,11 @@ LIVE_ALGORITHMS = ("diloco", "palsgd")
 def require_torchft() -> None:
     """Raise a one-line ValueError naming the extra when torchft is not installed."""
     try:
-        import torchft  # noqa: F401
-    except ImportError:
-        raise ValueError(f"fault_tolerance: live needs torchft, which is not installed: {EXTRA}") from None
+        found = importlib.util.find_spec("torchft") is not None
+    except ValueError:  # a module set to None in sys.modules: blocked
+        found = False
+    if not found:
+        raise ValueError(f"fault_tolerance: live needs torchft, which is not installed: {EXTRA}")
 
 
 class TooFewGroups(RuntimeError):
@@ -136,12 +139,14 @@ class LiveCommunicator(Communicator):
         self.manager.register_state_dict_fn("lowcomm", lambda _: None, state_fn)
         self.members: set[int] | None = None
         self.quorum_started = False
+        self.step_started = time.perf_counter()
         self.events: list[dict[str, Any]] = []
 
     def start_quorum(self) -> None:
         """Ask the lighthouse for this step's quorum (once per step); raise :class:`TooFewGroups`
         when none with at least ``min_groups`` groups forms within the quorum timeout."""
         if not self.quorum_started:
+            self.step_started = time.perf_counter()
             self.manager.start_quorum()
             self.quorum_started = True
         try:
@@ -161,12 +166,11 @@ class LiveCommunicator(Communicator):
     def join(self) -> dict[str, Any] | None:
         """A quorum without an all-reduce, as a (re)started group's first: the state a peer sent if
         this group was behind, else None. :meth:`commit` ends it unless an all-reduce follows."""
-        start = time.perf_counter()
         self.start_quorum()
         state = self.take_healing_state()
         if state is not None:
             self.events.append({"event": "group_joined", "group": self.rank, "live_groups": self.world_size + 1,
-                                "stalled_s": round(time.perf_counter() - start, 3)})
+                                "stalled_s": round(time.perf_counter() - self.step_started, 3)})
         return state
 
     def commit(self) -> None:
@@ -182,7 +186,6 @@ class LiveCommunicator(Communicator):
 
     def _all_reduce_mean(self, tensors: list[torch.Tensor]) -> Callable[[], None]:
         self.quorum_started = False
-        start = time.perf_counter()
         live = self.world_size
         membership = torch.zeros(self.settings.groups, dtype=torch.float64)
         membership[self.rank] = 1.0
@@ -202,13 +205,14 @@ class LiveCommunicator(Communicator):
                 for tensor, reduced in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
                     tensor.copy_(reduced)
             if committed:
-                self.note_members(membership, live, time.perf_counter() - start)
+                self.note_members(membership, live, time.perf_counter() - self.step_started)
 
         return finish
 
     def note_members(self, membership: torch.Tensor, live: int, seconds: float) -> None:
-        """Record the groups that left or joined since the last committed all-reduce."""
-        members = {g for g, share in enumerate((membership * live).round().tolist()) if share > 0}
+        """Record the groups that left or joined since the last committed all-reduce (a group that is
+        being healed sits out its first one: the others see it join at the next)."""
+        members = {g for g, share in enumerate((membership * live).round().tolist()) if share > 0} | {self.rank}
         if self.members is not None:
             for kind, groups in (("group_left", self.members - members), ("group_joined", members - self.members)):
                 for group in sorted(groups):

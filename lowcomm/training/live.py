@@ -50,6 +50,7 @@ def group_directory(out: Path, group: int) -> Path:
 def train_live(config: TrainConfig) -> None:
     """Run this machine's worker groups (all K, or ``--live-group``) until they finish; raise
     :class:`LiveFailure` with one line if one cannot."""
+    os.environ.setdefault("RUST_LOG", "warn")  # torchft's log, else a long line per quorum (read by the groups too)
     from torchft.coordination import LighthouseServer
 
     lighthouse, address = None, config.lighthouse
@@ -95,7 +96,7 @@ def train_live(config: TrainConfig) -> None:
         if lighthouse is not None:
             lighthouse.shutdown()
     if failures:
-        raise LiveFailure(failures[0])
+        raise LiveFailure("; ".join(failures))
 
 
 def run_group(config: TrainConfig, group: int, restart: int, lighthouse: str) -> None:
@@ -105,7 +106,6 @@ def run_group(config: TrainConfig, group: int, restart: int, lighthouse: str) ->
         interface = next(name for _, name in socket.if_nameindex() if name.startswith("lo"))
         os.environ["GLOO_SOCKET_IFNAME"] = interface
     os.environ[RESTART_VARIABLE] = str(restart)
-    os.environ.setdefault("RUST_LOG", "warn")  # torchft's quorum log, one long line per step otherwise
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.groups))
     listener = socket.create_server((host, 0))
     port = listener.getsockname()[1]
