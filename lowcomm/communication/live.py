@@ -158,6 +158,11 @@ class LiveCommunicator(Communicator):
             ) from None
         self.world_size = max(1, self.manager.num_participants())
 
+    def resume_at(self, step: int) -> None:
+        """A group resumed from a checkpoint of ``step``: groups resumed from older checkpoints (or
+        none) are behind it, and are healed from it at their first quorum."""
+        self.manager.load_state_dict({"step": step, "batches_committed": 0})
+
     def take_healing_state(self) -> dict[str, Any] | None:
         """The state a peer sent this group at its quorum (None when it was not behind)."""
         state, self.transport.received = self.transport.received, None

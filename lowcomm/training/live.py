@@ -145,6 +145,8 @@ class LiveTrainer(Trainer):
         self.restart = restart
         peers = Peers(0, 1, lambda value: [value])
         super().__init__(config, device, communicator, peers, data_shard=(communicator.rank, config.groups))
+        if self.step > 0:
+            communicator.resume_at(self.step)
 
     def train(self) -> None:
         try:

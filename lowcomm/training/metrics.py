@@ -13,6 +13,8 @@
   ``nonfinite_loss`` (rank 0's), and whatever the strategy records in its ``events`` (such as
   ``nonfinite_pseudo_gradient``). After the elastic launcher restarted the group, ``start`` and
   ``resume`` carry ``restart``, the number of that restart.
+  With ``--fault-tolerance live``: ``group_left`` and ``group_joined`` (``group``,
+  ``live_groups``, ``stalled_s``: the seconds that synchronisation took, its quorum included).
 
 With worker groups, ``comm_bytes``, ``comm_wait_s`` and a sync record's ``bytes`` count the traffic
 between groups (the slow link), and train and eval records add ``comm_bytes_within_groups``
