@@ -143,6 +143,7 @@ class LiveTrainer(Trainer):
     def __init__(self, config: TrainConfig, device: torch.device, communicator: LiveCommunicator, restart: int):
         self.live = communicator
         self.restart = restart
+        self.joining = False
         peers = Peers(0, 1, lambda value: [value])
         super().__init__(config, device, communicator, peers, data_shard=(communicator.rank, config.groups))
         if self.step > 0:
@@ -159,11 +160,14 @@ class LiveTrainer(Trainer):
 
     def join(self) -> None:
         """The first quorum: take a peer's state if the others are ahead and complete their current
-        step with them (a synchronisation, or an averaged warm-up gradient), else just commit."""
+        step with them (a synchronisation, or an averaged warm-up gradient), else just commit (also
+        when the peer was joining too: a group resumed from a checkpoint is at the end of its step)."""
+        self.joining = True
         state = self.live.join()
+        self.joining = False
         if state is not None:
             self.load_live_state(state)
-        if state is not None and self.step > 0:
+        if state is not None and not state["joining"] and self.step > 0:
             self.strategy.complete_joined_step()
             self.scheduler.step()
         else:
@@ -188,6 +192,7 @@ class LiveTrainer(Trainer):
             "scheduler": self.scheduler.state_dict(),
             "data": self.data.train.state_dict(),
             "tokens": self.progress.tokens,
+            "joining": self.joining,  # at the end of its step (resumed), not inside a step's communication
         }
 
     def load_live_state(self, state: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@ with SIGKILL is left out while the others train on, rejoins healed, and every gr
 same global model; too few live groups stop the run with one line and a checkpoint; a lighthouse
 that restarts does not stop training; without torchft the option is refused."""
 
+import importlib.util
 import json
 import os
 import signal
@@ -19,7 +20,9 @@ from lowcomm.training.checkpoint import load_worker_state, newest_complete_check
 
 from tests.train_runs import listening_addresses, live_records, wait_for, worker_pids
 
-torchft = pytest.importorskip("torchft", reason="the live tests need the ft extra: pip install 'lowcomm[ft]'")
+needs_torchft = pytest.mark.skipif(
+    importlib.util.find_spec("torchft") is None, reason="needs the ft extra: pip install 'lowcomm[ft]'"
+)
 
 GROUPS = 3
 LIVE = ["--fault-tolerance", "live", "--batch-size", "8", "--seq-len", "32", "--eval-batches", "2",
@@ -61,6 +64,7 @@ def longest_pause(records):
     return max(b - a for a, b in zip(times, times[1:]))
 
 
+@needs_torchft
 @pytest.mark.parametrize("algo", ["diloco", "palsgd"])
 def test_a_killed_group_is_left_out_and_rejoins_healed(algo, cache_dir, tmp_path):
     steps = "800"
@@ -95,6 +99,7 @@ def test_a_killed_group_is_left_out_and_rejoins_healed(algo, cache_dir, tmp_path
     assert abs(losses[0] - losses[1]) <= 0.02 * losses[1], losses
 
 
+@needs_torchft
 def test_too_few_groups_stop_with_one_line_and_a_checkpoint(cache_dir, tmp_path):
     out = tmp_path / "run"
     run = ["--algo", "diloco", "--groups", "2", "--min-groups", "2", "--steps", "400", "--eval-every", "400",
@@ -122,6 +127,7 @@ def test_too_few_groups_stop_with_one_line_and_a_checkpoint(cache_dir, tmp_path)
     assert all((models[0][k] == models[1][k]).all() for k in models[0])
 
 
+@needs_torchft
 def test_training_survives_a_restarted_lighthouse(cache_dir, tmp_path):
     port = free_port()
     lighthouse_command = ["torchft_lighthouse", "--bind", f"127.0.0.1:{port}", "--min_replicas", "1",
