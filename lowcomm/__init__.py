@@ -11,8 +11,13 @@ from lowcomm.algorithms import (
     Strategy,
     StreamingDiLoCo,
 )
-from lowcomm.communication import CommStats, Communicator, ProcessGroupCommunicator
-from lowcomm.communication.groups import shard_within_groups, worker_groups
+from lowcomm.communication import (
+    CommStats,
+    Communicator,
+    ProcessGroupCommunicator,
+    shard_within_groups,
+    worker_groups,
+)
 
 __version__ = "0.1.0"
 

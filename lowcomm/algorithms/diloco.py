@@ -9,9 +9,12 @@ Overlap (Streaming DiLoCo's rule, arXiv 2501.18512): with ``overlap_steps`` tau 
 Delta runs in the background while the workers take tau more inner steps; then z takes its outer
 step and each worker merges ``x <- (1 - alpha) * z + alpha * x``. tau = 0 is the blocking rule above.
 
-Compression (``compress="bf16" | "int8" | "int4"``): each worker quantises its pseudo-gradient in
-blocks with error feedback (the rounding error is added to its next pseudo-gradient), the workers
-all-gather the compressed payloads and each averages them; the byte counters see the compressed size.
+Compression (``compress="bf16" | "int8" | "int4" | "topk:F"``): the pseudo-gradients are averaged by
+:class:`~lowcomm.communication.compression.CompressedMean` (each worker encodes its chunks, the
+chunk owners average and re-encode them, an all-gather returns them; error feedback on both
+sides), about ``2(K-1)/K`` x the compressed payload per worker; buffers and the finite flag are
+all-reduced uncompressed; the byte counters see what is sent. The compressed mean blocks: with
+``overlap_steps`` only the all-reduce of buffers and flag is in flight during the tau steps.
 
 A worker whose pseudo-gradient (or a floating-point buffer) is not finite is left out of that outer
 step (the others' mean is used; with none left the step is skipped), restarts from z with a fresh
@@ -24,8 +27,8 @@ rank's shards (``self.shards``), and each outer step ends with the group complet
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,7 +37,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from lowcomm.algorithms.base import check_positive, check_positive_int
 from lowcomm.algorithms.periodic import PeriodicStrategy
 from lowcomm.communication.communicator import Communicator, Handle
-from lowcomm.communication.compression import ErrorFeedback, dequantize
+from lowcomm.communication.compression import compressed_mean
 
 OuterOptimizerFactory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
 
@@ -68,8 +71,9 @@ class DiLoCo(PeriodicStrategy):
             pinned host memory); defaults to the model's device.
         overlap_steps: tau, inner steps taken while the outer all-reduce is in flight (< H).
         merge_alpha: alpha, the weight of the local model when merging after an overlapped step.
-        compress: how pseudo-gradients are quantised on the wire; ``compress_block_size`` values
-            share one scale.
+        compress: how pseudo-gradients are encoded on the wire (``none``, ``bf16``, ``int8``,
+            ``int4``, ``topk:FRACTION``); ``compress_block_size`` values share one scale or one
+            top-k selection (default 256 for int8/int4, 4096 for top-k).
     """
 
     def __init__(
@@ -85,8 +89,8 @@ class DiLoCo(PeriodicStrategy):
         outer_device: torch.device | str | None = None,
         overlap_steps: int = 0,
         merge_alpha: float = 0.5,
-        compress: Literal["none", "bf16", "int8", "int4"] = "none",
-        compress_block_size: int = 256,
+        compress: str = "none",
+        compress_block_size: int | None = None,
         mesh: DeviceMesh | None = None,
         communicator: Communicator | None = None,
         max_grad_norm: float | None = None,
@@ -98,7 +102,7 @@ class DiLoCo(PeriodicStrategy):
         if not 0 <= merge_alpha <= 1:
             raise ValueError(f"merge_alpha: must be in [0, 1], got {merge_alpha!r}")
         self.merge_alpha = float(merge_alpha)
-        self.feedback = None if compress == "none" else ErrorFeedback(compress, compress_block_size)
+        self.compressed_mean = compressed_mean(compress, compress_block_size)
         super().__init__(
             model,
             optimizer,
@@ -139,30 +143,18 @@ class DiLoCo(PeriodicStrategy):
         """Launch the average of this fragment's pseudo-gradient ``z - x``."""
         xs = self.shards.local()
         deltas = [self.outer_params[i].to(xs[i].device) - xs[i] for i in self.fragments[fragment]]
-        buffers = [b.clone() for b in self.buffers] if fragment == 0 else []
+        buffers = [b.clone() for b in self.group_buffers()] if fragment == 0 else []
         flag = self.finite_flag(deltas + buffers)
         pending = PendingSync(fragment, deltas + buffers + [flag], self.step_count + self.overlap_steps, bool(flag))
-        if self.feedback is None:
-            pending.handle = self.comm.all_reduce_mean(pending.payload, async_op=True)
-        else:
-            self.average_compressed(pending)
+        exact = pending.payload
+        if self.compressed_mean is not None:
+            self.compressed_mean(self.comm, fragment, deltas)
+            exact = buffers + [flag]
+        pending.handle = self.comm.all_reduce_mean(exact, async_op=True)
         if self.overlap_steps == 0:
             self.finish(pending)
         else:
             self.pending.append(pending)
-
-    def average_compressed(self, pending: PendingSync) -> None:
-        """Replace the payload, in place, by the workers' mean of its error-fed quantisation."""
-        indices = self.fragments[pending.fragment]
-        deltas, rest = pending.payload[: len(indices)], pending.payload[len(indices) :]
-        sent = [self.feedback.compress(i, d) for i, d in zip(indices, deltas)]
-        gathered = self.comm.all_gather([c.payload for c in sent] + [c.scales for c in sent] + rest)
-        n = len(sent)
-        for j, delta in enumerate(deltas):
-            worker_values = [dequantize(replace(sent[j], payload=g[j], scales=g[n + j])) for g in gathered]
-            delta.copy_(sum(worker_values) / len(gathered))
-        for j, tensor in enumerate(rest):
-            tensor.copy_(sum(g[2 * n + j] for g in gathered) / len(gathered))
 
     def finish(self, pending: PendingSync) -> None:
         """Apply an averaged pseudo-gradient: outer step on its fragment, then reset or merge x."""
@@ -215,7 +207,7 @@ class DiLoCo(PeriodicStrategy):
             **super().state_dict(),
             "outer_params": [z.detach().clone() for z in self.outer_params],
             "outer_optimizer": self.outer_optimizer.state_dict(),
-            "residuals": {} if self.feedback is None else dict(self.feedback.residuals),
+            "residuals": {} if self.compressed_mean is None else self.compressed_mean.state_dict(),
             "pending": [
                 {"fragment": p.fragment, "payload": [t.clone() for t in p.payload], "apply_at": p.apply_at,
                  "locally_finite": p.locally_finite}
@@ -229,5 +221,5 @@ class DiLoCo(PeriodicStrategy):
             z.copy_(saved)
         self.outer_optimizer.load_state_dict(state["outer_optimizer"])
         self.pending = [PendingSync(**p) for p in state["pending"]]
-        if self.feedback is not None:
-            self.feedback.residuals = dict(state["residuals"])
+        if self.compressed_mean is not None:
+            self.compressed_mean.load_state_dict(state["residuals"])

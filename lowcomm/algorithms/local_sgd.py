@@ -2,12 +2,21 @@
 
 Rule: each worker k steps on its own; every H steps, ``x_k <- mean_k x_k``.
 
+Compression (``compress="bf16" | "int8" | "int4" | "topk:F"``): each worker keeps the model of the
+last synchronisation, x0 (the same on every worker), and the workers average what they moved since,
+``x_k - x0``, with :class:`~lowcomm.communication.compression.CompressedMean`; then
+``x_k <- x0 <- x0 + mean_k (x_k - x0)``. Uncompressed this is the rule above; compressed, the
+per-block scales fit the small moves rather than the weights.
+
 A worker whose parameters (or floating-point buffers) are not finite is left out of the mean and
 continues from it with a fresh inner optimizer state; if no worker is finite, training stops with an error.
-With worker groups each rank averages its shard across groups, then the group completes its model.
+With worker groups each rank averages its shard (compressed: its shard of the move) across groups,
+then the group completes its model.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,10 +24,16 @@ from torch.distributed.device_mesh import DeviceMesh
 
 from lowcomm.algorithms.periodic import PeriodicStrategy
 from lowcomm.communication.communicator import Communicator
+from lowcomm.communication.compression import compressed_mean
 
 
 class LocalSGD(PeriodicStrategy):
-    """Average the workers' parameters (and floating-point buffers) every ``sync_interval`` steps."""
+    """Average the workers' parameters (and floating-point buffers) every ``sync_interval`` steps.
+
+    Args:
+        compress: how the moves since the last synchronisation are encoded on the wire (``none``,
+            ``bf16``, ``int8``, ``int4``, ``topk:FRACTION``); ``compress_block_size`` as in DiLoCo.
+    """
 
     def __init__(
         self,
@@ -28,9 +43,12 @@ class LocalSGD(PeriodicStrategy):
         sync_interval: int = 32,
         warmup_steps: int = 0,
         mesh: DeviceMesh | None = None,
+        compress: str = "none",
+        compress_block_size: int | None = None,
         communicator: Communicator | None = None,
         max_grad_norm: float | None = None,
     ) -> None:
+        self.compressed_mean = compressed_mean(compress, compress_block_size)
         super().__init__(
             model,
             optimizer,
@@ -40,12 +58,20 @@ class LocalSGD(PeriodicStrategy):
             communicator=communicator,
             max_grad_norm=max_grad_norm,
         )
+        self.synced = [] if self.compressed_mean is None else [x.clone() for x in self.shards.local()]
 
     def synchronize(self) -> None:
-        tensors = self.shards.local() + self.buffers
+        compressing = self.compressed_mean is not None
+        xs = self.shards.local()
+        averaged = [x - x0 for x, x0 in zip(xs, self.synced)] if compressing else xs
+        tensors = averaged + self.group_buffers()
         flag = self.finite_flag(tensors)
         locally_finite = bool(flag)
-        self.comm.all_reduce_mean(tensors + [flag])
+        if compressing:
+            self.compressed_mean(self.comm, 0, averaged)
+            self.comm.all_reduce_mean(self.buffers + [flag])
+        else:
+            self.comm.all_reduce_mean(tensors + [flag])
         finite_share = float(flag)
         if finite_share < 1:
             self.record_nonfinite(round(finite_share * self.comm.world_size))
@@ -55,7 +81,23 @@ class LocalSGD(PeriodicStrategy):
                 t.div_(finite_share)
             if not locally_finite:
                 self.optimizer.state.clear()
+        if compressing:
+            for x, x0, move in zip(xs, self.synced, averaged):
+                x.copy_(x0.add_(move))
         self.shards.complete()
 
     def global_state_dict(self) -> dict[str, torch.Tensor]:
         return self.averaged_state_dict()
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.compressed_mean is None:
+            return super().state_dict()
+        synced = [x0.clone() for x0 in self.synced]
+        return {**super().state_dict(), "synced": synced, "residuals": self.compressed_mean.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if self.compressed_mean is not None:
+            for x0, saved in zip(self.synced, state["synced"]):
+                x0.copy_(saved)
+            self.compressed_mean.load_state_dict(state["residuals"])

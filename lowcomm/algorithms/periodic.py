@@ -100,6 +100,13 @@ class PeriodicStrategy(Strategy):
     def synchronize(self) -> None:
         """The algorithm's periodic communication."""
 
+    def group_buffers(self) -> list[torch.Tensor]:
+        """The floating-point buffers, first averaged within the group where its ranks' differ (FSDP
+        inside: each rank's own batches move its batch-norm statistics; DDP copies its first rank's)."""
+        if self.inner == "fsdp" and self.buffers:
+            self.inner_comm.all_reduce_mean(self.buffers)
+        return self.buffers
+
     def finite_flag(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         """A one-element tensor to mean-all-reduce along with ``tensors``: 1 if they are finite on every
         rank of this worker's group, else 0 (and they are zeroed, adding nothing to the sum). Its mean

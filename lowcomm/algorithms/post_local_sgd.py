@@ -26,6 +26,8 @@ class PostLocalSGD(LocalSGD):
         sync_interval: int = 32,
         warmup_steps: int = 32,
         mesh: DeviceMesh | None = None,
+        compress: str = "none",
+        compress_block_size: int | None = None,
         communicator: Communicator | None = None,
         max_grad_norm: float | None = None,
     ) -> None:
@@ -35,6 +37,8 @@ class PostLocalSGD(LocalSGD):
             sync_interval=sync_interval,
             warmup_steps=check_positive_int("warmup_steps", warmup_steps),
             mesh=mesh,
+            compress=compress,
+            compress_block_size=compress_block_size,
             communicator=communicator,
             max_grad_norm=max_grad_norm,
         )

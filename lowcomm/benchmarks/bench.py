@@ -24,10 +24,11 @@ from lowcomm.algorithms import ALGORITHMS
 from lowcomm.cli import usage_error
 from lowcomm.communication.network_model import NetworkModel, parse_rate
 from lowcomm.benchmarks.projection import project
-from lowcomm.benchmarks.report import markdown_table, plot_curves, write_report
+from lowcomm.benchmarks.report import markdown_table, write_report
 from lowcomm.benchmarks.results import COLUMNS, choose_target, results_rows, write_csv
 from lowcomm.benchmarks.runs import Run, read_run
 from lowcomm.launching.limited import real_limit
+from lowcomm.plotting import plot_bench_curves
 from lowcomm.training import train_command
 from lowcomm.training.config import ALGORITHM_PARAMETERS, TrainConfig, flag, load_config
 
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         target=target,
         target_source="given" if args.target_loss is not None else "DDP's final eval loss",
         table=table,
-        plots=plot_curves(runs, target, out),
+        plots=plot_bench_curves([(run.algo, run.evaluations) for run in runs], target, out),
         notes=notes,
     )
     print(f"\n{table}\n\nlowcomm bench: done: {out / 'results.csv'}, {report} and plots in {out}/")

@@ -1,6 +1,6 @@
 """A finished ``lowcomm train`` run, read back from its directory for comparison and projection.
 
-From ``summary.json`` the totals; from ``metrics.jsonl`` (see :mod:`lowcomm.training.metrics`) the
+From ``summary.json`` the totals; from ``metrics.jsonl`` (see :mod:`lowcomm.training.records`) the
 evaluations of the global model, with worker 0's clock and counters at each, and the bytes worker 0
 sent in each step.
 """
@@ -12,17 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
-@dataclass(frozen=True)
-class Evaluation:
-    """The global model's held-out loss after ``step``, with worker 0's clock and counters then."""
-
-    step: int
-    eval_loss: float
-    elapsed_s: float
-    tokens: int
-    comm_bytes: int  # cumulative bytes worker 0 had sent
-    comm_wait_s: float  # cumulative seconds worker 0 had waited for communication
+from lowcomm.training.records import Evaluation, read_records
 
 
 @dataclass(frozen=True)
@@ -87,23 +77,9 @@ def read_run(directory: str | Path) -> Run:
     directory = Path(directory)
     try:
         summary = json.loads((directory / "summary.json").read_text())
-        lines = (directory / "metrics.jsonl").read_text().splitlines()
-    except FileNotFoundError as error:
-        raise ValueError(f"run: {directory} holds no finished run ({Path(error.filename).name} is missing)") from None
-    evaluations, step_bytes = [], {}
-    sent = 0
-    for record in map(json.loads, lines):
-        step = record["step"]
-        if "loss" in record:
-            if record["comm_bytes"] > sent:
-                step_bytes[step] = record["comm_bytes"] - sent
-            sent = record["comm_bytes"]
-        elif record.get("sync") == "pseudo" and record["bytes"] > 0:
-            step_bytes[step] = record["bytes"]
-            sent += record["bytes"]
-        elif "eval_loss" in record:
-            fields = ("eval_loss", "elapsed_s", "tokens", "comm_bytes", "comm_wait_s")
-            evaluations.append(Evaluation(step, *(record[name] for name in fields)))
-    if not evaluations:
+    except FileNotFoundError:
+        raise ValueError(f"run: {directory} holds no finished run (summary.json is missing)") from None
+    records = read_records(directory / "metrics.jsonl")
+    if not records.evaluations:
         raise ValueError(f"run: {directory} has no evaluations in metrics.jsonl")
-    return Run(directory, summary, evaluations, step_bytes)
+    return Run(directory, summary, records.evaluations, records.step_bytes)

@@ -1,10 +1,12 @@
 """The small communication interface every algorithm talks to.
 
 Algorithms never call ``torch.distributed`` themselves. They ask a :class:`Communicator` for a mean
-all-reduce, a point-to-point exchange with a few peers, or a broadcast. Each call charges the bytes
-this worker sends and the seconds it waits to :class:`CommStats`, using the textbook cost of the
-operation (ring all-reduce: ``2(K-1)/K`` x payload; exchange: payload per peer; broadcast: payload on
-the source), so byte counts do not depend on what the backend does internally.
+all-reduce, a point-to-point exchange with a few peers, an all-to-all, an all-gather, or a
+broadcast. Each call charges the bytes this worker sends and the seconds it waits to
+:class:`CommStats`, using the textbook cost of the operation (ring all-reduce: ``2(K-1)/K`` x
+payload; exchange: payload per peer; all-to-all: the K-1 tensors addressed to others; ring
+all-gather: ``K-1`` x payload; broadcast: payload on the source), so byte counts do not depend on
+what the backend does internally.
 """
 
 from __future__ import annotations
@@ -113,6 +115,22 @@ class Communicator(ABC):
         stats.wait_s += time.perf_counter() - start
         return gathered
 
+    def all_to_all(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Send ``tensors[j]`` to worker j; return what each worker sent this one, in rank order.
+
+        Every worker passes ``world_size`` tensors, all of one shape and dtype.
+        """
+        if len(tensors) != self.world_size:
+            raise ValueError(f"all_to_all: needs one tensor per worker ({self.world_size}), got {len(tensors)}")
+        if any(t.shape != tensors[0].shape or t.dtype != tensors[0].dtype for t in tensors):
+            raise ValueError("all_to_all: the tensors must share one shape and dtype")
+        self.stats.operations += 1
+        self.stats.bytes_sent += (self.world_size - 1) * payload_bytes(tensors[:1])
+        start = time.perf_counter()
+        received = self._all_to_all(list(tensors))
+        self.stats.wait_s += time.perf_counter() - start
+        return received
+
     def broadcast(self, tensors: Sequence[torch.Tensor], src: int = 0) -> None:
         """Overwrite each tensor, in place, with the source worker's copy."""
         self.stats.operations += 1
@@ -136,6 +154,9 @@ class Communicator(ABC):
 
     def _all_gather(self, tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
         raise NotImplementedError(f"{type(self).__name__} does not implement all_gather")
+
+    def _all_to_all(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} does not implement all_to_all")
 
 
 class ProcessGroupCommunicator(Communicator):
@@ -189,6 +210,12 @@ class ProcessGroupCommunicator(Communicator):
                 for tensor, value in zip(bucket, _unflatten_dense_tensors(output, bucket)):
                     gathered[rank][id(tensor)] = value
         return [[by_id[id(t)] for t in tensors] for by_id in gathered]
+
+    def _all_to_all(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        sent = torch.stack(tensors)
+        received = torch.empty_like(sent)
+        dist.all_to_all_single(received, sent, group=self.group)
+        return list(received.unbind())
 
     def _broadcast(self, tensors: list[torch.Tensor], src: int) -> None:
         for bucket in _buckets(tensors):

@@ -19,12 +19,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 
-from lowcomm.communication.communicator import Communicator, ProcessGroupCommunicator
+from lowcomm.communication.communicator import CommStats, Communicator, ProcessGroupCommunicator, payload_bytes
 
 Inner = Literal["ddp", "fsdp"]
+# The collectives FSDP2 runs by default (torch 2.13 renamed them; the old names are deprecated there).
+ALL_GATHER = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
+REDUCE_SCATTER = getattr(dist, "reduce_scatter_single", dist.reduce_scatter_tensor)
 
 
 def worker_groups(num_groups: int, group_size: int) -> DeviceMesh:
@@ -64,6 +67,49 @@ def shard_within_groups(model: nn.Module, mesh: DeviceMesh) -> nn.Module:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"model: FSDP cannot shard it: {reason}") from None
     return model
+
+
+class CountedAllGather:
+    """FSDP2's all-gather (``FSDPModule.set_custom_all_gather``), charging what this rank sends:
+    its padded shard to each of the G - 1 others (ring)."""
+
+    def __init__(self, stats: CommStats) -> None:
+        self.stats = stats
+
+    def allocate(self, size: Sequence[int], *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        return torch.empty(size, dtype=dtype, device=device)
+
+    def __call__(
+        self, output_tensor: torch.Tensor, input_tensor: torch.Tensor, group: dist.ProcessGroup, async_op: bool = False
+    ) -> dist.Work | None:
+        self.stats.operations += 1
+        self.stats.bytes_sent += (dist.get_world_size(group) - 1) * payload_bytes([input_tensor])
+        return ALL_GATHER(output_tensor, input_tensor, group=group, async_op=async_op)
+
+
+class CountedReduceScatter(CountedAllGather):
+    """FSDP2's reduce-scatter (``FSDPModule.set_custom_reduce_scatter``), charging what this rank
+    sends: G - 1 shards (ring)."""
+
+    def __call__(  # type: ignore[override]
+        self,
+        output_tensor: torch.Tensor,
+        input_tensor: torch.Tensor,
+        group: dist.ProcessGroup,
+        op: dist.ReduceOp,
+        async_op: bool = False,
+    ) -> dist.Work | None:
+        self.stats.operations += 1
+        self.stats.bytes_sent += (dist.get_world_size(group) - 1) * payload_bytes([output_tensor])
+        return REDUCE_SCATTER(output_tensor, input_tensor, op=op, group=group, async_op=async_op)
+
+
+def count_fsdp_traffic(model: nn.Module, stats: CommStats) -> None:
+    """Charge the all-gathers and reduce-scatters of every FSDP2 module in ``model`` to ``stats``."""
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.set_custom_all_gather(CountedAllGather(stats))
+            module.set_custom_reduce_scatter(CountedReduceScatter(stats))
 
 
 def inner_kind(params: Sequence[torch.Tensor], mesh: DeviceMesh | None) -> Inner | None:

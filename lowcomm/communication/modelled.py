@@ -42,6 +42,11 @@ class ModelledCommunicator(Communicator):
         time.sleep(self.network.all_gather_s(payload_bytes(tensors), self.world_size))
         return gathered
 
+    def _all_to_all(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        received = self.inner._all_to_all(tensors)
+        time.sleep(self.network.all_to_all_s(payload_bytes(tensors[:1]), self.world_size))
+        return received
+
     def _broadcast(self, tensors: list[torch.Tensor], src: int) -> None:
         self.inner._broadcast(tensors, src)
         time.sleep(self.network.broadcast_s(payload_bytes(tensors), self.world_size))

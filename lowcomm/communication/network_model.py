@@ -64,6 +64,12 @@ class NetworkModel:
         _check_world_size(world_size)
         return self._send_s(payload_bytes * (world_size - 1), steps=world_size - 1)
 
+    def all_to_all_s(self, chunk_bytes: int, world_size: int) -> float:
+        """All-to-all: each worker sends a ``chunk_bytes`` chunk to each of the ``K-1`` others at
+        once, an exchange with ``K-1`` peers."""
+        _check_world_size(world_size)
+        return self.exchange_s(chunk_bytes, world_size - 1)
+
     def exchange_s(self, payload_bytes: int, peers: int) -> float:
         """Send the payload to ``peers`` workers at once: the sends share this worker's egress,
         so the bytes add up while the latencies overlap."""

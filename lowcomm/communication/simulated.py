@@ -8,6 +8,9 @@ each worker meets the n-th operation of every other.
 A mean is summed in the order of gloo's ring all-reduce: the flat payload is cut into K contiguous
 chunks of whole segments, and chunk c is summed starting at worker c-1 and going backwards around
 the ring to end at worker c. So a simulated run reproduces a gloo run on CPU bit for bit.
+
+What a worker posts is always a copy of its tensors, never a view of them: the worker goes on (and
+changes its tensors) as soon as everyone has posted, while the others may still be reading.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from lowcomm.communication.communicator import Communicator, _buckets
 
@@ -26,6 +28,16 @@ Result = TypeVar("Result")
 
 GLOO_MAX_SEGMENT_BYTES = 1 << 20
 """gloo's ring all-reduce moves segments of at most 1 MiB."""
+
+
+def flat_copy(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The tensors' elements, concatenated into a new one-dimensional tensor (also for one tensor)."""
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
+def unflatten(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``flat`` cut into views shaped like ``like``."""
+    return [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in like]), like)]
 
 
 def ring_chunk_elements(numel: int, element_size: int, world_size: int) -> int:
@@ -137,7 +149,7 @@ class SimulatedCommunicator(Communicator):
     def _all_reduce_mean(self, tensors: list[torch.Tensor]) -> Callable[[], None]:
         operation = self._next_operation()
         buckets = _buckets(tensors)
-        flats = [_flatten_dense_tensors(bucket) for bucket in buckets]
+        flats = [flat_copy(bucket) for bucket in buckets]
         self.group.post((operation, 0), self.rank, flats)
 
         def finish() -> None:
@@ -147,25 +159,28 @@ class SimulatedCommunicator(Communicator):
             chunks = self.group.meet((operation, 1), self.rank, mine)
             for b, bucket in enumerate(buckets):
                 total = torch.cat([chunk[b] for chunk in chunks]).div_(self.world_size)
-                for tensor, mean in zip(bucket, _unflatten_dense_tensors(total, bucket)):
+                for tensor, mean in zip(bucket, unflatten(total, bucket)):
                     tensor.copy_(mean)
 
         return finish
 
     def _exchange(self, tensors: list[torch.Tensor], peers: list[int]) -> list[list[torch.Tensor]]:
-        flat = _flatten_dense_tensors(tensors)
-        everyone = self.group.meet((self._next_operation(), 0), self.rank, flat)
-        return [list(_unflatten_dense_tensors(everyone[peer].clone(), tensors)) for peer in peers]
+        everyone = self.group.meet((self._next_operation(), 0), self.rank, flat_copy(tensors))
+        return [unflatten(everyone[peer].clone(), tensors) for peer in peers]
 
     def _all_gather(self, tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
         everyone = self.group.meet((self._next_operation(), 0), self.rank, [t.detach().clone() for t in tensors])
         return [[t.clone() for t in posted] for posted in everyone]
 
+    def _all_to_all(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        everyone = self.group.meet((self._next_operation(), 0), self.rank, [t.detach().clone() for t in tensors])
+        return [posted[self.rank].clone() for posted in everyone]
+
     def _broadcast(self, tensors: list[torch.Tensor], src: int) -> None:
-        flats = [_flatten_dense_tensors(bucket) for bucket in _buckets(tensors)] if self.rank == src else None
+        flats = [flat_copy(bucket) for bucket in _buckets(tensors)] if self.rank == src else None
         sent = self.group.meet((self._next_operation(), 0), self.rank, flats)[src]
         for bucket, flat in zip(_buckets(tensors), sent):
-            for tensor, value in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
+            for tensor, value in zip(bucket, unflatten(flat, bucket)):
                 tensor.copy_(value)
 
 

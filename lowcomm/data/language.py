@@ -71,4 +71,5 @@ def language_data(
         train=Batches(train_windows, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size),
         eval_batches=held_out_batches(eval_windows, batch_size=batch_size, count=eval_batches),
         vocab_size=text_tokenizer.vocab_size,
+        tokenizer=text_tokenizer,
     )

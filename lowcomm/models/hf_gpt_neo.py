@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -22,15 +24,18 @@ class HFCausalLM(nn.Module):
         return self.model(input_ids=input_ids, use_cache=False).logits
 
 
-def build_hf_gpt_neo(shape: GPTNeoShape, vocab_size: int) -> HFCausalLM:
-    """A fresh GPTNeoForCausalLM of this shape: tied embeddings, gelu_new, no dropout."""
+def hf_gpt_neo_config(shape: GPTNeoShape, vocab_size: int, end_of_text_id: int | None = None) -> Any:
+    """The ``transformers.GPTNeoConfig`` of this shape: tied embeddings, gelu_new, no dropout.
+
+    ``end_of_text_id`` becomes the BOS and EOS token for generation; logits do not depend on it.
+    """
     try:
-        from transformers import GPTNeoConfig, GPTNeoForCausalLM
+        from transformers import GPTNeoConfig
     except ImportError as error:
         raise ImportError(
             "gpt-neo models with implementation='hf' need transformers: pip install 'lowcomm[hf]'"
         ) from error
-    config = GPTNeoConfig(
+    return GPTNeoConfig(
         vocab_size=vocab_size,
         max_position_embeddings=shape.max_positions,
         hidden_size=shape.hidden_size,
@@ -44,7 +49,13 @@ def build_hf_gpt_neo(shape: GPTNeoShape, vocab_size: int) -> HFCausalLM:
         embed_dropout=0.0,
         attention_dropout=0.0,
         tie_word_embeddings=True,
-        bos_token_id=None,  # special tokens belong to the tokenizer; lowcomm never generates
-        eos_token_id=None,
+        bos_token_id=end_of_text_id,
+        eos_token_id=end_of_text_id,
     )
-    return HFCausalLM(GPTNeoForCausalLM(config), max_positions=shape.max_positions)
+
+
+def build_hf_gpt_neo(shape: GPTNeoShape, vocab_size: int) -> HFCausalLM:
+    """A fresh GPTNeoForCausalLM of this shape (see :func:`hf_gpt_neo_config`)."""
+    from transformers import GPTNeoForCausalLM
+
+    return HFCausalLM(GPTNeoForCausalLM(hf_gpt_neo_config(shape, vocab_size)), max_positions=shape.max_positions)

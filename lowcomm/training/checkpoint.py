@@ -39,8 +39,18 @@ CHECKPOINT_NAME = re.compile(r"step_(\d{8})")
 FileRecord = dict[str, dict[str, Any]]
 
 
+def checkpoints_of(out: Path) -> Path:
+    """Where the run in ``out`` keeps its checkpoints."""
+    return out / "checkpoints"
+
+
 def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}"
+
+
+def checkpoint_step(directory: Path) -> int:
+    """The step a checkpoint directory holds, from its name."""
+    return int(CHECKPOINT_NAME.fullmatch(directory.name)[1])
 
 
 def rank_file(rank: int) -> str:

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lowcomm.algorithms import ALGORITHMS
+from lowcomm.communication.compression import parse_compression
 from lowcomm.communication.network_model import parse_rate
 from lowcomm.data.spec import parse_data_spec
 from lowcomm.models import GPT_NEO_SHAPES, MODEL_NAMES, build_model, model_spec
@@ -132,7 +133,9 @@ class TrainConfig(BaseModel):
     outer_device: Literal["cpu"] | None = Field(None, description="keep z and the outer optimizer in (pinned) CPU memory")
     overlap_steps: Int | None = Field(None, ge=0, le=10**9, description="tau: inner steps overlapping the outer all-reduce")
     merge_alpha: Float | None = Field(None, ge=0, le=1, description="weight of the local model when merging after an overlap")
-    compress: Literal["none", "bf16", "int8", "int4"] | None = Field(None, description="pseudo-gradient quantisation")
+    compress: str | None = Field(
+        None, description="what the averaged values travel as: none, bf16, int8, int4 or topk:FRACTION"
+    )
     num_fragments: Int | None = Field(None, ge=1, le=10**6, description="Streaming DiLoCo's fragment count P")
     fragment_pattern: Literal["sequential", "strided"] | None = Field(None, description="how fragments split the model")
     eval_every: Int = Field(64, ge=1, le=10**9, description="steps between evaluations of the global model")
@@ -197,6 +200,13 @@ class TrainConfig(BaseModel):
     def readable_data(cls, data: str) -> str:
         parse_data_spec(data)
         return data
+
+    @field_validator("compress")
+    @classmethod
+    def known_compression(cls, compress: str | None) -> str | None:
+        if compress is not None:
+            parse_compression(compress)
+        return compress
 
     @field_validator("bandwidth")
     @classmethod

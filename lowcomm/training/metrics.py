@@ -10,7 +10,9 @@
 - sync: ``step``, ``sync`` (``"outer"``, or ``"pseudo"`` for a PALSGD pseudo-synchronisation step),
   ``bytes`` (sent by this worker during the step);
 - event: ``step``, ``event`` and its details: ``start``, ``resume``, ``skipped_checkpoint``,
-  ``nonfinite_loss`` (rank 0's), and whatever the strategy records in its ``events`` (such as
+  ``lr_schedule_replanned`` (a resumed run with another ``--steps``: ``from_steps``, ``to_steps``
+  and the next step's ``lr``), ``nonfinite_loss`` (rank 0's), and whatever the strategy records in
+  its ``events`` (such as
   ``nonfinite_pseudo_gradient``). After the elastic launcher restarted the group, ``start`` and
   ``resume`` carry ``restart``, the number of that restart.
   With ``--fault-tolerance live``: ``group_left`` and ``group_joined`` (``group``,

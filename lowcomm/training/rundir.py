@@ -1,14 +1,22 @@
 """The run directory (``--out``): refuse one that holds another run, clear it for ``--overwrite``,
-record the resolved config in it."""
+record the resolved config in it, and read it back.
+
+A resumed run is the same run: every option that decides what it computes must match, except
+``--steps``, which may extend (or shorten) it down to the steps already done; the trainer then
+re-plans the learning-rate schedule for the new length.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
+from typing import Any
 
 import yaml
 
 from lowcomm.atomic import write_atomically
+from lowcomm.training.checkpoint import checkpoint_step, checkpoints_of, newest_complete_checkpoint
 from lowcomm.training.config import TrainConfig, run_identity
 
 CONFIG_FILE = "config.yaml"
@@ -53,8 +61,35 @@ def check_same_run(config: TrainConfig, saved_config: os.PathLike[str]) -> None:
                          "(its checkpoints hold another layout), or choose another --out")
     identity = config.run_identity()
     for key in sorted(identity.keys() | saved_identity.keys()):
-        if identity.get(key) != saved_identity.get(key):
+        if key != "steps" and identity.get(key) != saved_identity.get(key):
             raise ValueError(
                 f"--out: {config.out} holds a different run ({key}: {saved_identity.get(key)!r} there, "
                 f"{identity.get(key)!r} here); choose another --out or pass --overwrite"
             )
+    if identity["steps"] != saved_identity.get("steps"):
+        check_steps_not_done(config)
+
+
+def check_steps_not_done(config: TrainConfig) -> None:
+    """Raise if the run in ``config.out`` has already trained more than ``config.steps`` steps."""
+    found, _ = newest_complete_checkpoint(checkpoints_of(config.out))
+    done = 0 if found is None else checkpoint_step(found)
+    if config.steps < done:
+        raise ValueError(
+            f"--steps: {config.out} has already trained {done} steps; resume it with --steps {done} or more"
+        )
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """The configuration recorded in ``run_dir``; a one-line ValueError if there is none."""
+    if not run_dir.is_dir():
+        raise ValueError(f"RUN_DIR: {run_dir} is not a directory")
+    try:
+        config = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"RUN_DIR: {run_dir} holds no lowcomm run ({CONFIG_FILE} is missing)") from None
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        raise ValueError(f"RUN_DIR: cannot read {run_dir / CONFIG_FILE}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"RUN_DIR: {run_dir / CONFIG_FILE} is not a lowcomm run's configuration")
+    return config

@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     from lowcomm.training.launch import train
     from lowcomm.training.live import LiveFailure
+    from lowcomm.training.outputs import LOSS_PLOT, SAMPLES_FILE
 
     try:
         train(config)
@@ -87,10 +88,14 @@ def run(args: argparse.Namespace) -> int:
     if reports():
         out = config.out / f"group_{config.live_group or 0}" if config.live else config.out  # live: per group
         summary = json.loads((out / "summary.json").read_text())
+        samples = out / SAMPLES_FILE
+        if samples.is_file():
+            print(f"\n{samples.read_text(encoding='utf-8')}")
         print(
             f"lowcomm train: done: final eval loss {summary['final_eval_loss']:.4f} after {summary['steps']} steps "
             f"in {summary['wall_time_s']:.1f} s\n"
-            f"results in {out}/: metrics.jsonl, summary.json, config.yaml, checkpoints/ "
+            f"results in {out}/: {LOSS_PLOT}, {SAMPLES_FILE + ', ' if samples.is_file() else ''}"
+            f"metrics.jsonl, summary.json, config.yaml, checkpoints/ "
             f"(TensorBoard: tensorboard --logdir {out / 'tensorboard'})"
         )
     return 0

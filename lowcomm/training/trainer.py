@@ -1,7 +1,9 @@
 """One worker's training loop: steps, evaluations of the global model, checkpoints and metrics.
 
 Every rank runs the same loop and the same collectives; rank 0 alone evaluates (the global model
-is the same on every rank) and reports (metrics, TensorBoard, progress bar, summary). A rank is a
+is the same on every rank) and reports (metrics, TensorBoard, progress bar, summary, and the
+outputs of :mod:`lowcomm.training.outputs`: ``loss.png`` at every checkpoint, the last step's
+included, and a language model's tokenizer and text samples). A rank is a
 worker process, or a thread of the simulation (``--backend sim``): building its data and model
 draws from process-wide generators, so ranks take turns at it.
 
@@ -45,6 +47,7 @@ from lowcomm.data import load_data
 from lowcomm.models import build_model
 from lowcomm.training.checkpoint import (
     GLOBAL_MODEL,
+    checkpoints_of,
     discard_staging,
     load_rank_file,
     load_worker_state,
@@ -55,6 +58,7 @@ from lowcomm.training.checkpoint import (
 from lowcomm.training.config import TrainConfig
 from lowcomm.training.loss import cross_entropy
 from lowcomm.training.metrics import MetricsLog, ProgressBar, write_json_atomically
+from lowcomm.training.outputs import held_out_prompt, write_loss_plot, write_samples, write_tokenizer
 from lowcomm.training.peers import Peers
 from lowcomm.training.rng import rng_state, seed_everything, set_rng_state
 from lowcomm.training.schedule import warmup_cosine
@@ -93,6 +97,8 @@ class Restored:
     checkpoint: str | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
     metrics_offset: int = 0
+    planned_steps: int | None = None
+    """The run length the checkpoint's learning-rate schedule was planned for, if not this run's."""
 
 
 class Trainer:
@@ -131,12 +137,15 @@ class Trainer:
             stats.wait_s = 0.0  # waiting for the other ranks to start up is not communication
         seed_everything(config.seed + self.shard_index)
         self.progress = Progress()
-        self.checkpoints = config.out / "checkpoints"
+        self.checkpoints = checkpoints_of(config.out)
         restored = self.restore()
         self.log = MetricsLog(config.out, restored.metrics_offset, self.step) if self.rank == 0 else None
         self.bar: ProgressBar | None = None
         self.clock_start = time.perf_counter() - self.progress.elapsed_s
+        self.evaluated_step: int | None = None
         if self.log is not None:
+            if self.data.tokenizer is not None:
+                write_tokenizer(config.out, self.data.tokenizer)
             for checkpoint, problem in restored.skipped:
                 self.report_event("skipped_checkpoint", checkpoint=checkpoint, problem=problem)
             restart = {"restart": restart_count()} if restart_count() else {}
@@ -144,6 +153,8 @@ class Trainer:
                 self.report_event("start", **restart)
             else:
                 self.report_event("resume", checkpoint=restored.checkpoint, **restart)
+            if restored.planned_steps is not None:
+                self.report_replanned_schedule(restored.planned_steps)
 
     def build(self, config: TrainConfig, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
         """This rank's data, the model (the same on every rank), its optimizer and LR schedule."""
@@ -173,6 +184,7 @@ class Trainer:
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=device.type == "cuda"
         )
+        self.optimizer = optimizer
         self.scheduler = LambdaLR(optimizer, warmup_cosine(config.lr_warmup, config.steps, config.min_lr_ratio))
         return model, optimizer
 
@@ -205,7 +217,7 @@ class Trainer:
         micro_batches = [self.to_device(next(self.data.train)) for _ in range(self.config.grad_accum)]
         stats = self.strategy.comm_stats
         sent_before, waited_before = stats.bytes_sent, stats.wait_s
-        lr = self.scheduler.get_last_lr()[0]
+        lr = self.optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
         bf16 = self.config.precision == "bf16"
         loss = self.strategy.step([partial(self.loss, self.strategy.model, x, y, bf16) for x, y in micro_batches])
@@ -265,6 +277,7 @@ class Trainer:
                 total += cross_entropy(self.eval_model, inputs, targets).item() * targets.numel()
                 count += targets.numel()
         self.progress.eval_loss = total / count
+        self.evaluated_step = self.step
         stats = self.strategy.comm_stats
         self.log.write({
             "step": self.step,
@@ -287,6 +300,7 @@ class Trainer:
         state = {
             "strategy": strategy_state,
             "scheduler": self.scheduler.state_dict(),
+            "lr_schedule_steps": self.config.steps,
             "data": self.data.train.state_dict(),
             "rng": rng_state(),
             "progress": asdict(self.progress),
@@ -296,6 +310,9 @@ class Trainer:
         save_checkpoint(
             self.checkpoints, self.step, state, model, self.config.keep_checkpoints, self.peers, sharded, layout
         )
+        if self.log is not None:
+            config = self.config
+            write_loss_plot(config.out, f"{config.algo} x{self.world_size}: {config.model} on {config.data}")
 
     def restore(self) -> Restored:
         """When resuming (``--resume``, or a restart by the elastic agent), load the newest complete
@@ -322,6 +339,9 @@ class Trainer:
         else:
             state = self.load_grouped(directory)
         self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("lr_schedule_steps", self.config.steps) != self.config.steps:
+            restored.planned_steps = state["lr_schedule_steps"]
+            self.replan_schedule()
         self.progress = Progress(**state["progress"])
         restored.metrics_offset = state["metrics_offset"]
         return restored
@@ -360,6 +380,23 @@ class Trainer:
         seed_everything(self.config.seed + self.rank + self.world_size * self.strategy.step_count)
         return first
 
+    def replan_schedule(self) -> None:
+        """Follow this run's learning-rate schedule (planned for ``config.steps``) from the resumed
+        step on: the learning rate of the next step becomes the new plan's."""
+        factor = self.scheduler.lr_lambdas[0]
+        for group, base_lr in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base_lr * factor(self.scheduler.last_epoch)
+
+    def report_replanned_schedule(self, planned_steps: int) -> None:
+        lr = self.optimizer.param_groups[0]["lr"]
+        print(
+            f"lowcomm: warning: --steps changed from {planned_steps} to {self.config.steps}: the learning-rate "
+            f"schedule is re-planned for {self.config.steps} steps and followed from step {self.step} "
+            f"(next lr {lr:.3g})",
+            file=sys.stderr,
+        )
+        self.report_event("lr_schedule_replanned", from_steps=planned_steps, to_steps=self.config.steps, lr=lr)
+
     def finish(self) -> None:
         """Sum the traffic and times over all workers; rank 0 writes summary.json."""
         self.strategy.wait()
@@ -394,6 +431,10 @@ class Trainer:
         }
         if self.device.type == "cuda":
             summary["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated(self.device)
+        if self.data.tokenizer is not None and self.evaluated_step == self.step:  # eval_model is the final model
+            prompt = held_out_prompt(self.data.eval_batches, self.config.seq_len)
+            write_samples(self.config.out, self.eval_model, self.data.tokenizer, prompt, self.config.seq_len,
+                          self.config.seed)
         write_json_atomically(self.config.out / "summary.json", summary)
         if self.bar is not None:
             self.bar.close()

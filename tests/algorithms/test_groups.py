@@ -97,6 +97,7 @@ RESUMED = {
     "palsgd": {"sync_interval": 2, "warmup_steps": 1, "pseudo_sync_prob": 0.4},
     "noloco": {"sync_interval": 2},
     "localsgd": {"sync_interval": 2},
+    "postlocalsgd": {"sync_interval": 2, "warmup_steps": 1, "compress": "int8", "compress_block_size": 8},
 }
 
 
@@ -110,11 +111,14 @@ def two_by_two() -> dict[str, Any]:
     for algo in OPTIONS:
         results[algo] = {inner: run(algo, inner, mesh, own) for inner in ("ddp", "fsdp")}
         results[algo]["workers"] = run(algo, None, between, both)
-    results["nonfinite"] = {inner: run("diloco", inner, mesh, own, poison=rank == 1) for inner in ("ddp", "fsdp")}
-    results["nonfinite"]["workers"] = run("diloco", None, between, both, poison=group == 0)
+    results["nonfinite"] = {}
+    for algo in ("diloco", "localsgd", "noloco"):
+        results["nonfinite"][algo] = {inner: run(algo, inner, mesh, own, poison=rank == 1) for inner in ("ddp", "fsdp")}
+        results["nonfinite"][algo]["workers"] = run(algo, None, between, both, poison=group == 0)
     results["micro_batches"] = {inner: run("diloco", inner, mesh, own, micro_batches=2) for inner in ("ddp", "fsdp")}
     results["one_rank_groups"] = one_rank_groups()
     results["errors"] = refusals(mesh)
+    results["batch_norm"] = {algo: batch_norm_statistics(algo, mesh) for algo in ("localsgd", "diloco")}
     results["resumed"] = {(algo, inner): resumed(algo, options, inner, mesh, own)
                           for algo, options in RESUMED.items() for inner in ("ddp", "fsdp")}
     return results
@@ -179,6 +183,28 @@ def test_traffic_between_groups_is_one_model_per_group(grouped: list[dict[str, A
         # finite flag agreed at each outer step; DDP's initial broadcast and one all-gather at start.
         within = STEPS * MODEL_BYTES + 4 * 25 * 8 + 3 * 8 + 25 * 8 + (MODEL_BYTES if inner == 0 else 0)
         assert r["diloco"]["ddp"]["within"] == within
+    # The baseline, DDP inside: DistributedDataParallel's ring over the 4 ranks in order leaves a group
+    # from the group's last rank only, so that rank's 2(4-1)/4 x the model each step is between groups.
+    # FSDP inside: HSDP, each rank's FSDP shard (rank 0: 4 rows of 4, 4 biases, the one row of 8 and
+    # the one bias, 29 values; rank 1: 16 + 4 = 20) averaged across the groups each step, after the
+    # first group's shards were broadcast.
+    ring_of_4 = 2 * 3 * MODEL_BYTES // 4
+    fsdp_bytes = {0: 29 * 8, 1: 20 * 8}
+    for rank, r in enumerate(grouped):
+        inner, first_group = rank % 2, rank < 2
+        last = inner == 1
+        assert r["ddp"]["ddp"]["between"] == (STEPS * ring_of_4 if last else 0)
+        assert r["ddp"]["ddp"]["within"] == (0 if last else STEPS * ring_of_4) + (MODEL_BYTES if rank == 0 else 0)
+        shard = fsdp_bytes[inner]
+        assert r["ddp"]["fsdp"]["between"] == STEPS * ring_all_reduce_bytes(shard, 2) + (shard if first_group else 0)
+        # Within the group, FSDP's collectives on its two units (the Linear layers), padded shards of
+        # 4 x 4 + 4 = 20 and 1 x 8 + 1 = 9 values sent to the one other rank: each step all-gathers
+        # them for the forward pass and again for the backward pass, and reduce-scatters their
+        # gradients once (with two micro-batches: four all-gathers, still one reduce-scatter).
+        units = (20 + 9) * 8
+        assert r["ddp"]["fsdp"]["within"] == STEPS * 3 * units
+        assert r["diloco"]["fsdp"]["within"] == STEPS * 3 * units + 3 * 8  # and DiLoCo's finite flags
+        assert r["micro_batches"]["fsdp"]["within"] == STEPS * 5 * units + 3 * 8
     per_sync = sum(ring_all_reduce_bytes(chunk_bytes[i], 2) for i in (0, 1))
     assert per_sync == ring_all_reduce_bytes(MODEL_BYTES, 2)  # one model's worth per group
     # Without groups a worker sends its whole model (and the flag) itself.
@@ -189,13 +215,26 @@ def test_traffic_between_groups_is_one_model_per_group(grouped: list[dict[str, A
 
 def test_a_group_with_one_nonfinite_rank_is_left_out(grouped: list[dict[str, Any]]) -> None:
     # Only rank 1 (group 0) holds the NaN, yet all of group 0 is left out, as the worker it stands for.
+    # Without groups, worker 0 (group 0's batch) is the one left out: the same events and models.
     for rank, r in enumerate(grouped):
-        for inner in ("ddp", "fsdp"):
-            run_ = r["nonfinite"][inner]
-            assert run_["events"] == [{"event": "nonfinite_pseudo_gradient", "step": 2, "fragment": 0,
-                                       "finite_workers": 1}], (rank, inner)
-            close(run_["params"], r["nonfinite"]["workers"]["params"], 1e-5, f"rank {rank} {inner}")
-            assert all(torch.isfinite(p).all() for p in run_["params"][1:])
+        for algo, runs in r["nonfinite"].items():
+            assert runs["workers"]["events"][0]["finite_workers"] == 1
+            for inner in ("ddp", "fsdp"):
+                assert runs[inner]["events"] == runs["workers"]["events"], (algo, rank, inner)
+                close(runs[inner]["params"], runs["workers"]["params"], 1e-5, f"{algo} rank {rank} {inner}")
+                assert all(torch.isfinite(p).all() for p in runs[inner]["params"][1:])
+
+
+def batch_norm_statistics(algo: str, mesh: Any) -> torch.Tensor:
+    """A batch-norm layer's running mean after two steps on this rank's batches and a synchronisation."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1)).double()
+    model = lowcomm.shard_within_groups(model, mesh)
+    strategy = ALGORITHMS[algo](model, torch.optim.SGD(model.parameters(), lr=0.05), mesh=mesh, sync_interval=2)
+    for t in (1, 2):
+        data = mlp.batch(dist.get_rank(), t)
+        strategy.step(lambda: mlp.loss_of(strategy.model, data))
+    return model[1].running_mean.clone()
 
 
 def refusals(mesh: Any) -> list[str]:
@@ -241,3 +280,10 @@ def test_a_state_saved_with_groups_resumes_bit_identically(grouped: list[dict[st
 def test_a_mesh_with_a_communicator_or_fsdp_without_its_mesh_is_refused(grouped: list[dict[str, Any]]) -> None:
     assert grouped[0]["errors"] == ["communicator: give either a mesh or a communicator, not both",
                                     "mesh: a model sharded with FSDP needs the mesh it was sharded over"]
+
+
+def test_fsdp_inside_batch_norm_statistics_are_averaged_over_every_rank(grouped: list[dict[str, Any]]) -> None:
+    for algo in ("localsgd", "diloco"):
+        statistics = [r["batch_norm"][algo] for r in grouped]
+        assert all(torch.allclose(s, statistics[0], rtol=0, atol=1e-12) for s in statistics), algo
+        assert statistics[0].abs().sum() > 0, algo

@@ -15,6 +15,8 @@ RUNS = {
     "palsgd": {"sync_interval": 3, "warmup_steps": 2, "pseudo_sync_prob": 0.4, "eta": 0.5},
     "noloco": {"sync_interval": 3},
     "diloco_overlap_int4": {"sync_interval": 4, "overlap_steps": 2, "compress": "int4"},
+    "localsgd_topk": {"sync_interval": 3, "compress": "topk:0.3"},
+    "postlocalsgd_int8": {"sync_interval": 3, "warmup_steps": 2, "compress": "int8"},
     "streamingdiloco": {"sync_interval": 4, "num_fragments": 2, "overlap_steps": 1},
 }
 

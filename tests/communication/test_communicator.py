@@ -25,9 +25,11 @@ def operations() -> dict:
     after_exchange = comm.stats.bytes_sent
     c = torch.full((4,), float(rank))
     comm.broadcast([c], src=1)
+    after_broadcast = comm.stats.bytes_sent
+    addressed = comm.all_to_all([torch.tensor([10 * rank + j, 0], dtype=torch.uint8) for j in range(k)])
     return {
-        "a": a, "b": b, "received": received[0][0], "c": c,
-        "bytes": [after_reduce, after_async, after_exchange, comm.stats.bytes_sent],
+        "a": a, "b": b, "received": received[0][0], "c": c, "addressed": addressed,
+        "bytes": [after_reduce, after_async, after_exchange, after_broadcast, comm.stats.bytes_sent],
         "operations": comm.stats.operations, "k": k,
     }
 
@@ -39,9 +41,12 @@ def test_results_and_bytes_on_four_workers() -> None:
         assert torch.equal(r["b"], torch.full((3,), 1.5, dtype=torch.float64))
         assert torch.equal(r["received"], torch.tensor([rank ^ 1, 10.0 * (rank ^ 1)]))
         assert torch.equal(r["c"], torch.full((4,), 1.0))
-        # ring all-reduce 2 (K - 1) / K x 64 bytes = 96; then 2 * 3 / 4 * 20 = 30; exchange 8; broadcast 16 on rank 1
-        assert r["bytes"] == [96, 126, 134, 134 + (16 if rank == 1 else 0)]
-        assert r["operations"] == 4
+        assert [t.tolist() for t in r["addressed"]] == [[10 * source + rank, 0] for source in range(4)]
+        # ring all-reduce 2 (K - 1) / K x 64 bytes = 96; then 2 * 3 / 4 * 20 = 30; exchange 8; broadcast 16 on
+        # rank 1; all-to-all: 2 bytes to each of 3 others
+        broadcast = 134 + (16 if rank == 1 else 0)
+        assert r["bytes"] == [96, 126, 134, broadcast, broadcast + 6]
+        assert r["operations"] == 5
 
 
 def strategy_bytes() -> dict[str, int]:

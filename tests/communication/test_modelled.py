@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 
+from lowcomm.communication.compression import CompressedMean, Quantizer
 from lowcomm.communication.network_model import NetworkModel
 from lowcomm.communication.modelled import ModelledCommunicator
 from lowcomm.communication.simulated import SimulatedCommunicator, run_simulated
@@ -30,6 +31,8 @@ def operations(inner: SimulatedCommunicator) -> dict:
     times["async_wait"] = timed(handle.wait)
     times["exchange"] = timed(lambda: comm.exchange([payload[:25_000]], [comm.rank ^ 1]))
     times["broadcast"] = timed(lambda: comm.broadcast([payload[:10_000]], src=0))
+    times["all_to_all"] = timed(lambda: comm.all_to_all([payload[:25_000], payload[25_000:]]))
+    times["int8_mean"] = timed(lambda: CompressedMean(Quantizer("int8"))(comm, 0, [payload.clone()]))
     return {"times": times, "mean": payload[0].item(), "stats": comm.stats.as_dict()}
 
 
@@ -42,6 +45,9 @@ def test_operations_take_the_modelled_time() -> None:
         assert 0.22 - 0.15 - SLACK_S / 2 <= times["async_wait"] <= 0.22 - 0.15 + SLACK_S  # the rest of 0.22 s
         assert 0.11 <= times["exchange"] <= 0.11 + SLACK_S  # 100 kB to one peer + 10 ms
         assert 0.05 <= times["broadcast"] <= 0.05 + SLACK_S  # 40 kB once + one hop
+        assert 0.11 <= times["all_to_all"] <= 0.11 + SLACK_S  # a 100 kB chunk to the one other worker + 10 ms
+        # int8 chunks of 25,000 values: 25,000 + 4 * 98 = 25,392 bytes, all-to-all then all-gather
+        assert 2 * 0.035392 <= times["int8_mean"] <= 2 * 0.035392 + SLACK_S
         assert r["mean"] == 0.5
-        assert r["stats"]["bytes_sent"] == 200_000 * 2 + 100_000 + (40_000 if r is results[0] else 0)
+        assert r["stats"]["bytes_sent"] == 200_000 * 2 + 100_000 + (40_000 if r is results[0] else 0) + 100_000 + 2 * 25_392
         assert r["stats"]["wait_s"] == pytest.approx(sum(times.values()), abs=0.01)

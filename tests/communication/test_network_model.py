@@ -28,6 +28,12 @@ def test_exchange_shares_the_egress() -> None:
     assert NetworkModel(1e9, latency_s=0.01).exchange_s(10_000_000, 0) == 0.0
 
 
+def test_all_to_all_by_hand() -> None:
+    # 4 workers each send a 10 MB chunk to each of 3 others at once: 30 MB over 1 Gbit/s, one latency
+    assert NetworkModel(1e9, latency_s=1e-3).all_to_all_s(10_000_000, 4) == pytest.approx(0.241)
+    assert GBIT.all_to_all_s(10_000_000, 1) == 0.0
+
+
 def test_ring_all_gather_by_hand() -> None:
     # 4 workers each gather 3 others' 10 MB over 1 Gbit/s: 30 MB * 8 / 1e9 = 0.24 s, 3 steps of 1 ms
     assert NetworkModel(1e9, latency_s=1e-3).all_gather_s(10_000_000, 4) == pytest.approx(0.243)
@@ -82,6 +88,7 @@ def test_parse_rate_rejects(rate: str) -> None:
         (lambda: NetworkModel(1e9, latency_s=-1.0), "latency_s"),
         (lambda: GBIT.all_reduce_s(100, 0), "world_size"),
         (lambda: GBIT.exchange_s(100, -1), "peers"),
+        (lambda: GBIT.all_to_all_s(100, 0), "world_size"),
         (lambda: GBIT.broadcast_s(-100, 2), "payload_bytes"),
     ],
 )

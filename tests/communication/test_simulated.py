@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from functools import partial
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from lowcomm.communication.simulated import (
     run_simulated,
 )
 from tests.algorithms import mlp
+from tests.algorithms.scalar import EXAMPLES, scalar_model
 from tests.distributed import run_workers
 
 SIZES = [(1,), (1003,), (700_001,)]  # the last is 2.8 MB: gloo cuts it into 1 MiB segments
@@ -33,7 +35,8 @@ def operations(comm: Communicator) -> dict:
     c = torch.full((4,), float(rank))
     comm.broadcast([c], src=1)
     gathered = comm.all_gather([torch.tensor([rank], dtype=torch.int8), torch.full((2,), rank / 2)])
-    return {"a": a, "b": b, "received": received[0][0], "c": c, "gathered": gathered,
+    addressed = comm.all_to_all([torch.tensor([10.0 * rank + j, 0.0]) for j in range(comm.world_size)])
+    return {"a": a, "b": b, "received": received[0][0], "c": c, "gathered": gathered, "addressed": addressed,
             "bytes": comm.stats.bytes_sent, "operations": comm.stats.operations}
 
 
@@ -46,9 +49,10 @@ def test_operations_on_four_simulated_workers() -> None:
         for source, (small, halves) in enumerate(r["gathered"]):
             assert torch.equal(small, torch.tensor([source], dtype=torch.int8))
             assert torch.equal(halves, torch.full((2,), source / 2))
-        # as test_communicator works out for gloo, then the all-gather: 3 others x 9 bytes
-        assert r["bytes"] == 134 + (16 if rank == 1 else 0) + 27
-        assert r["operations"] == 5
+        assert [t.tolist() for t in r["addressed"]] == [[10.0 * source + rank, 0.0] for source in range(4)]
+        # as test_communicator works out for gloo, then the all-gather: 3 others x 9 bytes; all-to-all: 3 x 8
+        assert r["bytes"] == 134 + (16 if rank == 1 else 0) + 27 + 24
+        assert r["operations"] == 6
 
 
 def awkward_tensors(rank: int) -> list[torch.Tensor]:
@@ -83,7 +87,7 @@ def train(algo: str, options: dict, comm: Communicator | None = None) -> dict:
     comm = comm or ProcessGroupCommunicator()
     with MODEL_LOCK:
         model = mlp.mlp()
-    strategy = ALGORITHMS[algo](model, torch.optim.AdamW(model.parameters(), lr=0.05), communicator=comm, **options)
+    strategy = ALGORITHMS[algo.split("_")[0]](model, torch.optim.AdamW(model.parameters(), lr=0.05), communicator=comm, **options)
     params, sent_before = [], comm.stats.bytes_sent
     for t in range(1, 10):
         data = mlp.batch(comm.rank, t)
@@ -100,6 +104,8 @@ RUNS = {
     "streamingdiloco": {"sync_interval": 3, "num_fragments": 2, "compress": "int4"},
     "palsgd": {"sync_interval": 3, "warmup_steps": 1, "pseudo_sync_prob": 0.3, "eta": 0.5},
     "noloco": {"sync_interval": 3},
+    "localsgd_topk": {"sync_interval": 3, "compress": "topk:0.3", "compress_block_size": 8},
+    "palsgd_int8": {"sync_interval": 3, "warmup_steps": 1, "pseudo_sync_prob": 0.3, "eta": 0.5, "compress": "int8"},
 }
 
 
@@ -116,6 +122,30 @@ def test_algorithms_train_as_on_gloo_bit_for_bit() -> None:
             assert all(torch.equal(a, b) for a, b in zip(ours["params"], theirs["params"])), (algo, rank)
             assert all(torch.equal(ours["global"][k], theirs["global"][k]) for k in theirs["global"]), (algo, rank)
             assert ours["bytes"] == theirs["bytes"]
+
+
+def scalar_run(algo: str, comm: SimulatedCommunicator) -> list[float]:
+    """30 steps of ``algo`` on the one-parameter problem: every tensor it sends is a bucket of its own."""
+    model = scalar_model(comm.rank)
+    strategy = ALGORITHMS[algo](model, torch.optim.SGD(model.parameters(), lr=0.1), communicator=comm, sync_interval=3)
+    a, b = EXAMPLES[comm.rank]
+    x = torch.tensor([[a]], dtype=torch.float64)
+    weights = []
+    for _ in range(30):
+        strategy.step(lambda: 0.5 * (strategy.model(x)[0, 0] - b) ** 2)
+        weights.append(model.weight.item())
+    strategy.wait()
+    return weights
+
+
+@pytest.mark.parametrize("algo", ["localsgd", "noloco"])
+def test_repeated_runs_are_bitwise_identical(algo: str) -> None:
+    """A worker goes on as soon as everyone has posted, so what it posted (its broadcast model, its
+    exchanged tensors) must not be a view of tensors it then changes while the others still read."""
+    first = run_simulated(3, partial(scalar_run, algo))
+    assert first[0][0] == 1.0 - 0.1 * EXAMPLES[0][0] * (1.0 * EXAMPLES[0][0] - EXAMPLES[0][1])  # from worker 0's w = 1
+    for _ in range(60):
+        assert run_simulated(3, partial(scalar_run, algo)) == first
 
 
 def test_ring_chunks_by_hand() -> None:

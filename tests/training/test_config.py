@@ -8,6 +8,7 @@ from lowcomm import ALGORITHMS
 from lowcomm.models import MODEL_NAMES
 from lowcomm.training.config import LAUNCH_FIELDS, TrainConfig, load_config
 
+COMPRESS_RULE = "--compress: must be none, bf16, int8, int4 or topk:FRACTION with 0 < FRACTION <= 1"
 ALGORITHM_FIELDS = ("sync_interval", "warmup_steps", "pseudo_sync_prob", "eta", "outer_lr", "outer_momentum")
 
 
@@ -59,6 +60,13 @@ def test_algorithm_kwargs_hold_exactly_what_the_strategy_takes():
     }
 
 
+@pytest.mark.parametrize("algo", ["localsgd", "postlocalsgd", "diloco", "palsgd", "streamingdiloco"])
+def test_every_averaging_algorithm_takes_compression(algo):
+    config = load_config(overrides={"algo": algo, "compress": "topk:0.01"})
+    assert config.algorithm_kwargs()["compress"] == "topk:0.01"
+    assert load_config(overrides={"algo": algo}).algorithm_kwargs()["compress"] == "none"
+
+
 def test_flags_win_over_the_yaml_file(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump({"steps": 10, "lr": 0.01, "sync-interval": 8, "algo": "diloco"}))
@@ -98,6 +106,12 @@ def test_a_written_config_reads_back_as_the_same_config(groups, tmp_path):
         ({"data": "synthetic-images"}, "--data: synthetic-images holds image data; gpt-tiny needs lm data"),
         ({"model_impl": "hf"}, "--model-impl: hf exists only for gpt-neo-8m, gpt-neo-125m"),
         ({"data": "/nonexistent/corpus.txt"}, "--data: no such file '/nonexistent/corpus.txt'"),
+        ({"compress": "topk:0"}, f"{COMPRESS_RULE}, got 'topk:0'"),
+        ({"compress": "topk:1.5"}, f"{COMPRESS_RULE}, got 'topk:1.5'"),
+        ({"compress": "topk:one"}, f"{COMPRESS_RULE}, got 'topk:one'"),
+        ({"compress": "int2"}, f"{COMPRESS_RULE}, got 'int2'"),
+        ({"algo": "noloco", "compress": "int8"}, "--compress: noloco does not take it"),
+        ({"algo": "ddp", "compress": "topk:0.01"}, "--compress: ddp does not take it"),
     ],
 )
 def test_bad_values_raise_one_line_naming_the_flag(overrides, message):

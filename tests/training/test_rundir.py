@@ -1,7 +1,10 @@
 import pytest
+import torch
 import yaml
 
+from lowcomm.training.checkpoint import checkpoints_of, save_checkpoint
 from lowcomm.training.config import load_config
+from lowcomm.training.peers import Peers
 from lowcomm.training.rundir import prepare_run_directory
 
 
@@ -18,7 +21,8 @@ def test_a_fresh_directory_gets_the_resolved_config(tmp_path):
     prepare_run_directory(config)
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["config.yaml"]
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert (saved["algo"], saved["outer_lr"], saved["device"]) == ("diloco", 0.7, "cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert (saved["algo"], saved["outer_lr"], saved["device"]) == ("diloco", 0.7, device)
 
 
 def test_a_directory_holding_a_run_needs_resume_or_overwrite(tmp_path):
@@ -34,11 +38,24 @@ def test_a_directory_holding_a_run_needs_resume_or_overwrite(tmp_path):
 
 
 def test_resuming_a_different_run_is_refused_and_names_the_difference(tmp_path):
-    prepare_run_directory(config_for(tmp_path, steps="100"))
+    prepare_run_directory(config_for(tmp_path, seed="100"))
     before = snapshot(tmp_path)
-    with pytest.raises(ValueError, match=r"holds a different run \(steps: 100 there, 200 here\)"):
-        prepare_run_directory(config_for(tmp_path, steps="200", resume=True))
+    with pytest.raises(ValueError, match=r"holds a different run \(seed: 100 there, 200 here\)"):
+        prepare_run_directory(config_for(tmp_path, seed="200", resume=True))
     assert snapshot(tmp_path) == before
+
+
+def test_resuming_may_change_the_steps_but_not_below_those_done(tmp_path):
+    prepare_run_directory(config_for(tmp_path, steps="100"))
+    one_worker = Peers(0, 1, lambda value: [value])
+    save_checkpoint(checkpoints_of(tmp_path), 60, {"step": 60}, {"w": torch.zeros(1)}, peers=one_worker)
+    before = snapshot(tmp_path)
+    with pytest.raises(ValueError, match=r"^--steps: .* has already trained 60 steps; resume it with --steps 60 or more$"):
+        prepare_run_directory(config_for(tmp_path, steps="59", resume=True))
+    assert snapshot(tmp_path) == before
+    for steps in (60, 80, 200):
+        prepare_run_directory(config_for(tmp_path, steps=str(steps), resume=True))
+        assert yaml.safe_load((tmp_path / "config.yaml").read_text())["steps"] == steps
 
 
 def test_overwrite_replaces_a_run_but_never_a_foreign_directory(tmp_path):

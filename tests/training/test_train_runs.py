@@ -17,6 +17,8 @@ import pytest
 
 from lowcomm import ALGORITHMS
 from lowcomm.algorithms.periodic import PeriodicStrategy
+from lowcomm.cli import main
+from lowcomm.training.schedule import warmup_cosine
 from tests.distributed import free_port
 from tests.train_runs import (
     BATCH,
@@ -121,16 +123,20 @@ def test_the_embedded_default_writes_the_documented_layout(runs):
     assert sorted(p.name for p in out.iterdir()) == [
         "checkpoints",
         "config.yaml",
+        "loss.png",
         "metrics.jsonl",
+        "samples.txt",
         "summary.json",
         "tensorboard",
+        "tokenizer.json",
     ]
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").iterdir())
     checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert checkpoints == ["step_00000008", "step_00000016", "step_00000024", "step_00000032"]
     assert sorted(manifest(out, 32)["files"]) == ["model.safetensors", "rank_00000.pt", "rank_00001.pt"]
     stdout = runs.stdout("palsgd")
-    assert f"-> lowcomm-runs/{out.name}" in stdout and f"results in lowcomm-runs/{out.name}/" in stdout
+    assert f"-> lowcomm-runs/{out.name}" in stdout and f"results in lowcomm-runs/{out.name}/: loss.png" in stdout
+    assert (out / "samples.txt").read_text() in stdout  # the story is shown
     config = (out / "config.yaml").read_text()
     assert "algo: palsgd\n" in config and "outer_lr: 0.7\n" in config and "device: cpu\n" in config
 
@@ -143,6 +149,7 @@ def test_resuming_replays_the_uninterrupted_run_exactly(runs, cache_dir, tmp_pat
         shutil.rmtree(resumed / "checkpoints" / f"step_{step:08d}")
     (resumed / "checkpoints" / "step_00000024").mkdir()  # an unfinished write: no manifest
     (resumed / "summary.json").unlink()
+    (resumed / "samples.txt").unlink()
     result = lowcomm_train(*SHORT, *PERIODIC, "--cache-dir", cache_dir, "--out", str(resumed), "--resume")
     assert "skipping checkpoint step_00000024: no manifest (an unfinished write)" in result.stderr
     assert without_timing(resumed) == without_timing(straight)
@@ -150,6 +157,37 @@ def test_resuming_replays_the_uninterrupted_run_exactly(runs, cache_dir, tmp_pat
     assert [r["step"] for r in records(resumed, "sync") if r["sync"] == "pseudo" and r["step"] > 16]
     global_model = manifest(resumed, 32)["files"]["model.safetensors"]
     assert global_model == manifest(straight, 32)["files"]["model.safetensors"]
+    assert (resumed / "samples.txt").read_text() == (straight / "samples.txt").read_text()  # seeded sampling
+
+
+def test_a_finished_run_extended_with_more_steps_follows_a_replanned_schedule(runs, cache_dir, tmp_path, capsys):
+    """``--resume --steps 40`` on a finished 32-step run: steps 33..40 run with the learning rates of
+    a 40-step schedule, one warning line and one event say so, and the first 32 steps stay as they were."""
+    finished = runs("ddp")
+    extended = tmp_path / "extended"
+    shutil.copytree(finished, extended)
+    result = lowcomm_train("--algo", "ddp", *SHORT, "--steps", "40", "--cache-dir", cache_dir, "--out", str(extended),
+                           "--resume")
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warnings == ["lowcomm: warning: --steps changed from 32 to 40: the learning-rate schedule is re-planned "
+                        "for 40 steps and followed from step 32 (next lr 0.000585)"]
+    train = records(extended, "train")
+    assert [r["step"] for r in train] == list(range(1, 41))
+    assert [r["step"] for r in records(extended, "eval")] == [8, 16, 24, 32, 40]
+    assert without_timing(extended)[: len(without_timing(finished))] == without_timing(finished)
+    old_plan, new_plan = warmup_cosine(2, STEPS, 0.1), warmup_cosine(2, 40, 0.1)
+    assert [r["lr"] for r in train] == [3e-3 * old_plan(t - 1) for t in range(1, 33)] + [
+        3e-3 * new_plan(t - 1) for t in range(33, 41)]
+    (event,) = [r for r in records(extended, "event") if r["event"] == "lr_schedule_replanned"]
+    assert event == {"step": 32, "event": "lr_schedule_replanned", "from_steps": 32, "to_steps": 40,
+                     "lr": 3e-3 * new_plan(32)}
+    assert json.loads((extended / "summary.json").read_text())["steps"] == 40
+
+    before = sorted(p.name for p in (extended / "checkpoints").iterdir())
+    assert main(["train", "--algo", "ddp", *SHORT, "--steps", "39", "--out", str(extended), "--resume"]) == 2
+    assert capsys.readouterr().err == (f"lowcomm train: error: --steps: {extended} has already trained 40 steps; "
+                                       "resume it with --steps 40 or more\n")
+    assert sorted(p.name for p in (extended / "checkpoints").iterdir()) == before
 
 
 def test_a_stopped_worker_makes_the_group_restart_and_resume(runs, cache_dir, tmp_path):

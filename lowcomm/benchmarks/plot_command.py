@@ -1,0 +1,63 @@
+"""``lowcomm plot RUN_DIR... [--out FILE]``: runs side by side, eval loss against step, wall-clock,
+tokens and bytes sent.
+
+A RUN_DIR is a ``lowcomm train`` run, finished or still going (its ``metrics.jsonl`` needs one
+evaluation), or a ``lowcomm bench`` directory, whose runs in ``runs/`` are all plotted. Each line
+is labelled with the directory and the algorithm.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from lowcomm.plotting import comparison_figure, save_figure
+from lowcomm.cli import usage_error
+from lowcomm.training.records import Evaluation, read_records
+from lowcomm.training.rundir import read_run_config
+
+DEFAULT_OUT = Path("lowcomm-plot.png")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="lowcomm train runs or bench directories")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="FILE", help=f"image to write, .png, .pdf or .svg (default: {DEFAULT_OUT})")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.out.suffix.lower().lstrip(".") not in Figure().canvas.get_supported_filetypes():
+            raise ValueError(f"--out: {args.out} has no image suffix matplotlib writes (.png, .pdf, .svg, ...)")
+        if not args.out.parent.is_dir():
+            raise ValueError(f"--out: {args.out.parent} is not a directory")
+        curves = [curve for directory in args.run_dirs for curve in labelled_curves(directory)]
+    except ValueError as error:
+        return usage_error("plot", str(error))
+    save_figure(comparison_figure(curves), args.out)
+    print(f"lowcomm plot: {len(curves)} runs -> {args.out}")
+    return 0
+
+
+def labelled_curves(directory: Path) -> list[tuple[str, list[Evaluation]]]:
+    """``(label, evaluations)`` of the run in ``directory``, or of each run of the benchmark in it."""
+    if not directory.is_dir():
+        raise ValueError(f"RUN_DIR: {directory} is not a directory")
+    if (directory / "metrics.jsonl").is_file():
+        return [run_curve(directory)]
+    runs = sorted(path for path in (directory / "runs").glob("*") if (path / "metrics.jsonl").is_file())
+    if not runs:
+        raise ValueError(f"RUN_DIR: {directory} holds neither a run (metrics.jsonl) nor a benchmark's runs/")
+    return [run_curve(path) for path in runs]
+
+
+def run_curve(directory: Path) -> tuple[str, list[Evaluation]]:
+    evaluations = read_records(directory / "metrics.jsonl").evaluations
+    if not evaluations:
+        raise ValueError(f"RUN_DIR: {directory} has no evaluations in metrics.jsonl yet")
+    try:
+        algo = read_run_config(directory).get("algo")
+    except ValueError:
+        algo = None
+    return (f"{directory} ({algo})" if algo else str(directory)), evaluations
