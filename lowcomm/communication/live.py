@@ -24,10 +24,11 @@ from datetime import timedelta
 from typing import Any
 
 import torch
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.utils._pytree import tree_leaves
 
-from lowcomm.communication.communicator import Communicator, CommStats, Handle, _buckets, payload_bytes
+from lowcomm.communication.communicator import (
+    Communicator, CommStats, Handle, dtype_buckets, flatten, payload_bytes, unflatten,
+)
 
 EXTRA = "pip install 'lowcomm[ft]'"
 LIVE_ALGORITHMS = ("diloco", "palsgd")
@@ -194,10 +195,10 @@ class LiveCommunicator(Communicator):
         live = self.world_size
         membership = torch.zeros(self.settings.groups, dtype=torch.float64)
         membership[self.rank] = 1.0
-        buckets = _buckets(tensors) + [[membership]]
+        buckets = dtype_buckets(tensors) + [[membership]]
         pending = []
         for bucket in buckets:
-            flat = _flatten_dense_tensors(bucket)
+            flat = flatten(bucket)
             pending.append((bucket, flat, self.manager.allreduce(flat)))
 
         def finish() -> None:
@@ -207,7 +208,7 @@ class LiveCommunicator(Communicator):
             for bucket, flat, _ in pending:
                 if not committed:
                     flat.zero_()
-                for tensor, reduced in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
+                for tensor, reduced in zip(bucket, unflatten(flat, bucket)):
                     tensor.copy_(reduced)
             if committed:
                 self.note_members(membership, live, time.perf_counter() - self.step_started)
@@ -228,6 +229,9 @@ class LiveCommunicator(Communicator):
 
     def _exchange(self, tensors: list[torch.Tensor], peers: list[int]) -> list[list[torch.Tensor]]:
         raise NotImplementedError("live fault tolerance supports mean all-reduces between groups only")
+
+    def _all_gather_object(self, value: Any) -> list[Any]:
+        raise NotImplementedError("a live group's bookkeeping (checkpoints, totals) stays inside the group")
 
     def _broadcast(self, tensors: list[torch.Tensor], src: int) -> None:
         """Every group builds the same initial model from the seed; a group that joins later is healed

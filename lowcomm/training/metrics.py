@@ -13,7 +13,7 @@
   ``lr_schedule_replanned`` (a resumed run with another ``--steps``: ``from_steps``, ``to_steps``
   and the next step's ``lr``), ``nonfinite_loss`` (rank 0's), and whatever the strategy records in
   its ``events`` (such as
-  ``nonfinite_pseudo_gradient``). After the elastic launcher restarted the group, ``start`` and
+  ``nonfinite_worker_excluded``: ``what`` was not finite, ``finite_workers`` took part). After the elastic launcher restarted the group, ``start`` and
   ``resume`` carry ``restart``, the number of that restart.
   With ``--fault-tolerance live``: ``group_left`` and ``group_joined`` (``group``,
   ``live_groups``, ``stalled_s``: the seconds that synchronisation took, its quorum included).
