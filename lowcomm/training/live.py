@@ -197,12 +197,14 @@ class LiveTrainer(Trainer):
 
     def load_live_state(self, state: dict[str, Any]) -> None:
         """Take a peer's state, keeping this group's own byte counters; its data stream continues at
-        the peer's position in its own shard, its generators seeded afresh from (seed, group, step)."""
+        the peer's position (the same fraction of the epoch) in its own shard, its generators seeded afresh from (seed, group, step)."""
         own_counters = self.strategy.comm_stats.as_dict()
         self.strategy.load_state_dict(state["strategy"])
         self.strategy.comm_stats.load(own_counters)
         self.scheduler.load_state_dict(state["scheduler"])
-        self.data.train.load_state_dict(state["data"])
+        peer, shard_size = state["data"], self.data.train.state_dict()["shard_size"]
+        offset = int(peer["offset"] / peer["shard_size"] * shard_size)  # shards may differ by one example
+        self.data.train.load_state_dict({"epoch": peer["epoch"], "offset": offset, "shard_size": shard_size})
         self.progress.tokens = int(state["tokens"])
         seed_everything(self.config.seed + self.shard_index + self.shard_count * self.step)
 
