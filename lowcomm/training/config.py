@@ -246,7 +246,8 @@ class TrainConfig(BaseModel):
             raise ValueError(f"seq_len: {self.seq_len} exceeds {self.model}'s {max_positions} positions")
         if self.fault_tolerance == "live":
             self.check_live()
-        elif given := sorted({"min_groups", "lighthouse", "live_group"} & self.model_fields_set):
+        elif given := [name for name, unset in (("min_groups", 1), ("lighthouse", None), ("live_group", None))
+                       if getattr(self, name) != unset]:
             raise ValueError(f"{given[0]}: only --fault-tolerance live takes it")
         self.resolve_groups()
         algorithm = ALGORITHMS[self.algo]
