@@ -74,7 +74,7 @@ With the paper's outer learning rate of 0.1, z trails the workers through a run 
 
 LAUNCH_FIELDS = frozenset(
     {"out", "resume", "overwrite", "max_restarts", "hang_timeout", "keep_checkpoints", "bind_all", "cache_dir",
-     "network", "bandwidth", "latency"}
+     "network", "bandwidth", "latency", "min_groups", "lighthouse", "live_group"}
 )
 """Fields that say how a run is launched, not what it computes: they may change when it resumes."""
 
@@ -155,6 +155,17 @@ class TrainConfig(BaseModel):
         300.0, gt=0, le=10**6, description="seconds a collective may wait before the group fails"
     )
     bind_all: bool = Field(False, description="listen on all interfaces, not only 127.0.0.1")
+    fault_tolerance: Literal["restart", "live"] = Field(
+        "restart", description="restart: a failure restarts every worker from a checkpoint; live: the other "
+        "worker groups train on and a restarted group rejoins, healed from a peer (needs lowcomm[ft])"
+    )
+    min_groups: Int = Field(1, ge=1, le=1024, description="live: fewer live groups than this stop the run")
+    lighthouse: str | None = Field(
+        None, description="live, several machines: the torchft lighthouse's HOST:PORT (default: started here)"
+    )
+    live_group: Int | None = Field(
+        None, ge=0, le=1023, description="live with --lighthouse: the one group this machine runs (0..K-1)"
+    )
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: forward passes under bfloat16 autocast")
     compile: bool = Field(False, description="compile the model with torch.compile")
     backend: Literal["dist", "sim"] = Field(
@@ -233,6 +244,11 @@ class TrainConfig(BaseModel):
         max_positions = spec.max_positions
         if max_positions is not None and self.seq_len > max_positions:
             raise ValueError(f"seq_len: {self.seq_len} exceeds {self.model}'s {max_positions} positions")
+        if self.fault_tolerance == "live":
+            self.check_live()
+        elif given := [name for name, unset in (("min_groups", 1), ("lighthouse", None), ("live_group", None))
+                       if getattr(self, name) != unset]:
+            raise ValueError(f"{given[0]}: only --fault-tolerance live takes it")
         self.resolve_groups()
         algorithm = ALGORITHMS[self.algo]
         algorithm.check_workers("workers", self.workers)
@@ -250,6 +266,40 @@ class TrainConfig(BaseModel):
         self.fill_algorithm_defaults()
         algorithm.check_options(self.lr, self.algorithm_kwargs())
         return self
+
+    def check_live(self) -> None:
+        """Live fault tolerance: torchft installed, groups of one process each, an algorithm whose
+        only traffic between groups is one blocking mean all-reduce per step, a sound quorum size."""
+        from lowcomm.communication.live import LIVE_ALGORITHMS, require_torchft
+
+        require_torchft()
+        if self.algo not in LIVE_ALGORITHMS:
+            raise ValueError(f"fault_tolerance: live supports {', '.join(LIVE_ALGORITHMS)}, not {self.algo}")
+        if self.groups is None:
+            raise ValueError("fault_tolerance: live needs --groups K (the worker groups that may fail and rejoin)")
+        if self.group_size not in (None, 1):
+            raise ValueError("group_size: live fault tolerance runs groups of one process (--group-size 1) so far")
+        self.group_size = 1
+        if self.backend != "dist" or self.network != "none" or self.bandwidth != "unlimited" or under_torchrun():
+            raise ValueError("fault_tolerance: live runs on lowcomm's own launcher with the real, unlimited network")
+        for name in ("overlap_steps", "compress"):
+            if getattr(self, name) not in (None, 0, "none"):
+                raise ValueError(f"{name}: live fault tolerance needs blocking uncompressed outer steps")
+        if self.min_groups > self.groups:
+            raise ValueError(f"min_groups: {self.min_groups} exceeds the {self.groups} groups")
+        if (self.lighthouse is None) != (self.live_group is None):
+            raise ValueError("lighthouse: give --lighthouse HOST:PORT and --live-group G together (several "
+                             "machines), or neither (one machine, which starts its own lighthouse)")
+        if self.live_group is not None and self.live_group >= self.groups:
+            raise ValueError(f"live_group: {self.live_group} is not one of the {self.groups} groups")
+        if self.lighthouse is not None:
+            host, _, port = self.lighthouse.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"lighthouse: expected HOST:PORT, got {self.lighthouse!r}")
+
+    @property
+    def live(self) -> bool:
+        return self.fault_tolerance == "live"
 
     @property
     def grouped(self) -> bool:

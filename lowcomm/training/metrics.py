@@ -15,6 +15,8 @@
   its ``events`` (such as
   ``nonfinite_worker_excluded``: ``what`` was not finite, ``finite_workers`` took part). After the elastic launcher restarted the group, ``start`` and
   ``resume`` carry ``restart``, the number of that restart.
+  With ``--fault-tolerance live``: ``group_left`` and ``group_joined`` (``group``,
+  ``live_groups``, ``stalled_s``: the seconds that synchronisation took, its quorum included).
 
 With worker groups, ``comm_bytes``, ``comm_wait_s`` and a sync record's ``bytes`` count the traffic
 between groups (the slow link), and train and eval records add ``comm_bytes_within_groups``

@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     from lowcomm.training.launch import train
+    from lowcomm.training.live import LiveFailure
     from lowcomm.training.outputs import LOSS_PLOT, SAMPLES_FILE
 
     try:
@@ -81,17 +82,21 @@ def run(args: argparse.Namespace) -> int:
         message = f"worker {rank} failed (exit code {failure.exitcode}); see its log above"
         print(f"lowcomm train: error: {message}", file=sys.stderr)
         return 1
+    except LiveFailure as error:
+        print(f"lowcomm train: error: {error}", file=sys.stderr)
+        return 1
     if reports():
-        summary = json.loads((config.out / "summary.json").read_text())
-        samples = config.out / SAMPLES_FILE
+        out = config.out / f"group_{config.live_group or 0}" if config.live else config.out  # live: per group
+        summary = json.loads((out / "summary.json").read_text())
+        samples = out / SAMPLES_FILE
         if samples.is_file():
             print(f"\n{samples.read_text(encoding='utf-8')}")
         print(
             f"lowcomm train: done: final eval loss {summary['final_eval_loss']:.4f} after {summary['steps']} steps "
             f"in {summary['wall_time_s']:.1f} s\n"
-            f"results in {config.out}/: {LOSS_PLOT}, {SAMPLES_FILE + ', ' if samples.is_file() else ''}"
+            f"results in {out}/: {LOSS_PLOT}, {SAMPLES_FILE + ', ' if samples.is_file() else ''}"
             f"metrics.jsonl, summary.json, config.yaml, checkpoints/ "
-            f"(TensorBoard: tensorboard --logdir {config.out / 'tensorboard'})"
+            f"(TensorBoard: tensorboard --logdir {out / 'tensorboard'})"
         )
     return 0
 

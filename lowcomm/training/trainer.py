@@ -114,14 +114,19 @@ class Trainer:
         communicator: Communicator,
         peers: Peers,
         loss: Callable[..., Tensor] = cross_entropy,
+        data_shard: tuple[int, int] | None = None,
     ) -> None:
-        """``loss(model, inputs, targets, bf16)`` is the training loss (the simulation batches it)."""
+        """``loss(model, inputs, targets, bf16)`` is the training loss (the simulation batches it).
+        ``data_shard`` is (index, count) of the data shard to read when it is not (rank, world size):
+        a live worker group is a world of its own reading its group's shard."""
         self.config = config
         self.loss = loss
         self.device = device
         self.peers = peers
         self.rank, self.world_size = peers.rank, peers.world_size
-        self.mesh: DeviceMesh | None = worker_groups(config.groups, config.group_size) if config.grouped else None
+        self.shard_index, self.shard_count = data_shard or (self.rank, self.world_size)
+        grouped = config.grouped and not config.live
+        self.mesh: DeviceMesh | None = worker_groups(config.groups, config.group_size) if grouped else None
         with SETUP_LOCK:
             model, optimizer = self.build(config, device)
         on_mesh = {}
@@ -133,7 +138,7 @@ class Trainer:
         )
         for stats in (self.strategy.comm_stats, self.strategy.inner_comm_stats):
             stats.wait_s = 0.0  # waiting for the other ranks to start up is not communication
-        seed_everything(config.seed + self.rank)
+        seed_everything(config.seed + self.shard_index)
         self.progress = Progress()
         self.checkpoints = checkpoints_of(config.out)
         restored = self.restore()
@@ -159,8 +164,8 @@ class Trainer:
         seed_everything(config.seed)
         self.data = load_data(
             config.data,
-            rank=self.rank,
-            world_size=self.world_size,
+            rank=self.shard_index,
+            world_size=self.shard_count,
             batch_size=config.batch_size,
             seq_len=config.seq_len,
             seed=config.seed,
