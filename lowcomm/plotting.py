@@ -48,13 +48,13 @@ def save_figure(figure: Figure, path: Path) -> None:
     write_atomically(path, lambda temporary: figure.savefig(temporary, dpi=DPI, format=suffix))
 
 
-def draw_eval_curves(axes: Axes, curves: Curves, x_axis: str, target: float | None = None) -> None:
-    """Eval loss against ``x_axis`` (a key of :data:`X_AXES`), one line per run."""
+def draw_eval_curves(axes: Axes, curves: Curves, x_axis: str, targets: Sequence[float] = ()) -> None:
+    """Eval loss against ``x_axis`` (a key of :data:`X_AXES`), one line per run, a dashed line per target."""
     label, x_of = X_AXES[x_axis]
     for name, evaluations in curves:
         axes.plot([x_of(e) for e in evaluations], [e.eval_loss for e in evaluations], marker=".", label=name)
-    if target is not None:
-        axes.axhline(target, color="grey", linestyle="--", linewidth=1, label="target")
+    for index, target in enumerate(targets):
+        axes.axhline(target, color="grey", linestyle="--", linewidth=1, label="targets" if index == 0 else None)
     if x_axis == "bytes":
         axes.set_xscale("symlog", linthresh=1e6)
     axes.set(xlabel=label, ylabel="eval loss")
@@ -62,11 +62,11 @@ def draw_eval_curves(axes: Axes, curves: Curves, x_axis: str, target: float | No
     axes.legend()
 
 
-def plot_bench_curves(curves: Curves, target: float, out: Path) -> list[str]:
+def plot_bench_curves(curves: Curves, targets: Sequence[float], out: Path) -> list[str]:
     """``lowcomm bench``: one PNG per entry of :data:`BENCH_PLOTS` in ``out``; return their names."""
     for name, x_axis in BENCH_PLOTS.items():
         figure, (axes,) = new_figure()
-        draw_eval_curves(axes, curves, x_axis, target)
+        draw_eval_curves(axes, curves, x_axis, targets)
         save_figure(figure, out / name)
     return list(BENCH_PLOTS)
 
