@@ -11,7 +11,13 @@ from lowcomm.algorithms import (
     Strategy,
     StreamingDiLoCo,
 )
-from lowcomm.communication import CommStats, Communicator, ProcessGroupCommunicator
+from lowcomm.communication import (
+    CommStats,
+    Communicator,
+    ProcessGroupCommunicator,
+    shard_within_groups,
+    worker_groups,
+)
 
 __version__ = "0.1.0"
 
@@ -28,4 +34,6 @@ __all__ = [
     "ProcessGroupCommunicator",
     "Strategy",
     "StreamingDiLoCo",
+    "shard_within_groups",
+    "worker_groups",
 ]

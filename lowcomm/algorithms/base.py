@@ -11,13 +11,17 @@ from __future__ import annotations
 import contextlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.nn.parallel import DistributedDataParallel
 
-from lowcomm.communication.communicator import CommStats, Communicator, ProcessGroupCommunicator
+from lowcomm.communication.communicator import CommStats, Communicator, ProcessGroupCommunicator, payload_bytes
+from lowcomm.communication.ddp_hooks import CountingState, counting_allreduce_hook
+from lowcomm.communication.groups import GroupShards, count_fsdp_traffic, inner_kind, to_plain
 
 Closure = Callable[[], torch.Tensor]
 
@@ -25,10 +29,17 @@ Closure = Callable[[], torch.Tensor]
 class Strategy(ABC):
     """One worker's view of a data-parallel algorithm.
 
+    With worker groups (``mesh`` from :func:`lowcomm.worker_groups`), a worker is a group of G
+    ranks: the algorithm runs between groups over ``mesh["group"]`` on each rank's shard of the
+    parameters (:class:`~lowcomm.communication.groups.GroupShards`), and inside a group the ranks
+    train one model with FSDP2 (when the parameters are DTensors, see
+    :func:`lowcomm.shard_within_groups`) or with DistributedDataParallel over ``mesh["inner"]``.
+
     Args:
         model: the local model; its parameters are broadcast from worker 0 at construction.
         optimizer: any ``torch.optim.Optimizer`` over exactly the model's trainable parameters.
-        communicator: defaults to the default ``torch.distributed`` process group.
+        mesh: worker groups; None (or a group size of 1) makes every rank a worker.
+        communicator: defaults to the default ``torch.distributed`` process group (not with a mesh).
         max_grad_norm: clip the (averaged, where averaged) gradient norm to this value.
     """
 
@@ -37,6 +48,7 @@ class Strategy(ABC):
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         *,
+        mesh: DeviceMesh | None = None,
         communicator: Communicator | None = None,
         max_grad_norm: float | None = None,
     ) -> None:
@@ -48,38 +60,83 @@ class Strategy(ABC):
             raise ValueError("optimizer: it must hold exactly the model's trainable parameters")
         if max_grad_norm is not None and not max_grad_norm > 0:
             raise ValueError(f"max_grad_norm: must be > 0, got {max_grad_norm}")
+        if mesh is not None and communicator is not None:
+            raise ValueError("communicator: give either a mesh or a communicator, not both")
+        if mesh is not None and mesh.mesh_dim_names != ("group", "inner"):
+            raise ValueError(f"mesh: its dimensions must be ('group', 'inner'), got {mesh.mesh_dim_names}")
         self.local_model = model
         self.optimizer = optimizer
-        self.comm = communicator if communicator is not None else ProcessGroupCommunicator()
+        self.mesh = mesh
+        if mesh is None:
+            self.comm = communicator if communicator is not None else ProcessGroupCommunicator()
+            self.inner_comm: ProcessGroupCommunicator | None = None
+        else:
+            self.comm = ProcessGroupCommunicator(mesh["group"].get_group())
+            self.inner_comm = ProcessGroupCommunicator(mesh["inner"].get_group())
+        self.inner = inner_kind(self.params, mesh)
+        self.shards = GroupShards(self.params, self.inner, self.inner_comm)
+        if self.inner == "fsdp":
+            count_fsdp_traffic(model, self.inner_comm.stats)
         self.max_grad_norm = max_grad_norm
         self.step_count = 0
         self.events: list[dict[str, Any]] = []  # notable things that happened, for the caller to log
+        self.ddp, self.counting = self.data_parallel()
         self.broadcast_initial_state()
 
+    def data_parallel(self) -> tuple[DistributedDataParallel | None, CountingState | None]:
+        """The DistributedDataParallel wrapper that trains the model inside a group (DDP inside)."""
+        if self.inner != "ddp":
+            return None, None
+        return wrap_ddp(self.local_model, self.inner_comm, self.inner_comm.stats)
+
     def broadcast_initial_state(self) -> None:
-        """Start every worker from worker 0's parameters and buffers."""
-        self.comm.broadcast([t.data for t in self.local_model.state_dict().values()], src=0)
+        """Start every worker from worker 0's parameters and buffers (with groups: each rank's shard
+        of the trainable parameters from the first group, then the group completes the model)."""
+        if self.inner is None:
+            self.comm.broadcast([t.data for t in self.local_model.state_dict().values()], src=0)
+            return
+        self.comm.broadcast(self.shards.local() + [b.data for b in self.local_model.buffers()], src=0)
+        self.shards.complete()
 
     def micro_batch_context(self, last: bool) -> contextlib.AbstractContextManager[Any]:
-        """Entered around each micro-batch's backward pass (DDP skips syncing all but the last)."""
+        """Entered around each micro-batch's backward pass: DDP and FSDP average only the last's
+        (FSDP then reduce-scatters the accumulated gradients)."""
+        if last:
+            return contextlib.nullcontext()
+        if self.ddp is not None:
+            return self.ddp.no_sync()
+        if self.inner == "fsdp":
+            return gradient_sync_off(self.local_model)
         return contextlib.nullcontext()
 
     @property
     def model(self) -> nn.Module:
-        """The module to call inside the closure (DDP wraps it; the others return it unchanged)."""
-        return self.local_model
+        """The module to call inside the closure (the DistributedDataParallel wrapper where there is one)."""
+        return self.local_model if self.ddp is None else self.ddp
 
     @property
     def comm_stats(self) -> CommStats:
+        """Traffic between workers (with groups: between groups, the slow link)."""
         return self.comm.stats
+
+    @property
+    def inner_comm_stats(self) -> CommStats:
+        """Traffic within groups (zeros without them)."""
+        return CommStats() if self.inner_comm is None else self.inner_comm.stats
+
+    def average_gradients(self) -> None:
+        """Average the gradients over all workers (with groups: the gradient shards across groups,
+        the group having averaged them inside already), making zero gradients where there are none."""
+        self.comm.all_reduce_mean(self.shards.grads())
+        self.shards.complete_grads()
 
     @abstractmethod
     def step(self, closure: Closure | Sequence[Closure]) -> torch.Tensor | None:
         """Take one training step; return the mean loss, or ``None`` if no batch was computed."""
 
     def global_state_dict(self) -> dict[str, torch.Tensor]:
-        """The model to evaluate and save: the global model (collective for some algorithms)."""
-        return {k: v.detach().clone() for k, v in self.local_model.state_dict().items()}
+        """The model to evaluate and save, whole tensors on every rank: the global model (a collective)."""
+        return {k: to_plain(v.detach()).clone() for k, v in self.local_model.state_dict().items()}
 
     def wait(self) -> None:
         """Block until every communication this strategy started has completed (call it before
@@ -92,6 +149,7 @@ class Strategy(ABC):
             "model": self.local_model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "comm_stats": self.comm.stats.as_dict(),
+            "inner_comm_stats": self.inner_comm_stats.as_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -99,6 +157,8 @@ class Strategy(ABC):
         self.local_model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.comm.stats.load(state["comm_stats"])
+        if self.inner_comm is not None and "inner_comm_stats" in state:
+            self.inner_comm.stats.load(state["inner_comm_stats"])
 
     def _backward(self, closure: Closure | Sequence[Closure]) -> torch.Tensor:
         """Zero the gradients, run every micro-batch closure and back-propagate its share."""
@@ -112,6 +172,8 @@ class Strategy(ABC):
                 loss = micro_batch()
                 (loss / len(closures)).backward()
             total += loss.detach()
+        if self.counting is not None:
+            self.counting.end_step()
         return total / len(closures)
 
     def _optimizer_step(self, lr_scale: float = 1.0) -> None:
@@ -127,6 +189,33 @@ class Strategy(ABC):
         self.optimizer.step()
         for group, lr in zip(self.optimizer.param_groups, saved):
             group["lr"] = lr
+
+
+@contextlib.contextmanager
+def gradient_sync_off(model: nn.Module) -> Iterator[None]:
+    """Inside, an FSDP2 model's backward passes accumulate unsharded gradients without reducing them."""
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
+def wrap_ddp(
+    model: nn.Module, comm: ProcessGroupCommunicator, stats: CommStats, **options: Any
+) -> tuple[DistributedDataParallel, CountingState]:
+    """torch's DistributedDataParallel over ``comm``'s process group, its traffic charged to ``stats``
+    (by the returned state, whose ``end_step`` closes each step's count)."""
+    device = next(model.parameters()).device
+    ddp = DistributedDataParallel(
+        model, device_ids=[device] if device.type == "cuda" else None, process_group=comm.group, **options
+    )
+    stats.operations += 1  # DistributedDataParallel broadcasts rank 0's state itself
+    if comm.rank == 0:
+        stats.bytes_sent += payload_bytes(list(model.state_dict().values()))
+    counting = CountingState(comm, stats=stats)
+    ddp.register_comm_hook(counting, counting_allreduce_hook)
+    return ddp, counting
 
 
 def check_positive_int(name: str, value: int, minimum: int = 1) -> int:

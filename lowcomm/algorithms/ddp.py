@@ -3,21 +3,26 @@
 Rule: every step, gradients are averaged over all workers (bucketed all-reduce overlapped with the
 backward pass) before the inner optimizer steps. This is torch's own implementation with a
 communication hook that counts bytes; lowcomm adds nothing else.
+
+With worker groups, DDP inside: DistributedDataParallel over all K x G ranks. Its ring runs in rank
+order and leaves a group only from the group's last rank, so that rank's bytes count as between
+groups and the others' as within. FSDP inside: HSDP done by lowcomm: FSDP averages the gradient
+shards within the group (its reduce-scatter), then lowcomm averages them across groups every step.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
 from torch.nn.parallel import DistributedDataParallel
 
-from lowcomm.algorithms.base import Closure, Strategy
-from lowcomm.communication.communicator import ProcessGroupCommunicator, payload_bytes
-from lowcomm.communication.ddp_hooks import CountingState, counting_allreduce_hook
+from lowcomm.algorithms.base import Closure, Strategy, wrap_ddp
+from lowcomm.communication.communicator import ProcessGroupCommunicator
+from lowcomm.communication.ddp_hooks import CountingState
 
 
 class DDP(Strategy):
@@ -31,39 +36,34 @@ class DDP(Strategy):
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         *,
+        mesh: DeviceMesh | None = None,
         communicator: ProcessGroupCommunicator | None = None,
         max_grad_norm: float | None = None,
         **ddp_options: Any,
     ) -> None:
         if communicator is not None and not isinstance(communicator, ProcessGroupCommunicator):
             raise ValueError("communicator: DDP needs a ProcessGroupCommunicator")
-        super().__init__(model, optimizer, communicator=communicator, max_grad_norm=max_grad_norm)
-        device = self.params[0].device
-        self.ddp = DistributedDataParallel(
-            model,
-            device_ids=[device] if device.type == "cuda" else None,
-            process_group=self.comm.group,
-            **ddp_options,
-        )
-        self.counting = CountingState(self.comm)
-        self.ddp.register_comm_hook(self.counting, counting_allreduce_hook)
+        self.ddp_options = ddp_options
+        super().__init__(model, optimizer, mesh=mesh, communicator=communicator, max_grad_norm=max_grad_norm)
+
+    def data_parallel(self) -> tuple[DistributedDataParallel | None, CountingState | None]:
+        if self.inner == "fsdp":
+            return None, None
+        if self.mesh is None:
+            return wrap_ddp(self.local_model, self.comm, self.comm.stats, **self.ddp_options)
+        crosses_groups = self.comm.world_size > 1 and self.inner_comm.rank == self.inner_comm.world_size - 1
+        stats = self.comm.stats if crosses_groups else self.inner_comm.stats
+        return wrap_ddp(self.local_model, ProcessGroupCommunicator(), stats, **self.ddp_options)
 
     def broadcast_initial_state(self) -> None:
-        """DistributedDataParallel broadcasts worker 0's state itself; its bytes are charged here."""
-        self.comm.stats.operations += 1
-        if self.comm.rank == 0:
-            self.comm.stats.bytes_sent += payload_bytes(list(self.local_model.state_dict().values()))
-
-    @property
-    def model(self) -> nn.Module:
-        return self.ddp
+        """DistributedDataParallel broadcasts worker 0's state itself (its bytes are charged)."""
+        if self.inner == "fsdp":
+            super().broadcast_initial_state()
 
     def step(self, closure: Closure | Sequence[Closure]) -> torch.Tensor:
         self.step_count += 1
         loss = self._backward(closure)
-        self.counting.end_step()
+        if self.inner == "fsdp":
+            self.average_gradients()
         self._optimizer_step()
         return loss
-
-    def micro_batch_context(self, last: bool) -> contextlib.AbstractContextManager[Any]:
-        return contextlib.nullcontext() if last else self.ddp.no_sync()

@@ -19,6 +19,9 @@ all-reduced uncompressed; the byte counters see what is sent. The compressed mea
 A worker whose pseudo-gradient (or a floating-point buffer) is not finite is left out of that outer
 step (the others' mean is used; with none left the step is skipped), restarts from z with a fresh
 inner optimizer state, and the step is recorded in ``events``.
+
+With worker groups, x, z, the outer optimizer's state and the error-feedback residuals are this
+rank's shards (``self.shards``), and each outer step ends with the group completing its model.
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
 
 from lowcomm.algorithms.base import check_positive, check_positive_int
-from lowcomm.algorithms.periodic import PeriodicStrategy, finite_flag
+from lowcomm.algorithms.periodic import PeriodicStrategy
 from lowcomm.communication.communicator import Communicator, Handle
 from lowcomm.communication.compression import compressed_mean
 
@@ -87,6 +91,7 @@ class DiLoCo(PeriodicStrategy):
         merge_alpha: float = 0.5,
         compress: str = "none",
         compress_block_size: int | None = None,
+        mesh: DeviceMesh | None = None,
         communicator: Communicator | None = None,
         max_grad_norm: float | None = None,
     ) -> None:
@@ -103,24 +108,24 @@ class DiLoCo(PeriodicStrategy):
             optimizer,
             sync_interval=sync_interval,
             warmup_steps=warmup_steps,
+            mesh=mesh,
             communicator=communicator,
             max_grad_norm=max_grad_norm,
         )
         device = torch.device(outer_device) if outer_device is not None else None
         pin = device is not None and device.type == "cpu" and self.params[0].is_cuda
         self.outer_params = []
-        for p in self.params:
-            z = p.detach().to(device or p.device, copy=True)
+        for x in self.shards.local():
+            z = x.to(device or x.device, copy=True)
             self.outer_params.append(z.pin_memory() if pin else z)
         self.outer_optimizer = factory(self.outer_params)
-        self.outer_of = {id(x): z for x, z in zip(self.params, self.outer_params)}
         self.fragments: list[list[int]] = [list(range(len(self.params)))]
         self.offsets: list[int] = [0]
         self.pending: list[PendingSync] = []
 
     def begin_local_phase(self) -> None:
-        for x, z in zip(self.params, self.outer_params):
-            z.copy_(x.detach())
+        for x, z in zip(self.shards.local(), self.outer_params):
+            z.copy_(x)
 
     def communicate(self) -> None:
         for pending in [p for p in self.pending if p.apply_at == self.step_count]:
@@ -136,9 +141,10 @@ class DiLoCo(PeriodicStrategy):
 
     def start(self, fragment: int) -> None:
         """Launch the average of this fragment's pseudo-gradient ``z - x``."""
-        deltas = [self.outer_params[i].to(self.params[i].device) - self.params[i].detach() for i in self.fragments[fragment]]
-        buffers = [b.clone() for b in self.buffers] if fragment == 0 else []
-        flag = finite_flag(deltas + buffers)
+        xs = self.shards.local()
+        deltas = [self.outer_params[i].to(xs[i].device) - xs[i] for i in self.fragments[fragment]]
+        buffers = [b.clone() for b in self.group_buffers()] if fragment == 0 else []
+        flag = self.finite_flag(deltas + buffers)
         pending = PendingSync(fragment, deltas + buffers + [flag], self.step_count + self.overlap_steps, bool(flag))
         exact = pending.payload
         if self.compressed_mean is not None:
@@ -167,27 +173,28 @@ class DiLoCo(PeriodicStrategy):
                 self.outer_params[i].grad = (delta / finite_share).to(self.outer_params[i].device)
             self.outer_optimizer.step()
             self.outer_optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for i in indices:
-                x, z = self.params[i], self.outer_params[i].to(self.params[i].device, non_blocking=True)
-                if self.overlap_steps == 0:
-                    x.copy_(z)
-                else:
-                    x.lerp_(z, 1 - self.merge_alpha)
+        xs = self.shards.local()
+        for i in indices:
+            z = self.outer_params[i].to(xs[i].device, non_blocking=True)
+            if self.overlap_steps == 0:
+                xs[i].copy_(z)
+            else:
+                xs[i].lerp_(z, 1 - self.merge_alpha)
+        self.shards.complete(indices)
         if not pending.locally_finite:
             self.restart_from_global()
 
     def restart_from_global(self) -> None:
         """After a non-finite pseudo-gradient: ``x <- z`` everywhere and a fresh inner optimizer state."""
-        with torch.no_grad():
-            for x, z in zip(self.params, self.outer_params):
-                x.copy_(z)
+        for x, z in zip(self.shards.local(), self.outer_params):
+            x.copy_(z)
+        self.shards.complete()
         self.optimizer.state.clear()
 
     def global_state_dict(self) -> dict[str, torch.Tensor]:
         if self.in_warmup:
             return super().global_state_dict()
-        return self.state_dict_with(self.outer_params + self.buffers)
+        return self.state_dict_with(self.outer_params, self.buffers)
 
     def wait(self) -> None:
         for pending in self.pending:

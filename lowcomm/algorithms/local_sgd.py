@@ -10,6 +10,8 @@ per-block scales fit the small moves rather than the weights.
 
 A worker whose parameters (or floating-point buffers) are not finite is left out of the mean and
 continues from it with a fresh inner optimizer state; if no worker is finite, training stops with an error.
+With worker groups each rank averages its shard (compressed: its shard of the move) across groups,
+then the group completes its model.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
 
-from lowcomm.algorithms.periodic import PeriodicStrategy, finite_flag
+from lowcomm.algorithms.periodic import PeriodicStrategy
 from lowcomm.communication.communicator import Communicator
 from lowcomm.communication.compression import compressed_mean
 
@@ -39,6 +42,7 @@ class LocalSGD(PeriodicStrategy):
         *,
         sync_interval: int = 32,
         warmup_steps: int = 0,
+        mesh: DeviceMesh | None = None,
         compress: str = "none",
         compress_block_size: int | None = None,
         communicator: Communicator | None = None,
@@ -50,19 +54,18 @@ class LocalSGD(PeriodicStrategy):
             optimizer,
             sync_interval=sync_interval,
             warmup_steps=warmup_steps,
+            mesh=mesh,
             communicator=communicator,
             max_grad_norm=max_grad_norm,
         )
-        self.synced = [] if self.compressed_mean is None else [p.detach().clone() for p in self.params]
+        self.synced = [] if self.compressed_mean is None else [x.clone() for x in self.shards.local()]
 
     def synchronize(self) -> None:
         compressing = self.compressed_mean is not None
-        if compressing:
-            averaged = [p.detach() - x0 for p, x0 in zip(self.params, self.synced)]
-        else:
-            averaged = [p.data for p in self.params]
-        tensors = averaged + self.buffers
-        flag = finite_flag(tensors)
+        xs = self.shards.local()
+        averaged = [x - x0 for x, x0 in zip(xs, self.synced)] if compressing else xs
+        tensors = averaged + self.group_buffers()
+        flag = self.finite_flag(tensors)
         locally_finite = bool(flag)
         if compressing:
             self.compressed_mean(self.comm, 0, averaged)
@@ -79,9 +82,9 @@ class LocalSGD(PeriodicStrategy):
             if not locally_finite:
                 self.optimizer.state.clear()
         if compressing:
-            with torch.no_grad():
-                for p, x0, move in zip(self.params, self.synced, averaged):
-                    p.copy_(x0.add_(move))
+            for x, x0, move in zip(xs, self.synced, averaged):
+                x.copy_(x0.add_(move))
+        self.shards.complete()
 
     def global_state_dict(self) -> dict[str, torch.Tensor]:
         return self.averaged_state_dict()

@@ -12,6 +12,9 @@ Members whose ``x_j - z_j`` or ``z_j`` is not finite are left out of both means 
 every contribution, so all agree; with none left, m and z stay as they are); such a member still
 sets ``x_i <- z_i`` and starts a fresh inner optimizer state. The exclusion is recorded in
 ``events`` on every member of the group.
+
+With worker groups the partners are groups: rank i of a group exchanges its shards with rank i of
+the partner groups, and a partner is left out when any of the shards its ranks sent is non-finite.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
 
 from lowcomm.algorithms.base import check_positive
 from lowcomm.algorithms.periodic import PeriodicStrategy
@@ -51,6 +55,7 @@ class NoLoCo(PeriodicStrategy):
         warmup_steps: int = 0,
         outer_lr: float = 0.7,
         outer_momentum: float = 0.5,
+        mesh: DeviceMesh | None = None,
         communicator: Communicator | None = None,
         max_grad_norm: float | None = None,
     ) -> None:
@@ -63,26 +68,28 @@ class NoLoCo(PeriodicStrategy):
             optimizer,
             sync_interval=sync_interval,
             warmup_steps=warmup_steps,
+            mesh=mesh,
             communicator=communicator,
             max_grad_norm=max_grad_norm,
         )
         if self.comm.world_size < 2:
             raise ValueError("communicator: NoLoCo needs at least 2 workers")
-        self.outer_params = [p.detach().clone() for p in self.params]
-        self.momentum = [torch.zeros_like(p) for p in self.params]
+        self.outer_params = [x.clone() for x in self.shards.local()]
+        self.momentum = [torch.zeros_like(z) for z in self.outer_params]
 
     def begin_local_phase(self) -> None:
-        for x, z in zip(self.params, self.outer_params):
-            z.copy_(x.detach())
+        for x, z in zip(self.shards.local(), self.outer_params):
+            z.copy_(x)
 
     def synchronize(self) -> None:
         group = next(g for g in gossip_groups(self.comm.world_size, self.step_count) if self.comm.rank in g)
         peers = [j for j in group if j != self.comm.rank]
-        own = [x.detach() - z for x, z in zip(self.params, self.outer_params)] + self.outer_params
+        xs = self.shards.local()
+        own = [x - z for x, z in zip(xs, self.outer_params)] + self.outer_params
         sent_by = dict(zip(peers, self.comm.exchange(own, peers)))
         sent_by[self.comm.rank] = own
         # Sum in rank order so that every member of the group computes bit-identical means.
-        finite = [j for j in sorted(group) if all(bool(torch.isfinite(t).all()) for t in sent_by[j])]
+        finite = [j for j in sorted(group) if self.shards.group_finite(sent_by[j])]
         contributions = [sent_by[j] for j in finite]
         if len(finite) < len(group):
             self.record_nonfinite(len(finite), group=sorted(group))
@@ -94,8 +101,9 @@ class NoLoCo(PeriodicStrategy):
                     mean_z = sum(c[n + i] for c in contributions) / len(contributions)
                     m.mul_(self.mu).add_(mean_delta, alpha=self.alpha).add_(mean_z - z, alpha=self.alpha)
                     z.add_(m)
-            for x, z in zip(self.params, self.outer_params):
+            for x, z in zip(xs, self.outer_params):
                 x.copy_(z)
+        self.shards.complete()
         if self.comm.rank not in finite:
             self.optimizer.state.clear()
 

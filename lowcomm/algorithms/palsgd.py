@@ -8,6 +8,9 @@ generator seeded identically on every worker (so all workers take the same kind 
 - otherwise a gradient step with the inner learning rate multiplied by ``1 / (1 - p)``.
 Every H steps, the DiLoCo outer step. ``gamma * eta / p >= 1`` is rejected: the pull would
 overshoot z.
+
+With worker groups every rank of every group draws the same coins, and the pull works on this
+rank's shards, after which the group completes its model.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ class PALSGD(DiLoCo):
             **diloco_options,
         )
         self.coins = torch.Generator().manual_seed(seed + (self.comm.rank if independent_coins else 0))
+        self.index_of = {id(x): i for i, x in enumerate(self.params)}
 
     def local_step(self, closure: Closure | Sequence[Closure]) -> torch.Tensor | None:
         p = self.pseudo_sync_prob
@@ -77,12 +81,12 @@ class PALSGD(DiLoCo):
 
     def pseudo_synchronize(self) -> None:
         """``x <- x - (gamma / p) * eta * (x - z)`` for every parameter group."""
-        with torch.no_grad():
-            for group in self.optimizer.param_groups:
-                pull = self._pull_strength(group["lr"])
-                for x in group["params"]:
-                    z = self.outer_of[id(x)]
-                    x.lerp_(z.to(x.device, non_blocking=True), pull)
+        xs = self.shards.local()
+        for group in self.optimizer.param_groups:
+            pull = self._pull_strength(group["lr"])
+            for i in (self.index_of[id(x)] for x in group["params"]):
+                xs[i].lerp_(self.outer_params[i].to(xs[i].device, non_blocking=True), pull)
+        self.shards.complete()
 
     def _pull_strength(self, lr: float) -> float:
         p = self.pseudo_sync_prob

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
 
 from lowcomm.algorithms.base import check_positive_int
 from lowcomm.algorithms.local_sgd import LocalSGD
@@ -24,6 +25,7 @@ class PostLocalSGD(LocalSGD):
         *,
         sync_interval: int = 32,
         warmup_steps: int = 32,
+        mesh: DeviceMesh | None = None,
         compress: str = "none",
         compress_block_size: int | None = None,
         communicator: Communicator | None = None,
@@ -34,6 +36,7 @@ class PostLocalSGD(LocalSGD):
             optimizer,
             sync_interval=sync_interval,
             warmup_steps=check_positive_int("warmup_steps", warmup_steps),
+            mesh=mesh,
             compress=compress,
             compress_block_size=compress_block_size,
             communicator=communicator,

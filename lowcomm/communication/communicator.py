@@ -105,13 +105,14 @@ class Communicator(ABC):
         self.stats.wait_s += time.perf_counter() - start
         return received
 
-    def all_gather(self, tensors: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
+    def all_gather(self, tensors: Sequence[torch.Tensor], accounted: bool = True) -> list[list[torch.Tensor]]:
         """Every worker's ``tensors``, in rank order, this worker's own included (ring: (K-1) x payload)."""
-        self.stats.operations += 1
-        self.stats.bytes_sent += (self.world_size - 1) * payload_bytes(tensors)
+        stats = self.stats if accounted else CommStats()
+        stats.operations += 1
+        stats.bytes_sent += (self.world_size - 1) * payload_bytes(tensors)
         start = time.perf_counter()
         gathered = self._all_gather(list(tensors))
-        self.stats.wait_s += time.perf_counter() - start
+        stats.wait_s += time.perf_counter() - start
         return gathered
 
     def all_to_all(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:

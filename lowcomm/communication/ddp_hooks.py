@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from lowcomm.communication.communicator import (
+    CommStats,
     ProcessGroupCommunicator,
     payload_bytes,
     ring_all_reduce_bytes,
@@ -18,8 +19,8 @@ from lowcomm.communication.communicator import (
 
 @dataclass
 class CountingState:
-    """The communicator to charge, and this step's buckets: when they became ready and were
-    averaged, the bytes they sent and those of the last one ready."""
+    """The communicator whose group averages, the counters to charge, and this step's buckets: when
+    they became ready and were averaged, the bytes they sent and those of the last one ready."""
 
     comm: ProcessGroupCommunicator
     first_ready: float | None = None
@@ -27,6 +28,11 @@ class CountingState:
     averaged: float = 0.0
     step_bytes: int = 0
     last_bytes: int = 0
+    stats: CommStats | None = None  # defaults to the communicator's
+
+    def __post_init__(self) -> None:
+        if self.stats is None:
+            self.stats = self.comm.stats
 
     def end_step(self) -> None:
         """Charge the step. Its wait runs from its last bucket ready (the end of the backward pass)
@@ -35,7 +41,7 @@ class CountingState:
         last (those seconds)."""
         if self.first_ready is None:
             return
-        stats = self.comm.stats
+        stats = self.stats
         stats.wait_s += max(0.0, self.averaged - self.last_ready)
         stats.overlap_s += self.last_ready - self.first_ready
         stats.overlap_bytes += self.step_bytes - self.last_bytes
@@ -48,8 +54,8 @@ def counting_allreduce_hook(state: CountingState, bucket: dist.GradBucket) -> to
     comm = state.comm
     buffer = bucket.buffer()
     sent = ring_all_reduce_bytes(payload_bytes([buffer]), comm.world_size)
-    comm.stats.operations += 1
-    comm.stats.bytes_sent += sent
+    state.stats.operations += 1
+    state.stats.bytes_sent += sent
     ready = time.perf_counter()
     if state.first_ready is None:
         state.first_ready = ready
