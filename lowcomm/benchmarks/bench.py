@@ -48,7 +48,7 @@ MODEL_CHECK_COLUMNS = ("algo", "measured_wall_time_s", "modelled_wall_time_s", "
 BUDGETS = ("steps", "tokens")
 MIN_EVALUATIONS = 40
 """The automatic evaluation grid resolves at least 1/MIN_EVALUATIONS of the run."""
-BENCH_OPTIONS = ("command", "config", "algos", "target_loss", "settings", "budget", "targets")
+BENCH_OPTIONS = ("command", "config", "preset", "algos", "target_loss", "settings", "budget", "targets")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,14 +80,15 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--target-loss: needed when ddp is not among --algos")
         own = parse_settings(args.settings, algos)
         out = Path(flags.pop("out", Path("lowcomm-runs") / datetime.now().strftime("bench-%Y%m%d-%H%M%S")))
-        requested = {algo: load_config(args.config, run_flags(algo, flags, out) | own[algo]) for algo in algos}
+        requested = {algo: load_config(args.config, run_flags(algo, flags, out) | own[algo], args.preset)
+                     for algo in algos}
         if "ddp" in algos:
             check_grid(requested["ddp"].steps, fractions, requested["ddp"].eval_every if "eval_every" in flags else 1)
         if "eval_every" not in flags:
             steps = requested["ddp"].steps if "ddp" in algos else next(iter(requested.values())).steps
             flags["eval_every"] = evaluation_grid(steps, fractions if "ddp" in algos else (1.0,))
         budgets = {algo: {"steps": planned_steps(config, args.budget)} for algo, config in requested.items()}
-        configs = {algo: load_config(args.config, run_flags(algo, flags, out) | own[algo] | budgets[algo])
+        configs = {algo: load_config(args.config, run_flags(algo, flags, out) | own[algo] | budgets[algo], args.preset)
                    for algo in algos}
     except ValueError as error:
         return usage_error("bench", str(error))
@@ -103,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         arguments = ["train", *as_flags(run_flags(algo, flags, out) | own[algo] | budgets[algo])]
         if args.config is not None:
             arguments += ["--config", str(args.config)]
+        if args.preset is not None:
+            arguments += ["--preset", args.preset]
         commands[algo] = " ".join(["lowcomm", *arguments])
         print(f"lowcomm bench: {commands[algo]}", flush=True)
         code = subprocess.run([sys.executable, "-m", "lowcomm", *arguments]).returncode
@@ -122,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
                  *as_flags(flags | {"out": out}),
                  *(["--target-loss", str(args.target_loss)] if args.target_loss is not None else []),
                  *(word for setting in args.settings for word in ("--set", setting)),
-                 *(["--config", str(args.config)] if args.config is not None else [])],
+                 *(["--config", str(args.config)] if args.config is not None else []),
+                 *(["--preset", args.preset] if args.preset is not None else [])],
         run_commands=commands,
         settings=settings(first, flags.get("network", first.network), args.budget),
         targets=targets,

@@ -45,7 +45,7 @@ from lowcomm.training.metrics import MetricsLog, ProgressBar, write_json_atomica
 from lowcomm.training.outputs import held_out_prompt, write_loss_plot, write_samples, write_tokenizer
 from lowcomm.training.peers import Peers
 from lowcomm.training.rng import rng_state, seed_everything, set_rng_state
-from lowcomm.training.schedule import warmup_cosine
+from lowcomm.training.schedule import lr_schedule
 
 SETUP_LOCK = threading.Lock()
 """Held while a rank seeds the global generators and builds its data and model."""
@@ -156,7 +156,9 @@ class Trainer:
             model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=device.type == "cuda"
         )
         self.optimizer = optimizer
-        self.scheduler = LambdaLR(optimizer, warmup_cosine(config.lr_warmup, config.steps, config.min_lr_ratio))
+        self.scheduler = LambdaLR(
+            optimizer, lr_schedule(config.lr_schedule, config.lr_warmup, config.steps, config.min_lr_ratio)
+        )
         return model, optimizer
 
     @property
