@@ -41,7 +41,7 @@ from lowcomm.benchmarks.runs import Run, read_run
 from lowcomm.launching.limited import real_limit
 from lowcomm.plotting import plot_bench_curves
 from lowcomm.training import train_command
-from lowcomm.training.config import ALGORITHM_PARAMETERS, TrainConfig, flag, load_config
+from lowcomm.training.config import ALGORITHM_PARAMETERS, TrainConfig, as_flags, load_config
 
 DEFAULT_ALGOS = ("ddp", "localsgd", "diloco", "palsgd", "noloco")
 MODEL_CHECK_COLUMNS = ("algo", "measured_wall_time_s", "modelled_wall_time_s", "error")
@@ -197,14 +197,6 @@ def planned_steps(config: TrainConfig, budget: str) -> int:
         return config.steps
     warmup = min(config.warmup_steps, config.steps)
     return warmup + math.ceil((config.steps - warmup) / (1 - config.pseudo_sync_prob))
-
-
-def as_flags(values: dict[str, Any]) -> list[str]:
-    """``{"sync_interval": 16, "overwrite": True}`` as ``["--sync-interval", "16", "--overwrite"]``."""
-    arguments = []
-    for name, value in values.items():
-        arguments += [flag(name)] if value is True else [flag(name), str(value)]
-    return arguments
 
 
 def settings(config: TrainConfig, network: str, budget: str) -> str:

@@ -280,6 +280,14 @@ def flag(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
+def as_flags(values: dict[str, Any]) -> list[str]:
+    """``{"sync_interval": 16, "overwrite": True}`` as ``["--sync-interval", "16", "--overwrite"]``."""
+    arguments = []
+    for name, value in values.items():
+        arguments += [flag(name)] if value is True else [flag(name), str(value)]
+    return arguments
+
+
 def one_line_error(error: ValidationError) -> str:
     """The first problem pydantic found, as ``--flag: message (got value)``."""
     problem = error.errors()[0]
