@@ -20,7 +20,7 @@ from lowcomm.atomic import write_atomically
 
 if TYPE_CHECKING:
     from lowcomm.benchmarks.projection import Projection
-    from lowcomm.training.records import Evaluation, Records
+    from lowcomm.training.records import Evaluation, Records, SyncDiagnostics
 
 Curves = Sequence[tuple[str, Sequence["Evaluation"]]]
 """Labelled eval-loss curves: (label, evaluations) per run."""
@@ -31,6 +31,12 @@ X_AXES: dict[str, tuple[str, Callable[["Evaluation"], float]]] = {
     "tokens": ("tokens trained on (all workers)", lambda e: e.tokens),
     "bytes": ("bytes sent by worker 0", lambda e: e.comm_bytes),
 }
+SYNC_PANELS = {
+    "pseudo_grad_norm": "pseudo-gradient norm ||Delta||",
+    "worker_spread": "workers' spread, mean ||x_k - mean x||",
+    "pseudo_grad_cosine": "cosine with the previous Delta",
+}
+SYNC_PLOT = "sync_diagnostics.png"
 BENCH_PLOTS = {"loss_vs_time.png": "time", "loss_vs_tokens.png": "tokens", "loss_vs_bytes.png": "bytes"}
 PANEL_SIZE = (6.4, 4.2)
 DPI = 120
@@ -76,6 +82,19 @@ def comparison_figure(curves: Curves) -> Figure:
     figure, panels = new_figure(columns=2, rows=2)
     for axes, x_axis in zip(panels, X_AXES):
         draw_eval_curves(axes, curves, x_axis)
+    return figure
+
+
+def sync_figure(runs: Sequence[tuple[str, Sequence[SyncDiagnostics]]]) -> Figure:
+    """The outer steps' diagnostics against step, a panel each (:data:`SYNC_PANELS`), one line per run."""
+    figure, panels = new_figure(columns=len(SYNC_PANELS))
+    for axes, (key, label) in zip(panels, SYNC_PANELS.items()):
+        for name, diagnostics in runs:
+            points = [(d.step, getattr(d, key)) for d in diagnostics if getattr(d, key) is not None]
+            axes.plot([step for step, _ in points], [value for _, value in points], marker=".", label=name)
+        axes.set(xlabel="step", ylabel=label)
+        axes.grid(alpha=0.3)
+        axes.legend()
     return figure
 
 

@@ -21,7 +21,6 @@ model's predicted wall time beside each measured one.
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 import subprocess
 import sys
@@ -39,9 +38,9 @@ from lowcomm.benchmarks.results import (
 )
 from lowcomm.benchmarks.runs import Run, read_run
 from lowcomm.launching.limited import real_limit
-from lowcomm.plotting import plot_bench_curves
+from lowcomm.plotting import SYNC_PLOT, plot_bench_curves, save_figure, sync_figure
 from lowcomm.training import train_command
-from lowcomm.training.config import ALGORITHM_PARAMETERS, TrainConfig, as_flags, load_config
+from lowcomm.training.config import ALGORITHM_PARAMETERS, TrainConfig, as_flags, load_config, strategy_parameters
 
 DEFAULT_ALGOS = ("ddp", "localsgd", "diloco", "palsgd", "noloco")
 MODEL_CHECK_COLUMNS = ("algo", "measured_wall_time_s", "modelled_wall_time_s", "error")
@@ -131,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
         settings=settings(first, flags.get("network", first.network), args.budget),
         targets=targets,
         table=table,
-        plots=plot_bench_curves([(run.algo, run.evaluations) for run in runs], [t.loss for t in targets], out),
+        plots=plot_bench_curves([(run.algo, run.evaluations) for run in runs], [t.loss for t in targets], out)
+        + plot_sync_diagnostics(runs, out),
         notes=notes,
     )
     print(f"\n{table}\n\nlowcomm bench: done: {out / 'results.csv'}, {report} and plots in {out}/")
@@ -168,7 +168,7 @@ def parse_settings(settings: list[str], algos: list[str]) -> dict[str, dict[str,
 
 def run_flags(algo: str, flags: dict[str, Any], out: Path) -> dict[str, Any]:
     """The train flags of ``algo``'s run: the shared ones, the parameters it takes, its own --out."""
-    takes = inspect.signature(ALGORITHMS[algo]).parameters
+    takes = strategy_parameters(ALGORITHMS[algo])
     shared = {k: v for k, v in flags.items() if k not in ALGORITHM_PARAMETERS or k in takes}
     return {"algo": algo, **shared, "out": out / "runs" / algo}
 
@@ -212,6 +212,15 @@ def settings(config: TrainConfig, network: str, budget: str) -> str:
     }[budget]
     return (f"{config.workers} workers ({config.backend} backend, {config.device}), {config.model} on {config.data}, "
             f"{protocol}; evaluation every {config.eval_every} steps, seed {config.seed}; network: {link}, {how}.")
+
+
+def plot_sync_diagnostics(runs: list[Run], out: Path) -> list[str]:
+    """``OUT/sync_diagnostics.png`` for the runs whose outer steps have diagnostics; its name, if drawn."""
+    syncs = [(run.algo, run.sync_diagnostics) for run in runs if run.sync_diagnostics]
+    if not syncs:
+        return []
+    save_figure(sync_figure(syncs), out / SYNC_PLOT)
+    return [SYNC_PLOT]
 
 
 def model_check(runs: list[Run], config: TrainConfig) -> str:

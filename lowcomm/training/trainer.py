@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from lowcomm.algorithms.diloco import DiLoCo
 from lowcomm.algorithms.periodic import PeriodicStrategy
 from lowcomm.algorithms.gradient_averaging import strategy_class
 from lowcomm.communication.network_model import NetworkModel, parse_rate
@@ -204,6 +205,8 @@ class Trainer:
             for event in self.strategy.events:
                 self.log.write({"step": self.step, **event})
         self.strategy.events.clear()
+        if isinstance(self.strategy, DiLoCo):
+            self.strategy.sync_diagnostics.clear()
 
     def report_step(self, loss: float | None, lr: float, sent: int) -> None:
         stats, elapsed = self.strategy.comm_stats, self.elapsed()
@@ -222,8 +225,9 @@ class Trainer:
             )
             if not math.isfinite(loss):
                 self.report_event("nonfinite_loss", rank=self.rank)
-        if isinstance(self.strategy, PeriodicStrategy) and not self.strategy.in_warmup and sent > 0:
-            self.log.write({"step": self.step, "sync": "outer", "bytes": sent})
+        diagnostics = self.strategy.sync_diagnostics if isinstance(self.strategy, DiLoCo) else {}
+        if isinstance(self.strategy, PeriodicStrategy) and not self.strategy.in_warmup and sent > 0 or diagnostics:
+            self.log.write({"step": self.step, "sync": "outer", "bytes": sent, **diagnostics})
         self.bar.update(loss, self.progress.tokens / elapsed, stats.wait_s / elapsed)
 
     def report_event(self, event: str, **details: Any) -> None:

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from lowcomm.algorithms import ALGORITHMS
-from lowcomm.benchmarks.bench import evaluation_grid, planned_steps
+from lowcomm.benchmarks.bench import evaluation_grid, planned_steps, run_flags
 from lowcomm.benchmarks.results import COLUMNS
-from lowcomm.training.config import load_config
+from lowcomm.training.config import ALGORITHM_PARAMETERS, load_config
 from tests.train_runs import PERIODIC, SHORT, records
 
 PLOTS = ("loss_vs_time.png", "loss_vs_tokens.png", "loss_vs_bytes.png")
@@ -82,7 +82,7 @@ def test_report_names_the_command_and_shows_the_plots(bench: Path) -> None:
     assert "lowcomm bench --algos ddp,palsgd --budget steps" in report and "--set palsgd.outer-momentum=0" in report
     assert "equal steps (the PALSGD paper's protocol)" in report and "- ddp@90%: eval loss" in report
     assert "Machine:" in report and "| ddp |" in report
-    for plot in PLOTS:
+    for plot in (*PLOTS, "sync_diagnostics.png"):  # PALSGD's outer steps carry diagnostics
         assert f"]({plot})" in report
         with Image.open(bench / plot) as image:
             assert image.format == "PNG" and image.width > 300
@@ -138,3 +138,30 @@ def test_the_steps_budget_gives_every_algorithm_the_same_steps(algo: str, tmp_pa
 ])
 def test_the_evaluation_grid_holds_every_target_step(steps: int, fractions: tuple, eval_every: int) -> None:
     assert evaluation_grid(steps, fractions) == eval_every
+
+
+OPTION_VALUES = {"sync_interval": "8", "warmup_steps": "4", "pseudo_sync_prob": "0.1", "eta": "0.5", "outer_lr": "0.5",
+                 "outer_momentum": "0.5", "outer_device": "cpu", "overlap_steps": "2", "merge_alpha": "0.3",
+                 "compress": "int8", "num_fragments": "2", "fragment_pattern": "strided"}
+DILOCO_OPTIONS = {"sync_interval", "warmup_steps", "outer_lr", "outer_momentum", "outer_device", "overlap_steps",
+                  "merge_alpha", "compress"}
+TAKES = {
+    "ddp": set(),
+    "localsgd": {"sync_interval", "warmup_steps", "compress"},
+    "postlocalsgd": {"sync_interval", "warmup_steps", "compress"},
+    "noloco": {"sync_interval", "warmup_steps", "outer_lr", "outer_momentum"},
+    "diloco": DILOCO_OPTIONS,
+    "palsgd": DILOCO_OPTIONS | {"pseudo_sync_prob", "eta"},  # DiLoCo's options reach it through **kwargs
+    "streamingdiloco": DILOCO_OPTIONS | {"num_fragments", "fragment_pattern"},
+}
+
+
+@pytest.mark.parametrize("option", ALGORITHM_PARAMETERS)
+@pytest.mark.parametrize("algo", sorted(ALGORITHMS))
+def test_bench_passes_every_option_to_every_algorithm_that_takes_it(algo: str, option: str, tmp_path: Path) -> None:
+    assert set(OPTION_VALUES) == set(ALGORITHM_PARAMETERS) and set(TAKES) == set(ALGORITHMS)
+    routed = run_flags(algo, {"workers": "2", option: OPTION_VALUES[option]}, tmp_path)
+    assert (option in routed) == (option in TAKES[algo])
+    config = load_config(None, routed)
+    if option in TAKES[algo]:
+        assert str(getattr(config, option)) == OPTION_VALUES[option]
