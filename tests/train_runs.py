@@ -6,12 +6,27 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 STEPS, BATCH, SEQ_LEN, WORKERS = 32, 8, 32, 2
 SHORT = ["--steps", str(STEPS), "--batch-size", str(BATCH), "--seq-len", str(SEQ_LEN), "--eval-every", "8"]
 SHORT += ["--checkpoint-every", "8", "--eval-batches", "2", "--lr-warmup", "2"]
 PERIODIC = ["--sync-interval", "4", "--warmup-steps", "4"]
+OUTER_SYNCS = [8, 12, 16, 20, 24, 28, 32]  # with PERIODIC: t > S = 4 with t % H == 0, H = 4
+GROUPED = ["--algo", "diloco", *SHORT, *PERIODIC, "--groups", "2", "--group-size", "2"]
+
+
+def diloco_bytes_between_groups(parameters, groups=2, group_size=2):
+    """What the K groups of a ``GROUPED`` run send each other, all ranks summed: every all-reduce
+    between groups is a ring among K, in which each group sends 2(K-1)/K of one model's bytes
+    M = 4 x parameters, spread over its ranks, and each rank adds its 4-byte finite flag to an outer
+    step's. Group 0 first broadcasts its model (M); each warm-up step all-reduces the gradients.
+    (gpt-tiny has no buffers.)"""
+    model_bytes, ring = 4 * parameters, 2 * (groups - 1) / groups
+    warmup, syncs = 4, len(OUTER_SYNCS)
+    per_sync = groups * ring * (model_bytes + group_size * 4)
+    return round(model_bytes + warmup * groups * ring * model_bytes + syncs * per_sync)
 
 
 def lowcomm_train(*args, cwd=None, env=None, timeout=240):
@@ -73,3 +88,33 @@ def listening_addresses(pids):
                 words = [bytes.fromhex(hex_address[i : i + 8])[::-1] for i in range(0, len(hex_address), 8)]
                 addresses.add(socket.inet_ntop(family, b"".join(words)))
     return addresses
+
+
+def live_records(out):
+    """The complete lines of an ``out/metrics.jsonl`` that is being written (none before it exists)."""
+    path = out / "metrics.jsonl"
+    text = path.read_text() if path.exists() else ""
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
+
+
+def attempts(out):
+    """The ``start`` and ``resume`` events as (event, restart): one per attempt of the group, unless
+    the next resumed from the same checkpoint (and cut the file back to it)."""
+    return [(r["event"], r.get("restart", 0)) for r in live_records(out) if r.get("event") in ("start", "resume")]
+
+
+def progress(out):
+    """(the restart the group is on, the newest step it logged); (-1, -1) before it logs anything."""
+    lines = live_records(out)
+    begun = [i for i, r in enumerate(lines) if r.get("event") in ("start", "resume")]
+    if not begun:
+        return -1, -1
+    return lines[begun[-1]].get("restart", 0), max(r["step"] for r in lines[begun[-1] :])
+
+
+def wait_for(condition, launcher, timeout_s=120):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert launcher.poll() is None, "the launcher exited early"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)

@@ -89,11 +89,11 @@ def run(args: argparse.Namespace) -> int:
         budgets = {algo: {"steps": planned_steps(config, args.budget)} for algo, config in requested.items()}
         configs = {algo: load_config(args.config, run_flags(algo, flags, out) | own[algo] | budgets[algo], args.preset)
                    for algo in algos}
+        first = next(iter(requested.values()))
+        limited, warning = real_limit(first.network, first.bandwidth, first.backend, first.grouped)
     except ValueError as error:
         return usage_error("bench", str(error))
-    first = next(iter(requested.values()))
     notes = []
-    limited, warning = real_limit(first.network, first.bandwidth, first.backend)
     if warning is not None:
         notes.append(warning)
         print(f"lowcomm bench: warning: {warning}", file=sys.stderr)
@@ -210,7 +210,10 @@ def settings(config: TrainConfig, network: str, budget: str) -> str:
         "tokens": f"an equal token budget: {config.steps} gradient steps of {tokens} tokens per worker (PALSGD runs "
         "more steps, since its pseudo-synchronisation steps train on none)",
     }[budget]
-    return (f"{config.workers} workers ({config.backend} backend, {config.device}), {config.model} on {config.data}, "
+    who = f"{config.workers} workers"
+    if config.grouped:
+        who = f"{config.groups} groups of {config.group_size} workers with {config.inner} inside"
+    return (f"{who} ({config.backend} backend, {config.device}), {config.model} on {config.data}, "
             f"{protocol}; evaluation every {config.eval_every} steps, seed {config.seed}; network: {link}, {how}.")
 
 
@@ -228,7 +231,7 @@ def model_check(runs: list[Run], config: TrainConfig) -> str:
     network = NetworkModel(parse_rate(config.bandwidth), config.latency)
     rows = []
     for run in runs:
-        modelled = project(run, network, run.workers, target=-math.inf).wall_time_s
+        modelled = project(run, network, run.links, target=-math.inf).wall_time_s
         rows.append({"algo": run.algo, "measured_wall_time_s": run.wall_time_s, "modelled_wall_time_s": modelled,
                      "error": f"{modelled / run.wall_time_s - 1:+.1%}"})
     return markdown_table(rows, MODEL_CHECK_COLUMNS)

@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a lowcomm train run or lowcomm bench directory")
     parser.add_argument("--bandwidth", default=DEFAULT_BANDWIDTHS, metavar="RATE,...",
                         help=f"link rates per worker, tc-style (default: {DEFAULT_BANDWIDTHS})")
-    parser.add_argument("--workers", metavar="K,...", help="worker counts (default: the runs' own)")
+    parser.add_argument("--workers", metavar="K,...", help="worker counts, or group counts for runs with worker groups (default: the runs' own)")
     parser.add_argument("--latency", type=float, default=0.0, metavar="SECONDS", help="per-message latency (default: 0)")
     parser.add_argument("--target-loss", type=float, metavar="LOSS", help="default: DDP's final eval loss")
     parser.add_argument("--out", type=Path, help="where to write (default: RUN_DIR/projection)")
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         bandwidths = [parse_rate(rate) for rate in args.bandwidth.split(",")]
         if any(math.isinf(b) for b in bandwidths):
             raise ValueError("--bandwidth: 'unlimited' cannot be projected to; give rates")
-        workers = parse_counts(args.workers) if args.workers else sorted({run.workers for run in runs})
+        workers = parse_counts(args.workers) if args.workers else sorted({run.links for run in runs})
         if not (math.isfinite(args.latency) and args.latency >= 0):
             raise ValueError(f"--latency: must be a finite number >= 0, got {args.latency}")
         target = choose_target(runs, args.target_loss)

@@ -13,6 +13,10 @@ odd K' leaves); the loss curve and the compute per step are assumed to carry ove
 run at K' can confirm. Part of a step's traffic can hide behind computation: for DDP, the buckets
 ready before the last can be sent during the rest of the backward pass, so a step hides
 ``min(its overlap seconds, the modelled time of those buckets)`` (both means over the run).
+
+With worker groups the slow links are the K groups' (:attr:`Run.link_step_bytes`: the traffic
+between groups, per group), the fast links inside a group are taken as free, and a worker count is a
+count of groups.
 """
 
 from __future__ import annotations
@@ -41,15 +45,15 @@ class Projection:
 
 def step_seconds(run: Run, network: NetworkModel, workers: int) -> dict[int, float]:
     """The modelled seconds each step's traffic adds to the clock, for ``workers`` workers."""
-    if run.workers < 2:
-        raise ValueError(f"run: {run.directory} has one worker, so no traffic to project from")
+    if run.links < 2:
+        raise ValueError(f"run: {run.directory} has one worker (or group), so no traffic to project from")
     pairwise = issubclass(ALGORITHMS[run.algo], NoLoCo)
     overlap_s, overlap_bytes = run.overlap_per_step
     hidden = min(overlap_s, network.all_reduce_s(payload(run, overlap_bytes), workers)) if overlap_bytes else 0.0
     seconds = {}
-    for step, sent in run.step_bytes.items():
+    for step, sent in run.link_step_bytes.items():
         if pairwise:
-            partners = len(next(g for g in gossip_groups(run.workers, step) if 0 in g)) - 1
+            partners = len(next(g for g in gossip_groups(run.links, step) if 0 in g)) - 1
             modelled = network.exchange_s(sent // partners, 2 if workers % 2 else 1)
         else:
             modelled = network.all_reduce_s(payload(run, sent), workers)
@@ -58,8 +62,8 @@ def step_seconds(run: Run, network: NetworkModel, workers: int) -> dict[int, flo
 
 
 def payload(run: Run, sent: float) -> int:
-    """The all-reduced payload of which each of ``run``'s workers sent ``sent`` bytes (2(K-1)/K of it)."""
-    return round(sent * run.workers / (2 * (run.workers - 1)))
+    """The all-reduced payload of which each of ``run``'s slow links carried ``sent`` bytes (2(K-1)/K of it)."""
+    return round(sent * run.links / (2 * (run.links - 1)))
 
 
 def project(run: Run, network: NetworkModel, workers: int, target: float) -> Projection:

@@ -19,7 +19,7 @@ from typing import Any
 from lowcomm.benchmarks.runs import Run
 
 COLUMNS = ("algo", "budget", "steps", "target", "target_loss", "time_to_target_s", "speedup_vs_ddp",
-           "final_eval_loss", "wall_time_s", "comm_bytes_total", "comm_share", "tokens")
+           "final_eval_loss", "wall_time_s", "comm_bytes_total", "comm_bytes_between_groups", "comm_share", "tokens")
 DEFAULT_FRACTIONS = (0.5, 0.75, 0.9, 1.0)
 
 
@@ -99,6 +99,8 @@ def results_rows(runs: list[Run], targets: list[Target], budget: str) -> list[di
                 "final_eval_loss": run.final_eval_loss,
                 "wall_time_s": run.wall_time_s,
                 "comm_bytes_total": int(run.summary["comm_bytes_total"]),
+                "comm_bytes_between_groups": int(run.summary.get("comm_bytes_between_groups",
+                                                                 run.summary["comm_bytes_total"])),
                 "comm_share": run.summary["comm_wait_s"] / run.wall_time_s,
                 "tokens": int(run.summary["tokens"]),
             })

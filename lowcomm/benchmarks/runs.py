@@ -33,6 +33,26 @@ class Run:
         return int(self.summary["workers"])
 
     @property
+    def links(self) -> int:
+        """The slow links: one per group in a run with worker groups, else one per worker."""
+        return int(self.summary.get("groups", self.summary["workers"]))
+
+    @property
+    def link_step_bytes(self) -> dict[int, int]:
+        """Bytes one slow link carried in each step that carried any. Without groups, worker 0's. With
+        groups, a group's ranks share its link and may send unequal parts (DDP's ring leaves a group
+        from one rank only), so worker 0's bytes are scaled to add up to the run's bytes between
+        groups over its K groups, or spread evenly over the steps if worker 0 sent none of them."""
+        if "groups" not in self.summary:
+            return self.step_bytes
+        per_link = self.summary["comm_bytes_between_groups"] / self.links
+        sent = sum(self.step_bytes.values())
+        if sent:
+            return {step: round(count * per_link / sent) for step, count in self.step_bytes.items()}
+        steps = self.summary["steps"]
+        return {step: round(per_link / steps) for step in range(1, steps + 1)} if per_link else {}
+
+    @property
     def final_eval_loss(self) -> float:
         return float(self.summary["final_eval_loss"])
 
@@ -43,9 +63,10 @@ class Run:
     @property
     def overlap_per_step(self) -> tuple[float, float]:
         """The mean worker's seconds per step that communication could hide behind, and the bytes per
-        step that could be sent in them (DDP: its backward pass and the buckets ready before the last)."""
-        steps = self.summary["steps"]
-        return self.summary["comm_overlap_s"] / steps, self.summary["comm_overlap_bytes"] / steps
+        step that could be sent in them over one slow link (DDP: its backward pass and the buckets
+        ready before the last)."""
+        steps, ranks_per_link = self.summary["steps"], self.summary.get("group_size", 1)
+        return self.summary["comm_overlap_s"] / steps, self.summary["comm_overlap_bytes"] * ranks_per_link / steps
 
     def time_to_target(self, target: float) -> float | None:
         """Worker 0's clock at the first evaluation whose loss is at most ``target``; None if none is."""

@@ -1,9 +1,11 @@
-"""Launch K workers under a real bandwidth limit: one torchrun agent per worker, each in a network
-namespace of a :class:`~lowcomm.launching.netns.LimitedNetwork`.
+"""Launch K workers (or K worker groups of G) under a real bandwidth limit: one torchrun agent per
+worker (per group), each in a network namespace of a :class:`~lowcomm.launching.netns.LimitedNetwork`.
 
-Agent ``i`` runs ``python -m torch.distributed.run --nnodes K --node-rank i`` (static rendezvous,
-so worker ``i`` is rank ``i``) with the rendezvous store on worker 0's address, and gloo pinned to
-the namespace's interface: the multi-node path of ``lowcomm train``, over real limited links.
+Agent ``i`` runs ``python -m torch.distributed.run --nnodes K --nproc-per-node G --node-rank i``
+(static rendezvous, so its processes are ranks ``i * G ...``, group i) with the rendezvous store on
+agent 0's address, and gloo pinned to the namespace's interface: the multi-node path of ``lowcomm
+train``, over real limited links. The ranks of one group talk to each other at the namespace's own
+address, which the kernel delivers over its loopback, so only the links between groups are limited.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ STOP_GRACE_S = 10
 POLL_S = 0.2
 
 
-def real_limit(network: str, bandwidth: str, backend: str) -> tuple[bool, str | None]:
+def real_limit(network: str, bandwidth: str, backend: str, grouped: bool = False) -> tuple[bool, str | None]:
     """Whether workers with these options run behind real links of ``bandwidth``, and, when such links
     are asked for (the real network, ``--network none``, with a finite rate) but impossible here,
-    the warning that says the link is modelled instead (``--network model``)."""
+    the warning that says the link is modelled instead (``--network model``). Worker groups' links
+    cannot be modelled: for them that is a ValueError."""
     if network != "none" or math.isinf(parse_rate(bandwidth)):
         return False, None
     if backend == "sim":
@@ -39,16 +42,19 @@ def real_limit(network: str, bandwidth: str, backend: str) -> tuple[bool, str | 
         usable, reason = available()
         if usable:
             return True, None
+    if grouped:
+        raise ValueError(f"--bandwidth: no real limit for the links between worker groups here ({reason}), and "
+                         "the network model does not price them")
     return False, f"no real bandwidth limit ({reason}): the {bandwidth} link is modelled (--network model)"
 
 
-def agent_command(network: LimitedNetwork, worker: int, command: Sequence[str]) -> list[str]:
-    """The command that runs ``python -m COMMAND...`` as worker ``worker`` inside its namespace."""
+def agent_command(network: LimitedNetwork, worker: int, command: Sequence[str], group_size: int = 1) -> list[str]:
+    """The command that runs ``python -m COMMAND...`` as worker (group) ``worker`` inside its namespace."""
     return [
         *network.command_prefix(worker),
         sys.executable, "-m", "torch.distributed.run",
         "--nnodes", str(network.num_workers),
-        "--nproc-per-node", "1",
+        "--nproc-per-node", str(group_size),
         "--node-rank", str(worker),
         "--master-addr", network.address(0),
         "--master-port", str(RENDEZVOUS_PORT),
@@ -56,17 +62,20 @@ def agent_command(network: LimitedNetwork, worker: int, command: Sequence[str]) 
     ]
 
 
-def run_limited(workers: int, rate: str, command: Sequence[str]) -> int:
-    """Run ``python -m COMMAND...`` on ``workers`` namespaced agents whose links carry ``rate``.
+def run_limited(workers: int, rate: str, command: Sequence[str], group_size: int = 1) -> int:
+    """Run ``python -m COMMAND...`` on ``workers`` processes, ``group_size`` to a namespaced agent,
+    whose namespaces' links carry ``rate``.
 
     Return 0 once all succeed, or the exit code of the first to fail, having stopped the others
     (which would otherwise wait for it until their collectives time out). The network is gone on return.
     """
-    with terminate_unwinds(), LimitedNetwork(workers, rate) as network:
-        # The workers share this machine's cores, which torchrun (one worker per agent) cannot know.
+    agents_needed = workers // group_size
+    with terminate_unwinds(), LimitedNetwork(agents_needed, rate) as network:
+        # The workers share this machine's cores, which torchrun (one node's workers per agent) cannot know.
         threads = str(max(1, (os.cpu_count() or 1) // workers))
         environment = {**os.environ, "GLOO_SOCKET_IFNAME": network.interface, "OMP_NUM_THREADS": threads}
-        agents = [subprocess.Popen(agent_command(network, i, command), env=environment) for i in range(workers)]
+        agents = [subprocess.Popen(agent_command(network, i, command, group_size), env=environment)
+                  for i in range(agents_needed)]
         try:
             while True:
                 codes = [agent.poll() for agent in agents]

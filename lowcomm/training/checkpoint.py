@@ -2,8 +2,10 @@
 
     OUT/checkpoints/step_00000128/
         rank_00000.pt ...   one per worker: strategy, LR scheduler, data position, RNG, progress
+        sharded/            with worker groups: the strategies' tensors, one DCP checkpoint
+                            (see :mod:`lowcomm.training.sharded_state`); the rank files hold the rest
         model.safetensors   the global model, for evaluation and export
-        manifest.json       the step, the world size, and every file's size and SHA-256
+        manifest.json       the step, the world size (and layout), and every file's size and SHA-256
 
 A checkpoint is written into a hidden staging directory; each file is fsynced, then the manifest,
 then the directory, which is renamed into place before its parent is fsynced. A directory whose
@@ -25,8 +27,9 @@ from typing import IO, Any
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from lowcomm.atomic import commit
+from lowcomm.atomic import commit, fsync_path
 from lowcomm.training.peers import Peers, process_group_peers
+from lowcomm.training.sharded_state import SHARDED_DIRECTORY, save_sharded
 
 MANIFEST = "manifest.json"
 GLOBAL_MODEL = "model.safetensors"
@@ -78,8 +81,11 @@ def save_checkpoint(
     global_model: dict[str, torch.Tensor] | None,
     keep: int | None = None,
     peers: Peers | None = None,
+    sharded: dict[str, torch.Tensor] | None = None,
+    layout: dict[str, int] | None = None,
 ) -> Path:
-    """Collective: every rank saves its ``worker_state``; rank 0 adds ``global_model`` and commits.
+    """Collective: every rank saves its ``worker_state`` (and its ``sharded`` tensors into one DCP
+    checkpoint, with worker groups); rank 0 adds ``global_model``, records ``layout`` and commits.
 
     Rank 0 then deletes all but the newest ``keep`` checkpoints. ``peers`` defaults to the
     ``torch.distributed`` process group's.
@@ -93,12 +99,20 @@ def save_checkpoint(
         staging.mkdir(parents=True)
     peers.barrier()
     files = write_durably(staging / rank_file(rank), lambda file: torch.save(worker_state, file))
+    if sharded is not None:
+        save_sharded(staging / SHARDED_DIRECTORY, sharded)
     if rank == 0:
         tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in global_model.items()}
         files |= write_durably(staging / GLOBAL_MODEL, lambda file: file.write(safetensors_bytes(tensors)))
+        if sharded is not None:
+            files |= {path.relative_to(staging).as_posix(): {"bytes": path.stat().st_size, "sha256": sha256(path)}
+                      for path in sorted((staging / SHARDED_DIRECTORY).iterdir())}
+            fsync_path(staging / SHARDED_DIRECTORY)
     gathered: list[FileRecord] = peers.all_gather(files)
     if rank == 0:
         manifest = {"step": step, "world_size": world_size, "files": {k: v for f in gathered for k, v in f.items()}}
+        if layout is not None:
+            manifest["layout"] = layout
         write_durably(staging / MANIFEST, lambda file: file.write(json.dumps(manifest, indent=1).encode()))
         shutil.rmtree(final, ignore_errors=True)
         commit(staging, final)
@@ -157,9 +171,18 @@ def newest_complete_checkpoint(root: Path) -> tuple[Path | None, list[tuple[Path
     return None, skipped
 
 
+def read_manifest(directory: Path) -> dict[str, Any]:
+    return json.loads((directory / MANIFEST).read_text())
+
+
 def load_worker_state(directory: Path, rank: int, world_size: int, device: torch.device) -> dict[str, Any]:
     """This rank's state from a checkpoint written by the same number of workers."""
-    saved_world_size = json.loads((directory / MANIFEST).read_text())["world_size"]
+    saved_world_size = read_manifest(directory)["world_size"]
     if saved_world_size != world_size:
         raise ValueError(f"resume: {directory} was written by {saved_world_size} workers, this run has {world_size}")
+    return load_rank_file(directory, rank, device)
+
+
+def load_rank_file(directory: Path, rank: int, device: torch.device) -> dict[str, Any]:
+    """What rank ``rank`` wrote into the checkpoint ``directory``, loaded with ``weights_only=True``."""
     return torch.load(directory / rank_file(rank), map_location=device, weights_only=True)

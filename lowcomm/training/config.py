@@ -23,7 +23,7 @@ from lowcomm.algorithms import ALGORITHMS
 from lowcomm.communication.compression import parse_compression
 from lowcomm.communication.network_model import parse_rate
 from lowcomm.data.spec import parse_data_spec
-from lowcomm.models import GPT_NEO_SHAPES, MODEL_NAMES, model_spec
+from lowcomm.models import GPT_NEO_SHAPES, MODEL_NAMES, build_model, model_spec
 
 
 def reject_bool(value: Any) -> Any:
@@ -78,6 +78,9 @@ LAUNCH_FIELDS = frozenset(
 )
 """Fields that say how a run is launched, not what it computes: they may change when it resumes."""
 
+LAYOUT_FIELDS = frozenset({"workers", "groups", "group_size"})
+"""A run with worker groups may resume as K' x G' instead of K x G: its checkpoints reshard."""
+
 
 def default_out() -> Path:
     return Path("lowcomm-runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -94,6 +97,15 @@ class TrainConfig(BaseModel):
 
     algo: str = Field("palsgd", description=f"one of {', '.join(ALGORITHMS)}")
     workers: Int = Field(2, ge=1, le=1024, description="worker processes (under torchrun: its WORLD_SIZE)")
+    groups: Int | None = Field(
+        None, ge=1, le=1024, description="K worker groups, between which the algorithm runs (under torchrun: its nodes)"
+    )
+    group_size: Int | None = Field(
+        None, ge=1, le=1024, description="G processes per group, training one model together (default 1)"
+    )
+    inner: Literal["ddp", "fsdp"] | None = Field(
+        None, description="inside a group: ddp (a replica per process) or fsdp (FSDP2 shards); default ddp"
+    )
     steps: Int = Field(384, ge=1, le=10**9, description="training steps per worker")
     out: Path = Field(default_factory=default_out, description="run directory (default lowcomm-runs/<time>)")
     seed: Int = Field(0, ge=0, lt=2**32, description="seeds the model, the data order and the coins")
@@ -157,7 +169,9 @@ class TrainConfig(BaseModel):
     network: Literal["none", "model"] = Field(
         "none", description="none: the real network (limited to --bandwidth in namespaces); model: modelled delays"
     )
-    bandwidth: str = Field("unlimited", description="link rate per worker, tc-style: 100mbit, 1gbit, unlimited")
+    bandwidth: str = Field(
+        "unlimited", description="link rate per worker (per group with --groups), tc-style: 100mbit, 1gbit, unlimited"
+    )
     latency: Float = Field(0.0, ge=0, le=10, description="seconds per message (--network model)")
 
     @field_validator("algo")
@@ -213,8 +227,11 @@ class TrainConfig(BaseModel):
         max_positions = spec.max_positions
         if max_positions is not None and self.seq_len > max_positions:
             raise ValueError(f"seq_len: {self.seq_len} exceeds {self.model}'s {max_positions} positions")
+        self.resolve_groups()
         if self.algo == "noloco" and self.workers < 2:
             raise ValueError("workers: noloco needs at least 2 workers")
+        if self.algo == "noloco" and self.grouped and self.groups < 2:
+            raise ValueError("groups: noloco needs at least 2 groups")
         if self.backend == "sim" and under_torchrun():
             raise ValueError("backend: sim runs every worker in one process; run it without torchrun")
         if self.backend == "sim" and self.max_restarts > 0:
@@ -230,6 +247,44 @@ class TrainConfig(BaseModel):
             if pull >= 1:
                 raise ValueError(f"eta: lr * eta / pseudo_sync_prob = {pull:.4g} >= 1 would overshoot z")
         return self
+
+    @property
+    def grouped(self) -> bool:
+        """Whether the run has worker groups (a mesh); without them every process is a worker."""
+        return self.groups is not None
+
+    def resolve_groups(self) -> None:
+        """Fill in the group layout: any two of workers, groups and group_size give the third.
+
+        Given only one of groups and group_size, the workers (default 2) must be a multiple of it.
+        Neither given: no groups, and no inner. A group size of 1 without groups is no groups either.
+        """
+        if self.groups is None and self.group_size in (None, 1):
+            if self.inner is not None:
+                raise ValueError("inner: only worker groups have an inside; give --groups or --group-size")
+            self.group_size = None
+            return
+        workers = f"the {self.workers} workers" + (" torchrun started" if under_torchrun() else "")
+        if self.groups is not None and self.group_size is not None:
+            layout = self.groups * self.group_size
+            if "workers" in self.model_fields_set and self.workers != layout:
+                raise ValueError(f"groups: {self.groups} groups of --group-size {self.group_size} are {layout} "
+                                 f"processes, not {workers}")
+            self.workers = layout
+        else:
+            name, given = ("groups", self.groups) if self.group_size is None else ("group_size", self.group_size)
+            if self.workers % given:
+                raise ValueError(f"{name}: {given} does not divide {workers} into equal groups")
+            other = self.workers // given
+            self.groups, self.group_size = (given, other) if name == "groups" else (other, given)
+        if self.backend == "sim":
+            raise ValueError("backend: sim simulates single workers, not worker groups; use --backend dist")
+        if self.network == "model":
+            raise ValueError("network: the model does not price worker groups' shared links; limit them for real "
+                             "with --bandwidth and --network none")
+        self.inner = self.inner or "ddp"
+        if self.inner == "fsdp" and (problem := fsdp_problem(self.model)) is not None:
+            raise ValueError(f"inner: FSDP cannot shard {self.model}: {problem}; use --inner ddp")
 
     def fill_algorithm_defaults(self) -> None:
         """Give each parameter the algorithm takes its default; reject those it does not take."""
@@ -251,10 +306,17 @@ class TrainConfig(BaseModel):
 
     def run_identity(self) -> dict[str, Any]:
         """The fields that decide what the run computes (two runs with equal identities are one run)."""
-        return self.model_dump(mode="json", exclude=set(LAUNCH_FIELDS))
+        return run_identity(self.model_dump(mode="json"))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def run_identity(values: dict[str, Any]) -> dict[str, Any]:
+    """The identity of the run whose resolved config is ``values``: every field but those of
+    :data:`LAUNCH_FIELDS`, and with worker groups, but those of :data:`LAYOUT_FIELDS`."""
+    dropped = LAUNCH_FIELDS | (LAYOUT_FIELDS if values.get("groups") is not None else frozenset())
+    return {key: value for key, value in values.items() if key not in dropped}
 
 
 def strategy_parameters(strategy: type) -> dict[str, inspect.Parameter]:
@@ -269,6 +331,19 @@ def strategy_parameters(strategy: type) -> dict[str, inspect.Parameter]:
         if all(parameter.kind is not parameter.VAR_KEYWORD for parameter in own.values()):
             return parameters
     return parameters
+
+
+def fsdp_problem(model: str) -> str | None:
+    """Why FSDP2 inside a group cannot train ``model`` (None if it can), from its modules on the meta device.
+
+    FSDP2 shards parameters only: buffers that the forward pass updates (BatchNorm's running
+    statistics) would drift apart on the ranks of a group, where DistributedDataParallel broadcasts them.
+    """
+    with torch.device("meta"):
+        module = build_model(model, **({"vocab_size": 257} if model_spec(model).task == "lm" else {}))
+    if any(getattr(m, "track_running_stats", False) for m in module.modules()):
+        return "its BatchNorm running statistics are buffers FSDP2 neither shards nor keeps equal across a group"
+    return None
 
 
 def under_torchrun() -> bool:
@@ -357,22 +432,27 @@ def load_config(
     one-line ValueError.
 
     Without a preset, a file or an algorithm, the :data:`QUICK_START` values come before the flags.
-    Under torchrun the worker count is torchrun's ``WORLD_SIZE``.
+    Under torchrun the worker count is torchrun's ``WORLD_SIZE``, and with several processes on each
+    of several nodes the nodes are the worker groups unless ``groups`` or ``group_size`` says otherwise.
     """
     overrides = overrides or {}
     chosen = read_yaml(config_file) if config_file is not None else {}
     if preset is not None:
         recipe = read_preset(preset)
-        values = recipe_for(recipe, {**recipe, **chosen, **overrides}.get("algo", TrainConfig.model_fields["algo"].default))
+        algo = {**recipe, **chosen, **overrides}.get("algo", TrainConfig.model_fields["algo"].default)
+        values = recipe_for(recipe, algo)
     else:
         values = {} if "algo" in overrides or config_file is not None else dict(QUICK_START)
     values.update(chosen)
     values.update(overrides)
     if under_torchrun():
         world_size = int(os.environ["WORLD_SIZE"])
+        local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
         if "workers" in values and str(values["workers"]) != str(world_size):
             raise ValueError(f"--workers: {values['workers']} differs from torchrun's WORLD_SIZE {world_size}")
         values["workers"] = world_size
+        if values.get("groups") is None and values.get("group_size") is None and 1 < local_world_size < world_size:
+            values["group_size"] = local_world_size  # the nodes are the groups
     try:
         return TrainConfig.model_validate(values)
     except ValidationError as error:

@@ -19,6 +19,10 @@
   ``nonfinite_pseudo_gradient``). After the elastic launcher restarted the group, ``start`` and
   ``resume`` carry ``restart``, the number of that restart.
 
+With worker groups, ``comm_bytes``, ``comm_wait_s`` and a sync record's ``bytes`` count the traffic
+between groups (the slow link), and train and eval records add ``comm_bytes_within_groups``
+(cumulative bytes rank 0 sent to the ranks of its own group).
+
 A checkpoint stores the file's length, and resuming truncates the file back to it, so a resumed
 run's file is the uninterrupted run's, record for record.
 """

@@ -17,7 +17,7 @@ import yaml
 
 from lowcomm.atomic import write_atomically
 from lowcomm.training.checkpoint import checkpoint_step, checkpoints_of, newest_complete_checkpoint
-from lowcomm.training.config import LAUNCH_FIELDS, TrainConfig
+from lowcomm.training.config import TrainConfig, run_identity
 
 CONFIG_FILE = "config.yaml"
 
@@ -52,9 +52,13 @@ def check_same_run(config: TrainConfig, saved_config: os.PathLike[str]) -> None:
     try:
         with open(saved_config, encoding="utf-8") as file:
             saved = yaml.safe_load(file)
-        saved_identity = {key: value for key, value in saved.items() if key not in LAUNCH_FIELDS}
+        saved_identity = run_identity(saved)
     except (OSError, yaml.YAMLError, UnicodeDecodeError, AttributeError):
         raise ValueError(f"--out: cannot read the run recorded in {saved_config}") from None
+    if (saved.get("groups") is None) != (config.groups is None):
+        had = "without" if saved.get("groups") is None else "with"
+        raise ValueError(f"--out: {config.out} holds a run {had} worker groups; resume it {had} them "
+                         "(its checkpoints hold another layout), or choose another --out")
     identity = config.run_identity()
     for key in sorted(identity.keys() | saved_identity.keys()):
         if key != "steps" and identity.get(key) != saved_identity.get(key):

@@ -51,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, overrides, args.preset)
         # Under torchrun this process is one worker already: the limit is the job's network's.
-        limited, warning = (False, None) if under_torchrun() else real_limit(config.network, config.bandwidth,
-                                                                               config.backend)
+        limited, warning = (False, None) if under_torchrun() else real_limit(
+            config.network, config.bandwidth, config.backend, config.grouped
+        )
         if warning is not None:
             print(f"lowcomm train: warning: {warning}", file=sys.stderr)
             config.network = "model"
@@ -64,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
         return train_limited(config)
     if reports():
         print(
-            f"lowcomm train: {config.algo} on {config.workers} {config.device} workers, {config.model} on "
+            f"lowcomm train: {config.algo} on {config.workers} {config.device} workers"
+            f"{f' ({config.groups} groups of {config.group_size}, {config.inner} inside)' if config.grouped else ''}, "
+            f"{config.model} on "
             f"{config.data}, {config.steps} steps -> {config.out}"
         )
     # Imported here, so that ``lowcomm train --help`` and refused input never load the trainer.
@@ -100,4 +103,5 @@ def train_limited(config: TrainConfig) -> int:
     with tempfile.TemporaryDirectory() as directory:
         resolved = Path(directory) / "config.yaml"
         resolved.write_text(config.to_yaml())
-        return run_limited(config.workers, config.bandwidth, ["lowcomm", "train", "--config", str(resolved)])
+        command = ["lowcomm", "train", "--config", str(resolved)]
+        return run_limited(config.workers, config.bandwidth, command, config.group_size or 1)

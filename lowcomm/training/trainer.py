@@ -6,6 +6,13 @@ outputs of :mod:`lowcomm.training.outputs`: ``loss.png`` at every checkpoint, th
 included, and a language model's tokenizer and text samples). A rank is a
 worker process, or a thread of the simulation (``--backend sim``): building its data and model
 draws from process-wide generators, so ranks take turns at it.
+
+With worker groups (``--groups K --group-size G``) the ranks form a K x G mesh: each group trains one
+model with DistributedDataParallel or FSDP2 inside (every rank on its own batches), and the
+algorithm runs between groups. Checkpoints are then sharded (:mod:`lowcomm.training.sharded_state`)
+and may resume in another layout: each rank's data stream then starts at the position in its
+epoch that rank 0 had reached, its random generators are seeded afresh from (seed, rank, step),
+and a new group starts from the global model with a fresh inner optimizer state.
 """
 
 from __future__ import annotations
@@ -19,25 +26,34 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from torch.distributed.device_mesh import DeviceMesh
 from torch.optim.lr_scheduler import LambdaLR
 
+from lowcomm.algorithms import ALGORITHMS
 from lowcomm.algorithms.diloco import DiLoCo
 from lowcomm.algorithms.periodic import PeriodicStrategy
 from lowcomm.algorithms.gradient_averaging import strategy_class
+from lowcomm.communication.groups import shard_within_groups, worker_groups
 from lowcomm.communication.network_model import NetworkModel, parse_rate
 from lowcomm.communication.communicator import Communicator
 from lowcomm.communication.modelled import ModelledCommunicator
 from lowcomm.data import load_data
 from lowcomm.models import build_model
 from lowcomm.training.checkpoint import (
+    GLOBAL_MODEL,
     checkpoints_of,
     discard_staging,
+    load_rank_file,
     load_worker_state,
     newest_complete_checkpoint,
+    read_manifest,
     save_checkpoint,
 )
 from lowcomm.training.config import TrainConfig
@@ -47,6 +63,7 @@ from lowcomm.training.outputs import held_out_prompt, write_loss_plot, write_sam
 from lowcomm.training.peers import Peers
 from lowcomm.training.rng import rng_state, seed_everything, set_rng_state
 from lowcomm.training.schedule import lr_schedule
+from lowcomm.training.sharded_state import SHARDED_DIRECTORY, Position, initialise_state, load_sharded, split
 
 SETUP_LOCK = threading.Lock()
 """Held while a rank seeds the global generators and builds its data and model."""
@@ -102,13 +119,18 @@ class Trainer:
         self.device = device
         self.peers = peers
         self.rank, self.world_size = peers.rank, peers.world_size
+        self.mesh: DeviceMesh | None = worker_groups(config.groups, config.group_size) if config.grouped else None
         with SETUP_LOCK:
             model, optimizer = self.build(config, device)
-        communicator = network_communicator(communicator, config)
-        self.strategy = strategy_class(config.algo, communicator)(
-            model, optimizer, communicator=communicator, **config.algorithm_kwargs()
-        )
-        self.strategy.comm_stats.wait_s = 0.0  # waiting for the other ranks to start up is not communication
+        if self.mesh is None:
+            communicator = network_communicator(communicator, config)
+            self.strategy = strategy_class(config.algo, communicator)(
+                model, optimizer, communicator=communicator, **config.algorithm_kwargs()
+            )
+        else:
+            self.strategy = ALGORITHMS[config.algo](model, optimizer, mesh=self.mesh, **config.algorithm_kwargs())
+        for stats in (self.strategy.comm_stats, self.strategy.inner_comm_stats):
+            stats.wait_s = 0.0  # waiting for the other ranks to start up is not communication
         seed_everything(config.seed + self.rank)
         self.progress = Progress()
         self.checkpoints = checkpoints_of(config.out)
@@ -153,6 +175,8 @@ class Trainer:
         if config.compile:
             model.compile()
         self.eval_model = copy.deepcopy(model).eval() if self.rank == 0 else None
+        if config.inner == "fsdp":
+            model = shard_within_groups(model, self.mesh)
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=device.type == "cuda"
         )
@@ -220,6 +244,7 @@ class Trainer:
                     "lr": lr,
                     "elapsed_s": round(elapsed, 4),
                     "comm_bytes": stats.bytes_sent,
+                    **self.within_groups(),
                     "tokens": self.progress.tokens,
                 }
             )
@@ -229,6 +254,10 @@ class Trainer:
         if isinstance(self.strategy, PeriodicStrategy) and not self.strategy.in_warmup and sent > 0 or diagnostics:
             self.log.write({"step": self.step, "sync": "outer", "bytes": sent, **diagnostics})
         self.bar.update(loss, self.progress.tokens / elapsed, stats.wait_s / elapsed)
+
+    def within_groups(self) -> dict[str, int]:
+        """With worker groups, the bytes this rank has sent to the ranks of its own group."""
+        return {} if self.mesh is None else {"comm_bytes_within_groups": self.strategy.inner_comm_stats.bytes_sent}
 
     def report_event(self, event: str, **details: Any) -> None:
         self.log.write({"step": self.step, "event": event, **details})
@@ -257,6 +286,7 @@ class Trainer:
             "elapsed_s": round(self.elapsed(), 4),
             "tokens": self.progress.tokens,
             "comm_bytes": stats.bytes_sent,
+            **self.within_groups(),
             "comm_wait_s": round(stats.wait_s, 4),
         })
 
@@ -264,8 +294,12 @@ class Trainer:
         """Checkpoint every rank's state, the global model and the length of metrics.jsonl (a collective)."""
         global_model = self.strategy.global_state_dict()
         self.progress.elapsed_s = self.elapsed()
+        strategy_state, sharded, layout = self.strategy.state_dict(), None, None
+        if self.mesh is not None:
+            strategy_state, sharded = split(strategy_state, Position.of(self.mesh))
+            layout = {"groups": self.config.groups, "group_size": self.config.group_size}
         state = {
-            "strategy": self.strategy.state_dict(),
+            "strategy": strategy_state,
             "scheduler": self.scheduler.state_dict(),
             "lr_schedule_steps": self.config.steps,
             "data": self.data.train.state_dict(),
@@ -274,7 +308,9 @@ class Trainer:
             "metrics_offset": self.log.durable_offset() if self.log is not None else 0,
         }
         model = global_model if self.rank == 0 else None
-        save_checkpoint(self.checkpoints, self.step, state, model, self.config.keep_checkpoints, self.peers)
+        save_checkpoint(
+            self.checkpoints, self.step, state, model, self.config.keep_checkpoints, self.peers, sharded, layout
+        )
         if self.log is not None:
             config = self.config
             write_loss_plot(config.out, f"{config.algo} x{self.world_size}: {config.model} on {config.data}")
@@ -295,17 +331,55 @@ class Trainer:
         choice = self.peers.all_gather(restored.checkpoint)[0]
         if choice is None:
             return restored
-        state = load_worker_state(self.checkpoints / choice, self.rank, self.world_size, self.device)
-        self.strategy.load_state_dict(state["strategy"])
+        directory = self.checkpoints / choice
+        if self.mesh is None:
+            state = load_worker_state(directory, self.rank, self.world_size, self.device)
+            self.strategy.load_state_dict(state["strategy"])
+            self.data.train.load_state_dict(state["data"])
+            set_rng_state(state["rng"])
+        else:
+            state = self.load_grouped(directory)
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("lr_schedule_steps", self.config.steps) != self.config.steps:
             restored.planned_steps = state["lr_schedule_steps"]
             self.replan_schedule()
-        self.data.train.load_state_dict(state["data"])
-        set_rng_state(state["rng"])
         self.progress = Progress(**state["progress"])
         restored.metrics_offset = state["metrics_offset"]
         return restored
+
+    def load_grouped(self, directory: Path) -> dict[str, Any]:
+        """This rank's state from a sharded checkpoint, saved in this layout or another (see the
+        module docstring); return the rest of the state the checkpoint holds for it."""
+        saved = read_manifest(directory).get("layout")
+        if saved is None:
+            raise ValueError(f"resume: {directory} was written without worker groups")
+        position = Position.of(self.mesh)
+        source = position.source(saved["groups"], saved["group_size"])
+        same_layout = (saved["groups"], saved["group_size"]) == (position.groups, position.group_size)
+        own = load_rank_file(directory, source.group * source.group_size + source.inner, self.device)
+        for value in vars(self.strategy).values():
+            if isinstance(value, torch.optim.Optimizer):
+                initialise_state(value)
+        template = self.strategy.state_dict()
+        sharded = directory / SHARDED_DIRECTORY
+        strategy_state = load_sharded(sharded, own["strategy"], template, position, source, self.mesh, self.device)
+        self.strategy.load_state_dict(strategy_state)
+        if position.group >= saved["groups"]:  # a new group starts from the global model
+            global_model = load_file(directory / GLOBAL_MODEL, device=str(self.device))
+            set_model_state_dict(self.strategy.local_model, global_model, options=StateDictOptions(full_state_dict=True))
+            self.strategy.optimizer.state.clear()
+        if same_layout:
+            self.data.train.load_state_dict(own["data"])
+            set_rng_state(own["rng"])
+            return own
+        first = load_rank_file(directory, 0, self.device)
+        position_in_epoch = first["data"]["offset"] / first["data"]["shard_size"]
+        shard_size = self.data.train.state_dict()["shard_size"]
+        self.data.train.load_state_dict(
+            {"epoch": first["data"]["epoch"], "offset": int(position_in_epoch * shard_size), "shard_size": shard_size}
+        )
+        seed_everything(self.config.seed + self.rank + self.world_size * self.strategy.step_count)
+        return first
 
     def replan_schedule(self) -> None:
         """Follow this run's learning-rate schedule (planned for ``config.steps``) from the resumed
@@ -327,23 +401,28 @@ class Trainer:
     def finish(self) -> None:
         """Sum the traffic and times over all workers; rank 0 writes summary.json."""
         self.strategy.wait()
-        stats = self.strategy.comm_stats
+        stats, within = self.strategy.comm_stats, self.strategy.inner_comm_stats
         everyone = self.peers.all_gather(
-            (stats.bytes_sent, stats.wait_s, stats.overlap_s, stats.overlap_bytes, self.progress.compute_s)
+            (stats.bytes_sent, within.bytes_sent, stats.wait_s, stats.overlap_s, stats.overlap_bytes,
+             self.progress.compute_s)
         )
         if self.log is None:
             return
         wall_time = self.elapsed()
-        bytes_sent, wait_s, overlap_s, overlap_bytes, compute_s = (sum(column) for column in zip(*everyone))
+        between, inside, wait_s, overlap_s, overlap_bytes, compute_s = (sum(column) for column in zip(*everyone))
         summary = {
             "algo": self.config.algo,
             "model": self.config.model,
             "parameters": sum(p.numel() for p in self.strategy.params),
             "workers": self.world_size,
+            **({} if self.mesh is None else {
+                "groups": self.config.groups, "group_size": self.config.group_size, "inner": self.config.inner}),
             "steps": self.step,
             "final_eval_loss": self.progress.eval_loss,
             "wall_time_s": wall_time,
-            "comm_bytes_total": int(bytes_sent),
+            "comm_bytes_total": int(between + inside),
+            "comm_bytes_between_groups": int(between),
+            "comm_bytes_within_groups": int(inside),
             "compute_s": compute_s / self.world_size,
             "comm_wait_s": wait_s / self.world_size,
             "comm_overlap_s": overlap_s / self.world_size,

@@ -79,3 +79,29 @@ def noloco(root: Path) -> Path:
         train(1, 0), train(2, 2 * MB), evaluation(2, 3.0, 1.4, 2 * MB, 0.1),
         train(3, 2 * MB), train(4, 4 * MB), evaluation(4, 2.0, 2.9, 4 * MB, 0.2),
     ])
+
+
+def grouped_diloco(root: Path) -> Path:
+    """2 groups x 2 ranks, a 2 MB model: after steps 2 and 4 each rank all-reduces its 1 MB shard
+    with its peer in the other group (sending 1 MB), so each group's link carries 2 MB."""
+    return write_run(root / "grouped_diloco", {
+        "algo": "diloco", "groups": 2, "group_size": 2, "final_eval_loss": 2.1, "wall_time_s": 3.0,
+        "comm_bytes_total": 20 * MB, "comm_bytes_between_groups": 8 * MB, "comm_bytes_within_groups": 12 * MB,
+        "comm_wait_s": 0.2, "tokens": 400,
+    }, [
+        train(1, 0), train(2, 1 * MB), evaluation(2, 3.0, 1.4, 1 * MB, 0.1),
+        train(3, 1 * MB), train(4, 2 * MB), evaluation(4, 2.1, 2.9, 2 * MB, 0.2),
+    ])
+
+
+def grouped_ddp(root: Path) -> Path:
+    """2 groups x 2 ranks, a 2 MB model, DDP's ring over all 4 ranks every step: it leaves each group
+    from the group's last rank, which sends 2 x 3/4 x 2 MB = 3 MB, and never from rank 0."""
+    return write_run(root / "grouped_ddp", {
+        "algo": "ddp", "groups": 2, "group_size": 2, "final_eval_loss": 2.0, "wall_time_s": 4.0,
+        "comm_bytes_total": 48 * MB, "comm_bytes_between_groups": 24 * MB, "comm_bytes_within_groups": 24 * MB,
+        "comm_wait_s": 0.4, "tokens": 400,
+    }, [
+        train(1, 0), train(2, 0), evaluation(2, 3.0, 2.0, 0, 0.2),
+        train(3, 0), train(4, 0), evaluation(4, 2.0, 3.9, 0, 0.4),
+    ])

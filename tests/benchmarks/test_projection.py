@@ -12,6 +12,7 @@ import pytest
 
 from lowcomm.communication.network_model import NetworkModel
 from lowcomm.benchmarks.projection import project, project_all
+from lowcomm.benchmarks.results import Target, results_rows
 from lowcomm.benchmarks.runs import Evaluation, read_run
 from tests.benchmarks import recorded
 from tests.benchmarks.recorded import MB
@@ -81,3 +82,18 @@ def test_a_one_worker_run_cannot_be_projected(runs: dict, tmp_path: Path) -> Non
                                [recorded.evaluation(4, 2.0, 4.0, 0, 0.0)])
     with pytest.raises(ValueError, match="run: .* one worker"):
         project(read_run(alone), ONE_MB_PER_S, 4, 2.0)
+
+
+def test_with_worker_groups_the_slow_links_are_the_groups(tmp_path: Path) -> None:
+    """Each group's link carries what its ranks send between groups: DiLoCo's 2 MB per sync (a 2 MB
+    payload among 2 groups, 2 s at 1 MB/s), DDP's 3 MB per step (all sent by the group's last rank)."""
+    diloco, ddp = read_run(recorded.grouped_diloco(tmp_path)), read_run(recorded.grouped_ddp(tmp_path))
+    assert (diloco.links, ddp.links) == (2, 2)
+    assert diloco.link_step_bytes == {2: 2 * MB, 4: 2 * MB}
+    assert ddp.link_step_bytes == {1: 3 * MB, 2: 3 * MB, 3: 3 * MB, 4: 3 * MB}
+    assert project(diloco, ONE_MB_PER_S, 2, 2.1).time_to_target_s == pytest.approx(2.9 - 0.2 + 2 * 2.0)
+    assert project(ddp, ONE_MB_PER_S, 2, 2.0).wall_time_s == pytest.approx(4.0 - 0.4 + 4 * 3.0)
+    # On 4 groups, the same payloads: 2 x 3/4 of them per link
+    assert project(diloco, ONE_MB_PER_S, 4, 2.1).time_to_target_s == pytest.approx(2.9 - 0.2 + 2 * 3.0)
+    rows = results_rows([ddp, diloco], [Target("given", 2.1, "--target-loss")], "tokens")
+    assert rows[1]["comm_bytes_between_groups"] == 8 * MB

@@ -5,16 +5,18 @@ Skipped unless root with iproute2.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from lowcomm.launching.netns import available
-from tests.train_runs import SHORT
+from tests.train_runs import GROUPED, OUTER_SYNCS, SHORT, diloco_bytes_between_groups, lowcomm_train
 
 
 @pytest.fixture(autouse=True)
@@ -78,3 +80,33 @@ def test_limited_run_trains_behind_the_links_and_sigterm_leaves_nothing(tmp_path
         time.sleep(0.2)
     assert [pid for pid in started if alive(pid)] == []
     assert namespaces_of(launcher.pid) == []
+
+
+def test_with_worker_groups_only_the_links_between_groups_are_limited(tmp_path: Path) -> None:
+    """2 groups x 2 ranks at 20 Mbit/s: one namespace per group (and the bridge's); the ranks of a
+    group reach each other at full speed, while the traffic between groups waits for the link."""
+    out, rate = tmp_path / "out", 20e6
+    seen: list[int] = []
+    watching = threading.Event()
+
+    def count_namespaces() -> None:
+        while not watching.is_set():
+            listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+            seen.append(sum(line.startswith("lc") for line in listing.splitlines()))
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=count_namespaces)
+    watcher.start()
+    try:
+        lowcomm_train(*GROUPED, "--bandwidth", "20mbit", "--cache-dir", str(tmp_path / "cache"), "--out", str(out))
+    finally:
+        watching.set()
+        watcher.join()
+    assert max(seen) >= 3  # two groups and the bridge
+    summary = json.loads((out / "summary.json").read_text())
+    between, within = summary["comm_bytes_between_groups"], summary["comm_bytes_within_groups"]
+    assert between == diloco_bytes_between_groups(summary["parameters"])
+    # What crosses one group's link, each way, at the rate: the broadcast, 4 warm-up steps and the syncs
+    link_s = between / 2 * 8 / rate
+    assert summary["comm_wait_s"] >= 0.5 * link_s * (4 + len(OUTER_SYNCS)) / (5 + len(OUTER_SYNCS))
+    assert summary["wall_time_s"] < within / 2 * 8 / rate  # inside a group it would take longer than this

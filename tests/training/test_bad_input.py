@@ -68,6 +68,27 @@ FLAG_CASES = {
     "unknown synthetic data": (["--data", "synthetic-poems"], "--data: unknown synthetic dataset 'synthetic-poems'"),
     "hf without a name": (["--data", "hf:"], "--data: 'hf:' names no dataset"),
     "image data for a language model": (["--data", "synthetic-images"], "--data: synthetic-images holds image data"),
+    "groups not making the workers": (["--groups", "2", "--group-size", "2", "--workers", "3"],
+                                      "--groups: 2 groups of --group-size 2 are 4 processes, not the 3 workers"),
+    "groups not dividing the workers": (["--groups", "3", "--workers", "4"],
+                                        "--groups: 3 does not divide the 4 workers into equal groups"),
+    "group size not dividing the workers": (["--group-size", "3", "--workers", "4"],
+                                            "--group-size: 3 does not divide the 4 workers into equal groups"),
+    "zero groups": (["--groups", "0"], "--groups: Input should be greater than or equal to 1"),
+    "zero group size": (["--group-size", "0"], "--group-size: Input should be greater than or equal to 1"),
+    "inner without groups": (["--inner", "fsdp"], "--inner: only worker groups have an inside"),
+    "unknown inner": (["--groups", "2", "--inner", "zero"], "--inner: Input should be 'ddp' or 'fsdp'"),
+    "fsdp for a model with batch norm": (
+        ["--groups", "1", "--group-size", "2", "--inner", "fsdp", "--model", "resnet18-cifar", "--data",
+         "synthetic-images"],
+        "--inner: FSDP cannot shard resnet18-cifar: its BatchNorm running statistics",
+    ),
+    "groups in the simulation": (["--groups", "2", "--group-size", "2", "--backend", "sim"],
+                                 "--backend: sim simulates single workers, not worker groups"),
+    "groups on a modelled network": (["--groups", "2", "--group-size", "2", "--network", "model"],
+                                     "--network: the model does not price worker groups' shared links"),
+    "noloco in one group": (["--algo", "noloco", "--groups", "1", "--group-size", "2"],
+                            "--groups: noloco needs at least 2 groups"),
     "unknown flag": (["--learning-rate", "1"], "unrecognized arguments: --learning-rate 1"),
     "flag without its value": (["--steps"], "argument --steps: expected one argument"),
     "negative lr warm-up": (["--lr-warmup", "-1"], "--lr-warmup: Input should be greater than or equal to 0"),
@@ -112,6 +133,8 @@ YAML_CASES = {
     "probability out of range": ({"pseudo_sync_prob": 1.5}, "--pseudo-sync-prob: Input should be less than 1"),
     "nan": ({"lr": float("nan")}, "--lr: Input should be a finite number"),
     "mapping for a path": ({"cache_dir": {"a": 1}}, "--cache-dir: Input is not a valid path"),
+    "groups not making the workers": ({"groups": 2, "group_size": 2, "workers": 3}, "--groups: 2 groups of"),
+    "boolean group size": ({"group-size": True}, "--group-size: Input should be a number, not a boolean"),
 }
 
 RAW_YAML_CASES = {
@@ -199,6 +222,24 @@ def test_an_out_holding_another_run_is_left_alone(tmp_path, capsys):
     assert_rejected(["--out", str(tmp_path / "notes"), "--overwrite"], "holds no lowcomm run", tmp_path, capsys)
     (tmp_path / "file").write_text("x")
     assert_rejected(["--out", str(tmp_path / "file")], "is not a directory", tmp_path, capsys)
+
+
+TORCHRUN_CASES = {
+    "groups not making torchrun's world": (["--groups", "2", "--group-size", "3"],
+                                           "--groups: 2 groups of --group-size 3 are 6 processes, not the 4 workers "
+                                           "torchrun started"),
+    "nodes not splitting into equal groups": (["--groups", "3"],
+                                              "--groups: 3 does not divide the 4 workers torchrun started"),
+}
+
+
+@pytest.mark.parametrize("case", TORCHRUN_CASES)
+def test_bad_groups_under_torchrun(case, tmp_path, capsys, monkeypatch):
+    """As rank 1 of a ``torchrun --nnodes 2 --nproc-per-node 2`` job (which does not report)."""
+    for name, value in {"TORCHELASTIC_RUN_ID": "test", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2", "RANK": "1"}.items():
+        monkeypatch.setenv(name, value)
+    argv, message = TORCHRUN_CASES[case]
+    assert_rejected([*argv, "--out", str(tmp_path / "out")], message, tmp_path, capsys)
 
 
 def test_every_option_that_takes_a_value_has_a_malformed_case():

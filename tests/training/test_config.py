@@ -74,8 +74,9 @@ def test_flags_win_over_the_yaml_file(tmp_path):
     assert (config.steps, config.lr, config.sync_interval, config.algo) == (20, 0.01, 8, "diloco")
 
 
-def test_a_written_config_reads_back_as_the_same_config(tmp_path):
-    config = load_config(overrides={"algo": "noloco", "out": str(tmp_path), "lr": "1e-3"})
+@pytest.mark.parametrize("groups", [{}, {"groups": "2", "group_size": "2", "inner": "fsdp"}])
+def test_a_written_config_reads_back_as_the_same_config(groups, tmp_path):
+    config = load_config(overrides={"algo": "noloco", "out": str(tmp_path), "lr": "1e-3", **groups})
     path = tmp_path / "config.yaml"
     path.write_text(config.to_yaml())
     assert load_config(path) == config
@@ -142,6 +143,54 @@ def test_under_torchrun_the_worker_count_is_its_world_size(monkeypatch):
     assert load_config().workers == 3
     with pytest.raises(ValueError, match="^--workers: 2 differs from torchrun's WORLD_SIZE 3$"):
         load_config(overrides={"workers": "2"})
+
+
+def layout(config):
+    return config.workers, config.groups, config.group_size, config.inner
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({}, (2, None, None, None)),  # no groups: every process is a worker, as before groups existed
+        ({"group_size": "1", "workers": "3"}, (3, None, None, None)),
+        ({"groups": "2", "group_size": "2"}, (4, 2, 2, "ddp")),
+        ({"groups": "2", "group_size": "2", "workers": "4", "inner": "fsdp"}, (4, 2, 2, "fsdp")),
+        ({"groups": "2"}, (2, 2, 1, "ddp")),
+        ({"group_size": "2", "workers": "6"}, (6, 3, 2, "ddp")),
+        ({"groups": "4", "group_size": "1"}, (4, 4, 1, "ddp")),
+    ],
+)
+def test_any_two_of_workers_groups_and_group_size_give_the_third(overrides, expected):
+    assert layout(load_config(overrides=overrides)) == expected
+
+
+@pytest.mark.parametrize(
+    "local_world_size, overrides, expected",
+    [
+        ("2", {}, (4, 2, 2, "ddp")),  # torchrun --nnodes 2 --nproc-per-node 2: the nodes are the groups
+        ("2", {"inner": "fsdp"}, (4, 2, 2, "fsdp")),
+        ("2", {"groups": "4"}, (4, 4, 1, "ddp")),
+        ("2", {"group_size": "1"}, (4, None, None, None)),  # opting out: every process a worker
+        ("1", {}, (4, None, None, None)),  # --nproc-per-node 1: every node one worker
+        ("4", {}, (4, None, None, None)),  # one node: every process a worker, as with the local launcher
+    ],
+)
+def test_under_torchrun_the_nodes_are_the_groups(local_world_size, overrides, expected, monkeypatch):
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world_size)
+    assert layout(load_config(overrides=overrides)) == expected
+
+
+def test_a_grouped_run_keeps_its_identity_in_another_layout(tmp_path):
+    out = str(tmp_path)
+    two_by_two = load_config(overrides={"out": out, "groups": "2", "group_size": "2"})
+    assert two_by_two.run_identity() == load_config(overrides={"out": out, "groups": "4", "workers": "4"}).run_identity()
+    assert two_by_two.run_identity() != load_config(overrides={"out": out, "groups": "2", "group_size": "2",
+                                                               "inner": "fsdp"}).run_identity()
+    assert load_config(overrides={"out": out}).run_identity() != load_config(
+        overrides={"out": out, "workers": "4"}).run_identity()
 
 
 def test_launch_fields_do_not_change_the_run_identity(tmp_path):

@@ -24,9 +24,12 @@ from tests.train_runs import (
     PERIODIC,
     SHORT,
     STEPS,
+    attempts,
     listening_addresses,
     lowcomm_train,
+    progress,
     records,
+    wait_for,
     without_timing,
     worker_pids,
 )
@@ -42,36 +45,6 @@ STEP_S = 0.06
 POISONED_STEP = 6
 """Worker 1's model turns NaN at this local step, before the outer step at 8 (PALSGD pseudo-synchronises at 7)."""
 NONFINITE_DETAILS = {"palsgd": {"fragment": 0}, "diloco": {"fragment": 0}, "noloco": {"group": [0, 1]}, "localsgd": {}}
-
-
-def live_records(out):
-    """The complete lines of an ``out/metrics.jsonl`` that is being written (none before it exists)."""
-    path = out / "metrics.jsonl"
-    text = path.read_text() if path.exists() else ""
-    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
-
-
-def attempts(out):
-    """The ``start`` and ``resume`` events as (event, restart): one per attempt of the group, unless
-    the next resumed from the same checkpoint (and cut the file back to it)."""
-    return [(r["event"], r.get("restart", 0)) for r in live_records(out) if r.get("event") in ("start", "resume")]
-
-
-def progress(out):
-    """(the restart the group is on, the newest step it logged); (-1, -1) before it logs anything."""
-    lines = live_records(out)
-    begun = [i for i, r in enumerate(lines) if r.get("event") in ("start", "resume")]
-    if not begun:
-        return -1, -1
-    return lines[begun[-1]].get("restart", 0), max(r["step"] for r in lines[begun[-1] :])
-
-
-def wait_for(condition, launcher, timeout_s=120):
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert launcher.poll() is None, "the launcher exited early"
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
 
 
 def test_workers_killed_at_random_moments_change_nothing(cache_dir, tmp_path):

@@ -75,3 +75,15 @@ def test_out_must_be_a_directory(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="is not a directory"):
         prepare_run_directory(config_for(tmp_path / "file"))
+
+
+def test_a_grouped_run_resumes_in_another_layout_but_not_without_groups(tmp_path):
+    prepare_run_directory(config_for(tmp_path, groups="2", group_size="2"))
+    prepare_run_directory(config_for(tmp_path, groups="1", group_size="4", resume=True))
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["group_size"] == 4
+    before = snapshot(tmp_path)
+    with pytest.raises(ValueError, match="holds a run with worker groups; resume it with them"):
+        prepare_run_directory(config_for(tmp_path, workers="4", resume=True))
+    with pytest.raises(ValueError, match=r"holds a different run \(inner: 'ddp' there, 'fsdp' here\)"):
+        prepare_run_directory(config_for(tmp_path, groups="4", group_size="1", inner="fsdp", resume=True))
+    assert snapshot(tmp_path) == before
