@@ -253,6 +253,8 @@ class DiLoCo(PeriodicStrategy):
             z.copy_(saved)
         self.outer_optimizer.load_state_dict(state["outer_optimizer"])
         self.pending = [PendingSync(**p) for p in state["pending"]]
-        self.previous_delta = {int(i): d.clone() for i, d in state.get("previous_delta", {}).items()}
+        # resumed in another group layout, the saved shards no longer fit: the next cosine is None
+        self.previous_delta = {int(i): d.clone() for i, d in state.get("previous_delta", {}).items()
+                               if d.shape == self.outer_params[int(i)].shape}
         if self.compressed_mean is not None:
             self.compressed_mean.load_state_dict(state["residuals"])

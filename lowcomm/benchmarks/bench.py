@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
                  *(["--config", str(args.config)] if args.config is not None else []),
                  *(["--preset", args.preset] if args.preset is not None else [])],
         run_commands=commands,
-        settings=settings(first, flags.get("network", first.network), args.budget),
+        settings=settings(first, flags.get("network", first.network), args.budget, configs[algos[0]].eval_every),
         targets=targets,
         table=table,
         plots=plot_bench_curves([(run.algo, run.evaluations) for run in runs], [t.loss for t in targets], out)
@@ -199,7 +199,7 @@ def planned_steps(config: TrainConfig, budget: str) -> int:
     return warmup + math.ceil((config.steps - warmup) / (1 - config.pseudo_sync_prob))
 
 
-def settings(config: TrainConfig, network: str, budget: str) -> str:
+def settings(config: TrainConfig, network: str, budget: str, eval_every: int) -> str:
     tokens = config.batch_size * config.grad_accum * config.seq_len
     link = "unlimited" if math.isinf(parse_rate(config.bandwidth)) else config.bandwidth
     how = {"none": "real (tc-tbf in network namespaces)" if link != "unlimited" else "real",
@@ -214,7 +214,7 @@ def settings(config: TrainConfig, network: str, budget: str) -> str:
     if config.grouped:
         who = f"{config.groups} groups of {config.group_size} workers with {config.inner} inside"
     return (f"{who} ({config.backend} backend, {config.device}), {config.model} on {config.data}, "
-            f"{protocol}; evaluation every {config.eval_every} steps, seed {config.seed}; network: {link}, {how}.")
+            f"{protocol}; evaluation every {eval_every} steps, seed {config.seed}; network: {link}, {how}.")
 
 
 def plot_sync_diagnostics(runs: list[Run], out: Path) -> list[str]:

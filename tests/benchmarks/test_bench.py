@@ -81,6 +81,7 @@ def test_report_names_the_command_and_shows_the_plots(bench: Path) -> None:
     report = (bench / "report.md").read_text()
     assert "lowcomm bench --algos ddp,palsgd --budget steps" in report and "--set palsgd.outer-momentum=0" in report
     assert "equal steps (the PALSGD paper's protocol)" in report and "- ddp@90%: eval loss" in report
+    assert "evaluation every 8 steps" in report
     assert "Machine:" in report and "| ddp |" in report
     for plot in (*PLOTS, "sync_diagnostics.png"):  # PALSGD's outer steps carry diagnostics
         assert f"]({plot})" in report
