@@ -43,6 +43,21 @@ class Strategy(ABC):
         max_grad_norm: clip the (averaged, where averaged) gradient norm to this value.
     """
 
+    min_workers = 1
+    """The fewest workers the algorithm runs with."""
+
+    @classmethod
+    def check_options(cls, lr: float, options: dict[str, Any]) -> None:
+        """Reject, before any worker starts, options this algorithm cannot run with: ``lr`` the peak
+        inner learning rate, ``options`` the constructor's keyword arguments with every default filled
+        in. The constructor applies the same rules."""
+
+    @classmethod
+    def check_workers(cls, argument: str, count: int, unit: str = "workers") -> None:
+        """Reject fewer than :attr:`min_workers` workers (with worker groups: groups), naming ``argument``."""
+        if count < cls.min_workers:
+            raise ValueError(f"{argument}: {cls.__name__.lower()} needs at least {cls.min_workers} {unit}")
+
     def __init__(
         self,
         model: nn.Module,
@@ -80,6 +95,10 @@ class Strategy(ABC):
         self.max_grad_norm = max_grad_norm
         self.step_count = 0
         self.events: list[dict[str, Any]] = []  # notable things that happened, for the caller to log
+        if mesh is None:
+            self.check_workers("communicator", self.comm.world_size)
+        else:
+            self.check_workers("mesh", self.comm.world_size, "groups")
         self.ddp, self.counting = self.data_parallel()
         self.broadcast_initial_state()
 
@@ -133,6 +152,13 @@ class Strategy(ABC):
     @abstractmethod
     def step(self, closure: Closure | Sequence[Closure]) -> torch.Tensor | None:
         """Take one training step; return the mean loss, or ``None`` if no batch was computed."""
+
+    def _synchronous_step(self, closure: Closure | Sequence[Closure]) -> torch.Tensor:
+        """DDP's rule: back-propagate, average the gradients over all workers, step."""
+        loss = self._backward(closure)
+        self.average_gradients()
+        self._optimizer_step()
+        return loss
 
     def global_state_dict(self) -> dict[str, torch.Tensor]:
         """The model to evaluate and save, whole tensors on every rank: the global model (a collective)."""
@@ -218,10 +244,16 @@ def wrap_ddp(
     return ddp, counting
 
 
-def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
+def check_int_at_least(name: str, value: int, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name}: must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def check_momentum(name: str, value: float) -> float:
+    if not (isinstance(value, (int, float)) and 0 <= value < 1):
+        raise ValueError(f"{name}: must be in [0, 1), got {value!r}")
+    return float(value)
 
 
 def check_positive(name: str, value: float) -> float:

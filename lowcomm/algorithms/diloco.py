@@ -1,5 +1,5 @@
 """DiLoCo (Douillard et al., "DiLoCo: Distributed Low-Communication Training of Language Models",
-2023, arXiv 2311.08455).
+2023, arXiv 2311.08105).
 
 Rule: after the warm-up, ``z <- x``. Every H steps:
 ``Delta = mean_k (z - x_k)``; the outer optimizer steps z with Delta as its gradient (default SGD,
@@ -7,7 +7,8 @@ lr 0.7, Nesterov momentum 0.9); then ``x_k <- z``. The inner optimizer's state s
 
 Overlap (Streaming DiLoCo's rule, arXiv 2501.18512): with ``overlap_steps`` tau > 0 the all-reduce of
 Delta runs in the background while the workers take tau more inner steps; then z takes its outer
-step and each worker merges ``x <- (1 - alpha) * z + alpha * x``. tau = 0 is the blocking rule above.
+step and each worker merges ``x <- (1 - alpha) * z + alpha * x``. tau = 0 is the blocking rule above
+(and takes no alpha).
 
 Compression (``compress="bf16" | "int8" | "int4" | "topk:F"``): the pseudo-gradients are averaged by
 :class:`~lowcomm.communication.compression.CompressedMean` (each worker encodes its chunks, the
@@ -25,7 +26,7 @@ shard.
 
 A worker whose pseudo-gradient (or a floating-point buffer) is not finite is left out of that outer
 step (the others' mean is used; with none left the step is skipped), restarts from z with a fresh
-inner optimizer state, and the step is recorded in ``events``.
+inner optimizer state, and the step is recorded in ``events`` (``what``: ``pseudo_gradient``).
 
 With worker groups, x, z, the outer optimizer's state and the error-feedback residuals are this
 rank's shards (``self.shards``), and each outer step ends with the group completing its model.
@@ -41,19 +42,33 @@ import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
-from lowcomm.algorithms.base import check_positive, check_positive_int
+from lowcomm.algorithms.base import check_int_at_least, check_momentum, check_positive
 from lowcomm.algorithms.periodic import PeriodicStrategy
 from lowcomm.communication.communicator import Communicator, Handle
-from lowcomm.communication.compression import compressed_mean
+from lowcomm.communication.compression import compressed_mean, mean_compressing
 
 OuterOptimizerFactory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
+DEFAULT_MERGE_ALPHA = 0.5
+
+
+def check_overlap(overlap_steps: int, sync_interval: int, merge_alpha: float | None) -> tuple[int, float]:
+    """tau in [0, H), and alpha in [0, 1] only where tau > 0 (default 0.5): the checked (tau, alpha)."""
+    tau = check_int_at_least("overlap_steps", overlap_steps, 0)
+    if tau >= check_int_at_least("sync_interval", sync_interval, 1):
+        raise ValueError(f"overlap_steps: must be < sync_interval ({sync_interval}), got {overlap_steps}")
+    if merge_alpha is None:
+        return tau, DEFAULT_MERGE_ALPHA
+    if tau == 0:
+        raise ValueError("merge_alpha: only an overlapped outer step merges; give overlap_steps > 0 or no merge_alpha")
+    if not 0 <= merge_alpha <= 1:
+        raise ValueError(f"merge_alpha: must be in [0, 1], got {merge_alpha!r}")
+    return tau, float(merge_alpha)
 
 
 def nesterov_sgd(lr: float, momentum: float) -> OuterOptimizerFactory:
     """SGD with Nesterov momentum; plain SGD when ``momentum`` is 0."""
     check_positive("outer_lr", lr)
-    if not 0 <= momentum < 1:
-        raise ValueError(f"outer_momentum: must be in [0, 1), got {momentum!r}")
+    check_momentum("outer_momentum", momentum)
     return lambda params: torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0)
 
 
@@ -67,6 +82,10 @@ class PendingSync:
     locally_finite: bool
     handle: Handle | None = None
 
+    def wait(self) -> None:
+        if self.handle is not None:
+            self.handle.wait()
+
 
 class DiLoCo(PeriodicStrategy):
     """Local steps, then an outer optimizer step on the averaged pseudo-gradient every H steps.
@@ -77,7 +96,8 @@ class DiLoCo(PeriodicStrategy):
         outer_device: where z and the outer optimizer's state live (e.g. ``"cpu"`` to keep them in
             pinned host memory); defaults to the model's device.
         overlap_steps: tau, inner steps taken while the outer all-reduce is in flight (< H).
-        merge_alpha: alpha, the weight of the local model when merging after an overlapped step.
+        merge_alpha: alpha, the weight of the local model when merging after an overlapped step
+            (only with ``overlap_steps`` > 0; default 0.5).
         compress: how pseudo-gradients are encoded on the wire (``none``, ``bf16``, ``int8``,
             ``int4``, ``topk:FRACTION``); ``compress_block_size`` values share one scale or one
             top-k selection (default 256 for int8/int4, 4096 for top-k).
@@ -95,7 +115,7 @@ class DiLoCo(PeriodicStrategy):
         outer_optimizer: OuterOptimizerFactory | None = None,
         outer_device: torch.device | str | None = None,
         overlap_steps: int = 0,
-        merge_alpha: float = 0.5,
+        merge_alpha: float | None = None,
         compress: str = "none",
         compress_block_size: int | None = None,
         mesh: DeviceMesh | None = None,
@@ -103,12 +123,7 @@ class DiLoCo(PeriodicStrategy):
         max_grad_norm: float | None = None,
     ) -> None:
         factory = outer_optimizer or nesterov_sgd(outer_lr, outer_momentum)
-        self.overlap_steps = check_positive_int("overlap_steps", overlap_steps, minimum=0)
-        if self.overlap_steps >= check_positive_int("sync_interval", sync_interval):
-            raise ValueError(f"overlap_steps: must be < sync_interval ({sync_interval}), got {overlap_steps}")
-        if not 0 <= merge_alpha <= 1:
-            raise ValueError(f"merge_alpha: must be in [0, 1], got {merge_alpha!r}")
-        self.merge_alpha = float(merge_alpha)
+        self.overlap_steps, self.merge_alpha = check_overlap(overlap_steps, sync_interval, merge_alpha)
         self.compressed_mean = compressed_mean(compress, compress_block_size)
         super().__init__(
             model,
@@ -121,7 +136,6 @@ class DiLoCo(PeriodicStrategy):
         )
         device = torch.device(outer_device) if outer_device is not None else None
         pin = device is not None and device.type == "cpu" and self.params[0].is_cuda
-        self.outer_params = []
         for x in self.shards.local():
             z = x.to(device or x.device, copy=True)
             self.outer_params.append(z.pin_memory() if pin else z)
@@ -132,58 +146,47 @@ class DiLoCo(PeriodicStrategy):
         self.previous_delta: dict[int, torch.Tensor] = {}
         self.sync_diagnostics: dict[str, float | None] = {}
 
-    def begin_local_phase(self) -> None:
-        for x, z in zip(self.shards.local(), self.outer_params):
-            z.copy_(x)
+    @classmethod
+    def check_options(cls, lr: float, options: dict[str, Any]) -> None:
+        super().check_options(lr, options)
+        check_momentum("outer_momentum", options["outer_momentum"])
+        check_overlap(options["overlap_steps"], options["sync_interval"], options["merge_alpha"])
 
-    def communicate(self) -> None:
+    def after_local_step(self) -> None:
+        """Apply the outer steps whose tau steps are over, then start those whose turn it is."""
         for pending in [p for p in self.pending if p.apply_at == self.step_count]:
             self.pending.remove(pending)
             self.finish(pending)
-        self.synchronize()
-
-    def synchronize(self) -> None:
-        """Start the outer step of every fragment whose turn it is."""
         for fragment, offset in enumerate(self.offsets):
             if (self.step_count - offset) % self.sync_interval == 0:
                 self.start(fragment)
 
     def start(self, fragment: int) -> None:
-        """Launch the average of this fragment's pseudo-gradient ``z - x``."""
+        """Launch the mean of this fragment's pseudo-gradient ``Delta = z - x`` (and of the buffers)."""
         xs = self.shards.local()
         deltas = [self.outer_params[i].to(xs[i].device) - xs[i] for i in self.fragments[fragment]]
         buffers = [b.clone() for b in self.group_buffers()] if fragment == 0 else []
-        flag = self.finite_flag(deltas + buffers)
+        flag = self.zero_unless_finite(deltas + buffers)
         pending = PendingSync(fragment, deltas + buffers + [flag], self.step_count + self.overlap_steps, bool(flag))
-        exact = pending.payload
-        if self.compressed_mean is not None:
-            self.compressed_mean(self.comm, fragment, deltas)
-            exact = buffers + [flag]
-        pending.handle = self.comm.all_reduce_mean(exact, async_op=True)
+        exact = buffers + [flag]
+        pending.handle = mean_compressing(self.comm, self.compressed_mean, fragment, deltas, exact, async_op=True)
         if self.overlap_steps == 0:
             self.finish(pending)
         else:
             self.pending.append(pending)
 
     def finish(self, pending: PendingSync) -> None:
-        """Apply an averaged pseudo-gradient: outer step on its fragment, then reset or merge x."""
-        if pending.handle is not None:
-            pending.handle.wait()
+        """With the mean Delta: the outer step of z, then ``x <- z`` (or the merge after an overlap)."""
+        pending.wait()
         indices = self.fragments[pending.fragment]
-        deltas, rest = pending.payload[: len(indices)], pending.payload[len(indices) :]
-        finite_share = float(rest[-1])
-        if finite_share < 1:
-            self.record_nonfinite(round(finite_share * self.comm.world_size), fragment=pending.fragment)
-        self.diagnose(indices, [delta / max(finite_share, 1e-30) for delta in deltas], pending.locally_finite,
-                      finite_share)
-        if finite_share > 0:
-            for buffer, mean in zip(self.buffers, rest[:-1]):
-                buffer.copy_(mean / finite_share)
-            self.outer_optimizer.zero_grad(set_to_none=True)
-            for i, delta in zip(indices, deltas):
-                self.outer_params[i].grad = (delta / finite_share).to(self.outer_params[i].device)
-            self.outer_optimizer.step()
-            self.outer_optimizer.zero_grad(set_to_none=True)
+        deltas, buffers, flag = pending.payload[: len(indices)], pending.payload[len(indices) : -1], pending.payload[-1]
+        share = self.finite_share(flag, "pseudo_gradient", fragment=pending.fragment)
+        means = [delta / share for delta in deltas] if share > 0 else deltas
+        self.diagnose(indices, means, pending.locally_finite, share)
+        if share > 0:
+            for buffer, mean in zip(self.buffers, buffers):
+                buffer.copy_(mean / share)
+            self.outer_step(indices, means)
         xs = self.shards.local()
         for i in indices:
             z = self.outer_params[i].to(xs[i].device, non_blocking=True)
@@ -215,6 +218,14 @@ class DiLoCo(PeriodicStrategy):
                                  "worker_spread": float(spread) / finite_share if finite_share > 0 else None,
                                  "pseudo_grad_cosine": cosine}
 
+    def outer_step(self, indices: list[int], deltas: list[torch.Tensor]) -> None:
+        """Step the outer optimizer on the given tensors of z with ``deltas`` as their gradients."""
+        self.outer_optimizer.zero_grad(set_to_none=True)
+        for i, delta in zip(indices, deltas):
+            self.outer_params[i].grad = delta.to(self.outer_params[i].device)
+        self.outer_optimizer.step()
+        self.outer_optimizer.zero_grad(set_to_none=True)
+
     def restart_from_global(self) -> None:
         """After a non-finite pseudo-gradient: ``x <- z`` everywhere and a fresh inner optimizer state."""
         for x, z in zip(self.shards.local(), self.outer_params):
@@ -229,8 +240,7 @@ class DiLoCo(PeriodicStrategy):
 
     def wait(self) -> None:
         for pending in self.pending:
-            if pending.handle is not None:
-                pending.handle.wait()
+            pending.wait()
 
     def state_dict(self) -> dict[str, Any]:
         self.wait()

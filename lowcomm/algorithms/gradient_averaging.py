@@ -9,38 +9,16 @@ overlap of communication with the backward pass differ.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
-from torch import nn
 
-from lowcomm.algorithms import ALGORITHMS, DDP, Strategy
-from lowcomm.algorithms.periodic import PeriodicStrategy
-from lowcomm.communication.communicator import Communicator, ProcessGroupCommunicator
+from lowcomm.algorithms.base import Closure, Strategy
 
 
-class GradientAveraging(PeriodicStrategy):
-    """Average the gradients every step: a periodic strategy that never leaves its synchronous warm-up."""
+class GradientAveraging(Strategy):
+    """Average the gradients over all workers every step, then step the inner optimizer."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        *,
-        communicator: Communicator | None = None,
-        max_grad_norm: float | None = None,
-    ) -> None:
-        super().__init__(model, optimizer, sync_interval=1, communicator=communicator, max_grad_norm=max_grad_norm)
-
-    @property
-    def in_warmup(self) -> bool:
-        return True
-
-    def synchronize(self) -> None:
-        """Never called: there are no local steps."""
-
-
-def strategy_class(algo: str, communicator: Communicator) -> type[Strategy]:
-    """The class that runs ``algo`` over ``communicator``: DDP itself needs a process group."""
-    cls = ALGORITHMS[algo]
-    if cls is DDP and not isinstance(communicator, ProcessGroupCommunicator):
-        return GradientAveraging
-    return cls
+    def step(self, closure: Closure | Sequence[Closure]) -> torch.Tensor:
+        self.step_count += 1
+        return self._synchronous_step(closure)

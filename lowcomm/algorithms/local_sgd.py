@@ -9,7 +9,8 @@ last synchronisation, x0 (the same on every worker), and the workers average wha
 per-block scales fit the small moves rather than the weights.
 
 A worker whose parameters (or floating-point buffers) are not finite is left out of the mean and
-continues from it with a fresh inner optimizer state; if no worker is finite, training stops with an error.
+continues from it with a fresh inner optimizer state (recorded in ``events``, ``what``: ``parameters``);
+if no worker is finite, training stops with an error.
 With worker groups each rank averages its shard (compressed: its shard of the move) across groups,
 then the group completes its model.
 """
@@ -24,7 +25,7 @@ from torch.distributed.device_mesh import DeviceMesh
 
 from lowcomm.algorithms.periodic import PeriodicStrategy
 from lowcomm.communication.communicator import Communicator
-from lowcomm.communication.compression import compressed_mean
+from lowcomm.communication.compression import compressed_mean, mean_compressing
 
 
 class LocalSGD(PeriodicStrategy):
@@ -65,16 +66,11 @@ class LocalSGD(PeriodicStrategy):
         xs = self.shards.local()
         averaged = [x - x0 for x, x0 in zip(xs, self.synced)] if compressing else xs
         tensors = averaged + self.group_buffers()
-        flag = self.finite_flag(tensors)
+        flag = self.zero_unless_finite(tensors)
         locally_finite = bool(flag)
-        if compressing:
-            self.compressed_mean(self.comm, 0, averaged)
-            self.comm.all_reduce_mean(self.buffers + [flag])
-        else:
-            self.comm.all_reduce_mean(tensors + [flag])
-        finite_share = float(flag)
+        mean_compressing(self.comm, self.compressed_mean, 0, averaged, self.buffers + [flag])
+        finite_share = self.finite_share(flag, "parameters")
         if finite_share < 1:
-            self.record_nonfinite(round(finite_share * self.comm.world_size))
             if finite_share == 0:
                 raise FloatingPointError(f"step {self.step_count}: every worker's model is non-finite")
             for t in tensors:

@@ -11,7 +11,7 @@ point-to-point and sets
 Members whose ``x_j - z_j`` or ``z_j`` is not finite are left out of both means (every member sees
 every contribution, so all agree; with none left, m and z stay as they are); such a member still
 sets ``x_i <- z_i`` and starts a fresh inner optimizer state. The exclusion is recorded in
-``events`` on every member of the group.
+``events`` on every member of the group (``what``: ``pseudo_gradient_or_outer_model``).
 
 With worker groups the partners are groups: rank i of a group exchanges its shards with rank i of
 the partner groups, and a partner is left out when any of the shards its ranks sent is non-finite.
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
-from lowcomm.algorithms.base import check_positive
+from lowcomm.algorithms.base import check_momentum, check_positive
 from lowcomm.algorithms.periodic import PeriodicStrategy
 from lowcomm.communication.communicator import Communicator
 
@@ -46,6 +46,8 @@ class NoLoCo(PeriodicStrategy):
         outer_lr: alpha. outer_momentum: mu.
     """
 
+    min_workers = 2
+
     def __init__(
         self,
         model: nn.Module,
@@ -60,9 +62,7 @@ class NoLoCo(PeriodicStrategy):
         max_grad_norm: float | None = None,
     ) -> None:
         self.alpha = check_positive("outer_lr", outer_lr)
-        if not 0 <= outer_momentum < 1:
-            raise ValueError(f"outer_momentum: must be in [0, 1), got {outer_momentum!r}")
-        self.mu = float(outer_momentum)
+        self.mu = check_momentum("outer_momentum", outer_momentum)
         super().__init__(
             model,
             optimizer,
@@ -72,14 +72,13 @@ class NoLoCo(PeriodicStrategy):
             communicator=communicator,
             max_grad_norm=max_grad_norm,
         )
-        if self.comm.world_size < 2:
-            raise ValueError("communicator: NoLoCo needs at least 2 workers")
         self.outer_params = [x.clone() for x in self.shards.local()]
         self.momentum = [torch.zeros_like(z) for z in self.outer_params]
 
-    def begin_local_phase(self) -> None:
-        for x, z in zip(self.shards.local(), self.outer_params):
-            z.copy_(x)
+    @classmethod
+    def check_options(cls, lr: float, options: dict[str, Any]) -> None:
+        super().check_options(lr, options)
+        check_momentum("outer_momentum", options["outer_momentum"])
 
     def synchronize(self) -> None:
         group = next(g for g in gossip_groups(self.comm.world_size, self.step_count) if self.comm.rank in g)
@@ -92,7 +91,7 @@ class NoLoCo(PeriodicStrategy):
         finite = [j for j in sorted(group) if self.shards.group_finite(sent_by[j])]
         contributions = [sent_by[j] for j in finite]
         if len(finite) < len(group):
-            self.record_nonfinite(len(finite), group=sorted(group))
+            self.record_excluded("pseudo_gradient_or_outer_model", len(finite), group=sorted(group))
         n = len(self.params)
         with torch.no_grad():
             if contributions:

@@ -1,5 +1,10 @@
 """PALSGD (Naganuma et al., "Pseudo-Asynchronous Local SGD: Robust and Efficient Data-Parallel
-Training", TMLR 2025, arXiv 2504.18454), the decoupled post-adaptive variant of the official code.
+Training", TMLR 2025, arXiv 2504.18454), the decoupled post-adaptive variant of the official code:
+decoupled, because the inner optimizer (AdamW, its state local to each worker) and the outer
+optimizer of z (Nesterov SGD on the averaged pseudo-gradient, as in DiLoCo) are two separate
+optimizers (the paper's Algorithm 1, "with Decoupled Optimizers"); post-adaptive, because the pull
+towards z is applied to the parameters directly, outside the adaptive inner optimizer, so its
+moment estimates never see the pull.
 
 Rule: S warm-up steps with averaged gradients, then ``z <- x``. Each later step draws a coin from a
 generator seeded identically on every worker (so all workers take the same kind of step):
@@ -7,7 +12,7 @@ generator seeded identically on every worker (so all workers take the same kind 
   skipped) and ``x <- x - (gamma / p) * eta * (x - z)``, gamma the inner learning rate in effect;
 - otherwise a gradient step with the inner learning rate multiplied by ``1 / (1 - p)``.
 Every H steps, the DiLoCo outer step. ``gamma * eta / p >= 1`` is rejected: the pull would
-overshoot z.
+overshoot z (:meth:`PALSGD.pull_strength`, which the configuration checks too).
 
 With worker groups every rank of every group draws the same coins, and the pull works on this
 rank's shards, after which the group completes its model.
@@ -57,7 +62,7 @@ class PALSGD(DiLoCo):
         self.pseudo_sync_prob = float(pseudo_sync_prob)
         self.eta = check_positive("eta", eta)
         for group in optimizer.param_groups:
-            self._pull_strength(group.get("initial_lr", group["lr"]))
+            self.pull_strength(group.get("initial_lr", group["lr"]), self.eta, self.pseudo_sync_prob)
         super().__init__(
             model,
             optimizer,
@@ -83,22 +88,26 @@ class PALSGD(DiLoCo):
         """``x <- x - (gamma / p) * eta * (x - z)`` for every parameter group."""
         xs = self.shards.local()
         for group in self.optimizer.param_groups:
-            pull = self._pull_strength(group["lr"])
+            pull = self.pull_strength(group["lr"], self.eta, self.pseudo_sync_prob)
             for i in (self.index_of[id(x)] for x in group["params"]):
                 xs[i].lerp_(self.outer_params[i].to(xs[i].device, non_blocking=True), pull)
         self.shards.complete()
 
-    def _pull_strength(self, lr: float) -> float:
-        p = self.pseudo_sync_prob
-        if p == 0:
+    @staticmethod
+    def pull_strength(lr: float, eta: float, pseudo_sync_prob: float) -> float:
+        """``gamma * eta / p``, the fraction of the way to z a pseudo-synchronisation moves x (0 when
+        p is 0); at least 1 would overshoot z and is rejected."""
+        if pseudo_sync_prob == 0:
             return 0.0
-        pull = lr * self.eta / p
+        pull = lr * eta / pseudo_sync_prob
         if pull >= 1:
-            raise ValueError(
-                f"eta: gamma * eta / p = {lr} * {self.eta} / {p} = {pull:.4g} >= 1 overshoots z; "
-                "lower eta or the learning rate, or raise pseudo_sync_prob"
-            )
+            raise ValueError(f"eta: lr * eta / pseudo_sync_prob = {pull:.4g} >= 1 would overshoot z")
         return pull
+
+    @classmethod
+    def check_options(cls, lr: float, options: dict[str, Any]) -> None:
+        super().check_options(lr, options)
+        cls.pull_strength(lr, options["eta"], options["pseudo_sync_prob"])
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "coins": self.coins.get_state()}

@@ -1,13 +1,17 @@
 """The shape shared by Local SGD, Post-Local SGD, DiLoCo, PALSGD and NoLoCo.
 
 Steps are numbered from 1 and every step counts. The first ``warmup_steps`` steps average the
-gradients over all workers before the inner optimizer steps (DDP semantics); after them each worker
-steps on its own, and after every step ``t > warmup_steps`` with ``t % sync_interval == 0`` the
-workers synchronise in the algorithm's own way.
+gradients over all workers before the inner optimizer steps (DDP semantics); then the outer model z
+(DiLoCo, PALSGD, NoLoCo) starts from the workers' model. After that each worker steps on its own,
+and :meth:`~PeriodicStrategy.after_local_step` runs after every local step: by default it calls
+:meth:`~PeriodicStrategy.synchronize`, the algorithm's own synchronisation, after every step ``t``
+with ``t % sync_interval == 0``. DiLoCo overrides ``after_local_step`` instead (its fragments and
+overlapped outer steps keep a schedule of their own).
 
 At a synchronisation a worker whose contribution (its parameters, or its pseudo-gradient) is not
 finite is left out of it: the others' values are used, the worker takes the synchronised model and a
-fresh inner optimizer state, and the strategy records a ``nonfinite_pseudo_gradient`` event.
+fresh inner optimizer state, and the strategy records a ``nonfinite_worker_excluded`` event whose
+``what`` names the contribution.
 
 With worker groups a worker is a group: synchronisations run between groups on each rank's shard
 (``self.shards``), the warm-up averages the gradient shards across groups, and a group is left out
@@ -16,7 +20,6 @@ when any of its ranks is non-finite.
 
 from __future__ import annotations
 
-from abc import abstractmethod
 from collections.abc import Sequence
 from itertools import chain
 from typing import Any
@@ -25,7 +28,7 @@ import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
-from lowcomm.algorithms.base import Closure, Strategy, check_positive_int
+from lowcomm.algorithms.base import Closure, Strategy, check_int_at_least
 from lowcomm.communication.communicator import Communicator
 from lowcomm.communication.groups import to_plain
 
@@ -44,10 +47,11 @@ class PeriodicStrategy(Strategy):
         communicator: Communicator | None = None,
         max_grad_norm: float | None = None,
     ) -> None:
-        self.sync_interval = check_positive_int("sync_interval", sync_interval)
-        self.warmup_steps = check_positive_int("warmup_steps", warmup_steps, minimum=0)
+        self.sync_interval = check_int_at_least("sync_interval", sync_interval, 1)
+        self.warmup_steps = check_int_at_least("warmup_steps", warmup_steps, 0)
         super().__init__(model, optimizer, mesh=mesh, communicator=communicator, max_grad_norm=max_grad_norm)
         self.buffers = [b for b in model.buffers() if b.is_floating_point()]
+        self.outer_params: list[torch.Tensor] = []  # z, this rank's shards, for algorithms with an outer model
 
     @property
     def in_warmup(self) -> bool:
@@ -61,13 +65,7 @@ class PeriodicStrategy(Strategy):
                 self.begin_local_phase()
             return loss
         loss = self.local_step(closure)
-        self.communicate()
-        return loss
-
-    def _synchronous_step(self, closure: Closure | Sequence[Closure]) -> torch.Tensor:
-        loss = self._backward(closure)
-        self.average_gradients()
-        self._optimizer_step()
+        self.after_local_step()
         return loss
 
     def local_step(self, closure: Closure | Sequence[Closure]) -> torch.Tensor | None:
@@ -77,16 +75,18 @@ class PeriodicStrategy(Strategy):
         return loss
 
     def begin_local_phase(self) -> None:
-        """Called once, after the last warm-up step."""
+        """Called once, after the last warm-up step: ``z <- x``."""
+        for x, z in zip(self.shards.local(), self.outer_params):
+            z.copy_(x)
 
-    def communicate(self) -> None:
-        """Called after every local step: synchronise when the step is a multiple of H."""
+    def after_local_step(self) -> None:
+        """Called after every local step: :meth:`synchronize` when the step is a multiple of H."""
         if self.step_count % self.sync_interval == 0:
             self.synchronize()
 
-    @abstractmethod
     def synchronize(self) -> None:
-        """The algorithm's periodic communication."""
+        """The algorithm's synchronisation, run after every H-th step."""
+        raise NotImplementedError(f"{type(self).__name__} must implement synchronize or after_local_step")
 
     def group_buffers(self) -> list[torch.Tensor]:
         """The floating-point buffers, first averaged within the group where its ranks' differ (FSDP
@@ -95,21 +95,28 @@ class PeriodicStrategy(Strategy):
             self.inner_comm.all_reduce_mean(self.buffers)
         return self.buffers
 
-    def finite_flag(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-        """A one-element tensor to mean-all-reduce along with ``tensors``: 1 if they are finite on every
-        rank of this worker's group, else 0 (and they are zeroed, adding nothing to the sum). Its mean
-        is the share of finite workers."""
+    def zero_unless_finite(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Zero ``tensors`` unless they are finite on every rank of this worker's group (so they add
+        nothing to a sum), and return the flag to mean-all-reduce along with them: one element, 1 if
+        they were finite, else 0. Its mean is the share of finite workers."""
         finite = self.shards.group_finite(tensors)
         if not finite:
             for t in tensors:
                 t.zero_()
         return torch.full((1,), float(finite), dtype=tensors[0].dtype, device=tensors[0].device)
 
-    def record_nonfinite(self, finite_workers: int, **details: Any) -> None:
-        """Record that workers with a non-finite contribution were left out of this step's synchronisation."""
-        self.events.append(
-            {"event": "nonfinite_pseudo_gradient", "step": self.step_count, **details, "finite_workers": finite_workers}
-        )
+    def finite_share(self, flag: torch.Tensor, what: str, **details: Any) -> float:
+        """The averaged flag of :meth:`zero_unless_finite`, the share of finite workers; below 1 the
+        exclusion of the others is recorded."""
+        share = float(flag)
+        if share < 1:
+            self.record_excluded(what, round(share * self.comm.world_size), **details)
+        return share
+
+    def record_excluded(self, what: str, finite_workers: int, **details: Any) -> None:
+        """Record that workers whose ``what`` was not finite were left out of this step's synchronisation."""
+        self.events.append({"event": "nonfinite_worker_excluded", "step": self.step_count, "what": what, **details,
+                            "finite_workers": finite_workers})
 
     def averaged_state_dict(self) -> dict[str, torch.Tensor]:
         """The workers' mean model (a collective: every worker must call it)."""

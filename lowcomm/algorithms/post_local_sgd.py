@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
-from lowcomm.algorithms.base import check_positive_int
+from lowcomm.algorithms.base import check_int_at_least
 from lowcomm.algorithms.local_sgd import LocalSGD
 from lowcomm.communication.communicator import Communicator
 
@@ -35,7 +35,7 @@ class PostLocalSGD(LocalSGD):
             model,
             optimizer,
             sync_interval=sync_interval,
-            warmup_steps=check_positive_int("warmup_steps", warmup_steps),
+            warmup_steps=check_int_at_least("warmup_steps", warmup_steps, 1),
             mesh=mesh,
             compress=compress,
             compress_block_size=compress_block_size,

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from lowcomm.algorithms.base import check_positive_int
+from lowcomm.algorithms.base import check_int_at_least
 from lowcomm.algorithms.diloco import DiLoCo
 
 
@@ -49,7 +49,7 @@ class StreamingDiLoCo(DiLoCo):
         **diloco_options: Any,
     ) -> None:
         super().__init__(model, optimizer, **diloco_options)
-        count = check_positive_int("num_fragments", num_fragments)
+        count = check_int_at_least("num_fragments", num_fragments, 1)
         if count > len(self.params):
             raise ValueError(f"num_fragments: {count} is more than the model's {len(self.params)} tensors")
         self.fragments = split_fragments([p.numel() for p in self.params], count, fragment_pattern)

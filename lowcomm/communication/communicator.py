@@ -2,11 +2,11 @@
 
 Algorithms never call ``torch.distributed`` themselves. They ask a :class:`Communicator` for a mean
 all-reduce, a point-to-point exchange with a few peers, an all-to-all, an all-gather, or a
-broadcast. Each call charges the bytes this worker sends and the seconds it waits to
-:class:`CommStats`, using the textbook cost of the operation (ring all-reduce: ``2(K-1)/K`` x
-payload; exchange: payload per peer; all-to-all: the K-1 tensors addressed to others; ring
-all-gather: ``K-1`` x payload; broadcast: payload on the source), so byte counts do not depend on
-what the backend does internally.
+broadcast (and, for bookkeeping, an all-gather of Python objects, which is not counted). Each call
+charges :class:`CommStats` with the bytes this worker sends and the seconds it waits, using the
+textbook cost of the operation (ring all-reduce: ``2(K-1)/K`` x payload; exchange: payload per
+peer; all-to-all: the K-1 tensors addressed to others; ring all-gather: ``K-1`` x payload;
+broadcast: payload on the source), so byte counts do not depend on what the backend does internally.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 
 @dataclass
@@ -47,6 +47,16 @@ class CommStats:
 
 def payload_bytes(tensors: Sequence[torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The tensors' elements, concatenated into a new one-dimensional tensor (a copy, also for one tensor)."""
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
+def unflatten(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``flat`` cut into views shaped like ``like``."""
+    return [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in like]), like)]
 
 
 def ring_all_reduce_bytes(payload: int, world_size: int) -> int:
@@ -140,6 +150,11 @@ class Communicator(ABC):
         self._broadcast(list(tensors), src)
         self.stats.wait_s += time.perf_counter() - start
 
+    def all_gather_object(self, value: Any) -> list[Any]:
+        """Every worker's picklable ``value``, in rank order, this worker's own included: for
+        bookkeeping (which checkpoint to resume, the final totals), so nothing is counted."""
+        return self._all_gather_object(value)
+
     @abstractmethod
     def _all_reduce_mean(self, tensors: list[torch.Tensor]) -> Callable[[], None]:
         """Start the reduction and return a function that completes it."""
@@ -150,6 +165,10 @@ class Communicator(ABC):
 
     @abstractmethod
     def _broadcast(self, tensors: list[torch.Tensor], src: int) -> None:
+        ...
+
+    @abstractmethod
+    def _all_gather_object(self, value: Any) -> list[Any]:
         ...
 
     def _all_gather(self, tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
@@ -174,8 +193,8 @@ class ProcessGroupCommunicator(Communicator):
 
     def _all_reduce_mean(self, tensors: list[torch.Tensor]) -> Callable[[], None]:
         pending = []
-        for bucket in _buckets(tensors):
-            flat = _flatten_dense_tensors(bucket)
+        for bucket in dtype_buckets(tensors):
+            flat = flatten(bucket)
             work = dist.all_reduce(flat, group=self.group, async_op=True)
             pending.append((bucket, flat, work))
 
@@ -183,13 +202,13 @@ class ProcessGroupCommunicator(Communicator):
             for bucket, flat, work in pending:
                 work.wait()
                 flat.div_(self.world_size)
-                for tensor, reduced in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
+                for tensor, reduced in zip(bucket, unflatten(flat, bucket)):
                     tensor.copy_(reduced)
 
         return finish
 
     def _exchange(self, tensors: list[torch.Tensor], peers: list[int]) -> list[list[torch.Tensor]]:
-        flat = _flatten_dense_tensors(tensors)
+        flat = flatten(tensors)
         inboxes = [torch.empty_like(flat) for _ in peers]
         operations = []
         for peer, inbox in zip(peers, inboxes):
@@ -198,18 +217,23 @@ class ProcessGroupCommunicator(Communicator):
         if operations:
             for work in dist.batch_isend_irecv(operations):
                 work.wait()
-        return [list(_unflatten_dense_tensors(inbox, tensors)) for inbox in inboxes]
+        return [unflatten(inbox, tensors) for inbox in inboxes]
 
     def _all_gather(self, tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
         gathered: list[dict[int, torch.Tensor]] = [{} for _ in range(self.world_size)]
-        for bucket in _buckets(tensors):
-            flat = _flatten_dense_tensors(bucket)
+        for bucket in dtype_buckets(tensors):
+            flat = flatten(bucket)
             outputs = [torch.empty_like(flat) for _ in range(self.world_size)]
             dist.all_gather(outputs, flat, group=self.group)
             for rank, output in enumerate(outputs):
-                for tensor, value in zip(bucket, _unflatten_dense_tensors(output, bucket)):
+                for tensor, value in zip(bucket, unflatten(output, bucket)):
                     gathered[rank][id(tensor)] = value
         return [[by_id[id(t)] for t in tensors] for by_id in gathered]
+
+    def _all_gather_object(self, value: Any) -> list[Any]:
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value, group=self.group)
+        return gathered
 
     def _all_to_all(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         sent = torch.stack(tensors)
@@ -218,17 +242,17 @@ class ProcessGroupCommunicator(Communicator):
         return list(received.unbind())
 
     def _broadcast(self, tensors: list[torch.Tensor], src: int) -> None:
-        for bucket in _buckets(tensors):
-            flat = _flatten_dense_tensors(bucket)
+        for bucket in dtype_buckets(tensors):
+            flat = flatten(bucket)
             dist.broadcast(flat, self._global_rank(src), group=self.group)
-            for tensor, value in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
+            for tensor, value in zip(bucket, unflatten(flat, bucket)):
                 tensor.copy_(value)
 
     def _global_rank(self, rank: int) -> int:
         return rank if self.group is None else dist.get_global_rank(self.group, rank)
 
 
-def _buckets(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+def dtype_buckets(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
     """Group tensors by (device, dtype), keeping their order inside each group."""
     groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
     for tensor in tensors:

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lowcomm.communication.communicator import Communicator
+from lowcomm.communication.communicator import Communicator, Handle, flatten, unflatten
 
 SCHEMES: tuple[str, ...] = ("bf16", "int8", "int4")
 DEFAULT_BLOCK_SIZE = {"int8": 256, "int4": 256, "topk": 4096}
@@ -252,7 +252,7 @@ class CompressedMean:
         world_size = comm.world_size
         numel = sum(t.numel() for t in tensors)
         chunk = owner_chunk(numel, world_size)
-        flat = torch.cat([t.detach().reshape(-1).float() for t in tensors])
+        flat = flatten(tensors).float()
         rows = F.pad(flat, (0, world_size * chunk - numel)).view(world_size, chunk)
         received = comm.all_to_all(list(self.sent.compress(key, rows).unbind()))
         contributions = self.codec.decode(torch.stack(received), chunk)
@@ -262,8 +262,8 @@ class CompressedMean:
         mine = self.reduced.compress(key, total.div_(world_size).view(1, chunk))
         gathered = comm.all_gather([mine[0]])
         mean = self.codec.decode(torch.stack([g[0] for g in gathered]), chunk).reshape(-1)[:numel]
-        for tensor, part in zip(tensors, mean.split([t.numel() for t in tensors])):
-            tensor.copy_(part.view_as(tensor))
+        for tensor, part in zip(tensors, unflatten(mean, tensors)):
+            tensor.copy_(part)
 
     def state_dict(self) -> dict[str, Any]:
         return {"sent": dict(self.sent.residuals), "reduced": dict(self.reduced.residuals)}
@@ -277,3 +277,20 @@ def compressed_mean(spec: str, block_size: int | None = None) -> CompressedMean 
     """The compressed mean ``spec`` names, or None for ``none``."""
     codec = parse_compression(spec, block_size)
     return None if codec is None else CompressedMean(codec)
+
+
+def mean_compressing(
+    comm: Communicator,
+    compressed: CompressedMean | None,
+    key: Hashable,
+    values: list[torch.Tensor],
+    exact: list[torch.Tensor],
+    async_op: bool = False,
+) -> Handle:
+    """Replace ``values`` and ``exact`` in place by their means over the workers: ``values`` through
+    ``compressed`` (blocking; ``key`` keys its error feedback) where there is one, ``exact`` (flags,
+    buffers) always uncompressed; the handle is the uncompressed all-reduce's."""
+    if compressed is None:
+        return comm.all_reduce_mean(values + exact, async_op=async_op)
+    compressed(comm, key, values)
+    return comm.all_reduce_mean(exact, async_op=async_op)

@@ -5,13 +5,15 @@ lets it move the data at once, then holds the operation until the modelled trans
 that moment (when the last worker joined, plus the real transfer), would be over. The real
 transfer is taken as free: a fast local link carries what the modelled slow one would. An
 asynchronous all-reduce overlaps its modelled transfer with the compute that follows it, as a real
-one does; the waits are charged to :class:`~lowcomm.communication.CommStats` as usual.
+one does; the waits are charged to :class:`~lowcomm.communication.CommStats` as usual. (The inner
+communicator counts the same operations on its own counters; read this one's.)
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -28,27 +30,30 @@ class ModelledCommunicator(Communicator):
         self.network = network
 
     def _all_reduce_mean(self, tensors: list[torch.Tensor]) -> Callable[[], None]:
-        self.inner._all_reduce_mean(tensors)()
+        self.inner.all_reduce_mean(tensors)
         done_at = time.perf_counter() + self.network.all_reduce_s(payload_bytes(tensors), self.world_size)
         return lambda: sleep_until(done_at)
 
     def _exchange(self, tensors: list[torch.Tensor], peers: list[int]) -> list[list[torch.Tensor]]:
-        received = self.inner._exchange(tensors, peers)
+        received = self.inner.exchange(tensors, peers)
         time.sleep(self.network.exchange_s(payload_bytes(tensors), len(peers)))
         return received
 
     def _all_gather(self, tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
-        gathered = self.inner._all_gather(tensors)
+        gathered = self.inner.all_gather(tensors)
         time.sleep(self.network.all_gather_s(payload_bytes(tensors), self.world_size))
         return gathered
 
+    def _all_gather_object(self, value: Any) -> list[Any]:
+        return self.inner.all_gather_object(value)
+
     def _all_to_all(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-        received = self.inner._all_to_all(tensors)
+        received = self.inner.all_to_all(tensors)
         time.sleep(self.network.all_to_all_s(payload_bytes(tensors[:1]), self.world_size))
         return received
 
     def _broadcast(self, tensors: list[torch.Tensor], src: int) -> None:
-        self.inner._broadcast(tensors, src)
+        self.inner.broadcast(tensors, src)
         time.sleep(self.network.broadcast_s(payload_bytes(tensors), self.world_size))
 
 

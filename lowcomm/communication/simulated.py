@@ -22,22 +22,12 @@ from typing import Any, TypeVar
 
 import torch
 
-from lowcomm.communication.communicator import Communicator, _buckets
+from lowcomm.communication.communicator import Communicator, dtype_buckets, flatten, unflatten
 
 Result = TypeVar("Result")
 
 GLOO_MAX_SEGMENT_BYTES = 1 << 20
 """gloo's ring all-reduce moves segments of at most 1 MiB."""
-
-
-def flat_copy(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """The tensors' elements, concatenated into a new one-dimensional tensor (also for one tensor)."""
-    return torch.cat([t.detach().reshape(-1) for t in tensors])
-
-
-def unflatten(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
-    """``flat`` cut into views shaped like ``like``."""
-    return [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in like]), like)]
 
 
 def ring_chunk_elements(numel: int, element_size: int, world_size: int) -> int:
@@ -142,14 +132,13 @@ class SimulatedCommunicator(Communicator):
         self._operations += 1
         return self._operations
 
-    def all_gather_object(self, value: Any) -> list[Any]:
-        """Every worker's ``value``, in rank order (for bookkeeping, not training: nothing is charged)."""
+    def _all_gather_object(self, value: Any) -> list[Any]:
         return self.group.meet((self._next_operation(), 0), self.rank, value)
 
     def _all_reduce_mean(self, tensors: list[torch.Tensor]) -> Callable[[], None]:
         operation = self._next_operation()
-        buckets = _buckets(tensors)
-        flats = [flat_copy(bucket) for bucket in buckets]
+        buckets = dtype_buckets(tensors)
+        flats = [flatten(bucket) for bucket in buckets]
         self.group.post((operation, 0), self.rank, flats)
 
         def finish() -> None:
@@ -165,7 +154,7 @@ class SimulatedCommunicator(Communicator):
         return finish
 
     def _exchange(self, tensors: list[torch.Tensor], peers: list[int]) -> list[list[torch.Tensor]]:
-        everyone = self.group.meet((self._next_operation(), 0), self.rank, flat_copy(tensors))
+        everyone = self.group.meet((self._next_operation(), 0), self.rank, flatten(tensors))
         return [unflatten(everyone[peer].clone(), tensors) for peer in peers]
 
     def _all_gather(self, tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
@@ -177,9 +166,9 @@ class SimulatedCommunicator(Communicator):
         return [posted[self.rank].clone() for posted in everyone]
 
     def _broadcast(self, tensors: list[torch.Tensor], src: int) -> None:
-        flats = [flat_copy(bucket) for bucket in _buckets(tensors)] if self.rank == src else None
+        flats = [flatten(bucket) for bucket in dtype_buckets(tensors)] if self.rank == src else None
         sent = self.group.meet((self._next_operation(), 0), self.rank, flats)[src]
-        for bucket, flat in zip(_buckets(tensors), sent):
+        for bucket, flat in zip(dtype_buckets(tensors), sent):
             for tensor, value in zip(bucket, unflatten(flat, bucket)):
                 tensor.copy_(value)
 

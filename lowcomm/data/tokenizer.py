@@ -63,6 +63,18 @@ def pretrained_tokenizer(name_or_path: str) -> TextTokenizer:
     return TextTokenizer(pretrained.backend_tokenizer, pretrained.eos_token_id)
 
 
+def check_tokenizer_source(name_or_path: str) -> None:
+    """Reject a local tokenizer that is not there: a ``.json`` file, or a folder named by an absolute
+    path or one starting with ``./``, ``../`` or ``~``. Other names may be HF hub names, which
+    cannot be checked offline."""
+    path = Path(name_or_path).expanduser()
+    if name_or_path.endswith(".json"):
+        if not path.is_file():
+            raise ValueError(f"tokenizer: no such file {name_or_path!r}")
+    elif name_or_path.startswith(("/", "./", "../", "~")) and not path.is_dir():
+        raise ValueError(f"tokenizer: no such folder {name_or_path!r}")
+
+
 def load_tokenizer(name_or_path: str) -> TextTokenizer:
     """A ``tokenizer.json`` path, or else a hub name or local folder for ``AutoTokenizer``."""
     if name_or_path.endswith(".json"):

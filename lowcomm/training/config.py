@@ -23,6 +23,7 @@ from lowcomm.algorithms import ALGORITHMS
 from lowcomm.communication.compression import parse_compression
 from lowcomm.communication.network_model import parse_rate
 from lowcomm.data.spec import parse_data_spec
+from lowcomm.data.tokenizer import check_tokenizer_source
 from lowcomm.models import GPT_NEO_SHAPES, MODEL_NAMES, build_model, model_spec
 
 
@@ -133,10 +134,12 @@ class TrainConfig(BaseModel):
     pseudo_sync_prob: Float | None = Field(None, ge=0, lt=1, description="PALSGD's p, in [0, 1)")
     eta: Float | None = Field(None, gt=0, le=10**6, description="PALSGD's pull strength")
     outer_lr: Float | None = Field(None, gt=0, le=10, description="outer learning rate (NoLoCo's alpha)")
-    outer_momentum: Float | None = Field(None, ge=0, lt=1, description="outer momentum (NoLoCo's mu), in [0, 1)")
+    outer_momentum: Float | None = Field(None, description="outer momentum (NoLoCo's mu), in [0, 1)")
     outer_device: Literal["cpu"] | None = Field(None, description="keep z and the outer optimizer in (pinned) CPU memory")
     overlap_steps: Int | None = Field(None, ge=0, le=10**9, description="tau: inner steps overlapping the outer all-reduce")
-    merge_alpha: Float | None = Field(None, ge=0, le=1, description="weight of the local model when merging after an overlap")
+    merge_alpha: Float | None = Field(
+        None, ge=0, le=1, description="weight of the local model in the merge after an overlap (default 0.5)"
+    )
     compress: str | None = Field(
         None, description="what the averaged values travel as: none, bf16, int8, int4 or topk:FRACTION"
     )
@@ -194,6 +197,13 @@ class TrainConfig(BaseModel):
         parse_data_spec(data)
         return data
 
+    @field_validator("tokenizer")
+    @classmethod
+    def existing_tokenizer(cls, tokenizer: str | None) -> str | None:
+        if tokenizer is not None:
+            check_tokenizer_source(tokenizer)
+        return tokenizer
+
     @field_validator("compress")
     @classmethod
     def known_compression(cls, compress: str | None) -> str | None:
@@ -228,10 +238,10 @@ class TrainConfig(BaseModel):
         if max_positions is not None and self.seq_len > max_positions:
             raise ValueError(f"seq_len: {self.seq_len} exceeds {self.model}'s {max_positions} positions")
         self.resolve_groups()
-        if self.algo == "noloco" and self.workers < 2:
-            raise ValueError("workers: noloco needs at least 2 workers")
-        if self.algo == "noloco" and self.grouped and self.groups < 2:
-            raise ValueError("groups: noloco needs at least 2 groups")
+        algorithm = ALGORITHMS[self.algo]
+        algorithm.check_workers("workers", self.workers)
+        if self.grouped:
+            algorithm.check_workers("groups", self.groups, "groups")
         if self.backend == "sim" and under_torchrun():
             raise ValueError("backend: sim runs every worker in one process; run it without torchrun")
         if self.backend == "sim" and self.max_restarts > 0:
@@ -242,10 +252,7 @@ class TrainConfig(BaseModel):
         if self.device == "cuda" and self.workers > torch.cuda.device_count() and not (under_torchrun() or simulated):
             raise ValueError(f"workers: {self.workers} exceeds the {torch.cuda.device_count()} GPUs here")
         self.fill_algorithm_defaults()
-        if self.algo == "palsgd" and self.pseudo_sync_prob > 0:
-            pull = self.lr * self.eta / self.pseudo_sync_prob
-            if pull >= 1:
-                raise ValueError(f"eta: lr * eta / pseudo_sync_prob = {pull:.4g} >= 1 would overshoot z")
+        algorithm.check_options(self.lr, self.algorithm_kwargs())
         return self
 
     @property

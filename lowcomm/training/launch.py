@@ -30,7 +30,7 @@ from lowcomm.communication.simulated import SimulatedCommunicator, run_simulated
 from lowcomm.training.config import TrainConfig, under_torchrun
 from lowcomm.training.batched_replicas import ReplicaBatcher
 from lowcomm.training.loss import cross_entropy
-from lowcomm.training.peers import simulated_peers
+from lowcomm.training.peers import communicator_peers
 from lowcomm.training.trainer import Trainer
 from lowcomm.training.worker import StoreAddress, run_worker
 
@@ -81,7 +81,7 @@ def train_simulated(config: TrainConfig) -> None:
 
     def worker(communicator: SimulatedCommunicator) -> None:
         loss = ReplicaBatcher(communicator).loss if batched else cross_entropy
-        Trainer(config, device, communicator, simulated_peers(communicator), loss).train()
+        Trainer(config, device, communicator, communicator_peers(communicator), loss).train()
 
     run_simulated(config.workers, worker, timeout_s=config.hang_timeout)
 

@@ -16,7 +16,7 @@
   ``lr_schedule_replanned`` (a resumed run with another ``--steps``: ``from_steps``, ``to_steps``
   and the next step's ``lr``), ``nonfinite_loss`` (rank 0's), and whatever the strategy records in
   its ``events`` (such as
-  ``nonfinite_pseudo_gradient``). After the elastic launcher restarted the group, ``start`` and
+  ``nonfinite_worker_excluded``: ``what`` was not finite, ``finite_workers`` took part). After the elastic launcher restarted the group, ``start`` and
   ``resume`` carry ``restart``, the number of that restart.
 
 With worker groups, ``comm_bytes``, ``comm_wait_s`` and a sync record's ``bytes`` count the traffic

@@ -1,7 +1,7 @@
 """The workers as the training loop sees them besides its strategy's communicator: who is who, and
 a gather of small Python objects for bookkeeping (which checkpoint to resume, committing a
-checkpoint, the final totals). Worker processes gather over ``torch.distributed``; simulated
-workers (``--backend sim``) through their simulated group.
+checkpoint, the final totals), through any :class:`~lowcomm.communication.Communicator`'s
+uncounted ``all_gather_object``.
 """
 
 from __future__ import annotations
@@ -10,9 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch.distributed as dist
-
-from lowcomm.communication.simulated import SimulatedCommunicator
+from lowcomm.communication.communicator import Communicator, ProcessGroupCommunicator
 
 
 @dataclass(frozen=True)
@@ -26,16 +24,11 @@ class Peers:
         self.all_gather(None)
 
 
+def communicator_peers(communicator: Communicator) -> Peers:
+    """The workers of ``communicator``."""
+    return Peers(communicator.rank, communicator.world_size, communicator.all_gather_object)
+
+
 def process_group_peers() -> Peers:
     """The workers of the default ``torch.distributed`` process group."""
-
-    def all_gather(value: Any) -> list[Any]:
-        gathered: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, value)
-        return gathered
-
-    return Peers(dist.get_rank(), dist.get_world_size(), all_gather)
-
-
-def simulated_peers(communicator: SimulatedCommunicator) -> Peers:
-    return Peers(communicator.rank, communicator.world_size, communicator.all_gather_object)
+    return communicator_peers(ProcessGroupCommunicator())

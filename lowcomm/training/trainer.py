@@ -39,7 +39,6 @@ from torch.optim.lr_scheduler import LambdaLR
 from lowcomm.algorithms import ALGORITHMS
 from lowcomm.algorithms.diloco import DiLoCo
 from lowcomm.algorithms.periodic import PeriodicStrategy
-from lowcomm.algorithms.gradient_averaging import strategy_class
 from lowcomm.communication.groups import shard_within_groups, worker_groups
 from lowcomm.communication.network_model import NetworkModel, parse_rate
 from lowcomm.communication.communicator import Communicator
@@ -64,6 +63,7 @@ from lowcomm.training.peers import Peers
 from lowcomm.training.rng import rng_state, seed_everything, set_rng_state
 from lowcomm.training.schedule import lr_schedule
 from lowcomm.training.sharded_state import SHARDED_DIRECTORY, Position, initialise_state, load_sharded, split
+from lowcomm.training.strategy_choice import strategy_class
 
 SETUP_LOCK = threading.Lock()
 """Held while a rank seeds the global generators and builds its data and model."""

@@ -22,6 +22,8 @@ CASES = [
     ("diloco", {"outer_lr": 0}, "outer_lr"),
     ("noloco", {}, "communicator"),  # one worker
     ("localsgd", {"max_grad_norm": 0.0}, "max_grad_norm"),
+    ("diloco", {"merge_alpha": 0.3}, "merge_alpha"),  # only an overlapped outer step merges
+    ("diloco", {"overlap_steps": 1, "merge_alpha": 1.5}, "merge_alpha"),
 ]
 
 

@@ -43,10 +43,10 @@ def test_sync_diagnostics_by_hand() -> None:
 def variants() -> dict[str, list[torch.Tensor]]:
     runs = {
         "blocking": ("diloco", {"sync_interval": 3}),
-        "tau0": ("diloco", {"sync_interval": 3, "overlap_steps": 0, "merge_alpha": 0.2}),
+        "tau0": ("diloco", {"sync_interval": 3, "overlap_steps": 0}),
         "palsgd": ("palsgd", {"sync_interval": 3, "warmup_steps": 1, "pseudo_sync_prob": 0.3, "eta": 0.5}),
         "palsgd_tau0": ("palsgd", {"sync_interval": 3, "warmup_steps": 1, "pseudo_sync_prob": 0.3, "eta": 0.5,
-                                   "overlap_steps": 0, "merge_alpha": 0.9}),
+                                   "overlap_steps": 0}),
         "streaming_p1": ("streamingdiloco", {"sync_interval": 3, "num_fragments": 1}),
         "streaming_p2": ("streamingdiloco", {"sync_interval": 4, "num_fragments": 2}),
     }

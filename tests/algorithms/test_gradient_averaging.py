@@ -6,10 +6,11 @@ import threading
 
 import torch
 
-from lowcomm import DDP, LocalSGD, ProcessGroupCommunicator
-from lowcomm.algorithms.gradient_averaging import GradientAveraging, strategy_class
+from lowcomm import DDP, ProcessGroupCommunicator
+from lowcomm.algorithms.gradient_averaging import GradientAveraging
 from lowcomm.communication.communicator import Communicator
-from lowcomm.communication.simulated import SimulatedGroup, run_simulated
+from lowcomm.communication.simulated import run_simulated
+from lowcomm.training.strategy_choice import strategy_class
 from tests.algorithms import mlp
 from tests.distributed import run_workers
 
@@ -40,6 +41,3 @@ def test_simulated_ddp_is_torch_ddp() -> None:
         assert all(torch.equal(a, b) for a, b in zip(averaged[rank][1], ddp[rank][1]))
     assert not torch.equal(ddp[0][1][0], ddp[0][1][1])
 
-
-def test_other_algorithms_are_themselves() -> None:
-    assert strategy_class("localsgd", SimulatedGroup(2).communicators()[0]) is LocalSGD

@@ -59,8 +59,9 @@ def test_a_nonfinite_worker_is_left_out_and_restarts_fresh() -> None:
     # Local SGD averages worker 0 alone: 1.28.
     after_sync = {"diloco": 1.196, "palsgd": 1.196, "noloco": 1.196, "localsgd": 1.28}
     for algo, expected in after_sync.items():
-        event = {"event": "nonfinite_pseudo_gradient", "step": 2, "finite_workers": 1}
-        event |= {"diloco": {"fragment": 0}, "palsgd": {"fragment": 0}, "noloco": {"group": [0, 1]}}.get(algo, {})
+        event = {"event": "nonfinite_worker_excluded", "step": 2, "finite_workers": 1}
+        event |= {"diloco": {"what": "pseudo_gradient", "fragment": 0}, "palsgd": {"what": "pseudo_gradient", "fragment": 0},
+                  "noloco": {"what": "pseudo_gradient_or_outer_model", "group": [0, 1]}}.get(algo, {"what": "parameters"})
         for rank, r in enumerate(results):
             assert r[algo]["weights"][1] == pytest.approx(expected, abs=1e-12), algo
             assert r[algo]["events"] == [event], algo

@@ -161,7 +161,8 @@ TAKES = {
 @pytest.mark.parametrize("algo", sorted(ALGORITHMS))
 def test_bench_passes_every_option_to_every_algorithm_that_takes_it(algo: str, option: str, tmp_path: Path) -> None:
     assert set(OPTION_VALUES) == set(ALGORITHM_PARAMETERS) and set(TAKES) == set(ALGORITHMS)
-    routed = run_flags(algo, {"workers": "2", option: OPTION_VALUES[option]}, tmp_path)
+    overlap = {"overlap_steps": "2"} if option == "merge_alpha" else {}  # merge_alpha needs an overlap
+    routed = run_flags(algo, {"workers": "2", option: OPTION_VALUES[option], **overlap}, tmp_path)
     assert (option in routed) == (option in TAKES[algo])
     config = load_config(None, routed)
     if option in TAKES[algo]:

@@ -27,8 +27,9 @@ def operations() -> dict:
     comm.broadcast([c], src=1)
     after_broadcast = comm.stats.bytes_sent
     addressed = comm.all_to_all([torch.tensor([10 * rank + j, 0], dtype=torch.uint8) for j in range(k)])
+    objects = comm.all_gather_object({"rank": rank})  # bookkeeping: counted nowhere
     return {
-        "a": a, "b": b, "received": received[0][0], "c": c, "addressed": addressed,
+        "objects": objects, "a": a, "b": b, "received": received[0][0], "c": c, "addressed": addressed,
         "bytes": [after_reduce, after_async, after_exchange, after_broadcast, comm.stats.bytes_sent],
         "operations": comm.stats.operations, "k": k,
     }
@@ -42,6 +43,7 @@ def test_results_and_bytes_on_four_workers() -> None:
         assert torch.equal(r["received"], torch.tensor([rank ^ 1, 10.0 * (rank ^ 1)]))
         assert torch.equal(r["c"], torch.full((4,), 1.0))
         assert [t.tolist() for t in r["addressed"]] == [[10 * source + rank, 0] for source in range(4)]
+        assert r["objects"] == [{"rank": source} for source in range(4)]
         # ring all-reduce 2 (K - 1) / K x 64 bytes = 96; then 2 * 3 / 4 * 20 = 30; exchange 8; broadcast 16 on
         # rank 1; all-to-all: 2 bytes to each of 3 others
         broadcast = 134 + (16 if rank == 1 else 0)

@@ -33,7 +33,8 @@ def operations(inner: SimulatedCommunicator) -> dict:
     times["broadcast"] = timed(lambda: comm.broadcast([payload[:10_000]], src=0))
     times["all_to_all"] = timed(lambda: comm.all_to_all([payload[:25_000], payload[25_000:]]))
     times["int8_mean"] = timed(lambda: CompressedMean(Quantizer("int8"))(comm, 0, [payload.clone()]))
-    return {"times": times, "mean": payload[0].item(), "stats": comm.stats.as_dict()}
+    objects = comm.all_gather_object(comm.rank)  # bookkeeping: neither delayed nor counted
+    return {"times": times, "mean": payload[0].item(), "stats": comm.stats.as_dict(), "objects": objects}
 
 
 def test_operations_take_the_modelled_time() -> None:
@@ -49,5 +50,6 @@ def test_operations_take_the_modelled_time() -> None:
         # int8 chunks of 25,000 values: 25,000 + 4 * 98 = 25,392 bytes, all-to-all then all-gather
         assert 2 * 0.035392 <= times["int8_mean"] <= 2 * 0.035392 + SLACK_S
         assert r["mean"] == 0.5
+        assert r["objects"] == [0, 1]
         assert r["stats"]["bytes_sent"] == 200_000 * 2 + 100_000 + (40_000 if r is results[0] else 0) + 100_000 + 2 * 25_392
         assert r["stats"]["wait_s"] == pytest.approx(sum(times.values()), abs=0.01)

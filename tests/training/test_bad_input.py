@@ -40,8 +40,8 @@ FLAG_CASES = {
     "p of one": (["--pseudo-sync-prob", "1"], "--pseudo-sync-prob: Input should be less than 1"),
     "negative p": (["--pseudo-sync-prob", "-0.1"], "--pseudo-sync-prob: Input should be greater than or equal to 0"),
     "p of two": (["--pseudo-sync-prob", "2"], "--pseudo-sync-prob: Input should be less than 1"),
-    "momentum of one": (["--outer-momentum", "1"], "--outer-momentum: Input should be less than 1"),
-    "negative momentum": (["--outer-momentum", "-0.5"], "--outer-momentum: Input should be greater than or equal"),
+    "momentum of one": (["--outer-momentum", "1"], "--outer-momentum: must be in [0, 1), got 1.0"),
+    "negative momentum": (["--outer-momentum", "-0.5"], "--outer-momentum: must be in [0, 1), got -0.5"),
     "zero eta": (["--eta", "0"], "--eta: Input should be greater than 0"),
     "overshooting pull": (["--lr", "0.5"], "--eta: lr * eta / pseudo_sync_prob = 2.5 >= 1 would overshoot z"),
     "zero outer lr": (["--outer-lr", "0"], "--outer-lr: Input should be greater than 0"),
@@ -95,6 +95,8 @@ FLAG_CASES = {
     "outer state on a GPU": (["--outer-device", "gpu"], "--outer-device: Input should be 'cpu'"),
     "negative overlap": (["--algo", "diloco", "--overlap-steps", "-1"], "--overlap-steps: Input should be greater"),
     "merge beyond one": (["--algo", "diloco", "--merge-alpha", "2"], "--merge-alpha: Input should be less than or"),
+    "merge without overlap": (["--algo", "diloco", "--merge-alpha", "0.3"], "--merge-alpha: only an overlapped outer"),
+    "missing tokenizer file": (["--tokenizer", "/nonexistent/tok.json"], "--tokenizer: no such file"),
     "unknown compression": (["--algo", "diloco", "--compress", "int3"], "--compress: must be none, bf16, int8, int4"),
     "zero fragments": (["--algo", "streamingdiloco", "--num-fragments", "0"], "--num-fragments: Input should be"),
     "unknown fragment pattern": (["--algo", "streamingdiloco", "--fragment-pattern", "random"],
@@ -110,7 +112,6 @@ if not torch.cuda.is_available():
 CHECKED_ELSEWHERE = {
     "data": "DATA_CASES and test_a_folder_without_class_folders_is_not_image_data",
     "out": "test_an_out_holding_another_run_is_left_alone",
-    "tokenizer": "a hub name or a path, loaded by the workers",
 }
 
 DATA_CASES = {

@@ -44,7 +44,12 @@ STEP_S = 0.06
 
 POISONED_STEP = 6
 """Worker 1's model turns NaN at this local step, before the outer step at 8 (PALSGD pseudo-synchronises at 7)."""
-NONFINITE_DETAILS = {"palsgd": {"fragment": 0}, "diloco": {"fragment": 0}, "noloco": {"group": [0, 1]}, "localsgd": {}}
+NONFINITE_DETAILS = {
+    "palsgd": {"what": "pseudo_gradient", "fragment": 0},
+    "diloco": {"what": "pseudo_gradient", "fragment": 0},
+    "noloco": {"what": "pseudo_gradient_or_outer_model", "group": [0, 1]},
+    "localsgd": {"what": "parameters"},
+}
 
 
 def test_workers_killed_at_random_moments_change_nothing(cache_dir, tmp_path):
@@ -97,8 +102,8 @@ def test_a_worker_gone_nan_is_left_out_and_training_goes_on(algo, nan_on_worker_
     out = tmp_path / "out"
     flags = ["--algo", algo, *SHORT, *PERIODIC, "--backend", "sim", "--cache-dir", cache_dir, "--out", str(out)]
     assert main(["train", *flags]) == 0
-    nonfinite = [r for r in records(out, "event") if r["event"] == "nonfinite_pseudo_gradient"]
-    assert nonfinite == [{"step": 8, "event": "nonfinite_pseudo_gradient", **NONFINITE_DETAILS[algo], "finite_workers": 1}]
+    nonfinite = [r for r in records(out, "event") if r["event"] == "nonfinite_worker_excluded"]
+    assert nonfinite == [{"step": 8, "event": "nonfinite_worker_excluded", **NONFINITE_DETAILS[algo], "finite_workers": 1}]
     assert json.loads((out / "summary.json").read_text())["steps"] == STEPS
     assert [r["step"] for r in records(out, "eval")] == [8, 16, 24, 32]
     assert all(math.isfinite(r["eval_loss"]) for r in records(out, "eval"))

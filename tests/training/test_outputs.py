@@ -13,7 +13,7 @@ from lowcomm.data.tokenizer import tokenizer_file
 from lowcomm.models import build_model
 from lowcomm.training.config import load_config
 from lowcomm.training.outputs import held_out_prompt, samples_text
-from lowcomm.training.peers import simulated_peers
+from lowcomm.training.peers import communicator_peers
 from lowcomm.training.rundir import prepare_run_directory
 from lowcomm.training.trainer import Trainer
 
@@ -37,7 +37,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         after_checkpoint[trainer.step] = {p.name: p.read_bytes() for p in config.out.iterdir() if p.is_file()}
 
     def worker(communicator) -> Trainer:
-        trainer = Trainer(config, torch.device("cpu"), communicator, simulated_peers(communicator))
+        trainer = Trainer(config, torch.device("cpu"), communicator, communicator_peers(communicator))
         trainer.train()
         return trainer
 
@@ -80,6 +80,6 @@ def test_image_runs_write_no_samples(tmp_path: Path) -> None:
     config = load_config(None, {**RUN, "model": "resnet18-cifar", "data": "synthetic-images", "steps": 1,
                                 "out": tmp_path / "out", "cache_dir": tmp_path / "cache"})
     prepare_run_directory(config)
-    run_simulated(1, lambda c: Trainer(config, torch.device("cpu"), c, simulated_peers(c)).train())
+    run_simulated(1, lambda c: Trainer(config, torch.device("cpu"), c, communicator_peers(c)).train())
     names = {p.name for p in config.out.iterdir()}
     assert "loss.png" in names and not names & {"samples.txt", "tokenizer.json"}

@@ -14,6 +14,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from lowcomm import ALGORITHMS
 from lowcomm.algorithms.periodic import PeriodicStrategy
@@ -147,7 +148,8 @@ def test_the_embedded_default_writes_the_documented_layout(runs):
     assert f"-> lowcomm-runs/{out.name}" in stdout and f"results in lowcomm-runs/{out.name}/: loss.png" in stdout
     assert (out / "samples.txt").read_text() in stdout  # the story is shown
     config = (out / "config.yaml").read_text()
-    assert "algo: palsgd\n" in config and "outer_lr: 0.7\n" in config and "device: cpu\n" in config
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the default device is auto
+    assert "algo: palsgd\n" in config and "outer_lr: 0.7\n" in config and f"device: {device}\n" in config
 
 
 def test_resuming_replays_the_uninterrupted_run_exactly(runs, cache_dir, tmp_path):
