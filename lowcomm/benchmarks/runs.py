@@ -8,11 +8,11 @@ sent in each step.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lowcomm.training.records import Evaluation, read_records
+from lowcomm.training.records import Evaluation, SyncDiagnostics, read_records
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class Run:
     evaluations: list[Evaluation]
     step_bytes: dict[int, int]
     """Bytes worker 0 sent during each step that sent any (step 1 includes the initial broadcast)."""
+    sync_diagnostics: list[SyncDiagnostics] = field(default_factory=list)
 
     @property
     def algo(self) -> str:
@@ -82,4 +83,4 @@ def read_run(directory: str | Path) -> Run:
     records = read_records(directory / "metrics.jsonl")
     if not records.evaluations:
         raise ValueError(f"run: {directory} has no evaluations in metrics.jsonl")
-    return Run(directory, summary, records.evaluations, records.step_bytes)
+    return Run(directory, summary, records.evaluations, records.step_bytes, records.sync_diagnostics)

@@ -1,7 +1,7 @@
 """The resolved configuration of one training run: defaults, YAML file and flags, validated at once.
 
-Every field is a ``lowcomm train`` flag (``--field-name``) and a key of the ``--config`` YAML file.
-Fields an algorithm takes (``sync_interval``, ``outer_lr``, ...) default to that algorithm's own
+Every field is a ``lowcomm train`` flag (``--field-name``) and a key of the ``--config`` YAML file
+and of a ``--preset`` (a YAML file shipped in :mod:`lowcomm.presets`). Fields an algorithm takes (``sync_interval``, ``outer_lr``, ...) default to that algorithm's own
 defaults, which follow its paper; a value given for an algorithm that does not take it is an error.
 """
 
@@ -11,6 +11,7 @@ import inspect
 import math
 import os
 from datetime import datetime
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -119,6 +120,9 @@ class TrainConfig(BaseModel):
     cache_dir: Path = Field(default_factory=default_cache_dir, description="where tokenizers and datasets are cached")
     lr: Float = Field(3e-3, gt=0, le=10, description="peak inner learning rate (AdamW)")
     lr_warmup: Int = Field(32, ge=0, le=10**9, description="steps of linear learning-rate warm-up")
+    lr_schedule: Literal["cosine", "constant"] = Field(
+        "cosine", description="after the warm-up: cosine decay to lr * min_lr_ratio, or constant"
+    )
     min_lr_ratio: Float = Field(0.1, ge=0, le=1, description="cosine decay ends at lr * this")
     weight_decay: Float = Field(0.01, ge=0, le=10, description="AdamW weight decay")
     max_grad_norm: Float | None = Field(1.0, gt=0, description="gradient clipping norm")
@@ -405,6 +409,14 @@ def flag(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
+def as_flags(values: dict[str, Any]) -> list[str]:
+    """``{"sync_interval": 16, "overwrite": True}`` as ``["--sync-interval", "16", "--overwrite"]``."""
+    arguments = []
+    for name, value in values.items():
+        arguments += [flag(name)] if value is True else [flag(name), str(value)]
+    return arguments
+
+
 def one_line_error(error: ValidationError) -> str:
     """The first problem pydantic found, as ``--flag: message (got value)``."""
     problem = error.errors()[0]
@@ -424,30 +436,68 @@ def one_line_error(error: ValidationError) -> str:
 def read_yaml(path: Path) -> dict[str, Any]:
     """The mapping in a ``--config`` file, keys with dashes or underscores."""
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ValueError(f"--config: cannot read {path}: {error.strerror}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
+    except UnicodeDecodeError as error:
         raise ValueError(f"--config: {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    return yaml_mapping(text, f"--config: {path}")
+
+
+def yaml_mapping(text: str, source: str) -> dict[str, Any]:
+    """The mapping of option names to values in YAML ``text`` (``source`` names it in errors)."""
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ValueError(f"{source} is not valid YAML: {str(error).splitlines()[0]}") from None
     if values is None:
         return {}
     if not isinstance(values, dict) or not all(isinstance(key, str) for key in values):
-        raise ValueError(f"--config: {path} must hold a mapping of option names to values")
+        raise ValueError(f"{source} must hold a mapping of option names to values")
     return {key.replace("-", "_"): value for key, value in values.items()}
 
 
-def load_config(config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Defaults, then the YAML file, then ``overrides`` (the flags); raise a one-line ValueError.
+def preset_names() -> list[str]:
+    """The presets shipped in :mod:`lowcomm.presets`."""
+    return sorted(f.name.removesuffix(".yaml") for f in resources.files("lowcomm.presets").iterdir()
+                  if f.name.endswith(".yaml"))
 
-    Without a file or an algorithm, the :data:`QUICK_START` values come before the flags. Under
-    torchrun the worker count is torchrun's ``WORLD_SIZE``, and with several processes on each of
-    several nodes the nodes are the worker groups unless ``groups`` or ``group_size`` says otherwise.
+
+def read_preset(name: str) -> dict[str, Any]:
+    """The options of the preset ``name``."""
+    if name not in preset_names():
+        raise ValueError(f"--preset: unknown preset {name!r}; choose one of {', '.join(preset_names())}")
+    text = resources.files("lowcomm.presets").joinpath(f"{name}.yaml").read_text(encoding="utf-8")
+    return yaml_mapping(text, f"--preset: {name}")
+
+
+def recipe_for(preset: dict[str, Any], algo: Any) -> dict[str, Any]:
+    """A preset's options for ``algo``: its algorithm options go only to an algorithm that takes them."""
+    if algo not in ALGORITHMS:
+        return preset
+    takes = strategy_parameters(ALGORITHMS[algo])
+    return {key: value for key, value in preset.items() if key not in ALGORITHM_PARAMETERS or key in takes}
+
+
+def load_config(
+    config_file: Path | None = None, overrides: dict[str, Any] | None = None, preset: str | None = None
+) -> TrainConfig:
+    """Defaults, then the preset, then the YAML file, then ``overrides`` (the flags); raise a
+    one-line ValueError.
+
+    Without a preset, a file or an algorithm, the :data:`QUICK_START` values come before the flags.
+    Under torchrun the worker count is torchrun's ``WORLD_SIZE``, and with several processes on each
+    of several nodes the nodes are the worker groups unless ``groups`` or ``group_size`` says otherwise.
     """
     overrides = overrides or {}
-    if config_file is not None:
-        values = read_yaml(config_file)
+    chosen = read_yaml(config_file) if config_file is not None else {}
+    if preset is not None:
+        recipe = read_preset(preset)
+        algo = {**recipe, **chosen, **overrides}.get("algo", TrainConfig.model_fields["algo"].default)
+        values = recipe_for(recipe, algo)
     else:
-        values = {} if "algo" in overrides else dict(QUICK_START)
+        values = {} if "algo" in overrides or config_file is not None else dict(QUICK_START)
+    values.update(chosen)
     values.update(overrides)
     if under_torchrun():
         world_size = int(os.environ["WORLD_SIZE"])

@@ -20,12 +20,14 @@ from pathlib import Path
 
 from lowcomm.cli import usage_error
 from lowcomm.launching.limited import real_limit, run_limited
-from lowcomm.training.config import ALGORITHM_PARAMETERS, TrainConfig, flag, load_config, under_torchrun
+from lowcomm.training.config import ALGORITHM_PARAMETERS, TrainConfig, flag, load_config, preset_names, under_torchrun
 from lowcomm.training.rundir import prepare_run_directory
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, metavar="YAML", help="options from a YAML file (flags win)")
+    parser.add_argument("--preset", metavar="NAME",
+                        help=f"a recipe shipped with lowcomm: {', '.join(preset_names())} (--config and flags win)")
     for name, field in TrainConfig.model_fields.items():
         if field.annotation is bool:
             parser.add_argument(flag(name), action="store_true", default=argparse.SUPPRESS, help=field.description)
@@ -45,9 +47,9 @@ def reports() -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = {key: value for key, value in vars(args).items() if key not in ("command", "config")}
+    overrides = {key: value for key, value in vars(args).items() if key not in ("command", "config", "preset")}
     try:
-        config = load_config(args.config, overrides)
+        config = load_config(args.config, overrides, args.preset)
         # Under torchrun this process is one worker already: the limit is the job's network's.
         limited, warning = (False, None) if under_torchrun() else real_limit(
             config.network, config.bandwidth, config.backend

@@ -36,6 +36,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from torch.distributed.device_mesh import DeviceMesh
 from torch.optim.lr_scheduler import LambdaLR
 
+from lowcomm.algorithms.diloco import DiLoCo
 from lowcomm.algorithms.periodic import PeriodicStrategy
 from lowcomm.communication.groups import shard_within_groups, worker_groups
 from lowcomm.communication.network_model import NetworkModel, parse_rate
@@ -59,7 +60,7 @@ from lowcomm.training.metrics import MetricsLog, ProgressBar, write_json_atomica
 from lowcomm.training.outputs import held_out_prompt, write_loss_plot, write_samples, write_tokenizer
 from lowcomm.training.peers import Peers
 from lowcomm.training.rng import rng_state, seed_everything, set_rng_state
-from lowcomm.training.schedule import warmup_cosine
+from lowcomm.training.schedule import lr_schedule
 from lowcomm.training.sharded_state import SHARDED_DIRECTORY, Position, initialise_state, load_sharded, split
 from lowcomm.training.strategy_choice import strategy_class
 
@@ -188,7 +189,9 @@ class Trainer:
             model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=device.type == "cuda"
         )
         self.optimizer = optimizer
-        self.scheduler = LambdaLR(optimizer, warmup_cosine(config.lr_warmup, config.steps, config.min_lr_ratio))
+        self.scheduler = LambdaLR(
+            optimizer, lr_schedule(config.lr_schedule, config.lr_warmup, config.steps, config.min_lr_ratio)
+        )
         return model, optimizer
 
     @property
@@ -234,6 +237,8 @@ class Trainer:
             for event in self.strategy.events:
                 self.log.write({"step": self.step, **event})
         self.strategy.events.clear()
+        if isinstance(self.strategy, DiLoCo):
+            self.strategy.sync_diagnostics.clear()
 
     def report_step(self, loss: float | None, lr: float, sent: int) -> None:
         stats, elapsed = self.strategy.comm_stats, self.elapsed()
@@ -253,8 +258,9 @@ class Trainer:
             )
             if not math.isfinite(loss):
                 self.report_event("nonfinite_loss", rank=self.rank)
-        if isinstance(self.strategy, PeriodicStrategy) and not self.strategy.in_warmup and sent > 0:
-            self.log.write({"step": self.step, "sync": "outer", "bytes": sent})
+        diagnostics = self.strategy.sync_diagnostics if isinstance(self.strategy, DiLoCo) else {}
+        if isinstance(self.strategy, PeriodicStrategy) and not self.strategy.in_warmup and sent > 0 or diagnostics:
+            self.log.write({"step": self.step, "sync": "outer", "bytes": sent, **diagnostics})
         self.bar.update(loss, self.progress.tokens / elapsed, stats.wait_s / elapsed)
 
     def within_groups(self) -> dict[str, int]:

@@ -64,6 +64,8 @@ FLAG_CASES = {
     "unknown device": (["--device", "tpu"], "--device: Input should be 'auto', 'cpu' or 'cuda'"),
     "noloco alone": (["--algo", "noloco", "--workers", "1"], "--workers: noloco needs at least 2 workers"),
     "ddp with an interval": (["--algo", "ddp", "--sync-interval", "4"], "--sync-interval: ddp does not take it"),
+    "unknown preset": (["--preset", "nope"], "--preset: unknown preset 'nope'; choose one of palsgd-paper-gpt-neo-8m"),
+    "unknown schedule": (["--lr-schedule", "linear"], "--lr-schedule: Input should be 'cosine' or 'constant'"),
     "unknown synthetic data": (["--data", "synthetic-poems"], "--data: unknown synthetic dataset 'synthetic-poems'"),
     "hf without a name": (["--data", "hf:"], "--data: 'hf:' names no dataset"),
     "image data for a language model": (["--data", "synthetic-images"], "--data: synthetic-images holds image data"),
