@@ -20,7 +20,7 @@ from lowcomm.atomic import write_atomically
 
 if TYPE_CHECKING:
     from lowcomm.benchmarks.projection import Projection
-    from lowcomm.training.records import Evaluation, Records
+    from lowcomm.training.records import Evaluation, Records, SyncDiagnostics
 
 Curves = Sequence[tuple[str, Sequence["Evaluation"]]]
 """Labelled eval-loss curves: (label, evaluations) per run."""
@@ -31,6 +31,12 @@ X_AXES: dict[str, tuple[str, Callable[["Evaluation"], float]]] = {
     "tokens": ("tokens trained on (all workers)", lambda e: e.tokens),
     "bytes": ("bytes sent by worker 0", lambda e: e.comm_bytes),
 }
+SYNC_PANELS = {
+    "pseudo_grad_norm": "pseudo-gradient norm ||Delta||",
+    "worker_spread": "workers' spread, mean ||x_k - mean x||",
+    "pseudo_grad_cosine": "cosine with the previous Delta",
+}
+SYNC_PLOT = "sync_diagnostics.png"
 BENCH_PLOTS = {"loss_vs_time.png": "time", "loss_vs_tokens.png": "tokens", "loss_vs_bytes.png": "bytes"}
 PANEL_SIZE = (6.4, 4.2)
 DPI = 120
@@ -48,13 +54,13 @@ def save_figure(figure: Figure, path: Path) -> None:
     write_atomically(path, lambda temporary: figure.savefig(temporary, dpi=DPI, format=suffix))
 
 
-def draw_eval_curves(axes: Axes, curves: Curves, x_axis: str, target: float | None = None) -> None:
-    """Eval loss against ``x_axis`` (a key of :data:`X_AXES`), one line per run."""
+def draw_eval_curves(axes: Axes, curves: Curves, x_axis: str, targets: Sequence[float] = ()) -> None:
+    """Eval loss against ``x_axis`` (a key of :data:`X_AXES`), one line per run, a dashed line per target."""
     label, x_of = X_AXES[x_axis]
     for name, evaluations in curves:
         axes.plot([x_of(e) for e in evaluations], [e.eval_loss for e in evaluations], marker=".", label=name)
-    if target is not None:
-        axes.axhline(target, color="grey", linestyle="--", linewidth=1, label="target")
+    for index, target in enumerate(targets):
+        axes.axhline(target, color="grey", linestyle="--", linewidth=1, label="targets" if index == 0 else None)
     if x_axis == "bytes":
         axes.set_xscale("symlog", linthresh=1e6)
     axes.set(xlabel=label, ylabel="eval loss")
@@ -62,11 +68,11 @@ def draw_eval_curves(axes: Axes, curves: Curves, x_axis: str, target: float | No
     axes.legend()
 
 
-def plot_bench_curves(curves: Curves, target: float, out: Path) -> list[str]:
+def plot_bench_curves(curves: Curves, targets: Sequence[float], out: Path) -> list[str]:
     """``lowcomm bench``: one PNG per entry of :data:`BENCH_PLOTS` in ``out``; return their names."""
     for name, x_axis in BENCH_PLOTS.items():
         figure, (axes,) = new_figure()
-        draw_eval_curves(axes, curves, x_axis, target)
+        draw_eval_curves(axes, curves, x_axis, targets)
         save_figure(figure, out / name)
     return list(BENCH_PLOTS)
 
@@ -76,6 +82,19 @@ def comparison_figure(curves: Curves) -> Figure:
     figure, panels = new_figure(columns=2, rows=2)
     for axes, x_axis in zip(panels, X_AXES):
         draw_eval_curves(axes, curves, x_axis)
+    return figure
+
+
+def sync_figure(runs: Sequence[tuple[str, Sequence[SyncDiagnostics]]]) -> Figure:
+    """The outer steps' diagnostics against step, a panel each (:data:`SYNC_PANELS`), one line per run."""
+    figure, panels = new_figure(columns=len(SYNC_PANELS))
+    for axes, (key, label) in zip(panels, SYNC_PANELS.items()):
+        for name, diagnostics in runs:
+            points = [(d.step, getattr(d, key)) for d in diagnostics if getattr(d, key) is not None]
+            axes.plot([step for step, _ in points], [value for _, value in points], marker=".", label=name)
+        axes.set(xlabel="step", ylabel=label)
+        axes.grid(alpha=0.3)
+        axes.legend()
     return figure
 
 

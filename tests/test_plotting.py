@@ -52,7 +52,7 @@ def test_comparison_figure_overlays_runs_against_step_clock_tokens_and_bytes(tmp
 
 def test_bench_curves_are_three_pngs_with_the_target(tmp_path: Path) -> None:
     runs = [("ddp", read_records(recorded.ddp(tmp_path) / "metrics.jsonl").evaluations)]
-    assert plot_bench_curves(runs, 2.0, tmp_path) == ["loss_vs_time.png", "loss_vs_tokens.png", "loss_vs_bytes.png"]
+    assert plot_bench_curves(runs, [2.0, 3.0], tmp_path) == ["loss_vs_time.png", "loss_vs_tokens.png", "loss_vs_bytes.png"]
     for name in ("loss_vs_time.png", "loss_vs_tokens.png", "loss_vs_bytes.png"):
         with Image.open(tmp_path / name) as image:
             assert image.format == "PNG"

@@ -39,7 +39,10 @@ class Strategy(ABC):
         model: the local model; its parameters are broadcast from worker 0 at construction.
         optimizer: any ``torch.optim.Optimizer`` over exactly the model's trainable parameters.
         mesh: worker groups; None (or a group size of 1) makes every rank a worker.
-        communicator: defaults to the default ``torch.distributed`` process group (not with a mesh).
+        communicator: between workers; defaults to the default ``torch.distributed`` process group. With a
+            mesh it connects the groups (world size K, this rank's group as its rank: a
+            :class:`~lowcomm.communication.modelled.ModelledCommunicator` around one over
+            ``mesh["group"]``, say) and defaults to one over ``mesh["group"]``.
         max_grad_norm: clip the (averaged, where averaged) gradient norm to this value.
     """
 
@@ -75,18 +78,21 @@ class Strategy(ABC):
             raise ValueError("optimizer: it must hold exactly the model's trainable parameters")
         if max_grad_norm is not None and not max_grad_norm > 0:
             raise ValueError(f"max_grad_norm: must be > 0, got {max_grad_norm}")
-        if mesh is not None and communicator is not None:
-            raise ValueError("communicator: give either a mesh or a communicator, not both")
         if mesh is not None and mesh.mesh_dim_names != ("group", "inner"):
             raise ValueError(f"mesh: its dimensions must be ('group', 'inner'), got {mesh.mesh_dim_names}")
+        if mesh is not None and communicator is not None and (communicator.world_size, communicator.rank) != (
+            mesh["group"].size(), mesh.get_local_rank("group")
+        ):
+            raise ValueError("communicator: with a mesh it must connect the groups (world size K, this rank's "
+                             "group as its rank)")
         self.local_model = model
         self.optimizer = optimizer
         self.mesh = mesh
-        if mesh is None:
-            self.comm = communicator if communicator is not None else ProcessGroupCommunicator()
-            self.inner_comm: ProcessGroupCommunicator | None = None
-        else:
-            self.comm = ProcessGroupCommunicator(mesh["group"].get_group())
+        if communicator is None:
+            communicator = ProcessGroupCommunicator(None if mesh is None else mesh["group"].get_group())
+        self.comm = communicator
+        self.inner_comm: ProcessGroupCommunicator | None = None
+        if mesh is not None:
             self.inner_comm = ProcessGroupCommunicator(mesh["inner"].get_group())
         self.inner = inner_kind(self.params, mesh)
         self.shards = GroupShards(self.params, self.inner, self.inner_comm)
@@ -228,10 +234,16 @@ def gradient_sync_off(model: nn.Module) -> Iterator[None]:
 
 
 def wrap_ddp(
-    model: nn.Module, comm: ProcessGroupCommunicator, stats: CommStats, **options: Any
+    model: nn.Module,
+    comm: ProcessGroupCommunicator,
+    stats: CommStats,
+    within: CommStats | None = None,
+    crossing_links: int = 0,
+    **options: Any,
 ) -> tuple[DistributedDataParallel, CountingState]:
     """torch's DistributedDataParallel over ``comm``'s process group, its traffic charged to ``stats``
-    (by the returned state, whose ``end_step`` closes each step's count)."""
+    (by the returned state, whose ``end_step`` closes each step's count; with ``within``, split as
+    :class:`CountingState` says). Rank 0 first broadcasts its state, charged to ``stats``."""
     device = next(model.parameters()).device
     ddp = DistributedDataParallel(
         model, device_ids=[device] if device.type == "cuda" else None, process_group=comm.group, **options
@@ -239,7 +251,7 @@ def wrap_ddp(
     stats.operations += 1  # DistributedDataParallel broadcasts rank 0's state itself
     if comm.rank == 0:
         stats.bytes_sent += payload_bytes(list(model.state_dict().values()))
-    counting = CountingState(comm, stats=stats)
+    counting = CountingState(comm, stats=stats, within=within, crossing_links=crossing_links)
     ddp.register_comm_hook(counting, counting_allreduce_hook)
     return ddp, counting
 

@@ -5,8 +5,9 @@ backward pass) before the inner optimizer steps. This is torch's own implementat
 communication hook that counts bytes; lowcomm adds nothing else.
 
 With worker groups, DDP inside: DistributedDataParallel over all K x G ranks. Its ring runs in rank
-order and leaves a group only from the group's last rank, so that rank's bytes count as between
-groups and the others' as within. FSDP inside: HSDP done by lowcomm: FSDP averages the gradient
+order and K of its K x G links leave a group, so each rank's bytes count K/(K x G) as between
+groups and the rest as within (see :class:`~lowcomm.communication.ddp_hooks.CountingState`), and
+its waits as between groups. FSDP inside: HSDP done by lowcomm: FSDP averages the gradient
 shards within the group (its reduce-scatter), then lowcomm averages them across groups every step.
 """
 
@@ -51,9 +52,10 @@ class DDP(Strategy):
             return None, None
         if self.mesh is None:
             return wrap_ddp(self.local_model, self.comm, self.comm.stats, **self.ddp_options)
-        crosses_groups = self.comm.world_size > 1 and self.inner_comm.rank == self.inner_comm.world_size - 1
-        stats = self.comm.stats if crosses_groups else self.inner_comm.stats
-        return wrap_ddp(self.local_model, ProcessGroupCommunicator(), stats, **self.ddp_options)
+        if self.comm.world_size == 1:  # one group: no link leaves it
+            return wrap_ddp(self.local_model, ProcessGroupCommunicator(), self.inner_comm.stats, **self.ddp_options)
+        return wrap_ddp(self.local_model, ProcessGroupCommunicator(), self.comm.stats, within=self.inner_comm.stats,
+                        crossing_links=self.comm.world_size, **self.ddp_options)
 
     def broadcast_initial_state(self) -> None:
         """DistributedDataParallel broadcasts worker 0's state itself (its bytes are charged)."""

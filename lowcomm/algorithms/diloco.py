@@ -17,6 +17,13 @@ sides), about ``2(K-1)/K`` x the compressed payload per worker; buffers and the 
 all-reduced uncompressed; the byte counters see what is sent. The compressed mean blocks: with
 ``overlap_steps`` only the all-reduce of buffers and flag is in flight during the tau steps.
 
+Diagnostics: each outer step leaves in ``sync_diagnostics`` the averaged pseudo-gradient's norm
+``||Delta||``, the workers' spread (the mean over workers of ``||x_k - mean_k x_k||``, each worker's
+``||(z - x_k) - Delta||`` averaged by a one-number all-reduce not counted as training traffic) and
+the cosine between Delta and the previous outer step's Delta of the same parameters (None at the
+first). With overlap, x_k is the model when the step is applied; under FSDP groups, this rank's
+shard.
+
 A worker whose pseudo-gradient (or a floating-point buffer) is not finite is left out of that outer
 step (the others' mean is used; with none left the step is skipped), restarts from z with a fresh
 inner optimizer state, and the step is recorded in ``events`` (``what``: ``pseudo_gradient``).
@@ -136,6 +143,8 @@ class DiLoCo(PeriodicStrategy):
         self.fragments: list[list[int]] = [list(range(len(self.params)))]
         self.offsets: list[int] = [0]
         self.pending: list[PendingSync] = []
+        self.previous_delta: dict[int, torch.Tensor] = {}
+        self.sync_diagnostics: dict[str, float | None] = {}
 
     @classmethod
     def check_options(cls, lr: float, options: dict[str, Any]) -> None:
@@ -172,10 +181,12 @@ class DiLoCo(PeriodicStrategy):
         indices = self.fragments[pending.fragment]
         deltas, buffers, flag = pending.payload[: len(indices)], pending.payload[len(indices) : -1], pending.payload[-1]
         share = self.finite_share(flag, "pseudo_gradient", fragment=pending.fragment)
+        means = [delta / share for delta in deltas] if share > 0 else deltas
+        self.diagnose(indices, means, pending.locally_finite, share)
         if share > 0:
             for buffer, mean in zip(self.buffers, buffers):
                 buffer.copy_(mean / share)
-            self.outer_step(indices, [delta / share for delta in deltas])
+            self.outer_step(indices, means)
         xs = self.shards.local()
         for i in indices:
             z = self.outer_params[i].to(xs[i].device, non_blocking=True)
@@ -186,6 +197,26 @@ class DiLoCo(PeriodicStrategy):
         self.shards.complete(indices)
         if not pending.locally_finite:
             self.restart_from_global()
+
+    def diagnose(self, indices: list[int], means: list[torch.Tensor], locally_finite: bool, finite_share: float) -> None:
+        """Fill ``sync_diagnostics`` for the outer step of ``indices`` with averaged pseudo-gradients ``means``."""
+        xs = self.shards.local()
+        squares = [(self.outer_params[i].to(xs[i].device) - xs[i] - m).double().square().sum()
+                   for i, m in zip(indices, means)]
+        spread = torch.stack(squares).sum().sqrt().reshape(1) if locally_finite else squares[0].new_zeros(1)
+        self.comm.all_reduce_mean([spread], accounted=False)
+        norm = float(torch.stack([m.double().square().sum() for m in means]).sum().sqrt())
+        cosine = None
+        if all(i in self.previous_delta for i in indices):
+            previous = [self.previous_delta[i].to(m.device).double() for i, m in zip(indices, means)]
+            dot = float(torch.stack([(m.double() * p).sum() for m, p in zip(means, previous)]).sum())
+            previous_norm = float(torch.stack([p.square().sum() for p in previous]).sum().sqrt())
+            cosine = dot / (norm * previous_norm) if norm > 0 and previous_norm > 0 else None
+        for i, mean in zip(indices, means):
+            self.previous_delta[i] = mean.detach().to(self.outer_params[i].device, copy=True)
+        self.sync_diagnostics = {"pseudo_grad_norm": norm,
+                                 "worker_spread": float(spread) / finite_share if finite_share > 0 else None,
+                                 "pseudo_grad_cosine": cosine}
 
     def outer_step(self, indices: list[int], deltas: list[torch.Tensor]) -> None:
         """Step the outer optimizer on the given tensors of z with ``deltas`` as their gradients."""
@@ -218,6 +249,7 @@ class DiLoCo(PeriodicStrategy):
             "outer_params": [z.detach().clone() for z in self.outer_params],
             "outer_optimizer": self.outer_optimizer.state_dict(),
             "residuals": {} if self.compressed_mean is None else self.compressed_mean.state_dict(),
+            "previous_delta": {str(i): d.clone() for i, d in self.previous_delta.items()},
             "pending": [
                 {"fragment": p.fragment, "payload": [t.clone() for t in p.payload], "apply_at": p.apply_at,
                  "locally_finite": p.locally_finite}
@@ -231,5 +263,8 @@ class DiLoCo(PeriodicStrategy):
             z.copy_(saved)
         self.outer_optimizer.load_state_dict(state["outer_optimizer"])
         self.pending = [PendingSync(**p) for p in state["pending"]]
+        # resumed in another group layout, the saved shards no longer fit: the next cosine is None
+        self.previous_delta = {int(i): d.clone() for i, d in state.get("previous_delta", {}).items()
+                               if d.shape == self.outer_params[int(i)].shape}
         if self.compressed_mean is not None:
             self.compressed_mean.load_state_dict(state["residuals"])

@@ -79,6 +79,18 @@ class PeriodicStrategy(Strategy):
         for x, z in zip(self.shards.local(), self.outer_params):
             z.copy_(x)
 
+    def complete_joined_step(self) -> None:
+        """Finish the current step as a worker that has just taken a peer's state, captured when the
+        peer began this step's communication: average the gradients and step (warm-up), or
+        synchronise. The worker's own contribution is left out by the communicator."""
+        if not self.in_warmup:
+            self.after_local_step()
+            return
+        self.average_gradients()
+        self._optimizer_step()
+        if self.step_count == self.warmup_steps:
+            self.begin_local_phase()
+
     def after_local_step(self) -> None:
         """Called after every local step: :meth:`synchronize` when the step is a multiple of H."""
         if self.step_count % self.sync_interval == 0:

@@ -1,18 +1,26 @@
-"""``lowcomm bench``: several algorithms on the same model, data, seed and token budget, side by side.
+"""``lowcomm bench``: several algorithms on the same model, data, seed and budget, side by side.
 
 Each algorithm trains as its own ``lowcomm train`` run in ``OUT/runs/ALGO`` with the train flags
 given here (a flag naming an algorithm's parameter, like ``--sync-interval``, goes to the algorithms
 that take it; ``--set ALGO.OPTION=VALUE`` sets an option for one algorithm only, to compare tuned
-configurations) and the same token budget: ``--steps`` gradient steps, so PALSGD, whose
-pseudo-synchronisation steps train on no tokens, runs ``S + (steps - S) / (1 - p)`` steps. Then ``OUT/results.csv``, three plots and ``OUT/report.md`` compare the runs. Under
-a real bandwidth limit the report also sets the network model's predicted wall time beside each
-measured one.
+configurations). The budget is one of two protocols:
+
+- ``--budget steps`` (the PALSGD paper's): every algorithm runs ``--steps`` optimizer steps; a
+  PALSGD pseudo-synchronisation step skips its batch, so PALSGD trains on about 1 - p of the tokens.
+- ``--budget tokens`` (the default): the same expected tokens, ``--steps`` gradient steps, so
+  PALSGD runs ``S + (steps - S) / (1 - p)`` steps.
+
+The targets are DDP's eval loss at the fractions ``--targets`` of its run (and ``--target-loss``).
+Without ``--eval-every`` the evaluation grid is chosen so that it holds every target's step and
+resolves at least 1/40 of the run: the largest divisor of the target steps' greatest common divisor
+that is at most ``steps // 40`` (at least 1). Then ``OUT/results.csv``, three plots and
+``OUT/report.md`` compare the runs. Under a real bandwidth limit the report also sets the network
+model's predicted wall time beside each measured one.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 import subprocess
 import sys
@@ -24,31 +32,44 @@ from lowcomm.algorithms import ALGORITHMS
 from lowcomm.cli import usage_error
 from lowcomm.communication.network_model import NetworkModel, parse_rate
 from lowcomm.benchmarks.projection import project
-from lowcomm.benchmarks.report import markdown_table, write_report
-from lowcomm.benchmarks.results import COLUMNS, choose_target, results_rows, write_csv
+from lowcomm.benchmarks.report import markdown_table, targets_table, write_report
+from lowcomm.benchmarks.results import (
+    COLUMNS, DEFAULT_FRACTIONS, find_targets, parse_fractions, results_rows, target_step, write_csv,
+)
 from lowcomm.benchmarks.runs import Run, read_run
 from lowcomm.launching.limited import real_limit
-from lowcomm.plotting import plot_bench_curves
+from lowcomm.plotting import SYNC_PLOT, plot_bench_curves, save_figure, sync_figure
 from lowcomm.training import train_command
-from lowcomm.training.config import ALGORITHM_PARAMETERS, TrainConfig, flag, load_config
+from lowcomm.training.config import ALGORITHM_PARAMETERS, TrainConfig, as_flags, load_config, strategy_parameters
 
 DEFAULT_ALGOS = ("ddp", "localsgd", "diloco", "palsgd", "noloco")
 MODEL_CHECK_COLUMNS = ("algo", "measured_wall_time_s", "modelled_wall_time_s", "error")
+BUDGETS = ("steps", "tokens")
+MIN_EVALUATIONS = 40
+"""The automatic evaluation grid resolves at least 1/MIN_EVALUATIONS of the run."""
+BENCH_OPTIONS = ("command", "config", "preset", "algos", "target_loss", "settings", "budget", "targets")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     train_command.add_arguments(parser)
     parser.add_argument("--algos", default=",".join(DEFAULT_ALGOS), metavar="A,B,...",
                         help=f"the algorithms to compare (default: {','.join(DEFAULT_ALGOS)})")
+    parser.add_argument("--budget", choices=BUDGETS, default="tokens",
+                        help="steps: every algorithm the same optimizer steps (the PALSGD paper's protocol); "
+                        "tokens: the same tokens (default)")
+    fractions = ",".join(f"{f:g}" for f in DEFAULT_FRACTIONS)
+    parser.add_argument("--targets", default=fractions, metavar="F,...",
+                        help=f"targets: DDP's eval loss at these fractions of its run (default: {fractions})")
     parser.add_argument("--target-loss", type=float, metavar="LOSS",
-                        help="the eval loss to reach (default: DDP's final eval loss)")
+                        help="one more target: this eval loss (needed without a ddp run)")
     parser.add_argument("--set", action="append", default=[], metavar="ALGO.OPTION=VALUE", dest="settings",
                         help="a train option for one algorithm only, e.g. palsgd.lr=2e-3 (repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "algos", "target_loss", "settings")}
+    flags = {k: v for k, v in vars(args).items() if k not in BENCH_OPTIONS}
     try:
+        fractions = parse_fractions(args.targets)
         algos = parse_algos(args.algos)
         if "algo" in flags:
             raise ValueError("--algo: name the algorithms to compare with --algos")
@@ -58,12 +79,18 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--target-loss: needed when ddp is not among --algos")
         own = parse_settings(args.settings, algos)
         out = Path(flags.pop("out", Path("lowcomm-runs") / datetime.now().strftime("bench-%Y%m%d-%H%M%S")))
-        requested = {algo: load_config(args.config, run_flags(algo, flags, out) | own[algo]) for algo in algos}
-        budgets = {algo: {"steps": token_budget_steps(config)} for algo, config in requested.items()}
-        configs = {algo: load_config(args.config, run_flags(algo, flags, out) | own[algo] | budgets[algo])
+        requested = {algo: load_config(args.config, run_flags(algo, flags, out) | own[algo], args.preset)
+                     for algo in algos}
+        if "ddp" in algos:
+            check_grid(requested["ddp"].steps, fractions, requested["ddp"].eval_every if "eval_every" in flags else 1)
+        if "eval_every" not in flags:
+            steps = requested["ddp"].steps if "ddp" in algos else next(iter(requested.values())).steps
+            flags["eval_every"] = evaluation_grid(steps, fractions if "ddp" in algos else (1.0,))
+        budgets = {algo: {"steps": planned_steps(config, args.budget)} for algo, config in requested.items()}
+        configs = {algo: load_config(args.config, run_flags(algo, flags, out) | own[algo] | budgets[algo], args.preset)
                    for algo in algos}
         first = next(iter(requested.values()))
-        limited, warning = real_limit(first.network, first.bandwidth, first.backend, first.grouped)
+        limited, warning = real_limit(first.network, first.bandwidth, first.backend)
     except ValueError as error:
         return usage_error("bench", str(error))
     notes = []
@@ -76,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         arguments = ["train", *as_flags(run_flags(algo, flags, out) | own[algo] | budgets[algo])]
         if args.config is not None:
             arguments += ["--config", str(args.config)]
+        if args.preset is not None:
+            arguments += ["--preset", args.preset]
         commands[algo] = " ".join(["lowcomm", *arguments])
         print(f"lowcomm bench: {commands[algo]}", flush=True)
         code = subprocess.run([sys.executable, "-m", "lowcomm", *arguments]).returncode
@@ -83,24 +112,26 @@ def run(args: argparse.Namespace) -> int:
             print(f"lowcomm bench: error: the {algo} run failed (exit code {code}); see its output above", file=sys.stderr)
             return 1
     runs = [read_run(configs[algo].out) for algo in algos]
-    target = choose_target(runs, args.target_loss)
-    rows = results_rows(runs, target)
+    targets = find_targets(runs, fractions if "ddp" in algos else (), args.target_loss)
+    rows = results_rows(runs, targets, args.budget)
     write_csv(out / "results.csv", rows, COLUMNS)
-    table = markdown_table(rows, COLUMNS)
+    table = targets_table(rows, targets)
     if limited:
         table += "\n\nThe network model against this real limit:\n\n" + model_check(runs, first)
     report = write_report(
         out,
-        command=["lowcomm", "bench", "--algos", ",".join(algos), *as_flags(flags | {"out": out}),
+        command=["lowcomm", "bench", "--algos", ",".join(algos), "--budget", args.budget, "--targets", args.targets,
+                 *as_flags(flags | {"out": out}),
                  *(["--target-loss", str(args.target_loss)] if args.target_loss is not None else []),
                  *(word for setting in args.settings for word in ("--set", setting)),
-                 *(["--config", str(args.config)] if args.config is not None else [])],
+                 *(["--config", str(args.config)] if args.config is not None else []),
+                 *(["--preset", args.preset] if args.preset is not None else [])],
         run_commands=commands,
-        settings=settings(first, flags.get("network", first.network)),
-        target=target,
-        target_source="given" if args.target_loss is not None else "DDP's final eval loss",
+        settings=settings(first, flags.get("network", first.network), args.budget, configs[algos[0]].eval_every),
+        targets=targets,
         table=table,
-        plots=plot_bench_curves([(run.algo, run.evaluations) for run in runs], target, out),
+        plots=plot_bench_curves([(run.algo, run.evaluations) for run in runs], [t.loss for t in targets], out)
+        + plot_sync_diagnostics(runs, out),
         notes=notes,
     )
     print(f"\n{table}\n\nlowcomm bench: done: {out / 'results.csv'}, {report} and plots in {out}/")
@@ -137,40 +168,62 @@ def parse_settings(settings: list[str], algos: list[str]) -> dict[str, dict[str,
 
 def run_flags(algo: str, flags: dict[str, Any], out: Path) -> dict[str, Any]:
     """The train flags of ``algo``'s run: the shared ones, the parameters it takes, its own --out."""
-    takes = inspect.signature(ALGORITHMS[algo]).parameters
+    takes = strategy_parameters(ALGORITHMS[algo])
     shared = {k: v for k, v in flags.items() if k not in ALGORITHM_PARAMETERS or k in takes}
     return {"algo": algo, **shared, "out": out / "runs" / algo}
 
 
-def token_budget_steps(config: TrainConfig) -> int:
-    """Steps that give ``config``'s run the expected tokens of ``config.steps`` gradient steps:
-    after its S warm-up steps, PALSGD trains on no tokens with probability p, so it runs
-    S + (steps - S) / (1 - p) steps."""
-    if not config.pseudo_sync_prob:
+def evaluation_grid(steps: int, fractions: tuple[float, ...]) -> int:
+    """``eval_every`` for a run of ``steps``: the largest divisor of the greatest common divisor of
+    the target steps that is at most ``steps // MIN_EVALUATIONS`` (at least 1)."""
+    common = math.gcd(*(target_step(f, steps) for f in fractions))
+    finest = max(1, steps // MIN_EVALUATIONS)
+    return max(d for d in range(1, min(common, finest) + 1) if common % d == 0)
+
+
+def check_grid(steps: int, fractions: tuple[float, ...], first: int) -> None:
+    """Refuse targets before DDP's first evaluation, at step ``first`` of a run of ``steps``."""
+    for fraction in fractions:
+        if target_step(fraction, steps) < first:
+            raise ValueError(f"--targets: {fraction:g} of {steps} steps comes before DDP's first evaluation "
+                             f"(step {first})")
+
+
+def planned_steps(config: TrainConfig, budget: str) -> int:
+    """The steps ``config``'s run takes under ``budget``. ``steps``: ``config.steps``. ``tokens``: the
+    expected tokens of ``config.steps`` gradient steps; after its S warm-up steps, PALSGD trains on
+    no tokens with probability p, so it runs S + (steps - S) / (1 - p) steps."""
+    if budget == "steps" or not config.pseudo_sync_prob:
         return config.steps
     warmup = min(config.warmup_steps, config.steps)
     return warmup + math.ceil((config.steps - warmup) / (1 - config.pseudo_sync_prob))
 
 
-def as_flags(values: dict[str, Any]) -> list[str]:
-    """``{"sync_interval": 16, "overwrite": True}`` as ``["--sync-interval", "16", "--overwrite"]``."""
-    arguments = []
-    for name, value in values.items():
-        arguments += [flag(name)] if value is True else [flag(name), str(value)]
-    return arguments
-
-
-def settings(config: TrainConfig, network: str) -> str:
+def settings(config: TrainConfig, network: str, budget: str, eval_every: int) -> str:
     tokens = config.batch_size * config.grad_accum * config.seq_len
     link = "unlimited" if math.isinf(parse_rate(config.bandwidth)) else config.bandwidth
     how = {"none": "real (tc-tbf in network namespaces)" if link != "unlimited" else "real",
            "model": f"modelled, latency {config.latency} s"}[network]
+    protocol = {
+        "steps": f"equal steps (the PALSGD paper's protocol): every algorithm runs {config.steps} optimizer steps "
+        f"of {tokens} tokens per worker, and a PALSGD pseudo-synchronisation step skips its batch",
+        "tokens": f"an equal token budget: {config.steps} gradient steps of {tokens} tokens per worker (PALSGD runs "
+        "more steps, since its pseudo-synchronisation steps train on none)",
+    }[budget]
     who = f"{config.workers} workers"
     if config.grouped:
         who = f"{config.groups} groups of {config.group_size} workers with {config.inner} inside"
     return (f"{who} ({config.backend} backend, {config.device}), {config.model} on {config.data}, "
-            f"a budget of {config.steps} gradient steps of {tokens} tokens per worker, seed {config.seed}; "
-            f"network: {link}, {how}.")
+            f"{protocol}; evaluation every {eval_every} steps, seed {config.seed}; network: {link}, {how}.")
+
+
+def plot_sync_diagnostics(runs: list[Run], out: Path) -> list[str]:
+    """``OUT/sync_diagnostics.png`` for the runs whose outer steps have diagnostics; its name, if drawn."""
+    syncs = [(run.algo, run.sync_diagnostics) for run in runs if run.sync_diagnostics]
+    if not syncs:
+        return []
+    save_figure(sync_figure(syncs), out / SYNC_PLOT)
+    return [SYNC_PLOT]
 
 
 def model_check(runs: list[Run], config: TrainConfig) -> str:

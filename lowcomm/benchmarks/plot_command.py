@@ -1,5 +1,6 @@
 """``lowcomm plot RUN_DIR... [--out FILE]``: runs side by side, eval loss against step, wall-clock,
-tokens and bytes sent.
+tokens and bytes sent; and, when a run has outer steps with diagnostics (DiLoCo, PALSGD, Streaming
+DiLoCo), their pseudo-gradient norm, workers' spread and cosine in ``FILE``'s ``-sync`` sibling.
 
 A RUN_DIR is a ``lowcomm train`` run, finished or still going (its ``metrics.jsonl`` needs one
 evaluation), or a ``lowcomm bench`` directory, whose runs in ``runs/`` are all plotted. Each line
@@ -13,9 +14,9 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from lowcomm.plotting import comparison_figure, save_figure
+from lowcomm.plotting import comparison_figure, save_figure, sync_figure
 from lowcomm.cli import usage_error
-from lowcomm.training.records import Evaluation, read_records
+from lowcomm.training.records import Records, read_records
 from lowcomm.training.rundir import read_run_config
 
 DEFAULT_OUT = Path("lowcomm-plot.png")
@@ -32,32 +33,37 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--out: {args.out} has no image suffix matplotlib writes (.png, .pdf, .svg, ...)")
         if not args.out.parent.is_dir():
             raise ValueError(f"--out: {args.out.parent} is not a directory")
-        curves = [curve for directory in args.run_dirs for curve in labelled_curves(directory)]
+        runs = [run for directory in args.run_dirs for run in labelled_records(directory)]
     except ValueError as error:
         return usage_error("plot", str(error))
-    save_figure(comparison_figure(curves), args.out)
-    print(f"lowcomm plot: {len(curves)} runs -> {args.out}")
+    save_figure(comparison_figure([(label, records.evaluations) for label, records in runs]), args.out)
+    print(f"lowcomm plot: {len(runs)} runs -> {args.out}")
+    syncs = [(label, records.sync_diagnostics) for label, records in runs if records.sync_diagnostics]
+    if syncs:
+        sync_out = args.out.with_name(f"{args.out.stem}-sync{args.out.suffix}")
+        save_figure(sync_figure(syncs), sync_out)
+        print(f"lowcomm plot: sync diagnostics of {len(syncs)} runs -> {sync_out}")
     return 0
 
 
-def labelled_curves(directory: Path) -> list[tuple[str, list[Evaluation]]]:
-    """``(label, evaluations)`` of the run in ``directory``, or of each run of the benchmark in it."""
+def labelled_records(directory: Path) -> list[tuple[str, Records]]:
+    """``(label, records)`` of the run in ``directory``, or of each run of the benchmark in it."""
     if not directory.is_dir():
         raise ValueError(f"RUN_DIR: {directory} is not a directory")
     if (directory / "metrics.jsonl").is_file():
-        return [run_curve(directory)]
+        return [run_records(directory)]
     runs = sorted(path for path in (directory / "runs").glob("*") if (path / "metrics.jsonl").is_file())
     if not runs:
         raise ValueError(f"RUN_DIR: {directory} holds neither a run (metrics.jsonl) nor a benchmark's runs/")
-    return [run_curve(path) for path in runs]
+    return [run_records(path) for path in runs]
 
 
-def run_curve(directory: Path) -> tuple[str, list[Evaluation]]:
-    evaluations = read_records(directory / "metrics.jsonl").evaluations
-    if not evaluations:
+def run_records(directory: Path) -> tuple[str, Records]:
+    records = read_records(directory / "metrics.jsonl")
+    if not records.evaluations:
         raise ValueError(f"RUN_DIR: {directory} has no evaluations in metrics.jsonl yet")
     try:
         algo = read_run_config(directory).get("algo")
     except ValueError:
         algo = None
-    return (f"{directory} ({algo})" if algo else str(directory)), evaluations
+    return (f"{directory} ({algo})" if algo else str(directory)), records

@@ -10,7 +10,9 @@ from typing import Any
 
 import torch
 
-from lowcomm.benchmarks.results import cell
+from lowcomm.benchmarks.results import Target, cell
+
+RUN_COLUMNS = ("algo", "steps", "tokens", "final_eval_loss", "wall_time_s", "comm_share")
 
 
 def machine() -> str:
@@ -36,14 +38,23 @@ def markdown_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def targets_table(rows: list[dict[str, Any]], targets: list[Target]) -> str:
+    """One line per algorithm: its run, then its time to each target with the speedup over DDP."""
+    by_algo: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        line = by_algo.setdefault(row["algo"], {c: row[c] for c in RUN_COLUMNS})
+        time = cell(row["time_to_target_s"])
+        line[f"to {row['target']} (s)"] = f"{time} ({cell(row['speedup_vs_ddp'])}x)" if row["speedup_vs_ddp"] else time
+    return markdown_table(list(by_algo.values()), RUN_COLUMNS + tuple(f"to {t.name} (s)" for t in targets))
+
+
 def write_report(
     out: Path,
     *,
     command: list[str],
     run_commands: dict[str, str],
     settings: str,
-    target: float,
-    target_source: str,
+    targets: list[Target],
     table: str,
     plots: list[str],
     notes: list[str],
@@ -60,12 +71,15 @@ def write_report(
         "",
         f"Settings: {settings}",
         "",
-        f"Target: eval loss {target:.4f} ({target_source}).",
+        "Targets:",
+        "",
+        *(f"- {t.name}: eval loss {t.loss:.4f} ({t.source})" for t in targets),
         "",
         table,
         "",
-        "`time_to_target_s` is worker 0's clock at the first evaluation at or below the target (empty: never "
-        "reached); `comm_share` is the mean worker's share of wall-clock spent waiting for communication.",
+        "A time to a target is worker 0's clock at the first evaluation at or below it (— never reached), "
+        "with the speedup over DDP; `comm_share` is the mean worker's share of wall-clock spent waiting for "
+        "communication. `results.csv` holds the same numbers, one row per algorithm and target.",
         "",
     ]
     lines += [f"![{name}]({name})" for name in plots] + [""]

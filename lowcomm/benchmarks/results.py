@@ -1,30 +1,78 @@
-"""The side-by-side table of a benchmark: how soon each algorithm reached the target loss.
+"""The side-by-side table of a benchmark: how soon each algorithm reached each target loss.
 
-The target is DDP's final eval loss unless one is given; ``time_to_target_s`` is worker 0's clock
-at the first evaluation at or below it (so its resolution is ``--eval-every`` steps), and
-``speedup_vs_ddp`` is DDP's time to the target over the algorithm's.
+A target is DDP's eval loss at a fraction f of its run (its last evaluation at or before step
+``floor(f * steps)``; f = 1 is its final eval loss) or a loss given with ``--target-loss``.
+``time_to_target_s`` is worker 0's clock at an algorithm's first evaluation at or below the target
+(so its resolution is ``--eval-every`` steps), and ``speedup_vs_ddp`` is DDP's time to the target
+over the algorithm's. ``results.csv`` has one row per algorithm and target and names the budget
+(``steps``: every algorithm the same optimizer steps; ``tokens``: the same tokens).
 """
 
 from __future__ import annotations
 
 import csv
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lowcomm.benchmarks.runs import Run
 
-COLUMNS = ("algo", "final_eval_loss", "wall_time_s", "time_to_target_s", "speedup_vs_ddp",
-           "comm_bytes_total", "comm_bytes_between_groups", "comm_share", "tokens")
+COLUMNS = ("algo", "budget", "steps", "target", "target_loss", "time_to_target_s", "speedup_vs_ddp",
+           "final_eval_loss", "wall_time_s", "comm_bytes_total", "comm_bytes_between_groups", "comm_share", "tokens")
+DEFAULT_FRACTIONS = (0.5, 0.75, 0.9, 1.0)
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    """``ddp@50%`` for DDP's eval loss half-way through its run; ``given`` for ``--target-loss``."""
+    loss: float
+    source: str
+    """Where the loss comes from, in words."""
+
+
+def parse_fractions(text: str) -> tuple[float, ...]:
+    """``"0.5,0.75,1"`` as ``(0.5, 0.75, 1.0)``: distinct fractions of DDP's run in (0, 1], ascending."""
+    try:
+        fractions = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--targets: expected comma-separated fractions like 0.5,0.75,0.9,1.0, got {text!r}") from None
+    if not all(math.isfinite(f) and 0 < f <= 1 for f in fractions):
+        raise ValueError(f"--targets: each fraction must be in (0, 1], got {text!r}")
+    if len(set(fractions)) < len(fractions):
+        raise ValueError(f"--targets: a fraction is named twice in {text!r}")
+    return tuple(sorted(fractions))
+
+
+def target_step(fraction: float, steps: int) -> int:
+    """The step ``fraction`` of the way through ``steps`` (rounded down)."""
+    return math.floor(round(fraction * steps, 9))
+
+
+def find_targets(runs: list[Run], fractions: tuple[float, ...], target_loss: float | None) -> list[Target]:
+    """DDP's eval loss at each fraction of its run (when there is a DDP run), then ``target_loss``."""
+    targets = []
+    ddp = next((run for run in runs if run.algo == "ddp"), None)
+    if ddp is not None:
+        steps = int(ddp.summary["steps"])
+        for fraction in fractions:
+            step = target_step(fraction, steps)
+            before = [e for e in ddp.evaluations if e.step <= step]
+            if not before:
+                raise ValueError(f"--targets: DDP has no evaluation at or before step {step} ({fraction:g} of its run)")
+            targets.append(Target(f"ddp@{fraction:.0%}", before[-1].eval_loss,
+                                  f"DDP's eval loss at step {before[-1].step} of {steps}"))
+    if target_loss is not None:
+        targets.append(Target("given", target_loss, "--target-loss"))
+    if not targets:
+        raise ValueError("--target-loss: needed when there is no ddp run to take the target from")
+    return targets
 
 
 def choose_target(runs: list[Run], target_loss: float | None) -> float:
     """``target_loss`` if given, else DDP's final eval loss."""
-    if target_loss is not None:
-        return target_loss
-    ddp = [run for run in runs if run.algo == "ddp"]
-    if not ddp:
-        raise ValueError("--target-loss: needed when there is no ddp run to take the target from")
-    return ddp[0].final_eval_loss
+    return find_targets(runs, (1.0,), target_loss)[-1].loss
 
 
 def speedup(baseline_s: float | None, algorithm_s: float | None) -> float | None:
@@ -33,23 +81,29 @@ def speedup(baseline_s: float | None, algorithm_s: float | None) -> float | None
     return baseline_s / algorithm_s
 
 
-def results_rows(runs: list[Run], target: float) -> list[dict[str, Any]]:
-    """One row per run, with the columns of :data:`COLUMNS` (None where there is no value)."""
-    ddp_time = next((run.time_to_target(target) for run in runs if run.algo == "ddp"), None)
+def results_rows(runs: list[Run], targets: list[Target], budget: str) -> list[dict[str, Any]]:
+    """One row per run and target, with the columns of :data:`COLUMNS` (None where there is no value)."""
     rows = []
     for run in runs:
-        reached = run.time_to_target(target)
-        rows.append({
-            "algo": run.algo,
-            "final_eval_loss": run.final_eval_loss,
-            "wall_time_s": run.wall_time_s,
-            "time_to_target_s": reached,
-            "speedup_vs_ddp": speedup(ddp_time, reached),
-            "comm_bytes_total": int(run.summary["comm_bytes_total"]),
-            "comm_bytes_between_groups": int(run.summary.get("comm_bytes_between_groups", run.summary["comm_bytes_total"])),
-            "comm_share": run.summary["comm_wait_s"] / run.wall_time_s,
-            "tokens": int(run.summary["tokens"]),
-        })
+        for target in targets:
+            ddp_time = next((r.time_to_target(target.loss) for r in runs if r.algo == "ddp"), None)
+            reached = run.time_to_target(target.loss)
+            rows.append({
+                "algo": run.algo,
+                "budget": budget,
+                "steps": int(run.summary["steps"]),
+                "target": target.name,
+                "target_loss": target.loss,
+                "time_to_target_s": reached,
+                "speedup_vs_ddp": speedup(ddp_time, reached),
+                "final_eval_loss": run.final_eval_loss,
+                "wall_time_s": run.wall_time_s,
+                "comm_bytes_total": int(run.summary["comm_bytes_total"]),
+                "comm_bytes_between_groups": int(run.summary.get("comm_bytes_between_groups",
+                                                                 run.summary["comm_bytes_total"])),
+                "comm_share": run.summary["comm_wait_s"] / run.wall_time_s,
+                "tokens": int(run.summary["tokens"]),
+            })
     return rows
 
 

@@ -8,11 +8,11 @@ sent in each step.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lowcomm.training.records import Evaluation, read_records
+from lowcomm.training.records import Evaluation, SyncDiagnostics, read_records
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class Run:
     evaluations: list[Evaluation]
     step_bytes: dict[int, int]
     """Bytes worker 0 sent during each step that sent any (step 1 includes the initial broadcast)."""
+    sync_diagnostics: list[SyncDiagnostics] = field(default_factory=list)
 
     @property
     def algo(self) -> str:
@@ -39,8 +40,8 @@ class Run:
     @property
     def link_step_bytes(self) -> dict[int, int]:
         """Bytes one slow link carried in each step that carried any. Without groups, worker 0's. With
-        groups, a group's ranks share its link and may send unequal parts (DDP's ring leaves a group
-        from one rank only), so worker 0's bytes are scaled to add up to the run's bytes between
+        groups, a group's ranks share its link and may send unequal parts (DDP inside: unequal
+        chunks), so worker 0's bytes are scaled to add up to the run's bytes between
         groups over its K groups, or spread evenly over the steps if worker 0 sent none of them."""
         if "groups" not in self.summary:
             return self.step_bytes
@@ -82,4 +83,4 @@ def read_run(directory: str | Path) -> Run:
     records = read_records(directory / "metrics.jsonl")
     if not records.evaluations:
         raise ValueError(f"run: {directory} has no evaluations in metrics.jsonl")
-    return Run(directory, summary, records.evaluations, records.step_bytes)
+    return Run(directory, summary, records.evaluations, records.step_bytes, records.sync_diagnostics)

@@ -20,7 +20,13 @@ from lowcomm.communication.communicator import (
 @dataclass
 class CountingState:
     """The communicator whose group averages, the counters to charge, and this step's buckets: when
-    they became ready and were averaged, the bytes they sent and those of the last one ready."""
+    they became ready and were averaged, the bytes they sent and those of the last one ready.
+
+    With worker groups (``within`` given), DistributedDataParallel's ring over all N ranks runs in rank
+    order, so ``crossing_links`` of its N links (one per group, K > 1) leave a group. Every rank is
+    charged the even share of those, ``crossing_links / N`` of what it sends (rounded down), on
+    ``stats`` (the slow link) and the rest on ``within``; the waits and the overlap belong to the
+    slow link, so ``stats`` gets them all on every rank (and the overlapped bytes of its share)."""
 
     comm: ProcessGroupCommunicator
     first_ready: float | None = None
@@ -29,6 +35,8 @@ class CountingState:
     step_bytes: int = 0
     last_bytes: int = 0
     stats: CommStats | None = None  # defaults to the communicator's
+    within: CommStats | None = None
+    crossing_links: int = 0
 
     def __post_init__(self) -> None:
         if self.stats is None:
@@ -54,6 +62,11 @@ def counting_allreduce_hook(state: CountingState, bucket: dist.GradBucket) -> to
     comm = state.comm
     buffer = bucket.buffer()
     sent = ring_all_reduce_bytes(payload_bytes([buffer]), comm.world_size)
+    if state.within is not None:
+        crossing = sent * state.crossing_links // comm.world_size
+        state.within.operations += 1
+        state.within.bytes_sent += sent - crossing
+        sent = crossing
     state.stats.operations += 1
     state.stats.bytes_sent += sent
     ready = time.perf_counter()

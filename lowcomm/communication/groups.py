@@ -12,6 +12,7 @@ that is.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -28,6 +29,8 @@ Inner = Literal["ddp", "fsdp"]
 # The collectives FSDP2 runs by default (torch 2.13 renamed them; the old names are deprecated there).
 ALL_GATHER = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
 REDUCE_SCATTER = getattr(dist, "reduce_scatter_single", dist.reduce_scatter_tensor)
+CUSTOM_FSDP_COLLECTIVES = all(hasattr(FSDPModule, f"set_custom_{name}") for name in ("all_gather", "reduce_scatter"))
+"""Whether this torch's FSDP2 runs collectives given to it, through which lowcomm counts its traffic."""
 
 
 def worker_groups(num_groups: int, group_size: int) -> DeviceMesh:
@@ -104,12 +107,18 @@ class CountedReduceScatter(CountedAllGather):
         return REDUCE_SCATTER(output_tensor, input_tensor, op=op, group=group, async_op=async_op)
 
 
-def count_fsdp_traffic(model: nn.Module, stats: CommStats) -> None:
-    """Charge the all-gathers and reduce-scatters of every FSDP2 module in ``model`` to ``stats``."""
+def count_fsdp_traffic(model: nn.Module, stats: CommStats) -> bool:
+    """Charge the all-gathers and reduce-scatters of every FSDP2 module in ``model`` to ``stats``; where
+    this torch cannot (no :data:`CUSTOM_FSDP_COLLECTIVES`), warn that they go uncounted and return False."""
+    if not CUSTOM_FSDP_COLLECTIVES:
+        warnings.warn("this torch's FSDP2 takes no custom collectives: its traffic within groups is not counted",
+                      stacklevel=2)
+        return False
     for module in model.modules():
         if isinstance(module, FSDPModule):
             module.set_custom_all_gather(CountedAllGather(stats))
             module.set_custom_reduce_scatter(CountedReduceScatter(stats))
+    return True
 
 
 def inner_kind(params: Sequence[torch.Tensor], mesh: DeviceMesh | None) -> Inner | None:

@@ -29,11 +29,10 @@ STOP_GRACE_S = 10
 POLL_S = 0.2
 
 
-def real_limit(network: str, bandwidth: str, backend: str, grouped: bool = False) -> tuple[bool, str | None]:
-    """Whether workers with these options run behind real links of ``bandwidth``, and, when such links
-    are asked for (the real network, ``--network none``, with a finite rate) but impossible here,
-    the warning that says the link is modelled instead (``--network model``). Worker groups' links
-    cannot be modelled: for them that is a ValueError."""
+def real_limit(network: str, bandwidth: str, backend: str) -> tuple[bool, str | None]:
+    """Whether workers (or worker groups) with these options run behind real links of ``bandwidth``,
+    and, when such links are asked for (the real network, ``--network none``, with a finite rate) but
+    impossible here, the warning that says the link is modelled instead (``--network model``)."""
     if network != "none" or math.isinf(parse_rate(bandwidth)):
         return False, None
     if backend == "sim":
@@ -42,9 +41,6 @@ def real_limit(network: str, bandwidth: str, backend: str, grouped: bool = False
         usable, reason = available()
         if usable:
             return True, None
-    if grouped:
-        raise ValueError(f"--bandwidth: no real limit for the links between worker groups here ({reason}), and "
-                         "the network model does not price them")
     return False, f"no real bandwidth limit ({reason}): the {bandwidth} link is modelled (--network model)"
 
 

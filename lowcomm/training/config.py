@@ -1,7 +1,7 @@
 """The resolved configuration of one training run: defaults, YAML file and flags, validated at once.
 
-Every field is a ``lowcomm train`` flag (``--field-name``) and a key of the ``--config`` YAML file.
-Fields an algorithm takes (``sync_interval``, ``outer_lr``, ...) default to that algorithm's own
+Every field is a ``lowcomm train`` flag (``--field-name``) and a key of the ``--config`` YAML file
+and of a ``--preset`` (a YAML file shipped in :mod:`lowcomm.presets`). Fields an algorithm takes (``sync_interval``, ``outer_lr``, ...) default to that algorithm's own
 defaults, which follow its paper; a value given for an algorithm that does not take it is an error.
 """
 
@@ -11,6 +11,7 @@ import inspect
 import math
 import os
 from datetime import datetime
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -74,7 +75,7 @@ With the paper's outer learning rate of 0.1, z trails the workers through a run 
 
 LAUNCH_FIELDS = frozenset(
     {"out", "resume", "overwrite", "max_restarts", "hang_timeout", "keep_checkpoints", "bind_all", "cache_dir",
-     "network", "bandwidth", "latency"}
+     "network", "bandwidth", "latency", "min_groups", "lighthouse", "live_group"}
 )
 """Fields that say how a run is launched, not what it computes: they may change when it resumes."""
 
@@ -119,6 +120,9 @@ class TrainConfig(BaseModel):
     cache_dir: Path = Field(default_factory=default_cache_dir, description="where tokenizers and datasets are cached")
     lr: Float = Field(3e-3, gt=0, le=10, description="peak inner learning rate (AdamW)")
     lr_warmup: Int = Field(32, ge=0, le=10**9, description="steps of linear learning-rate warm-up")
+    lr_schedule: Literal["cosine", "constant"] = Field(
+        "cosine", description="after the warm-up: cosine decay to lr * min_lr_ratio, or constant"
+    )
     min_lr_ratio: Float = Field(0.1, ge=0, le=1, description="cosine decay ends at lr * this")
     weight_decay: Float = Field(0.01, ge=0, le=10, description="AdamW weight decay")
     max_grad_norm: Float | None = Field(1.0, gt=0, description="gradient clipping norm")
@@ -155,6 +159,17 @@ class TrainConfig(BaseModel):
         300.0, gt=0, le=10**6, description="seconds a collective may wait before the group fails"
     )
     bind_all: bool = Field(False, description="listen on all interfaces, not only 127.0.0.1")
+    fault_tolerance: Literal["restart", "live"] = Field(
+        "restart", description="restart: a failure restarts every worker from a checkpoint; live: the other "
+        "worker groups train on and a restarted group rejoins, healed from a peer (needs lowcomm[ft])"
+    )
+    min_groups: Int = Field(1, ge=1, le=1024, description="live: fewer live groups than this stop the run")
+    lighthouse: str | None = Field(
+        None, description="live, several machines: the torchft lighthouse's HOST:PORT (default: started here)"
+    )
+    live_group: Int | None = Field(
+        None, ge=0, le=1023, description="live with --lighthouse: the one group this machine runs (0..K-1)"
+    )
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: forward passes under bfloat16 autocast")
     compile: bool = Field(False, description="compile the model with torch.compile")
     backend: Literal["dist", "sim"] = Field(
@@ -233,6 +248,11 @@ class TrainConfig(BaseModel):
         max_positions = spec.max_positions
         if max_positions is not None and self.seq_len > max_positions:
             raise ValueError(f"seq_len: {self.seq_len} exceeds {self.model}'s {max_positions} positions")
+        if self.fault_tolerance == "live":
+            self.check_live()
+        elif given := [name for name, unset in (("min_groups", 1), ("lighthouse", None), ("live_group", None))
+                       if getattr(self, name) != unset]:
+            raise ValueError(f"{given[0]}: only --fault-tolerance live takes it")
         self.resolve_groups()
         algorithm = ALGORITHMS[self.algo]
         algorithm.check_workers("workers", self.workers)
@@ -250,6 +270,40 @@ class TrainConfig(BaseModel):
         self.fill_algorithm_defaults()
         algorithm.check_options(self.lr, self.algorithm_kwargs())
         return self
+
+    def check_live(self) -> None:
+        """Live fault tolerance: torchft installed, groups of one process each, an algorithm whose
+        only traffic between groups is one blocking mean all-reduce per step, a sound quorum size."""
+        from lowcomm.communication.live import LIVE_ALGORITHMS, require_torchft
+
+        require_torchft()
+        if self.algo not in LIVE_ALGORITHMS:
+            raise ValueError(f"fault_tolerance: live supports {', '.join(LIVE_ALGORITHMS)}, not {self.algo}")
+        if self.groups is None:
+            raise ValueError("fault_tolerance: live needs --groups K (the worker groups that may fail and rejoin)")
+        if self.group_size not in (None, 1):
+            raise ValueError("group_size: live fault tolerance runs groups of one process (--group-size 1) so far")
+        self.group_size = 1
+        if self.backend != "dist" or self.network != "none" or self.bandwidth != "unlimited" or under_torchrun():
+            raise ValueError("fault_tolerance: live runs on lowcomm's own launcher with the real, unlimited network")
+        for name in ("overlap_steps", "compress"):
+            if getattr(self, name) not in (None, 0, "none"):
+                raise ValueError(f"{name}: live fault tolerance needs blocking uncompressed outer steps")
+        if self.min_groups > self.groups:
+            raise ValueError(f"min_groups: {self.min_groups} exceeds the {self.groups} groups")
+        if (self.lighthouse is None) != (self.live_group is None):
+            raise ValueError("lighthouse: give --lighthouse HOST:PORT and --live-group G together (several "
+                             "machines), or neither (one machine, which starts its own lighthouse)")
+        if self.live_group is not None and self.live_group >= self.groups:
+            raise ValueError(f"live_group: {self.live_group} is not one of the {self.groups} groups")
+        if self.lighthouse is not None:
+            host, _, port = self.lighthouse.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"lighthouse: expected HOST:PORT, got {self.lighthouse!r}")
+
+    @property
+    def live(self) -> bool:
+        return self.fault_tolerance == "live"
 
     @property
     def grouped(self) -> bool:
@@ -282,9 +336,6 @@ class TrainConfig(BaseModel):
             self.groups, self.group_size = (given, other) if name == "groups" else (other, given)
         if self.backend == "sim":
             raise ValueError("backend: sim simulates single workers, not worker groups; use --backend dist")
-        if self.network == "model":
-            raise ValueError("network: the model does not price worker groups' shared links; limit them for real "
-                             "with --bandwidth and --network none")
         self.inner = self.inner or "ddp"
         if self.inner == "fsdp" and (problem := fsdp_problem(self.model)) is not None:
             raise ValueError(f"inner: FSDP cannot shard {self.model}: {problem}; use --inner ddp")
@@ -358,6 +409,14 @@ def flag(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
+def as_flags(values: dict[str, Any]) -> list[str]:
+    """``{"sync_interval": 16, "overwrite": True}`` as ``["--sync-interval", "16", "--overwrite"]``."""
+    arguments = []
+    for name, value in values.items():
+        arguments += [flag(name)] if value is True else [flag(name), str(value)]
+    return arguments
+
+
 def one_line_error(error: ValidationError) -> str:
     """The first problem pydantic found, as ``--flag: message (got value)``."""
     problem = error.errors()[0]
@@ -377,30 +436,68 @@ def one_line_error(error: ValidationError) -> str:
 def read_yaml(path: Path) -> dict[str, Any]:
     """The mapping in a ``--config`` file, keys with dashes or underscores."""
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ValueError(f"--config: cannot read {path}: {error.strerror}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
+    except UnicodeDecodeError as error:
         raise ValueError(f"--config: {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    return yaml_mapping(text, f"--config: {path}")
+
+
+def yaml_mapping(text: str, source: str) -> dict[str, Any]:
+    """The mapping of option names to values in YAML ``text`` (``source`` names it in errors)."""
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ValueError(f"{source} is not valid YAML: {str(error).splitlines()[0]}") from None
     if values is None:
         return {}
     if not isinstance(values, dict) or not all(isinstance(key, str) for key in values):
-        raise ValueError(f"--config: {path} must hold a mapping of option names to values")
+        raise ValueError(f"{source} must hold a mapping of option names to values")
     return {key.replace("-", "_"): value for key, value in values.items()}
 
 
-def load_config(config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Defaults, then the YAML file, then ``overrides`` (the flags); raise a one-line ValueError.
+def preset_names() -> list[str]:
+    """The presets shipped in :mod:`lowcomm.presets`."""
+    return sorted(f.name.removesuffix(".yaml") for f in resources.files("lowcomm.presets").iterdir()
+                  if f.name.endswith(".yaml"))
 
-    Without a file or an algorithm, the :data:`QUICK_START` values come before the flags. Under
-    torchrun the worker count is torchrun's ``WORLD_SIZE``, and with several processes on each of
-    several nodes the nodes are the worker groups unless ``groups`` or ``group_size`` says otherwise.
+
+def read_preset(name: str) -> dict[str, Any]:
+    """The options of the preset ``name``."""
+    if name not in preset_names():
+        raise ValueError(f"--preset: unknown preset {name!r}; choose one of {', '.join(preset_names())}")
+    text = resources.files("lowcomm.presets").joinpath(f"{name}.yaml").read_text(encoding="utf-8")
+    return yaml_mapping(text, f"--preset: {name}")
+
+
+def recipe_for(preset: dict[str, Any], algo: Any) -> dict[str, Any]:
+    """A preset's options for ``algo``: its algorithm options go only to an algorithm that takes them."""
+    if algo not in ALGORITHMS:
+        return preset
+    takes = strategy_parameters(ALGORITHMS[algo])
+    return {key: value for key, value in preset.items() if key not in ALGORITHM_PARAMETERS or key in takes}
+
+
+def load_config(
+    config_file: Path | None = None, overrides: dict[str, Any] | None = None, preset: str | None = None
+) -> TrainConfig:
+    """Defaults, then the preset, then the YAML file, then ``overrides`` (the flags); raise a
+    one-line ValueError.
+
+    Without a preset, a file or an algorithm, the :data:`QUICK_START` values come before the flags.
+    Under torchrun the worker count is torchrun's ``WORLD_SIZE``, and with several processes on each
+    of several nodes the nodes are the worker groups unless ``groups`` or ``group_size`` says otherwise.
     """
     overrides = overrides or {}
-    if config_file is not None:
-        values = read_yaml(config_file)
+    chosen = read_yaml(config_file) if config_file is not None else {}
+    if preset is not None:
+        recipe = read_preset(preset)
+        algo = {**recipe, **chosen, **overrides}.get("algo", TrainConfig.model_fields["algo"].default)
+        values = recipe_for(recipe, algo)
     else:
-        values = {} if "algo" in overrides else dict(QUICK_START)
+        values = {} if "algo" in overrides or config_file is not None else dict(QUICK_START)
+    values.update(chosen)
     values.update(overrides)
     if under_torchrun():
         world_size = int(os.environ["WORLD_SIZE"])

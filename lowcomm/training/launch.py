@@ -50,6 +50,11 @@ def train(config: TrainConfig) -> None:
     if config.backend == "sim":
         train_simulated(config)
         return
+    if config.live:
+        from lowcomm.training.live import train_live  # needs torchft, the optional extra
+
+        train_live(config)
+        return
     listener = socket.create_server(("" if config.bind_all else LOOPBACK, 0))
     port = listener.getsockname()[1]
     store = dist.TCPStore(LOOPBACK, port, is_master=True, wait_for_workers=False, master_listen_fd=listener.detach())

@@ -8,13 +8,18 @@
   ``tokens``, ``comm_bytes`` and ``comm_wait_s`` (cumulative seconds worker 0 waited for
   communication) at that point;
 - sync: ``step``, ``sync`` (``"outer"``, or ``"pseudo"`` for a PALSGD pseudo-synchronisation step),
-  ``bytes`` (sent by this worker during the step);
+  ``bytes`` (sent by this worker during the step); for DiLoCo, PALSGD and Streaming DiLoCo, the
+  step that applies an outer step also carries ``pseudo_grad_norm``, ``worker_spread`` and
+  ``pseudo_grad_cosine`` (see :class:`~lowcomm.algorithms.DiLoCo`; with overlap that is a record
+  of its own, ``bytes`` 0, tau steps after the one that sent);
 - event: ``step``, ``event`` and its details: ``start``, ``resume``, ``skipped_checkpoint``,
   ``lr_schedule_replanned`` (a resumed run with another ``--steps``: ``from_steps``, ``to_steps``
   and the next step's ``lr``), ``nonfinite_loss`` (rank 0's), and whatever the strategy records in
   its ``events`` (such as
   ``nonfinite_worker_excluded``: ``what`` was not finite, ``finite_workers`` took part). After the elastic launcher restarted the group, ``start`` and
   ``resume`` carry ``restart``, the number of that restart.
+  With ``--fault-tolerance live``: ``group_left`` and ``group_joined`` (``group``,
+  ``live_groups``, ``stalled_s``: the seconds that synchronisation took, its quorum included).
 
 With worker groups, ``comm_bytes``, ``comm_wait_s`` and a sync record's ``bytes`` count the traffic
 between groups (the slow link), and train and eval records add ``comm_bytes_within_groups``
@@ -37,7 +42,9 @@ from tqdm import tqdm
 
 from lowcomm.atomic import write_atomically
 
-SCALARS = {"loss": "train/loss", "lr": "train/lr", "comm_bytes": "comm/bytes_sent", "eval_loss": "eval/loss"}
+SCALARS = {"loss": "train/loss", "lr": "train/lr", "comm_bytes": "comm/bytes_sent", "eval_loss": "eval/loss",
+           "pseudo_grad_norm": "sync/pseudo_grad_norm", "worker_spread": "sync/worker_spread",
+           "pseudo_grad_cosine": "sync/pseudo_grad_cosine"}
 
 
 class MetricsLog:

@@ -1,5 +1,6 @@
 """``metrics.jsonl`` read back (the format is :mod:`lowcomm.training.metrics`'s): rank 0's training
-losses, the evaluations of the global model, the outer synchronisations and the bytes of each step."""
+losses, the evaluations of the global model, the outer synchronisations (with their diagnostics) and
+the bytes of each step."""
 
 from __future__ import annotations
 
@@ -29,12 +30,23 @@ class Evaluation:
     comm_wait_s: float  # cumulative seconds worker 0 had waited for communication
 
 
+@dataclass(frozen=True)
+class SyncDiagnostics:
+    """An outer step's pseudo-gradient norm, the workers' spread and the cosine with the previous one."""
+
+    step: int
+    pseudo_grad_norm: float
+    worker_spread: float | None
+    pseudo_grad_cosine: float | None
+
+
 @dataclass
 class Records:
     train: list[TrainPoint] = field(default_factory=list)
     evaluations: list[Evaluation] = field(default_factory=list)
     sync_steps: list[int] = field(default_factory=list)
     """Steps that ended with an outer synchronisation (periodic algorithms after their warm-up)."""
+    sync_diagnostics: list[SyncDiagnostics] = field(default_factory=list)
     step_bytes: dict[int, int] = field(default_factory=dict)
     """Bytes worker 0 sent during each step that sent any (step 1 includes the initial broadcast)."""
 
@@ -58,7 +70,11 @@ def read_records(path: Path) -> Records:
             records.step_bytes[step] = record["bytes"]
             sent += record["bytes"]
         elif record.get("sync") == "outer":
-            records.sync_steps.append(step)
+            if record["bytes"] > 0:
+                records.sync_steps.append(step)
+            if "pseudo_grad_norm" in record:
+                fields = ("pseudo_grad_norm", "worker_spread", "pseudo_grad_cosine")
+                records.sync_diagnostics.append(SyncDiagnostics(step, *(record[name] for name in fields)))
         elif "eval_loss" in record:
             fields = ("eval_loss", "elapsed_s", "tokens", "comm_bytes", "comm_wait_s")
             records.evaluations.append(Evaluation(step, *(record[name] for name in fields)))

@@ -20,12 +20,14 @@ from pathlib import Path
 
 from lowcomm.cli import usage_error
 from lowcomm.launching.limited import real_limit, run_limited
-from lowcomm.training.config import ALGORITHM_PARAMETERS, TrainConfig, flag, load_config, under_torchrun
+from lowcomm.training.config import ALGORITHM_PARAMETERS, TrainConfig, flag, load_config, preset_names, under_torchrun
 from lowcomm.training.rundir import prepare_run_directory
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, metavar="YAML", help="options from a YAML file (flags win)")
+    parser.add_argument("--preset", metavar="NAME",
+                        help=f"a recipe shipped with lowcomm: {', '.join(preset_names())} (--config and flags win)")
     for name, field in TrainConfig.model_fields.items():
         if field.annotation is bool:
             parser.add_argument(flag(name), action="store_true", default=argparse.SUPPRESS, help=field.description)
@@ -45,12 +47,12 @@ def reports() -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = {key: value for key, value in vars(args).items() if key not in ("command", "config")}
+    overrides = {key: value for key, value in vars(args).items() if key not in ("command", "config", "preset")}
     try:
-        config = load_config(args.config, overrides)
+        config = load_config(args.config, overrides, args.preset)
         # Under torchrun this process is one worker already: the limit is the job's network's.
         limited, warning = (False, None) if under_torchrun() else real_limit(
-            config.network, config.bandwidth, config.backend, config.grouped
+            config.network, config.bandwidth, config.backend
         )
         if warning is not None:
             print(f"lowcomm train: warning: {warning}", file=sys.stderr)
@@ -72,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     from lowcomm.training.launch import train
+    from lowcomm.training.live import LiveFailure
     from lowcomm.training.outputs import LOSS_PLOT, SAMPLES_FILE
 
     try:
@@ -81,17 +84,21 @@ def run(args: argparse.Namespace) -> int:
         message = f"worker {rank} failed (exit code {failure.exitcode}); see its log above"
         print(f"lowcomm train: error: {message}", file=sys.stderr)
         return 1
+    except LiveFailure as error:
+        print(f"lowcomm train: error: {error}", file=sys.stderr)
+        return 1
     if reports():
-        summary = json.loads((config.out / "summary.json").read_text())
-        samples = config.out / SAMPLES_FILE
+        out = config.out / f"group_{config.live_group or 0}" if config.live else config.out  # live: per group
+        summary = json.loads((out / "summary.json").read_text())
+        samples = out / SAMPLES_FILE
         if samples.is_file():
             print(f"\n{samples.read_text(encoding='utf-8')}")
         print(
             f"lowcomm train: done: final eval loss {summary['final_eval_loss']:.4f} after {summary['steps']} steps "
             f"in {summary['wall_time_s']:.1f} s\n"
-            f"results in {config.out}/: {LOSS_PLOT}, {SAMPLES_FILE + ', ' if samples.is_file() else ''}"
+            f"results in {out}/: {LOSS_PLOT}, {SAMPLES_FILE + ', ' if samples.is_file() else ''}"
             f"metrics.jsonl, summary.json, config.yaml, checkpoints/ "
-            f"(TensorBoard: tensorboard --logdir {config.out / 'tensorboard'})"
+            f"(TensorBoard: tensorboard --logdir {out / 'tensorboard'})"
         )
     return 0
 

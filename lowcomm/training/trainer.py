@@ -38,11 +38,11 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from torch.distributed.device_mesh import DeviceMesh
 from torch.optim.lr_scheduler import LambdaLR
 
-from lowcomm.algorithms import ALGORITHMS
+from lowcomm.algorithms.diloco import DiLoCo
 from lowcomm.algorithms.periodic import PeriodicStrategy
 from lowcomm.communication.groups import shard_within_groups, worker_groups
 from lowcomm.communication.network_model import NetworkModel, parse_rate
-from lowcomm.communication.communicator import Communicator
+from lowcomm.communication.communicator import Communicator, ProcessGroupCommunicator
 from lowcomm.communication.modelled import ModelledCommunicator
 from lowcomm.data import load_data
 from lowcomm.models import build_model
@@ -62,7 +62,7 @@ from lowcomm.training.metrics import MetricsLog, ProgressBar, write_json_atomica
 from lowcomm.training.outputs import held_out_prompt, write_loss_plot, write_samples, write_tokenizer
 from lowcomm.training.peers import Peers
 from lowcomm.training.rng import rng_state, seed_everything, set_rng_state
-from lowcomm.training.schedule import warmup_cosine
+from lowcomm.training.schedule import lr_schedule
 from lowcomm.training.sharded_state import SHARDED_DIRECTORY, Position, initialise_state, load_sharded, split
 from lowcomm.training.storage import Storage, shared_storage
 from lowcomm.training.strategy_choice import strategy_class
@@ -72,10 +72,14 @@ SETUP_LOCK = threading.Lock()
 
 
 def network_communicator(communicator: Communicator, config: TrainConfig) -> Communicator:
-    """``communicator``, slowed to the modelled link under ``--network model``."""
+    """``communicator``, slowed to the modelled link under ``--network model``. With worker groups the
+    link is a group's, shared by its G ranks (each sends its shard to its peers in parallel), so each
+    rank's traffic is modelled at 1/G of the rate."""
     if config.network == "none":
         return communicator
-    return ModelledCommunicator(communicator, NetworkModel(parse_rate(config.bandwidth), config.latency))
+    ranks_per_link = config.group_size if config.grouped else 1
+    network = NetworkModel(parse_rate(config.bandwidth) / ranks_per_link, config.latency)
+    return ModelledCommunicator(communicator, network)
 
 
 def restart_count() -> int:
@@ -115,30 +119,35 @@ class Trainer:
         peers: Peers,
         loss: Callable[..., Tensor] = cross_entropy,
         storage: Storage | None = None,
+        data_shard: tuple[int, int] | None = None,
     ) -> None:
-        """``loss(model, inputs, targets, bf16)`` is the training loss (the simulation batches it);
-        ``storage`` says which ranks share ``--out`` (by default, all)."""
+        """``loss(model, inputs, targets, bf16)`` is the training loss (the simulation batches it).
+        ``storage`` says which ranks share ``--out`` (by default, all). ``data_shard`` is (index,
+        count) of the data shard to read when it is not (rank, world size): a live worker group is a
+        world of its own reading its group's shard."""
         self.config = config
         self.loss = loss
         self.device = device
         self.peers = peers
         self.rank, self.world_size = peers.rank, peers.world_size
         self.storage = storage or shared_storage(self.rank, self.world_size)
-        self.mesh: DeviceMesh | None = worker_groups(config.groups, config.group_size) if config.grouped else None
-        if config.inner == "fsdp":
+        self.shard_index, self.shard_count = data_shard or (self.rank, self.world_size)
+        grouped = config.grouped and not config.live
+        self.mesh: DeviceMesh | None = worker_groups(config.groups, config.group_size) if grouped else None
+        if self.mesh is not None and config.inner == "fsdp":
             self.refuse_groups_across_domains()
         with SETUP_LOCK:
             model, optimizer = self.build(config, device)
-        if self.mesh is None:
-            communicator = network_communicator(communicator, config)
-            self.strategy = strategy_class(config.algo, communicator)(
-                model, optimizer, communicator=communicator, **config.algorithm_kwargs()
-            )
-        else:
-            self.strategy = ALGORITHMS[config.algo](model, optimizer, mesh=self.mesh, **config.algorithm_kwargs())
+        on_mesh = {}
+        if self.mesh is not None:  # the algorithm's communicator connects the groups
+            communicator, on_mesh = ProcessGroupCommunicator(self.mesh["group"].get_group()), {"mesh": self.mesh}
+        communicator = network_communicator(communicator, config)
+        self.strategy = strategy_class(config.algo, communicator)(
+            model, optimizer, communicator=communicator, **on_mesh, **config.algorithm_kwargs()
+        )
         for stats in (self.strategy.comm_stats, self.strategy.inner_comm_stats):
             stats.wait_s = 0.0  # waiting for the other ranks to start up is not communication
-        seed_everything(config.seed + self.rank)
+        seed_everything(config.seed + self.shard_index)
         self.progress = Progress()
         self.checkpoints = checkpoints_of(config.out)
         restored = self.restore()
@@ -176,8 +185,8 @@ class Trainer:
         seed_everything(config.seed)
         self.data = load_data(
             config.data,
-            rank=self.rank,
-            world_size=self.world_size,
+            rank=self.shard_index,
+            world_size=self.shard_count,
             batch_size=config.batch_size,
             seq_len=config.seq_len,
             seed=config.seed,
@@ -200,7 +209,9 @@ class Trainer:
             model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=device.type == "cuda"
         )
         self.optimizer = optimizer
-        self.scheduler = LambdaLR(optimizer, warmup_cosine(config.lr_warmup, config.steps, config.min_lr_ratio))
+        self.scheduler = LambdaLR(
+            optimizer, lr_schedule(config.lr_schedule, config.lr_warmup, config.steps, config.min_lr_ratio)
+        )
         return model, optimizer
 
     @property
@@ -246,6 +257,8 @@ class Trainer:
             for event in self.strategy.events:
                 self.log.write({"step": self.step, **event})
         self.strategy.events.clear()
+        if isinstance(self.strategy, DiLoCo):
+            self.strategy.sync_diagnostics.clear()
 
     def report_step(self, loss: float | None, lr: float, sent: int) -> None:
         stats, elapsed = self.strategy.comm_stats, self.elapsed()
@@ -265,8 +278,9 @@ class Trainer:
             )
             if not math.isfinite(loss):
                 self.report_event("nonfinite_loss", rank=self.rank)
-        if isinstance(self.strategy, PeriodicStrategy) and not self.strategy.in_warmup and sent > 0:
-            self.log.write({"step": self.step, "sync": "outer", "bytes": sent})
+        diagnostics = self.strategy.sync_diagnostics if isinstance(self.strategy, DiLoCo) else {}
+        if isinstance(self.strategy, PeriodicStrategy) and not self.strategy.in_warmup and sent > 0 or diagnostics:
+            self.log.write({"step": self.step, "sync": "outer", "bytes": sent, **diagnostics})
         self.bar.update(loss, self.progress.tokens / elapsed, stats.wait_s / elapsed)
 
     def within_groups(self) -> dict[str, int]:

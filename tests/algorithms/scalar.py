@@ -31,17 +31,20 @@ def scalar_trajectory(algo: str, options: dict[str, Any], steps: int, lr: float)
     strategy = ALGORITHMS[algo](model, torch.optim.SGD(model.parameters(), lr=lr), **options)
     a, b = EXAMPLES[rank]
     x = torch.tensor([[a]], dtype=torch.float64)
-    trajectory, computed = [], []
+    trajectory, computed, diagnostics = [], [], []
     for _ in range(steps):
         loss = strategy.step(lambda: 0.5 * (strategy.model(x)[0, 0] - b) ** 2)
         computed.append(loss is not None)
         trajectory.append(model.weight.item())
+        diagnostics.append(dict(getattr(strategy, "sync_diagnostics", {})))
+        getattr(strategy, "sync_diagnostics", {}).clear()
     strategy.wait()
     return {
         "x": trajectory,
         "computed": computed,
         "global": strategy.global_state_dict()["weight"].item(),
         "bytes": strategy.comm_stats.bytes_sent,
+        "diagnostics": diagnostics,
     }
 
 

@@ -21,6 +21,25 @@ def test_overlapped_outer_step_by_hand() -> None:
     assert results[0]["global"] == pytest.approx(0.91355, abs=1e-12)
 
 
+def test_sync_diagnostics_by_hand() -> None:
+    options = dict(sync_interval=2, outer_lr=0.7, outer_momentum=0.9)
+    results = run_workers(scalar_trajectory, 2, "diloco", options, 6, 0.1)
+    # t = 2: x = 1.19 and 0.68, Delta = mean(1 - 1.19, 1 - 0.68) = 0.065; each worker is 0.255 from
+    # the mean; z = 1 - 0.7 * 1.9 * 0.065 = 0.91355. t = 4: x = 1.1199755 and 0.648878, Delta =
+    # mean(-0.2064255, 0.264672) = 0.02912325, spread 0.23554875, the same sign as before. t = 6:
+    # z = 0.91355 - 0.7 * (0.02912325 + 0.9 * (0.9 * 0.065 + 0.02912325)) = 0.837961..., and
+    # two more local steps give Delta < 0: the cosine of two scalars of opposite signs is -1.
+    for r in results:
+        steps = {t + 1: d for t, d in enumerate(r["diagnostics"]) if d}
+        assert sorted(steps) == [2, 4, 6]
+        assert steps[2] == {"pseudo_grad_norm": pytest.approx(0.065, abs=1e-12),
+                            "worker_spread": pytest.approx(0.255, abs=1e-12), "pseudo_grad_cosine": None}
+        assert steps[4] == {"pseudo_grad_norm": pytest.approx(0.02912325, abs=1e-12),
+                            "worker_spread": pytest.approx(0.23554875, abs=1e-12),
+                            "pseudo_grad_cosine": pytest.approx(1.0, abs=1e-12)}
+        assert steps[6]["pseudo_grad_cosine"] == pytest.approx(-1.0, abs=1e-12)
+
+
 def variants() -> dict[str, list[torch.Tensor]]:
     runs = {
         "blocking": ("diloco", {"sync_interval": 3}),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from typing import Any
 
 import pytest
@@ -13,6 +14,8 @@ from torch.distributed.tensor import DTensor
 import lowcomm
 from lowcomm import ALGORITHMS
 from lowcomm.communication.communicator import ProcessGroupCommunicator, ring_all_reduce_bytes
+from lowcomm.communication.modelled import ModelledCommunicator
+from lowcomm.communication.network_model import NetworkModel
 from tests.algorithms import mlp
 from tests.distributed import run_workers
 
@@ -118,6 +121,7 @@ def two_by_two() -> dict[str, Any]:
     results["micro_batches"] = {inner: run("diloco", inner, mesh, own, micro_batches=2) for inner in ("ddp", "fsdp")}
     results["one_rank_groups"] = one_rank_groups()
     results["errors"] = refusals(mesh)
+    results["modelled"] = modelled_between_groups(mesh)
     results["batch_norm"] = {algo: batch_norm_statistics(algo, mesh) for algo in ("localsgd", "diloco")}
     results["resumed"] = {(algo, inner): resumed(algo, options, inner, mesh, own)
                           for algo, options in RESUMED.items() for inner in ("ddp", "fsdp")}
@@ -183,8 +187,9 @@ def test_traffic_between_groups_is_one_model_per_group(grouped: list[dict[str, A
         # finite flag agreed at each outer step; DDP's initial broadcast and one all-gather at start.
         within = STEPS * MODEL_BYTES + 4 * 25 * 8 + 3 * 8 + 25 * 8 + (MODEL_BYTES if inner == 0 else 0)
         assert r["diloco"]["ddp"]["within"] == within
-    # The baseline, DDP inside: DistributedDataParallel's ring over the 4 ranks in order leaves a group
-    # from the group's last rank only, so that rank's 2(4-1)/4 x the model each step is between groups.
+    # The baseline, DDP inside: DistributedDataParallel's ring over the 4 ranks, of whose 4 links 2
+    # leave a group: every rank sends 2(4-1)/4 x the model each step, 2/4 of it charged between
+    # groups and the rest within; rank 0's initial broadcast reaches the other group, between.
     # FSDP inside: HSDP, each rank's FSDP shard (rank 0: 4 rows of 4, 4 biases, the one row of 8 and
     # the one bias, 29 values; rank 1: 16 + 4 = 20) averaged across the groups each step, after the
     # first group's shards were broadcast.
@@ -192,9 +197,8 @@ def test_traffic_between_groups_is_one_model_per_group(grouped: list[dict[str, A
     fsdp_bytes = {0: 29 * 8, 1: 20 * 8}
     for rank, r in enumerate(grouped):
         inner, first_group = rank % 2, rank < 2
-        last = inner == 1
-        assert r["ddp"]["ddp"]["between"] == (STEPS * ring_of_4 if last else 0)
-        assert r["ddp"]["ddp"]["within"] == (0 if last else STEPS * ring_of_4) + (MODEL_BYTES if rank == 0 else 0)
+        assert r["ddp"]["ddp"]["between"] == STEPS * ring_of_4 // 2 + (MODEL_BYTES if rank == 0 else 0)
+        assert r["ddp"]["ddp"]["within"] == STEPS * ring_of_4 // 2
         shard = fsdp_bytes[inner]
         assert r["ddp"]["fsdp"]["between"] == STEPS * ring_all_reduce_bytes(shard, 2) + (shard if first_group else 0)
         # Within the group, FSDP's collectives on its two units (the Linear layers), padded shards of
@@ -238,7 +242,8 @@ def batch_norm_statistics(algo: str, mesh: Any) -> torch.Tensor:
 
 
 def refusals(mesh: Any) -> list[str]:
-    """The one-line errors of a mesh given with a communicator, and of an FSDP model without its mesh."""
+    """The one-line errors of a mesh given with a communicator that does not connect the groups, and of
+    an FSDP model without its mesh."""
     errors = []
     for model, where in ((mlp.mlp(), {"mesh": mesh, "communicator": ProcessGroupCommunicator()}),
                          (lowcomm.shard_within_groups(mlp.mlp(), mesh), {})):
@@ -247,6 +252,18 @@ def refusals(mesh: Any) -> list[str]:
         except ValueError as error:
             errors.append(str(error))
     return errors
+
+
+def modelled_between_groups(mesh: Any) -> dict[str, Any]:
+    """A DiLoCo warm-up step whose communicator between groups is modelled with 50 ms per message."""
+    model = mlp.mlp()
+    between = ModelledCommunicator(ProcessGroupCommunicator(mesh["group"].get_group()), NetworkModel(math.inf, 0.05))
+    strategy = lowcomm.DiLoCo(model, torch.optim.SGD(model.parameters(), lr=0.1), mesh=mesh, communicator=between,
+                              sync_interval=2, warmup_steps=1)
+    data = mlp.batch(dist.get_rank(), 1)
+    wait_before = strategy.comm_stats.wait_s
+    strategy.step(lambda: mlp.loss_of(strategy.model, data))
+    return {"same": strategy.comm is between, "wait_s": strategy.comm_stats.wait_s - wait_before}
 
 
 def one_rank_groups() -> dict[str, Any]:
@@ -277,8 +294,16 @@ def test_a_state_saved_with_groups_resumes_bit_identically(grouped: list[dict[st
             assert torch.equal(result["straight"], result["resumed"]), (algo, inner)
 
 
-def test_a_mesh_with_a_communicator_or_fsdp_without_its_mesh_is_refused(grouped: list[dict[str, Any]]) -> None:
-    assert grouped[0]["errors"] == ["communicator: give either a mesh or a communicator, not both",
+def test_a_communicator_between_groups_carries_their_traffic(grouped: list[dict[str, Any]]) -> None:
+    """The warm-up step's all-reduce of gradient shards between 2 groups: 2(K-1) = 2 messages of 50 ms."""
+    for r in grouped:
+        assert r["modelled"]["same"]
+        assert 0.1 <= r["modelled"]["wait_s"] < 0.1 + 1.0
+
+
+def test_a_wrong_communicator_or_fsdp_without_its_mesh_is_refused(grouped: list[dict[str, Any]]) -> None:
+    assert grouped[0]["errors"] == ["communicator: with a mesh it must connect the groups (world size K, this "
+                                    "rank's group as its rank)",
                                     "mesh: a model sharded with FSDP needs the mesh it was sharded over"]
 
 

@@ -31,10 +31,11 @@ def evaluation(step: int, loss: float, elapsed_s: float, comm_bytes: float, comm
 
 
 def ddp(root: Path) -> Path:
-    """An all-reduce every step; per step 0.2 s of waiting, and 0.5 s of backward pass in which the
-    0.6 MB of the buckets ready before the last could be sent; eval loss 3.0 after step 2, 2.0 after 4."""
+    """An all-reduce every step of the gradients of 250,000 parameters (1 MB); per step 0.2 s of waiting,
+    and 0.5 s of backward pass in which the 0.6 MB of the buckets ready before the last could be sent;
+    eval loss 3.0 after step 2, 2.0 after 4."""
     return write_run(root / "ddp", {
-        "algo": "ddp", "final_eval_loss": 2.0, "wall_time_s": 4.5, "comm_bytes_total": 4 * 6 * MB,
+        "algo": "ddp", "parameters": 250_000, "final_eval_loss": 2.0, "wall_time_s": 4.5, "comm_bytes_total": 4 * 6 * MB,
         "comm_wait_s": 0.8, "tokens": 400, "comm_overlap_s": 4 * 0.5, "comm_overlap_bytes": 4 * 0.6 * MB,
     }, [
         {"step": 0, "event": "start"},
@@ -55,13 +56,16 @@ def localsgd(root: Path) -> Path:
 
 
 def palsgd(root: Path) -> Path:
-    """Step 3 is a pseudo-synchronisation (no train record) that also synchronises; never reaches 2.0."""
+    """Step 3 is a pseudo-synchronisation (no train record) that also synchronises (its first outer step:
+    no cosine yet); never reaches 2.0."""
     return write_run(root / "palsgd", {
         "algo": "palsgd", "final_eval_loss": 2.5, "wall_time_s": 3.0, "comm_bytes_total": 10 * MB,
         "comm_wait_s": 0.3, "tokens": 300,
     }, [
         train(1, 1 * MB), train(2, 1 * MB), evaluation(2, 3.2, 1.5, 1 * MB, 0.1),
-        {"step": 3, "sync": "pseudo", "bytes": 3 * MB // 2}, {"step": 3, "sync": "outer", "bytes": 3 * MB // 2},
+        {"step": 3, "sync": "pseudo", "bytes": 3 * MB // 2},
+        {"step": 3, "sync": "outer", "bytes": 3 * MB // 2, "pseudo_grad_norm": 0.5, "worker_spread": 0.25,
+         "pseudo_grad_cosine": None},
         train(4, 2.5 * MB), evaluation(4, 2.5, 2.8, 2.5 * MB, 0.3),
     ])
 
@@ -91,13 +95,14 @@ def grouped_diloco(root: Path) -> Path:
 
 
 def grouped_ddp(root: Path) -> Path:
-    """2 groups x 2 ranks, a 2 MB model, DDP's ring over all 4 ranks every step: it leaves each group
-    from the group's last rank, which sends 2 x 3/4 x 2 MB = 3 MB, and never from rank 0."""
+    """2 groups x 2 ranks, a 2 MB model, DDP's ring over all 4 ranks every step: every rank sends
+    2 x 3/4 x 2 MB = 3 MB, and 2 of the ring's 4 links leave a group, so each rank counts 1.5 MB
+    between groups (each group's link carries 3 MB); rank 0 waits 0.1 s a step on the slow link."""
     return write_run(root / "grouped_ddp", {
         "algo": "ddp", "groups": 2, "group_size": 2, "final_eval_loss": 2.0, "wall_time_s": 4.0,
         "comm_bytes_total": 48 * MB, "comm_bytes_between_groups": 24 * MB, "comm_bytes_within_groups": 24 * MB,
         "comm_wait_s": 0.4, "tokens": 400,
     }, [
-        train(1, 0), train(2, 0), evaluation(2, 3.0, 2.0, 0, 0.2),
-        train(3, 0), train(4, 0), evaluation(4, 2.0, 3.9, 0, 0.4),
+        train(1, 1.5 * MB), train(2, 3 * MB), evaluation(2, 3.0, 2.0, 3 * MB, 0.2),
+        train(3, 4.5 * MB), train(4, 6 * MB), evaluation(4, 2.0, 3.9, 6 * MB, 0.4),
     ])

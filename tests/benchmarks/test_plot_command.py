@@ -17,9 +17,13 @@ def test_two_runs_and_a_benchmark_in_one_picture(tmp_path: Path, capsys: pytest.
     recorded.palsgd(bench / "runs"), recorded.noloco(bench / "runs")
     out = tmp_path / "compare.png"
     assert main(["plot", str(ddp), str(localsgd), str(bench), "--out", str(out)]) == 0
-    assert capsys.readouterr().out == f"lowcomm plot: 4 runs -> {out}\n"
+    sync_out = tmp_path / "compare-sync.png"  # PALSGD's outer step carries diagnostics
+    assert capsys.readouterr().out == (f"lowcomm plot: 4 runs -> {out}\n"
+                                       f"lowcomm plot: sync diagnostics of 1 runs -> {sync_out}\n")
     with Image.open(out) as image:
         assert image.format == "PNG" and image.size == (2 * 768, 2 * 504)
+    with Image.open(sync_out) as image:
+        assert image.format == "PNG" and image.size == (3 * 768, 504)
 
 
 @pytest.mark.parametrize(("make", "out", "message"), [

@@ -10,6 +10,7 @@ from torch import nn
 from lowcomm.algorithms import DDP
 from lowcomm.communication.communicator import ProcessGroupCommunicator
 from lowcomm.communication.ddp_hooks import CountingState
+from lowcomm.communication.groups import worker_groups
 from tests.distributed import run_workers
 
 
@@ -71,3 +72,34 @@ def test_ddp_charges_unhidden_wait_and_overlap() -> None:
         second_layer_bytes = (1024 * 512 + 512) * 4
         assert result["bytes"] == 2 * (second_layer_bytes + (64 * 1024 + 1024) * 4)
         assert result["overlap_bytes"] == 2 * second_layer_bytes
+
+
+def grouped_ddp_steps() -> dict:
+    """Two steps of DDP over 2 groups x 2 ranks (after the step that rebuilds the buckets)."""
+    mesh = worker_groups(2, 2)
+    torch.manual_seed(0)
+    model = TwoBuckets()
+    strategy = DDP(model, torch.optim.SGD(model.parameters(), lr=0.1), mesh=mesh, bucket_cap_mb=0.1)
+    x = torch.randn(4, 64)
+    strategy.step(lambda: strategy.model(x).square().mean())
+    between, within = strategy.comm_stats, strategy.inner_comm_stats
+    before = [(s.bytes_sent, s.wait_s, s.overlap_s, s.overlap_bytes) for s in (between, within)]
+    for _ in range(2):
+        strategy.step(lambda: strategy.model(x).square().mean())
+    return {name: [now - then for now, then in zip((s.bytes_sent, s.wait_s, s.overlap_s, s.overlap_bytes), old)]
+            for name, s, old in (("between", between, before[0]), ("within", within, before[1]))}
+
+
+def test_grouped_ddp_charges_every_rank_its_share_of_the_slow_link() -> None:
+    """DDP's ring over 4 ranks in 2 groups: 2 of its 4 links leave a group, so each rank's 2(4-1)/4 of
+    every bucket is half between groups, half within; its waits and overlap are the slow link's."""
+    second_layer_bytes, first_layer_bytes = (1024 * 512 + 512) * 4, (64 * 1024 + 1024) * 4
+    ring = 2 * (2 * 3 * second_layer_bytes // 4 + 2 * 3 * first_layer_bytes // 4)  # two steps
+    results = run_workers(grouped_ddp_steps, 4)
+    for result in results:
+        sent, waited, overlap_s, overlap_bytes = result["between"]
+        assert sent == ring // 2 and result["within"][0] == ring // 2
+        assert overlap_bytes == 2 * (2 * 3 * second_layer_bytes // 4 // 2)  # the slow link's share
+        assert 2 * 0.05 <= overlap_s < 2 * 0.05 + 1.0 and 0 <= waited < 1.0
+        assert result["within"][1:] == [0.0, 0.0, 0]
+    assert sum(r["between"][0] for r in results) == 2 * ring  # K = 2 links, each carrying one rank's bytes

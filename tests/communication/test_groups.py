@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import pytest
@@ -12,7 +13,9 @@ from torch.distributed.tensor import DTensor
 
 import lowcomm
 from lowcomm.communication.communicator import ProcessGroupCommunicator
-from lowcomm.communication.groups import GroupShards
+from lowcomm.communication import groups as groups_module
+from lowcomm.communication.communicator import CommStats
+from lowcomm.communication.groups import GroupShards, count_fsdp_traffic
 from tests.distributed import run_workers
 
 
@@ -67,6 +70,16 @@ def groups() -> dict[str, Any]:
         s.fill_(rank + 1)
     result["fsdp_whole"] = [p.full_tensor() for p in params]
     result["fsdp_types"] = [type(p) for p in params]
+    # FSDP's own traffic, counted through its custom collectives where this torch has them
+    stats = CommStats()
+    result["counted"] = count_fsdp_traffic(model, stats)
+    model(torch.ones(2, 3)).sum().backward()
+    result["fsdp_bytes"] = stats.bytes_sent
+    groups_module.CUSTOM_FSDP_COLLECTIVES = False  # as on a torch without them
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result["uncounted"] = count_fsdp_traffic(model, CommStats())
+    result["warnings"] = [str(w.message) for w in caught]
     return result
 
 
@@ -118,3 +131,17 @@ def test_fsdp_inside_the_shard_is_the_parameters_local_tensor(results: list[dict
         first = float(rank - inner + 1)
         assert torch.equal(r["fsdp_whole"][0], torch.tensor([[first] * 3] * 2 + [[first + 1] * 3] * 2))
         assert torch.equal(r["fsdp_whole"][2], torch.full((1, 4), first))
+
+
+def test_fsdp_traffic_is_counted_through_its_collectives_or_said_to_be_uncounted(
+    results: list[dict[str, Any]],
+) -> None:
+    """One step of the two Linear units, each sending the other rank its padded shard (Linear(3, 4):
+    2 rows of 3 and 2 biases, 8 values; Linear(4, 1): 1 row of 4 (of 2, one padding) and 1 bias, 5)
+    in the forward all-gather, the backward all-gather and the gradients' reduce-scatter."""
+    for r in results:
+        assert r["counted"] is True
+        assert r["fsdp_bytes"] == 3 * (8 + 5) * 4
+        assert r["uncounted"] is False
+        assert r["warnings"] == ["this torch's FSDP2 takes no custom collectives: its traffic within groups is "
+                                 "not counted"]

@@ -1,5 +1,6 @@
 """Bad input to ``lowcomm train``: exit code 2, one line on stderr, no traceback, ``--out`` untouched."""
 
+import importlib.util
 import subprocess
 import sys
 
@@ -63,6 +64,8 @@ FLAG_CASES = {
     "unknown device": (["--device", "tpu"], "--device: Input should be 'auto', 'cpu' or 'cuda'"),
     "noloco alone": (["--algo", "noloco", "--workers", "1"], "--workers: noloco needs at least 2 workers"),
     "ddp with an interval": (["--algo", "ddp", "--sync-interval", "4"], "--sync-interval: ddp does not take it"),
+    "unknown preset": (["--preset", "nope"], "--preset: unknown preset 'nope'; choose one of palsgd-paper-gpt-neo-8m"),
+    "unknown schedule": (["--lr-schedule", "linear"], "--lr-schedule: Input should be 'cosine' or 'constant'"),
     "unknown synthetic data": (["--data", "synthetic-poems"], "--data: unknown synthetic dataset 'synthetic-poems'"),
     "hf without a name": (["--data", "hf:"], "--data: 'hf:' names no dataset"),
     "image data for a language model": (["--data", "synthetic-images"], "--data: synthetic-images holds image data"),
@@ -83,8 +86,6 @@ FLAG_CASES = {
     ),
     "groups in the simulation": (["--groups", "2", "--group-size", "2", "--backend", "sim"],
                                  "--backend: sim simulates single workers, not worker groups"),
-    "groups on a modelled network": (["--groups", "2", "--group-size", "2", "--network", "model"],
-                                     "--network: the model does not price worker groups' shared links"),
     "noloco in one group": (["--algo", "noloco", "--groups", "1", "--group-size", "2"],
                             "--groups: noloco needs at least 2 groups"),
     "unknown flag": (["--learning-rate", "1"], "unrecognized arguments: --learning-rate 1"),
@@ -103,7 +104,26 @@ FLAG_CASES = {
     "unknown network": (["--network", "real"], "--network: Input should be 'none' or 'model'"),
     "rate in words": (["--bandwidth", "fast"], "--bandwidth: rate 'fast' is not a tc-style rate"),
     "negative latency": (["--latency", "-1"], "--latency: Input should be greater than or equal to 0"),
+    "unknown fault tolerance": (["--fault-tolerance", "pray"], "--fault-tolerance: Input should be 'restart' or"),
+    "min groups without live": (["--min-groups", "2"], "--min-groups: only --fault-tolerance live takes it"),
+    "lighthouse without live": (["--lighthouse", "h:1"], "--lighthouse: only --fault-tolerance live takes it"),
+    "live group without live": (["--live-group", "0"], "--live-group: only --fault-tolerance live takes it"),
 }
+LIVE = ["--fault-tolerance", "live", "--algo", "diloco"]
+if importlib.util.find_spec("torchft") is not None:
+    FLAG_CASES |= {
+        "live without groups": (LIVE, "--fault-tolerance: live needs --groups K"),
+        "live with localsgd": ([*LIVE, "--groups", "2", "--algo", "localsgd"], "live supports diloco, palsgd, not"),
+        "live with bigger groups": ([*LIVE, "--groups", "2", "--group-size", "2"], "--group-size: live fault"),
+        "live overlapped": ([*LIVE, "--groups", "2", "--overlap-steps", "1"], "--overlap-steps: live fault"),
+        "min groups above groups": ([*LIVE, "--groups", "2", "--min-groups", "3"], "--min-groups: 3 exceeds"),
+        "live group alone": ([*LIVE, "--groups", "2", "--live-group", "0"], "--lighthouse: give --lighthouse"),
+        "live group out of range": ([*LIVE, "--groups", "2", "--live-group", "2", "--lighthouse", "h:1"],
+                                    "--live-group: 2 is not one of the 2 groups"),
+        "lighthouse without port": ([*LIVE, "--groups", "2", "--live-group", "0", "--lighthouse", "h"],
+                                    "--lighthouse: expected HOST:PORT"),
+        "negative min groups": ([*LIVE, "--groups", "2", "--min-groups", "0"], "--min-groups: Input should be"),
+    }
 if not torch.cuda.is_available():
     FLAG_CASES["cuda without a GPU"] = (["--device", "cuda"], "--device: cuda requested but no GPU is available")
 

@@ -210,3 +210,54 @@ def test_launch_fields_do_not_change_the_run_identity(tmp_path):
 
 def test_model_fields_are_all_flags_with_descriptions():
     assert all(field.description for field in TrainConfig.model_fields.values())
+
+
+PAPER = "palsgd-paper-gpt-neo-8m"
+
+
+@pytest.fixture
+def beside_shared_data(tmp_path, monkeypatch):
+    """A working directory whose ``../shared/data/linux-docs.txt`` exists, as in the project's checkout."""
+    data = tmp_path / "shared" / "data"
+    data.mkdir(parents=True)
+    (data / "linux-docs.txt").write_text("The general rule is that the ACPI namespace describes everything.\n" * 50)
+    (tmp_path / "checkout").mkdir()
+    monkeypatch.chdir(tmp_path / "checkout")
+    return tmp_path
+
+
+def test_the_papers_preset_loads_and_validates(beside_shared_data):
+    config = load_config(None, {"out": beside_shared_data / "out"}, PAPER)
+    assert (config.algo, config.data, config.workers) == ("palsgd", "../shared/data/linux-docs.txt", 4)
+    # the paper's optimizer: AdamW at 0.01 without a schedule, clipping 1
+    assert (config.lr, config.lr_schedule, config.lr_warmup, config.max_grad_norm) == (0.01, "constant", 0, 1.0)
+    # H, S, p, eta, outer Nesterov SGD lr and momentum
+    assert tuple(getattr(config, name) for name in ALGORITHM_FIELDS) == (32, 32, 0.2, 1.0, 0.1, 0.9)
+    # outer steps after steps 64, 96, ..., 1984: (2000 - 32) // 32 = 61 >= 50 synchronisations
+    assert (config.steps - config.warmup_steps) // config.sync_interval == 61
+    assert config.eval_every == 50  # bench's grid for 2000 steps: the divisor of 100 up to 2000 // 40
+
+
+def test_flags_and_config_files_win_over_the_preset(beside_shared_data):
+    out = beside_shared_data / "out"
+    config = load_config(None, {"out": out, "lr": "0.005", "steps": "64"}, PAPER)
+    assert (config.lr, config.steps, config.lr_schedule, config.outer_lr) == (0.005, 64, "constant", 0.1)
+    own = beside_shared_data / "own.yaml"
+    own.write_text("sync_interval: 16\noverlap_steps: 2\n")
+    config = load_config(own, {"out": out, "outer_lr": "0.7"}, PAPER)
+    assert (config.sync_interval, config.overlap_steps, config.warmup_steps, config.outer_lr) == (16, 2, 32, 0.7)
+
+
+def test_a_preset_gives_each_algorithm_only_the_options_it_takes(beside_shared_data):
+    ddp = load_config(None, {"algo": "ddp", "out": beside_shared_data / "out"}, PAPER)
+    assert tuple(getattr(ddp, name) for name in ALGORITHM_FIELDS) == (None,) * 6
+    assert (ddp.lr, ddp.lr_schedule, ddp.steps, ddp.batch_size) == (0.01, "constant", 2000, 10)
+    diloco = load_config(None, {"algo": "diloco", "out": beside_shared_data / "out"}, PAPER)
+    assert tuple(getattr(diloco, name) for name in ALGORITHM_FIELDS) == (32, 32, None, None, 0.1, 0.9)
+    with pytest.raises(ValueError, match="--sync-interval: ddp does not take it"):
+        load_config(None, {"algo": "ddp", "sync_interval": "8", "out": beside_shared_data / "out"}, PAPER)
+
+
+def test_an_unknown_preset_is_refused():
+    with pytest.raises(ValueError, match="^--preset: unknown preset 'palsgd'; choose one of palsgd-paper-gpt-neo-8m$"):
+        load_config(None, {}, "palsgd")

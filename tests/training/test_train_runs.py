@@ -18,6 +18,7 @@ import torch
 
 from lowcomm import ALGORITHMS
 from lowcomm.algorithms.periodic import PeriodicStrategy
+from lowcomm.algorithms import DiLoCo
 from lowcomm.cli import main
 from lowcomm.training.schedule import warmup_cosine
 from tests.distributed import free_port
@@ -102,6 +103,14 @@ def test_every_algorithm_trains_and_reports(algo, runs):
         assert outer and min(outer) > 4
     else:
         assert outer == CLASSIC_SYNC_STEPS
+    diagnosed = [r for r in syncs if "pseudo_grad_norm" in r]
+    if issubclass(ALGORITHMS[algo], DiLoCo):  # every outer step carries its diagnostics
+        assert [r["step"] for r in diagnosed] == outer
+        assert all(r["pseudo_grad_norm"] > 0 and r["worker_spread"] > 0 for r in diagnosed)
+        cosines = [r["pseudo_grad_cosine"] for r in diagnosed]  # None at each fragment's first outer step
+        assert cosines[0] is None and all(-1 <= c <= 1 for c in cosines if c is not None) and cosines[-1] is not None
+    else:
+        assert diagnosed == []
     if algo == "palsgd":
         assert pseudo_steps and min(pseudo_steps) > 4  # coins are drawn only after the warm-up
     else:

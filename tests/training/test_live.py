@@ -1,0 +1,180 @@
+"""Live fault tolerance with torchft (``--fault-tolerance live``), on real processes: a group killed
+with SIGKILL is left out while the others train on, rejoins healed, and every group ends with the
+same global model; too few live groups stop the run with one line and a checkpoint; a lighthouse
+that restarts does not stop training; without torchft the option is refused."""
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from lowcomm.training.checkpoint import load_worker_state, newest_complete_checkpoint
+
+from tests.train_runs import listening_addresses, live_records, wait_for, worker_pids
+
+needs_torchft = pytest.mark.skipif(
+    importlib.util.find_spec("torchft") is None, reason="needs the ft extra: pip install 'lowcomm[ft]'"
+)
+
+GROUPS = 3
+LIVE = ["--fault-tolerance", "live", "--batch-size", "8", "--seq-len", "32", "--eval-batches", "2",
+        "--lr-warmup", "2", "--sync-interval", "8", "--warmup-steps", "8"]
+KILLED = 1
+MAX_STALL_S = 15
+
+
+def train_command(out, *args, cache_dir):
+    return [sys.executable, "-m", "lowcomm", "train", *LIVE, "--cache-dir", cache_dir, "--out", str(out), *args]
+
+
+def group_pid(out, group):
+    """The process that has ``out/group_G/metrics.jsonl`` open: group G's."""
+    target = str(Path(out) / f"group_{group}" / "metrics.jsonl")
+    for fd_directory in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            if any(os.readlink(fd) == target for fd in fd_directory.iterdir()):
+                return int(fd_directory.parent.name)
+        except OSError:
+            continue
+    return None
+
+
+def group_records(out, group, kind=None):
+    lines = live_records(Path(out) / f"group_{group}")
+    keys = {"train": "loss", "eval": "eval_loss", "event": "event"}
+    return [r for r in lines if kind is None or keys[kind] in r]
+
+
+def final_models(out, groups, steps):
+    return [load_file(Path(out) / f"group_{g}" / "checkpoints" / f"step_{steps:08d}" / "model.safetensors")
+            for g in range(groups)]
+
+
+def longest_pause(records):
+    """The longest wall-clock gap between consecutive train records."""
+    times = [r["elapsed_s"] for r in records]
+    return max(b - a for a, b in zip(times, times[1:]))
+
+
+@needs_torchft
+@pytest.mark.parametrize("algo", ["diloco", "palsgd"])
+def test_a_killed_group_is_left_out_and_rejoins_healed(algo, cache_dir, tmp_path):
+    steps = "800"
+    args = ["--algo", algo, "--groups", str(GROUPS), "--steps", steps, "--eval-every", steps,
+            "--checkpoint-every", steps]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    with (tmp_path / "stderr.txt").open("w") as stderr:
+        launcher = subprocess.Popen(train_command(killed, *args, "--max-restarts", "1", cache_dir=cache_dir),
+                                    stdout=subprocess.DEVNULL, stderr=stderr)
+        wait_for(lambda: any(r["step"] >= 40 for r in group_records(killed, KILLED, "train")), launcher, 240)
+        workers = worker_pids(launcher.pid)
+        assert listening_addresses([launcher.pid]) == {"127.0.0.1"}  # the lighthouse
+        assert listening_addresses(workers) <= {"127.0.0.1", "::"}  # stores and gloo; torchft's manager: "::"
+        os.kill(group_pid(killed, KILLED), signal.SIGKILL)
+        assert launcher.wait(timeout=400) == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
+    subprocess.run(train_command(straight, *args, cache_dir=cache_dir), check=True, capture_output=True, timeout=400)
+
+    for group in range(GROUPS):
+        train = group_records(killed, group, "train")
+        assert train[-1]["step"] == int(steps)
+        if group != KILLED:
+            assert longest_pause(train) < MAX_STALL_S
+            events = {r["event"]: r for r in group_records(killed, group, "event")}
+            assert events["group_left"]["group"] == KILLED and events["group_left"]["live_groups"] == GROUPS - 1
+            assert events["group_joined"]["group"] == KILLED and events["group_joined"]["live_groups"] == GROUPS
+            assert events["group_left"]["step"] < events["group_joined"]["step"] < int(steps)
+    rejoined = [r for r in group_records(killed, KILLED, "event") if r["event"] == "group_joined"]
+    assert len(rejoined) == 1 and rejoined[0]["group"] == KILLED
+    models = final_models(killed, GROUPS, int(steps))
+    assert all(all((m[k] == models[0][k]).all() for k in m) for m in models[1:])  # every group holds the same z
+    losses = [group_records(out, 0, "eval")[-1]["eval_loss"] for out in (killed, straight)]
+    assert abs(losses[0] - losses[1]) <= 0.02 * losses[1], losses
+
+
+@needs_torchft
+def test_too_few_groups_stop_with_one_line_and_a_checkpoint(cache_dir, tmp_path):
+    out = tmp_path / "run"
+    run = ["--algo", "diloco", "--groups", "2", "--min-groups", "2", "--steps", "400", "--eval-every", "400",
+           "--checkpoint-every", "400"]
+    args = [*run, "--hang-timeout", "5"]
+    with (tmp_path / "stderr.txt").open("w") as stderr:
+        launcher = subprocess.Popen(train_command(out, *args, cache_dir=cache_dir),
+                                    stdout=subprocess.DEVNULL, stderr=stderr)
+        wait_for(lambda: any(r["step"] >= 20 for r in group_records(out, 1, "train")), launcher, 240)
+        os.kill(group_pid(out, 1), signal.SIGKILL)
+        started = time.monotonic()
+        assert launcher.wait(timeout=120) == 1
+        waited = time.monotonic() - started
+    errors = [line for line in (tmp_path / "stderr.txt").read_text().splitlines() if "lowcomm train: error" in line]
+    assert len(errors) == 1 and "fewer than 2 groups were live for 5 s" in errors[0], errors
+    assert 5 <= waited < 60
+    checkpoint, skipped = newest_complete_checkpoint(out / "group_0" / "checkpoints")
+    assert checkpoint is not None and not skipped
+    stopped_at = int(checkpoint.name.removeprefix("step_"))
+    assert load_worker_state(checkpoint, 0, 1, "cpu")["strategy"]["step"] == stopped_at >= 20
+    # resuming: group 0 from its checkpoint, group 1 (none) healed from it, both to the end
+    subprocess.run(train_command(out, *run, "--resume", cache_dir=cache_dir), check=True, capture_output=True,
+                   timeout=300)
+    models = final_models(out, 2, 400)
+    assert all((models[0][k] == models[1][k]).all() for k in models[0])
+
+
+@needs_torchft
+def test_training_survives_a_restarted_lighthouse(cache_dir, tmp_path):
+    port = free_port()
+    lighthouse_command = ["torchft_lighthouse", "--bind", f"127.0.0.1:{port}", "--min_replicas", "1",
+                          "--join_timeout_ms", "60000", "--heartbeat_timeout_ms", "2000"]
+    lighthouse = subprocess.Popen(lighthouse_command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = ["--algo", "diloco", "--groups", "2", "--steps", "800", "--eval-every", "800",
+            "--checkpoint-every", "800", "--lighthouse", f"127.0.0.1:{port}"]
+    launchers = []
+    try:
+        for group in range(2):
+            stderr = (tmp_path / f"stderr{group}.txt").open("w")
+            out = tmp_path / f"machine{group}"
+            launchers.append(subprocess.Popen(train_command(out, *args, "--live-group", str(group),
+                                                            cache_dir=cache_dir),
+                                              stdout=subprocess.DEVNULL, stderr=stderr))
+        for group in range(2):  # both training together (a group may start alone and be joined later)
+            wait_for(lambda: any(r["step"] >= 100 for r in group_records(tmp_path / f"machine{group}", group, "train")),
+                     launchers[group], 240)
+        lighthouse.kill()
+        lighthouse.wait()
+        time.sleep(1)
+        lighthouse = subprocess.Popen(lighthouse_command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for group, launcher in enumerate(launchers):
+            assert launcher.wait(timeout=300) == 0, (tmp_path / f"stderr{group}.txt").read_text()[-3000:]
+    finally:
+        for process in [lighthouse, *launchers]:
+            process.kill()
+    models = [load_file(tmp_path / f"machine{g}" / f"group_{g}" / "checkpoints" / "step_00000800" /
+                        "model.safetensors") for g in range(2)]
+    assert all((models[0][k] == models[1][k]).all() for k in models[0])
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_without_torchft_live_is_refused_with_one_line(tmp_path):
+    blocked = "import sys; sys.modules['torchft'] = None; from lowcomm.cli import main; sys.exit(main(sys.argv[1:]))"
+    result = subprocess.run(
+        [sys.executable, "-c", blocked, "train", "--fault-tolerance", "live", "--groups", "2",
+         "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "lowcomm train: error: --fault-tolerance: live needs torchft, which is not installed: "
+        "pip install 'lowcomm[ft]'"
+    )
+    assert not (tmp_path / "run").exists()
