@@ -56,6 +56,7 @@ def hf_gpt_neo_config(shape: GPTNeoShape, vocab_size: int, end_of_text_id: int |
 
 def build_hf_gpt_neo(shape: GPTNeoShape, vocab_size: int) -> HFCausalLM:
     """A fresh GPTNeoForCausalLM of this shape (see :func:`hf_gpt_neo_config`)."""
+    config = hf_gpt_neo_config(shape, vocab_size)  # says what to install when transformers is missing
     from transformers import GPTNeoForCausalLM
 
-    return HFCausalLM(GPTNeoForCausalLM(hf_gpt_neo_config(shape, vocab_size)), max_positions=shape.max_positions)
+    return HFCausalLM(GPTNeoForCausalLM(config), max_positions=shape.max_positions)
