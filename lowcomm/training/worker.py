@@ -4,6 +4,7 @@ on stderr and a non-zero exit code."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from dataclasses import dataclass
@@ -46,24 +47,35 @@ def run_worker(config: TrainConfig, store_address: StoreAddress | None = None) -
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
     join_process_group("nccl" if device.type == "cuda" else "gloo", config.hang_timeout, store_address)
     try:
-        peers = process_group_peers()
-        try:
-            if store_address is None:  # torchrun's: every node has its own --out, shared or not
-                # torchrun counts restarts per node: a node restarted for another node's failure counts none
-                if any(peers.all_gather(restart_count() > 0)):
-                    config = config.model_copy(update={"resume": True, "overwrite": False})
-                storage = prepare_node_directories(config, peers)
-            else:
-                storage = shared_storage(peers.rank, peers.world_size)
-            trainer = Trainer(config, device, ProcessGroupCommunicator(), peers, storage=storage)
-        except ValueError as error:  # refused on every rank alike, before training
-            fail(str(error), USAGE_ERROR)
-        try:
-            trainer.train()
-        except CheckpointError as error:
-            fail(str(error), 1)
+        train_as_this_rank(config, device, store_address)
+        gc.collect()  # a trainer kept alive by a reference cycle goes while its process groups still exist
     finally:
         dist.destroy_process_group()
+
+
+def train_as_this_rank(config: TrainConfig, device: torch.device, store_address: StoreAddress | None) -> None:
+    """Prepare this node's run directory, build the trainer and train.
+
+    The trainer (its DDP reducer and process groups) is released when this returns, before the
+    caller destroys the default process group: a gloo group freed after that, from Python, can
+    deadlock joining its worker threads while they wait for the GIL.
+    """
+    peers = process_group_peers()
+    try:
+        if store_address is None:  # torchrun's: every node has its own --out, shared or not
+            # torchrun counts restarts per node: a node restarted for another node's failure counts none
+            if any(peers.all_gather(restart_count() > 0)):
+                config = config.model_copy(update={"resume": True, "overwrite": False})
+            storage = prepare_node_directories(config, peers)
+        else:
+            storage = shared_storage(peers.rank, peers.world_size)
+        trainer = Trainer(config, device, ProcessGroupCommunicator(), peers, storage=storage)
+    except ValueError as error:  # refused on every rank alike, before training
+        fail(str(error), USAGE_ERROR)
+    try:
+        trainer.train()
+    except CheckpointError as error:
+        fail(str(error), 1)
 
 
 def fail(message: str, exit_code: int) -> NoReturn:
