@@ -9,10 +9,9 @@ backward pass, clips, steps the inner optimizer and talks to the other workers.
 from __future__ import annotations
 
 import contextlib
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -21,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lowcomm.communication.communicator import CommStats, Communicator, ProcessGroupCommunicator, payload_bytes
 from lowcomm.communication.ddp_hooks import CountingState, counting_allreduce_hook
+from lowcomm.algorithms.options import Option
 from lowcomm.communication.groups import GroupShards, count_fsdp_traffic, inner_kind, to_plain
 
 Closure = Callable[[], torch.Tensor]
@@ -46,14 +46,44 @@ class Strategy(ABC):
         max_grad_norm: clip the (averaged, where averaged) gradient norm to this value.
     """
 
-    min_workers = 1
+    OPTIONS: ClassVar[tuple[Option, ...]] = ()
+    """The options this class adds to its bases', or changes in them (see :meth:`options`)."""
+
+    min_workers: ClassVar[int] = 1
     """The fewest workers the algorithm runs with."""
+
+    traffic: ClassVar[Literal["all_reduce", "gossip"]] = "all_reduce"
+    """How its traffic between workers travels, for the network model: ring all-reduces among all
+    workers, or exchanges within the pairs of :func:`~lowcomm.algorithms.noloco.gossip_groups`."""
+
+    @classmethod
+    def options(cls) -> dict[str, Option]:
+        """The keyword arguments of the constructor besides the model, the optimizer, ``mesh``,
+        ``communicator`` and ``max_grad_norm``: the ``OPTIONS`` of the class and of its bases, where
+        a class's declaration of a name replaces its base's."""
+        return {option.name: option for klass in reversed(cls.__mro__) for option in vars(klass).get("OPTIONS", ())}
+
+    @classmethod
+    def check_option(cls, name: str, value: Any) -> Any:
+        """``value`` checked by the rule this class declares for option ``name``."""
+        return cls.options()[name].checked(value)
 
     @classmethod
     def check_options(cls, lr: float, options: dict[str, Any]) -> None:
         """Reject, before any worker starts, options this algorithm cannot run with: ``lr`` the peak
         inner learning rate, ``options`` the constructor's keyword arguments with every default filled
-        in. The constructor applies the same rules."""
+        in. Each declared option meets its own check; a subclass adds the rules between options. The
+        constructor applies the same rules."""
+        declared = cls.options()
+        for name, value in options.items():
+            if name in declared:
+                declared[name].checked(value)
+
+    @classmethod
+    def skipped_batch_share(cls, options: dict[str, Any]) -> float:
+        """The expected share of the steps after the warm-up that skip their batch (take no forward
+        or backward pass) with ``options`` (as for :meth:`check_options`): 0, every step trains."""
+        return 0.0
 
     @classmethod
     def check_workers(cls, argument: str, count: int, unit: str = "workers") -> None:
@@ -101,6 +131,7 @@ class Strategy(ABC):
         self.max_grad_norm = max_grad_norm
         self.step_count = 0
         self.events: list[dict[str, Any]] = []  # notable things that happened, for the caller to log
+        self.sync_diagnostics: dict[str, float | None] = {}  # of the last outer step, for the caller to log
         if mesh is None:
             self.check_workers("communicator", self.comm.world_size)
         else:
@@ -255,20 +286,3 @@ def wrap_ddp(
     ddp.register_comm_hook(counting, counting_allreduce_hook)
     return ddp, counting
 
-
-def check_int_at_least(name: str, value: int, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}: must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def check_momentum(name: str, value: float) -> float:
-    if not (isinstance(value, (int, float)) and 0 <= value < 1):
-        raise ValueError(f"{name}: must be in [0, 1), got {value!r}")
-    return float(value)
-
-
-def check_positive(name: str, value: float) -> float:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name}: must be a finite number > 0, got {value!r}")
-    return float(value)

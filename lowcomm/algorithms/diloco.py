@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
-from lowcomm.algorithms.base import check_int_at_least, check_momentum, check_positive
+from lowcomm.algorithms.options import COMPRESSION, Option, at_least, check_fraction, check_positive
 from lowcomm.algorithms.periodic import PeriodicStrategy
 from lowcomm.communication.communicator import Communicator, Handle
 from lowcomm.communication.compression import compressed_mean, mean_compressing
@@ -51,24 +51,27 @@ OuterOptimizerFactory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
 DEFAULT_MERGE_ALPHA = 0.5
 
 
+def check_merge_alpha(name: str, merge_alpha: float | None) -> float | None:
+    """None (the default, 0.5 where there is an overlap) or a weight in [0, 1]."""
+    if merge_alpha is not None and not (isinstance(merge_alpha, (int, float)) and 0 <= merge_alpha <= 1):
+        raise ValueError(f"{name}: must be in [0, 1], got {merge_alpha!r}")
+    return merge_alpha
+
+
 def check_overlap(overlap_steps: int, sync_interval: int, merge_alpha: float | None) -> tuple[int, float]:
-    """tau in [0, H), and alpha in [0, 1] only where tau > 0 (default 0.5): the checked (tau, alpha)."""
-    tau = check_int_at_least("overlap_steps", overlap_steps, 0)
-    if tau >= check_int_at_least("sync_interval", sync_interval, 1):
+    """tau < H, and alpha only where tau > 0 (default 0.5), for values that meet their own checks:
+    the (tau, alpha) to use."""
+    if overlap_steps >= sync_interval:
         raise ValueError(f"overlap_steps: must be < sync_interval ({sync_interval}), got {overlap_steps}")
     if merge_alpha is None:
-        return tau, DEFAULT_MERGE_ALPHA
-    if tau == 0:
+        return overlap_steps, DEFAULT_MERGE_ALPHA
+    if overlap_steps == 0:
         raise ValueError("merge_alpha: only an overlapped outer step merges; give overlap_steps > 0 or no merge_alpha")
-    if not 0 <= merge_alpha <= 1:
-        raise ValueError(f"merge_alpha: must be in [0, 1], got {merge_alpha!r}")
-    return tau, float(merge_alpha)
+    return overlap_steps, float(merge_alpha)
 
 
 def nesterov_sgd(lr: float, momentum: float) -> OuterOptimizerFactory:
     """SGD with Nesterov momentum; plain SGD when ``momentum`` is 0."""
-    check_positive("outer_lr", lr)
-    check_momentum("outer_momentum", momentum)
     return lambda params: torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0)
 
 
@@ -103,6 +106,16 @@ class DiLoCo(PeriodicStrategy):
             top-k selection (default 256 for int8/int4, 4096 for top-k).
     """
 
+    OPTIONS = (
+        Option("outer_lr", 0.7, check_positive),
+        Option("outer_momentum", 0.9, check_fraction),
+        Option("outer_optimizer", None, flag=False),
+        Option("outer_device", None),
+        Option("overlap_steps", 0, at_least(0)),
+        Option("merge_alpha", None, check_merge_alpha),
+        *COMPRESSION,
+    )
+
     def __init__(
         self,
         model: nn.Module,
@@ -122,8 +135,14 @@ class DiLoCo(PeriodicStrategy):
         communicator: Communicator | None = None,
         max_grad_norm: float | None = None,
     ) -> None:
+        outer_lr = self.check_option("outer_lr", outer_lr)
+        outer_momentum = self.check_option("outer_momentum", outer_momentum)
         factory = outer_optimizer or nesterov_sgd(outer_lr, outer_momentum)
-        self.overlap_steps, self.merge_alpha = check_overlap(overlap_steps, sync_interval, merge_alpha)
+        self.overlap_steps, self.merge_alpha = check_overlap(
+            self.check_option("overlap_steps", overlap_steps),
+            self.check_option("sync_interval", sync_interval),
+            self.check_option("merge_alpha", merge_alpha),
+        )
         self.compressed_mean = compressed_mean(compress, compress_block_size)
         super().__init__(
             model,
@@ -144,12 +163,10 @@ class DiLoCo(PeriodicStrategy):
         self.offsets: list[int] = [0]
         self.pending: list[PendingSync] = []
         self.previous_delta: dict[int, torch.Tensor] = {}
-        self.sync_diagnostics: dict[str, float | None] = {}
 
     @classmethod
     def check_options(cls, lr: float, options: dict[str, Any]) -> None:
         super().check_options(lr, options)
-        check_momentum("outer_momentum", options["outer_momentum"])
         check_overlap(options["overlap_steps"], options["sync_interval"], options["merge_alpha"])
 
     def after_local_step(self) -> None:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
+from lowcomm.algorithms.options import COMPRESSION
 from lowcomm.algorithms.periodic import PeriodicStrategy
 from lowcomm.communication.communicator import Communicator
 from lowcomm.communication.compression import compressed_mean, mean_compressing
@@ -35,6 +36,8 @@ class LocalSGD(PeriodicStrategy):
         compress: how the moves since the last synchronisation are encoded on the wire (``none``,
             ``bf16``, ``int8``, ``int4``, ``topk:FRACTION``); ``compress_block_size`` as in DiLoCo.
     """
+
+    OPTIONS = COMPRESSION
 
     def __init__(
         self,

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
-from lowcomm.algorithms.base import check_momentum, check_positive
+from lowcomm.algorithms.options import Option, at_least, check_fraction, check_positive
 from lowcomm.algorithms.periodic import PeriodicStrategy
 from lowcomm.communication.communicator import Communicator
 
@@ -46,7 +46,13 @@ class NoLoCo(PeriodicStrategy):
         outer_lr: alpha. outer_momentum: mu.
     """
 
+    OPTIONS = (
+        Option("sync_interval", 50, at_least(1)),
+        Option("outer_lr", 0.7, check_positive),
+        Option("outer_momentum", 0.5, check_fraction),
+    )
     min_workers = 2
+    traffic = "gossip"
 
     def __init__(
         self,
@@ -61,8 +67,8 @@ class NoLoCo(PeriodicStrategy):
         communicator: Communicator | None = None,
         max_grad_norm: float | None = None,
     ) -> None:
-        self.alpha = check_positive("outer_lr", outer_lr)
-        self.mu = check_momentum("outer_momentum", outer_momentum)
+        self.alpha = self.check_option("outer_lr", outer_lr)
+        self.mu = self.check_option("outer_momentum", outer_momentum)
         super().__init__(
             model,
             optimizer,
@@ -74,11 +80,6 @@ class NoLoCo(PeriodicStrategy):
         )
         self.outer_params = [x.clone() for x in self.shards.local()]
         self.momentum = [torch.zeros_like(z) for z in self.outer_params]
-
-    @classmethod
-    def check_options(cls, lr: float, options: dict[str, Any]) -> None:
-        super().check_options(lr, options)
-        check_momentum("outer_momentum", options["outer_momentum"])
 
     def synchronize(self) -> None:
         group = next(g for g in gossip_groups(self.comm.world_size, self.step_count) if self.comm.rank in g)

@@ -14,6 +14,16 @@ generator seeded identically on every worker (so all workers take the same kind 
 Every H steps, the DiLoCo outer step. ``gamma * eta / p >= 1`` is rejected: the pull would
 overshoot z (:meth:`PALSGD.pull_strength`, which the configuration checks too).
 
+With ``outer_repeats`` R > 1, each outer step is followed by R - 1 more steps of the outer
+optimizer on a zero pseudo-gradient. This reproduces the configuration of the official code's
+README (``--is_intended_impl False``, R its 16 micro-batches per step), which runs the outer step
+again on each micro-batch of the synchronisation step: the workers already hold z then, so their
+pseudo-gradient is 0 and only the momentum moves z. With Nesterov SGD (lr gamma_o, momentum mu)
+the repeats move z by a further ``gamma_o * mu**2 * (1 - mu**(R - 1)) / (1 - mu) * b``, b the
+momentum buffer after the first step, which they leave at ``mu**(R - 1) * b``. With the paper's 0.1
+and 0.9 and R = 16 that is 0.64 b after the first step's ``0.1 * (Delta + 0.9 b)``: at the first
+outer step (b = Delta), z moves by 0.83 Delta instead of 0.19 Delta.
+
 With worker groups every rank of every group draws the same coins, and the pull works on this
 rank's shards, after which the group completes its model.
 """
@@ -26,8 +36,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowcomm.algorithms.base import Closure, check_positive
+from lowcomm.algorithms.base import Closure
 from lowcomm.algorithms.diloco import DiLoCo
+from lowcomm.algorithms.options import Option, at_least, check_fraction, check_positive
 
 
 class PALSGD(DiLoCo):
@@ -38,9 +49,22 @@ class PALSGD(DiLoCo):
         eta: the strength of the pull towards z.
         independent_coins: draw each worker's coins from its own generator.
         seed: seeds the coin generator.
+        outer_repeats: R, outer-optimizer steps per outer step: the first on the averaged
+            pseudo-gradient, the R - 1 others on a zero one (16: the official code's
+            ``is_intended_impl False``; see the module's docstring).
         diloco_options: the rest of :class:`DiLoCo`'s options (outer optimizer and device, overlap,
             communicator, clipping).
     """
+
+    OPTIONS = (
+        Option("warmup_steps", 32, at_least(0)),
+        Option("pseudo_sync_prob", 0.2, check_fraction),
+        Option("eta", 1.0, check_positive),
+        Option("outer_lr", 0.1, check_positive),
+        Option("independent_coins", False, flag=False),
+        Option("seed", 0, flag=False),
+        Option("outer_repeats", 1, at_least(1)),
+    )
 
     def __init__(
         self,
@@ -55,12 +79,12 @@ class PALSGD(DiLoCo):
         outer_momentum: float = 0.9,
         independent_coins: bool = False,
         seed: int = 0,
+        outer_repeats: int = 1,
         **diloco_options: Any,
     ) -> None:
-        if not (isinstance(pseudo_sync_prob, (int, float)) and 0 <= pseudo_sync_prob < 1):
-            raise ValueError(f"pseudo_sync_prob: must be in [0, 1), got {pseudo_sync_prob!r}")
-        self.pseudo_sync_prob = float(pseudo_sync_prob)
-        self.eta = check_positive("eta", eta)
+        self.pseudo_sync_prob = self.check_option("pseudo_sync_prob", pseudo_sync_prob)
+        self.eta = self.check_option("eta", eta)
+        self.outer_repeats = self.check_option("outer_repeats", outer_repeats)
         for group in optimizer.param_groups:
             self.pull_strength(group.get("initial_lr", group["lr"]), self.eta, self.pseudo_sync_prob)
         super().__init__(
@@ -104,10 +128,21 @@ class PALSGD(DiLoCo):
             raise ValueError(f"eta: lr * eta / pseudo_sync_prob = {pull:.4g} >= 1 would overshoot z")
         return pull
 
+    def outer_step(self, indices: list[int], deltas: list[torch.Tensor]) -> None:
+        """DiLoCo's outer step, then ``outer_repeats - 1`` more on a zero pseudo-gradient."""
+        super().outer_step(indices, deltas)
+        for _ in range(self.outer_repeats - 1):
+            super().outer_step(indices, [torch.zeros_like(delta) for delta in deltas])
+
     @classmethod
     def check_options(cls, lr: float, options: dict[str, Any]) -> None:
         super().check_options(lr, options)
         cls.pull_strength(lr, options["eta"], options["pseudo_sync_prob"])
+
+    @classmethod
+    def skipped_batch_share(cls, options: dict[str, Any]) -> float:
+        """p: a pseudo-synchronisation step skips its batch."""
+        return options["pseudo_sync_prob"]
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "coins": self.coins.get_state()}

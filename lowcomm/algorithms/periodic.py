@@ -28,7 +28,8 @@ import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
-from lowcomm.algorithms.base import Closure, Strategy, check_int_at_least
+from lowcomm.algorithms.base import Closure, Strategy
+from lowcomm.algorithms.options import Option, at_least
 from lowcomm.communication.communicator import Communicator
 from lowcomm.communication.groups import to_plain
 
@@ -36,19 +37,21 @@ from lowcomm.communication.groups import to_plain
 class PeriodicStrategy(Strategy):
     """Optional synchronous warm-up, then local steps with a synchronisation every H steps."""
 
+    OPTIONS = (Option("sync_interval", 32, at_least(1)), Option("warmup_steps", 0, at_least(0)))
+
     def __init__(
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         *,
-        sync_interval: int,
+        sync_interval: int = 32,
         warmup_steps: int = 0,
         mesh: DeviceMesh | None = None,
         communicator: Communicator | None = None,
         max_grad_norm: float | None = None,
     ) -> None:
-        self.sync_interval = check_int_at_least("sync_interval", sync_interval, 1)
-        self.warmup_steps = check_int_at_least("warmup_steps", warmup_steps, 0)
+        self.sync_interval = self.check_option("sync_interval", sync_interval)
+        self.warmup_steps = self.check_option("warmup_steps", warmup_steps)
         super().__init__(model, optimizer, mesh=mesh, communicator=communicator, max_grad_norm=max_grad_norm)
         self.buffers = [b for b in model.buffers() if b.is_floating_point()]
         self.outer_params: list[torch.Tensor] = []  # z, this rank's shards, for algorithms with an outer model

@@ -10,13 +10,15 @@ import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
-from lowcomm.algorithms.base import check_int_at_least
 from lowcomm.algorithms.local_sgd import LocalSGD
+from lowcomm.algorithms.options import Option, at_least
 from lowcomm.communication.communicator import Communicator
 
 
 class PostLocalSGD(LocalSGD):
     """Local SGD after ``warmup_steps`` (at least one) synchronous steps."""
+
+    OPTIONS = (Option("warmup_steps", 32, at_least(1)),)
 
     def __init__(
         self,
@@ -35,7 +37,7 @@ class PostLocalSGD(LocalSGD):
             model,
             optimizer,
             sync_interval=sync_interval,
-            warmup_steps=check_int_at_least("warmup_steps", warmup_steps, 1),
+            warmup_steps=warmup_steps,
             mesh=mesh,
             compress=compress,
             compress_block_size=compress_block_size,

@@ -15,8 +15,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from lowcomm.algorithms.base import check_int_at_least
 from lowcomm.algorithms.diloco import DiLoCo
+from lowcomm.algorithms.options import Option, at_least
 
 
 def split_fragments(sizes: list[int], count: int, pattern: Literal["sequential", "strided"]) -> list[list[int]]:
@@ -39,6 +39,8 @@ def split_fragments(sizes: list[int], count: int, pattern: Literal["sequential",
 class StreamingDiLoCo(DiLoCo):
     """DiLoCo whose outer steps are staggered over ``num_fragments`` pieces of the model."""
 
+    OPTIONS = (Option("num_fragments", 4, at_least(1)), Option("fragment_pattern", "sequential"))
+
     def __init__(
         self,
         model: nn.Module,
@@ -49,7 +51,7 @@ class StreamingDiLoCo(DiLoCo):
         **diloco_options: Any,
     ) -> None:
         super().__init__(model, optimizer, **diloco_options)
-        count = check_int_at_least("num_fragments", num_fragments, 1)
+        count = self.check_option("num_fragments", num_fragments)
         if count > len(self.params):
             raise ValueError(f"num_fragments: {count} is more than the model's {len(self.params)} tensors")
         self.fragments = split_fragments([p.numel() for p in self.params], count, fragment_pattern)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lowcomm.algorithms import PALSGD
 from lowcomm.benchmarks.projection import step_seconds
 from lowcomm.benchmarks.runs import Run, read_run
 from lowcomm.cli import usage_error
@@ -36,7 +37,7 @@ from lowcomm.training.rundir import CONFIG_FILE
 
 DDP_SHARE_TO_KEEP = 0.10
 LOCAL_SHARE = 0.05
-PSEUDO_SYNC_PROB = 0.2
+PSEUDO_SYNC_PROB = PALSGD.options()["pseudo_sync_prob"].default
 SYNC_INTERVALS = tuple(2**i for i in range(3, 9))
 BYTES_PER_PARAMETER = 4
 

@@ -40,7 +40,7 @@ from lowcomm.benchmarks.runs import Run, read_run
 from lowcomm.launching.limited import real_limit
 from lowcomm.plotting import SYNC_PLOT, plot_bench_curves, save_figure, sync_figure
 from lowcomm.training import train_command
-from lowcomm.training.config import ALGORITHM_PARAMETERS, TrainConfig, as_flags, load_config, strategy_parameters
+from lowcomm.training.config import TrainConfig, algorithm_flags, as_flags, load_config
 
 DEFAULT_ALGOS = ("ddp", "localsgd", "diloco", "palsgd", "noloco")
 MODEL_CHECK_COLUMNS = ("algo", "measured_wall_time_s", "modelled_wall_time_s", "error")
@@ -168,9 +168,7 @@ def parse_settings(settings: list[str], algos: list[str]) -> dict[str, dict[str,
 
 def run_flags(algo: str, flags: dict[str, Any], out: Path) -> dict[str, Any]:
     """The train flags of ``algo``'s run: the shared ones, the parameters it takes, its own --out."""
-    takes = strategy_parameters(ALGORITHMS[algo])
-    shared = {k: v for k, v in flags.items() if k not in ALGORITHM_PARAMETERS or k in takes}
-    return {"algo": algo, **shared, "out": out / "runs" / algo}
+    return {"algo": algo, **algorithm_flags(algo, flags), "out": out / "runs" / algo}
 
 
 def evaluation_grid(steps: int, fractions: tuple[float, ...]) -> int:
@@ -191,12 +189,14 @@ def check_grid(steps: int, fractions: tuple[float, ...], first: int) -> None:
 
 def planned_steps(config: TrainConfig, budget: str) -> int:
     """The steps ``config``'s run takes under ``budget``. ``steps``: ``config.steps``. ``tokens``: the
-    expected tokens of ``config.steps`` gradient steps; after its S warm-up steps, PALSGD trains on
-    no tokens with probability p, so it runs S + (steps - S) / (1 - p) steps."""
-    if budget == "steps" or not config.pseudo_sync_prob:
+    expected tokens of ``config.steps`` gradient steps; after its S warm-up steps, an algorithm whose
+    steps skip their batch with probability q (:meth:`~lowcomm.algorithms.Strategy.skipped_batch_share`,
+    PALSGD's p) runs S + (steps - S) / (1 - q) steps."""
+    skipped = ALGORITHMS[config.algo].skipped_batch_share(config.algorithm_kwargs())
+    if budget == "steps" or not skipped:
         return config.steps
     warmup = min(config.warmup_steps, config.steps)
-    return warmup + math.ceil((config.steps - warmup) / (1 - config.pseudo_sync_prob))
+    return warmup + math.ceil((config.steps - warmup) / (1 - skipped))
 
 
 def settings(config: TrainConfig, network: str, budget: str, eval_every: int) -> str:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from lowcomm.algorithms import ALGORITHMS, NoLoCo
+from lowcomm.algorithms import ALGORITHMS
 from lowcomm.algorithms.noloco import gossip_groups
 from lowcomm.communication.network_model import NetworkModel
 from lowcomm.benchmarks.results import speedup
@@ -47,7 +47,7 @@ def step_seconds(run: Run, network: NetworkModel, workers: int) -> dict[int, flo
     """The modelled seconds each step's traffic adds to the clock, for ``workers`` workers."""
     if run.links < 2:
         raise ValueError(f"run: {run.directory} has one worker (or group), so no traffic to project from")
-    pairwise = issubclass(ALGORITHMS[run.algo], NoLoCo)
+    pairwise = ALGORITHMS[run.algo].traffic == "gossip"
     overlap_s, overlap_bytes = run.overlap_per_step
     hidden = min(overlap_s, network.all_reduce_s(payload(run, overlap_bytes), workers)) if overlap_bytes else 0.0
     seconds = {}

@@ -1,13 +1,15 @@
 """The resolved configuration of one training run: defaults, YAML file and flags, validated at once.
 
 Every field is a ``lowcomm train`` flag (``--field-name``) and a key of the ``--config`` YAML file
-and of a ``--preset`` (a YAML file shipped in :mod:`lowcomm.presets`). Fields an algorithm takes (``sync_interval``, ``outer_lr``, ...) default to that algorithm's own
-defaults, which follow its paper; a value given for an algorithm that does not take it is an error.
+and of a ``--preset`` (a YAML file shipped in :mod:`lowcomm.presets`). The fields of
+:data:`ALGORITHM_PARAMETERS` (``sync_interval``, ``outer_lr``, ...) are the options the algorithm
+classes declare (:meth:`lowcomm.algorithms.Strategy.options`): each defaults to the chosen
+algorithm's declared default, which follows its paper, is checked by its declared rule, and is an
+error for an algorithm that does not declare it.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 from datetime import datetime
@@ -20,7 +22,6 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lowcomm.algorithms import ALGORITHMS
-from lowcomm.communication.compression import parse_compression
 from lowcomm.communication.network_model import parse_rate
 from lowcomm.data.spec import parse_data_spec
 from lowcomm.data.tokenizer import check_tokenizer_source
@@ -51,20 +52,10 @@ Float = Annotated[float, BeforeValidator(reject_non_finite)]
 
 IMAGE_SOURCES = frozenset({"synthetic-images", "image-folder"})
 
-ALGORITHM_PARAMETERS = (
-    "sync_interval",
-    "warmup_steps",
-    "pseudo_sync_prob",
-    "eta",
-    "outer_lr",
-    "outer_momentum",
-    "outer_device",
-    "overlap_steps",
-    "merge_alpha",
-    "compress",
-    "num_fragments",
-    "fragment_pattern",
+ALGORITHM_PARAMETERS = tuple(
+    dict.fromkeys(name for algorithm in ALGORITHMS.values() for name, option in algorithm.options().items() if option.flag)
 )
+"""The algorithms' options that are ``lowcomm train`` flags, each a field of :class:`TrainConfig`."""
 
 QUICK_START = {"outer_lr": 0.7}
 """What the embedded default run (no ``--config``, no ``--algo``) changes in PALSGD's paper defaults.
@@ -145,6 +136,10 @@ class TrainConfig(BaseModel):
     )
     num_fragments: Int | None = Field(None, ge=1, le=10**6, description="Streaming DiLoCo's fragment count P")
     fragment_pattern: Literal["sequential", "strided"] | None = Field(None, description="how fragments split the model")
+    outer_repeats: Int | None = Field(
+        None, description="PALSGD: outer-optimizer steps per outer step, the others on a zero pseudo-gradient "
+        "(16: the official code's is_intended_impl False)"
+    )
     eval_every: Int = Field(64, ge=1, le=10**9, description="steps between evaluations of the global model")
     eval_batches: Int = Field(8, ge=1, le=2**16, description="held-out batches per evaluation")
     checkpoint_every: Int = Field(128, ge=1, le=10**9, description="steps between checkpoints")
@@ -214,13 +209,6 @@ class TrainConfig(BaseModel):
         if tokenizer is not None:
             check_tokenizer_source(tokenizer)
         return tokenizer
-
-    @field_validator("compress")
-    @classmethod
-    def known_compression(cls, compress: str | None) -> str | None:
-        if compress is not None:
-            parse_compression(compress)
-        return compress
 
     @field_validator("bandwidth")
     @classmethod
@@ -341,20 +329,21 @@ class TrainConfig(BaseModel):
             raise ValueError(f"inner: FSDP cannot shard {self.model}: {problem}; use --inner ddp")
 
     def fill_algorithm_defaults(self) -> None:
-        """Give each parameter the algorithm takes its default; reject those it does not take."""
-        signature = strategy_parameters(ALGORITHMS[self.algo])
+        """Give each option the algorithm declares its default; reject those it does not declare."""
+        declared = ALGORITHMS[self.algo].options()
         for name in ALGORITHM_PARAMETERS:
-            if name not in signature:
+            if name not in declared:
                 if getattr(self, name) is not None:
                     raise ValueError(f"{name}: {self.algo} does not take it")
             elif getattr(self, name) is None:
-                setattr(self, name, signature[name].default)
+                setattr(self, name, declared[name].default)
 
     def algorithm_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments for ``ALGORITHMS[algo]`` besides the model and optimizer."""
-        signature = strategy_parameters(ALGORITHMS[self.algo])
-        kwargs = {name: getattr(self, name) for name in ALGORITHM_PARAMETERS if name in signature}
-        if "seed" in signature:
+        """The keyword arguments for ``ALGORITHMS[algo]`` besides the model and optimizer: its
+        declared flags, the run's seed where it declares one, and the clipping."""
+        declared = ALGORITHMS[self.algo].options()
+        kwargs = {name: getattr(self, name) for name in ALGORITHM_PARAMETERS if name in declared}
+        if "seed" in declared:
             kwargs["seed"] = self.seed
         return {**kwargs, "max_grad_norm": self.max_grad_norm}
 
@@ -371,20 +360,6 @@ def run_identity(values: dict[str, Any]) -> dict[str, Any]:
     :data:`LAUNCH_FIELDS`, and with worker groups, but those of :data:`LAYOUT_FIELDS`."""
     dropped = LAUNCH_FIELDS | (LAYOUT_FIELDS if values.get("groups") is not None else frozenset())
     return {key: value for key, value in values.items() if key not in dropped}
-
-
-def strategy_parameters(strategy: type) -> dict[str, inspect.Parameter]:
-    """The parameters of a strategy class's constructor, following ``**kwargs`` into its bases'."""
-    parameters: dict[str, inspect.Parameter] = {}
-    for cls in strategy.__mro__:
-        if "__init__" not in vars(cls):
-            continue
-        own = inspect.signature(cls.__init__).parameters
-        for name, parameter in own.items():
-            parameters.setdefault(name, parameter)
-        if all(parameter.kind is not parameter.VAR_KEYWORD for parameter in own.values()):
-            return parameters
-    return parameters
 
 
 def fsdp_problem(model: str) -> str | None:
@@ -473,10 +448,13 @@ def read_preset(name: str) -> dict[str, Any]:
 
 def recipe_for(preset: dict[str, Any], algo: Any) -> dict[str, Any]:
     """A preset's options for ``algo``: its algorithm options go only to an algorithm that takes them."""
-    if algo not in ALGORITHMS:
-        return preset
-    takes = strategy_parameters(ALGORITHMS[algo])
-    return {key: value for key, value in preset.items() if key not in ALGORITHM_PARAMETERS or key in takes}
+    return algorithm_flags(algo, preset) if algo in ALGORITHMS else preset
+
+
+def algorithm_flags(algo: str, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` without the algorithm options that ``algo`` does not declare."""
+    declared = ALGORITHMS[algo].options()
+    return {key: value for key, value in values.items() if key not in ALGORITHM_PARAMETERS or key in declared}
 
 
 def load_config(

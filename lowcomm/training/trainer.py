@@ -38,7 +38,6 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from torch.distributed.device_mesh import DeviceMesh
 from torch.optim.lr_scheduler import LambdaLR
 
-from lowcomm.algorithms.diloco import DiLoCo
 from lowcomm.algorithms.periodic import PeriodicStrategy
 from lowcomm.communication.groups import shard_within_groups, worker_groups
 from lowcomm.communication.network_model import NetworkModel, parse_rate
@@ -257,8 +256,7 @@ class Trainer:
             for event in self.strategy.events:
                 self.log.write({"step": self.step, **event})
         self.strategy.events.clear()
-        if isinstance(self.strategy, DiLoCo):
-            self.strategy.sync_diagnostics.clear()
+        self.strategy.sync_diagnostics.clear()
 
     def report_step(self, loss: float | None, lr: float, sent: int) -> None:
         stats, elapsed = self.strategy.comm_stats, self.elapsed()
@@ -278,7 +276,7 @@ class Trainer:
             )
             if not math.isfinite(loss):
                 self.report_event("nonfinite_loss", rank=self.rank)
-        diagnostics = self.strategy.sync_diagnostics if isinstance(self.strategy, DiLoCo) else {}
+        diagnostics = self.strategy.sync_diagnostics
         if isinstance(self.strategy, PeriodicStrategy) and not self.strategy.in_warmup and sent > 0 or diagnostics:
             self.log.write({"step": self.step, "sync": "outer", "bytes": sent, **diagnostics})
         self.bar.update(loss, self.progress.tokens / elapsed, stats.wait_s / elapsed)

@@ -17,6 +17,7 @@ CASES = [
     ("palsgd", {"eta": 0.0}, "eta"),
     ("palsgd", {"eta": -1.0}, "eta"),
     ("palsgd", {"pseudo_sync_prob": 0.1, "eta": 1.0}, "eta"),  # gamma * eta / p = 0.5 * 1 / 0.1 = 5
+    ("palsgd", {"outer_repeats": 0}, "outer_repeats"),
     ("postlocalsgd", {"warmup_steps": 0}, "warmup_steps"),
     ("diloco", {"outer_momentum": 1.5}, "outer_momentum"),
     ("diloco", {"outer_lr": 0}, "outer_lr"),

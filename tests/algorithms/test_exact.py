@@ -95,6 +95,34 @@ def test_palsgd_long_run_matches_reference() -> None:
     assert not all(results[0]["computed"]) and any(results[0]["computed"][2:])
 
 
+def outer_repeat_runs() -> dict[str, dict]:
+    """DiLoCo and PALSGD without pseudo-synchronisations (p = 0), with 1 and 2 outer repeats."""
+    options = dict(sync_interval=2, warmup_steps=0, outer_lr=0.1, outer_momentum=0.9)
+    palsgd = dict(options, pseudo_sync_prob=0.0)
+    return {"diloco": scalar_trajectory("diloco", options, 4, LR),
+            "once": scalar_trajectory("palsgd", dict(palsgd, outer_repeats=1), 4, LR),
+            "twice": scalar_trajectory("palsgd", dict(palsgd, outer_repeats=2), 4, LR)}
+
+
+def test_palsgd_outer_repeats_by_hand() -> None:
+    runs = run_workers(outer_repeat_runs, 2)
+    # steps 1-2 as in the DiLoCo test: x = 1.19 and 0.68, Delta = 0.065; the Nesterov step (lr 0.1,
+    # momentum 0.9) makes the buffer 0.065 and z = 1 - 0.1 * (0.065 + 0.9 * 0.065) = 0.98765
+    assert [r["once"]["x"][1] for r in runs] == pytest.approx([0.98765, 0.98765], abs=1e-12)
+    # one repeat on a zero pseudo-gradient: buffer 0.9 * 0.065 = 0.0585, z = 0.98765 - 0.1 * 0.9 * 0.0585
+    # = 0.982385. Steps 3-4 from there: worker 0 (gradient w - 2) 1.0841465, 1.17573185; worker 1
+    # (gradient 4w - 2) 0.789431, 0.6736586. Delta = 0.982385 - 0.924695225 = 0.057689775, buffer
+    # 0.9 * 0.0585 + Delta = 0.110339775, z = 0.982385 - 0.1 * (Delta + 0.9 * 0.110339775)
+    # = 0.96668544275; the repeat: buffer 0.0993057975, z = 0.96668544275 - 0.1 * 0.9 * 0.0993057975.
+    for r in runs:
+        assert [r["twice"]["x"][i] for i in (1, 3)] == pytest.approx([0.982385, 0.957747920975], abs=1e-12)
+        assert r["twice"]["x"][2] == pytest.approx(1.0841465 if r is runs[0] else 0.789431, abs=1e-12)
+    # one outer step per synchronisation is DiLoCo's, bit for bit
+    assert all(r["once"]["x"] == r["diloco"]["x"] for r in runs)
+    assert_matches([r["once"] for r in runs], reference_family(2, 4, sync_interval=2, outer="nesterov",
+                                                               outer_lr=0.1, outer_momentum=0.9))
+
+
 def reference_noloco(world_size: int, steps: int, sync_interval: int, alpha: float, mu: float) -> list[list[float]]:
     x, z, m = [1.0] * world_size, [1.0] * world_size, [0.0] * world_size
     history = []

@@ -143,7 +143,7 @@ def test_the_evaluation_grid_holds_every_target_step(steps: int, fractions: tupl
 
 OPTION_VALUES = {"sync_interval": "8", "warmup_steps": "4", "pseudo_sync_prob": "0.1", "eta": "0.5", "outer_lr": "0.5",
                  "outer_momentum": "0.5", "outer_device": "cpu", "overlap_steps": "2", "merge_alpha": "0.3",
-                 "compress": "int8", "num_fragments": "2", "fragment_pattern": "strided"}
+                 "compress": "int8", "num_fragments": "2", "fragment_pattern": "strided", "outer_repeats": "16"}
 DILOCO_OPTIONS = {"sync_interval", "warmup_steps", "outer_lr", "outer_momentum", "outer_device", "overlap_steps",
                   "merge_alpha", "compress"}
 TAKES = {
@@ -152,7 +152,7 @@ TAKES = {
     "postlocalsgd": {"sync_interval", "warmup_steps", "compress"},
     "noloco": {"sync_interval", "warmup_steps", "outer_lr", "outer_momentum"},
     "diloco": DILOCO_OPTIONS,
-    "palsgd": DILOCO_OPTIONS | {"pseudo_sync_prob", "eta"},  # DiLoCo's options reach it through **kwargs
+    "palsgd": DILOCO_OPTIONS | {"pseudo_sync_prob", "eta", "outer_repeats"},  # and DiLoCo's, through **kwargs
     "streamingdiloco": DILOCO_OPTIONS | {"num_fragments", "fragment_pattern"},
 }
 

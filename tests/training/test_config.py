@@ -6,7 +6,7 @@ import yaml
 
 from lowcomm import ALGORITHMS
 from lowcomm.models import MODEL_NAMES
-from lowcomm.training.config import LAUNCH_FIELDS, TrainConfig, load_config
+from lowcomm.training.config import ALGORITHM_PARAMETERS, LAUNCH_FIELDS, TrainConfig, load_config
 
 COMPRESS_RULE = "--compress: must be none, bf16, int8, int4 or topk:FRACTION with 0 < FRACTION <= 1"
 ALGORITHM_FIELDS = ("sync_interval", "warmup_steps", "pseudo_sync_prob", "eta", "outer_lr", "outer_momentum")
@@ -55,9 +55,16 @@ def test_algorithm_kwargs_hold_exactly_what_the_strategy_takes():
         "overlap_steps": 0,
         "merge_alpha": None,  # only an overlapped outer step merges
         "compress": "none",
+        "outer_repeats": 1,
         "seed": 7,
         "max_grad_norm": 1.0,
     }
+
+
+def test_the_algorithm_fields_are_the_declared_flags():
+    declared = {name for cls in ALGORITHMS.values() for name, option in cls.options().items() if option.flag}
+    assert set(ALGORITHM_PARAMETERS) == declared and declared <= set(TrainConfig.model_fields)
+    assert "seed" not in declared and "outer_optimizer" not in declared  # the run's seed; library only
 
 
 @pytest.mark.parametrize("algo", ["localsgd", "postlocalsgd", "diloco", "palsgd", "streamingdiloco"])
@@ -117,6 +124,9 @@ def test_a_written_config_reads_back_as_the_same_config(groups, tmp_path):
         ({"compress": "int2"}, f"{COMPRESS_RULE}, got 'int2'"),
         ({"algo": "noloco", "compress": "int8"}, "--compress: noloco does not take it"),
         ({"algo": "ddp", "compress": "topk:0.01"}, "--compress: ddp does not take it"),
+        ({"outer_repeats": "0"}, "--outer-repeats: must be an integer >= 1, got 0"),
+        ({"algo": "diloco", "outer_repeats": "16"}, "--outer-repeats: diloco does not take it"),
+        ({"algo": "postlocalsgd", "warmup_steps": "0"}, "--warmup-steps: must be an integer >= 1, got 0"),
     ],
 )
 def test_bad_values_raise_one_line_naming_the_flag(overrides, message):
