@@ -18,9 +18,9 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.nn.parallel import DistributedDataParallel
 
+from lowcomm.algorithms.options import Option
 from lowcomm.communication.communicator import CommStats, Communicator, ProcessGroupCommunicator, payload_bytes
 from lowcomm.communication.ddp_hooks import CountingState, counting_allreduce_hook
-from lowcomm.algorithms.options import Option
 from lowcomm.communication.groups import GroupShards, count_fsdp_traffic, inner_kind, to_plain
 
 Closure = Callable[[], torch.Tensor]

@@ -17,12 +17,14 @@ overshoot z (:meth:`PALSGD.pull_strength`, which the configuration checks too).
 With ``outer_repeats`` R > 1, each outer step is followed by R - 1 more steps of the outer
 optimizer on a zero pseudo-gradient. This reproduces the configuration of the official code's
 README (``--is_intended_impl False``, R its 16 micro-batches per step), which runs the outer step
-again on each micro-batch of the synchronisation step: the workers already hold z then, so their
-pseudo-gradient is 0 and only the momentum moves z. With Nesterov SGD (lr gamma_o, momentum mu)
-the repeats move z by a further ``gamma_o * mu**2 * (1 - mu**(R - 1)) / (1 - mu) * b``, b the
-momentum buffer after the first step, which they leave at ``mu**(R - 1) * b``. With the paper's 0.1
-and 0.9 and R = 16 that is 0.64 b after the first step's ``0.1 * (Delta + 0.9 b)``: at the first
-outer step (b = Delta), z moves by 0.83 Delta instead of 0.19 Delta.
+on each of R micro-batch calls in a row (the last of the synchronisation step, then the first R - 1
+of the next, whose gradients it takes at the intermediate z; here they see the final z): after the
+first the workers hold z, so their pseudo-gradient is 0 and only the momentum moves z. With
+Nesterov SGD (lr gamma_o, momentum mu) the repeats move z by a further
+``gamma_o * mu**2 * (1 - mu**(R - 1)) / (1 - mu) * b``, b the momentum buffer after the first step,
+which they leave at ``mu**(R - 1) * b``. With the paper's 0.1 and 0.9 and R = 16 that is 0.64 b
+after the first step's ``0.1 * (Delta + 0.9 b)``: at the first outer step (b = Delta), z moves by
+0.83 Delta instead of 0.19 Delta.
 
 With worker groups every rank of every group draws the same coins, and the pull works on this
 rank's shards, after which the group completes its model.

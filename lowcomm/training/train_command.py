@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from lowcomm.algorithms import ALGORITHMS
 from lowcomm.cli import usage_error
 from lowcomm.launching.limited import real_limit, run_limited
 from lowcomm.training.config import ALGORITHM_PARAMETERS, TrainConfig, flag, load_config, preset_names, under_torchrun
@@ -33,12 +34,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag(name), action="store_true", default=argparse.SUPPRESS, help=field.description)
             continue
         if name in ALGORITHM_PARAMETERS:
-            default = " (default: the algorithm's own)"
+            default = declared_defaults(name)
         elif field.default_factory is None and field.default is not None:
             default = f" (default: {field.default})"
         else:
             default = ""
         parser.add_argument(flag(name), metavar="VALUE", default=argparse.SUPPRESS, help=field.description + default)
+
+
+def declared_defaults(option: str) -> str:
+    """`` (default: 32 for localsgd, ...; 50 for noloco)``: the algorithms that take ``option`` by its
+    declared default ("" where that is None: the field's description says what None means)."""
+    takers: dict[str, list[str]] = {}
+    for algo, cls in ALGORITHMS.items():
+        declared = cls.options().get(option)
+        if declared is not None and declared.default is not None:
+            takers.setdefault(str(declared.default), []).append(algo)
+    listed = "; ".join(f"{default} for {', '.join(algos)}" for default, algos in takers.items())
+    return f" (default: {listed})" if listed else ""
 
 
 def reports() -> bool:
