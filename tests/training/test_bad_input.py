@@ -48,6 +48,8 @@ FLAG_CASES = {
     "zero outer lr": (["--outer-lr", "0"], "--outer-lr: Input should be greater than 0"),
     "zero sync interval": (["--sync-interval", "0"], "--sync-interval: Input should be greater than or equal to 1"),
     "negative warm-up": (["--warmup-steps", "-1"], "--warmup-steps: Input should be greater than or equal to 0"),
+    "zero outer repeats": (["--outer-repeats", "0"], "--outer-repeats: must be an integer >= 1, got 0"),
+    "outer repeats in words": (["--outer-repeats", "many"], "--outer-repeats: Input should be a valid integer"),
     "zero eval interval": (["--eval-every", "0"], "--eval-every: Input should be greater than or equal to 1"),
     "zero eval batches": (["--eval-batches", "0"], "--eval-batches: Input should be greater than or equal to 1"),
     "zero checkpoint interval": (["--checkpoint-every", "0"], "--checkpoint-every: Input should be greater than or"),
