@@ -167,7 +167,7 @@ def parse_settings(settings: list[str], algos: list[str]) -> dict[str, dict[str,
 
 
 def run_flags(algo: str, flags: dict[str, Any], out: Path) -> dict[str, Any]:
-    """The train flags of ``algo``'s run: the shared ones, the parameters it takes, its own --out."""
+    """The train flags of ``algo``'s run: the shared ones, the options its class declares, its own --out."""
     return {"algo": algo, **algorithm_flags(algo, flags), "out": out / "runs" / algo}
 
 

@@ -52,9 +52,9 @@ Float = Annotated[float, BeforeValidator(reject_non_finite)]
 
 IMAGE_SOURCES = frozenset({"synthetic-images", "image-folder"})
 
-ALGORITHM_PARAMETERS = tuple(
-    dict.fromkeys(name for algorithm in ALGORITHMS.values() for name, option in algorithm.options().items() if option.flag)
-)
+ALGORITHM_PARAMETERS = tuple(dict.fromkeys(
+    name for algorithm in ALGORITHMS.values() for name, option in algorithm.options().items() if option.flag
+))
 """The algorithms' options that are ``lowcomm train`` flags, each a field of :class:`TrainConfig`."""
 
 QUICK_START = {"outer_lr": 0.7}
