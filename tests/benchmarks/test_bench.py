@@ -115,10 +115,18 @@ def test_projection_of_the_benchmark(bench: Path, tmp_path: Path) -> None:
     (["--targets", "0.5,2"], "--targets: each fraction must be in (0, 1]"),
     (["--steps", "32", "--eval-every", "8", "--targets", "0.1"], "--targets: 0.1 of 32 steps comes before DDP's first"),
 ])
-def test_bad_input_exits_2_before_any_run(arguments: list[str], message: str, tmp_path: Path) -> None:
-    result = lowcomm("bench", *arguments, "--out", str(tmp_path / "out"))
+def test_bad_input_exits_2_before_any_run(arguments: list[str], message: str, tmp_path: Path, run_cli) -> None:
+    code, _, stderr = run_cli(["bench", *arguments, "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert message in stderr and len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_real_bench_process_exits_2_with_one_line(tmp_path: Path) -> None:
+    result = lowcomm("bench", "--algos", "ddp,adam", "--out", str(tmp_path / "out"))
     assert result.returncode == 2
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("lowcomm bench: error: --algos: unknown algorithm 'adam'")
+    assert result.stderr.count("\n") == 1
     assert not (tmp_path / "out").exists()
 
 

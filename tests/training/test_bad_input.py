@@ -8,7 +8,6 @@ import pytest
 import torch
 import yaml
 
-from lowcomm.cli import main
 from lowcomm.training.config import TrainConfig, flag
 
 FLAG_CASES = {
@@ -169,18 +168,9 @@ def snapshot(directory):
     return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
-def run_cli(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as exit:
-        code = exit.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_rejected(argv, message, tmp_path, capsys):
+def assert_rejected(argv, message, tmp_path, run_cli):
     before = snapshot(tmp_path)
-    code, out, err = run_cli(["train", *argv], capsys)
+    code, out, err = run_cli(["train", *argv])
     assert code == 2
     assert out == ""
     assert err.count("\n") == 1 and "Traceback" not in err
@@ -191,58 +181,58 @@ def assert_rejected(argv, message, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", FLAG_CASES)
-def test_bad_flags(case, tmp_path, capsys):
+def test_bad_flags(case, tmp_path, run_cli):
     argv, message = FLAG_CASES[case]
-    assert_rejected([*argv, "--out", str(tmp_path / "out")], message, tmp_path, capsys)
+    assert_rejected([*argv, "--out", str(tmp_path / "out")], message, tmp_path, run_cli)
 
 
 @pytest.mark.parametrize("case", DATA_CASES)
-def test_bad_data(case, tmp_path, capsys):
+def test_bad_data(case, tmp_path, run_cli):
     name, content, message = DATA_CASES[case]
     if content is not None:
         (tmp_path / name).write_bytes(content)
-    assert_rejected(["--data", str(tmp_path / name), "--out", str(tmp_path / "out")], message, tmp_path, capsys)
+    assert_rejected(["--data", str(tmp_path / name), "--out", str(tmp_path / "out")], message, tmp_path, run_cli)
 
 
-def test_a_folder_without_class_folders_is_not_image_data(tmp_path, capsys):
+def test_a_folder_without_class_folders_is_not_image_data(tmp_path, run_cli):
     (tmp_path / "pictures" / "cats").mkdir(parents=True)
     argv = ["--data", str(tmp_path / "pictures"), "--model", "resnet18-cifar", "--out", str(tmp_path / "out")]
-    assert_rejected(argv, "needs at least two class subfolders", tmp_path, capsys)
+    assert_rejected(argv, "needs at least two class subfolders", tmp_path, run_cli)
 
 
 @pytest.mark.parametrize("case", YAML_CASES)
-def test_bad_yaml_values(case, tmp_path, capsys):
+def test_bad_yaml_values(case, tmp_path, run_cli):
     values, message = YAML_CASES[case]
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(values))
     argv = ["--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "out")]
-    assert_rejected(argv, message, tmp_path, capsys)
+    assert_rejected(argv, message, tmp_path, run_cli)
 
 
 @pytest.mark.parametrize("case", RAW_YAML_CASES)
-def test_bad_yaml_files(case, tmp_path, capsys):
+def test_bad_yaml_files(case, tmp_path, run_cli):
     content, message = RAW_YAML_CASES[case]
     (tmp_path / "run.yaml").write_bytes(content)
     argv = ["--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "out")]
-    assert_rejected(argv, message, tmp_path, capsys)
+    assert_rejected(argv, message, tmp_path, run_cli)
 
 
-def test_a_missing_config_file(tmp_path, capsys):
+def test_a_missing_config_file(tmp_path, run_cli):
     argv = ["--config", str(tmp_path / "absent.yaml"), "--out", str(tmp_path / "out")]
-    assert_rejected(argv, "--config: cannot read", tmp_path, capsys)
+    assert_rejected(argv, "--config: cannot read", tmp_path, run_cli)
 
 
-def test_an_out_holding_another_run_is_left_alone(tmp_path, capsys):
+def test_an_out_holding_another_run_is_left_alone(tmp_path, run_cli):
     out = tmp_path / "run"
     out.mkdir()
     (out / "config.yaml").write_text(yaml.safe_dump({"algo": "ddp", "steps": 5}))
     (out / "metrics.jsonl").write_text('{"step": 1}\n')
-    assert_rejected(["--out", str(out)], "already holds a run; pass --resume", tmp_path, capsys)
-    assert_rejected(["--out", str(out), "--resume"], "holds a different run (algo: 'ddp' there", tmp_path, capsys)
+    assert_rejected(["--out", str(out)], "already holds a run; pass --resume", tmp_path, run_cli)
+    assert_rejected(["--out", str(out), "--resume"], "holds a different run (algo: 'ddp' there", tmp_path, run_cli)
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("x")
-    assert_rejected(["--out", str(tmp_path / "notes"), "--overwrite"], "holds no lowcomm run", tmp_path, capsys)
+    assert_rejected(["--out", str(tmp_path / "notes"), "--overwrite"], "holds no lowcomm run", tmp_path, run_cli)
     (tmp_path / "file").write_text("x")
-    assert_rejected(["--out", str(tmp_path / "file")], "is not a directory", tmp_path, capsys)
+    assert_rejected(["--out", str(tmp_path / "file")], "is not a directory", tmp_path, run_cli)
 
 
 TORCHRUN_CASES = {
@@ -255,12 +245,12 @@ TORCHRUN_CASES = {
 
 
 @pytest.mark.parametrize("case", TORCHRUN_CASES)
-def test_bad_groups_under_torchrun(case, tmp_path, capsys, monkeypatch):
+def test_bad_groups_under_torchrun(case, tmp_path, run_cli, monkeypatch):
     """As rank 1 of a ``torchrun --nnodes 2 --nproc-per-node 2`` job (which does not report)."""
     for name, value in {"TORCHELASTIC_RUN_ID": "test", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2", "RANK": "1"}.items():
         monkeypatch.setenv(name, value)
     argv, message = TORCHRUN_CASES[case]
-    assert_rejected([*argv, "--out", str(tmp_path / "out")], message, tmp_path, capsys)
+    assert_rejected([*argv, "--out", str(tmp_path / "out")], message, tmp_path, run_cli)
 
 
 def test_every_option_that_takes_a_value_has_a_malformed_case():
