@@ -24,6 +24,7 @@ from typing import Any
 import torch.distributed as dist
 import yaml
 
+from lowcomm.algorithms import ALGORITHMS
 from lowcomm.atomic import write_atomically
 from lowcomm.training.checkpoint import checkpoint_step, checkpoints_of, newest_complete_checkpoint
 from lowcomm.training.config import TrainConfig, run_identity
@@ -79,6 +80,7 @@ def check_same_run(config: TrainConfig, saved_config: os.PathLike[str]) -> None:
         raise ValueError(f"--out: {config.out} holds a run {had} worker groups; resume it {had} them "
                          "(its checkpoints hold another layout), or choose another --out")
     identity = config.run_identity()
+    saved_identity = {key: saved_identity.get(key, default_of(config.algo, key)) for key in identity} | saved_identity
     for key in sorted(identity.keys() | saved_identity.keys()):
         if key != "steps" and identity.get(key) != saved_identity.get(key):
             raise ValueError(
@@ -87,6 +89,15 @@ def check_same_run(config: TrainConfig, saved_config: os.PathLike[str]) -> None:
             )
     if identity["steps"] != saved_identity.get("steps"):
         check_steps_not_done(config)
+
+
+def default_of(algo: str, key: str) -> Any:
+    """What ``key`` was in a run recorded before lowcomm had that field: its default then and now
+    (a new field's default keeps the old behaviour), the algorithm's declared one for its options."""
+    declared = ALGORITHMS[algo].options() if algo in ALGORITHMS else {}
+    if key in declared:
+        return declared[key].default
+    return TrainConfig.model_fields[key].default if key in TrainConfig.model_fields else None
 
 
 def check_steps_not_done(config: TrainConfig) -> None:

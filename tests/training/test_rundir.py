@@ -87,3 +87,19 @@ def test_a_grouped_run_resumes_in_another_layout_but_not_without_groups(tmp_path
     with pytest.raises(ValueError, match=r"holds a different run \(inner: 'ddp' there, 'fsdp' here\)"):
         prepare_run_directory(config_for(tmp_path, groups="4", group_size="1", inner="fsdp", resume=True))
     assert snapshot(tmp_path) == before
+
+
+def test_a_run_recorded_before_a_field_existed_resumes_at_that_fields_default(tmp_path):
+    prepare_run_directory(config_for(tmp_path, algo="palsgd"))
+    recorded = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    for newer in ("outer_repeats", "lr_schedule"):
+        del recorded[newer]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(recorded))
+    before = snapshot(tmp_path)
+    with pytest.raises(ValueError, match=r"holds a different run \(outer_repeats: 1 there, 2 here\)"):
+        prepare_run_directory(config_for(tmp_path, algo="palsgd", outer_repeats="2", resume=True))
+    with pytest.raises(ValueError, match=r"holds a different run \(lr_schedule: 'cosine' there, 'constant' here\)"):
+        prepare_run_directory(config_for(tmp_path, algo="palsgd", lr_schedule="constant", resume=True))
+    assert snapshot(tmp_path) == before
+    prepare_run_directory(config_for(tmp_path, algo="palsgd", resume=True))
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["outer_repeats"] == 1
