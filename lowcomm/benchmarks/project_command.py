@@ -37,9 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         runs = read_runs(args.run_dir)
-        bandwidths = [parse_rate(rate) for rate in args.bandwidth.split(",")]
-        if any(math.isinf(b) for b in bandwidths):
-            raise ValueError("--bandwidth: 'unlimited' cannot be projected to; give rates")
+        bandwidths = parse_bandwidths(args.bandwidth)
         workers = parse_counts(args.workers) if args.workers else sorted({run.links for run in runs})
         if not (math.isfinite(args.latency) and args.latency >= 0):
             raise ValueError(f"--latency: must be a finite number >= 0, got {args.latency}")
@@ -66,6 +64,14 @@ def read_runs(directory: Path) -> list[Run]:
         raise ValueError(f"run_dir: {directory} holds neither a finished run nor a benchmark's runs/")
     runs = [read_run(path) for path in found]
     return sorted(runs, key=lambda run: run.algo != "ddp")
+
+
+def parse_bandwidths(text: str) -> list[float]:
+    """``"10mbit,1gbit"`` as bits per second; a ValueError for a bad or unlimited rate."""
+    bandwidths = [parse_rate(rate) for rate in text.split(",")]
+    if any(math.isinf(b) for b in bandwidths):
+        raise ValueError("--bandwidth: 'unlimited' cannot be projected to; give rates")
+    return bandwidths
 
 
 def parse_counts(text: str) -> list[int]:
