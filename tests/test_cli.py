@@ -23,7 +23,7 @@ print(" ".join(sorted(name for name in sys.modules if name in {heavy!r})))
 
 
 @pytest.mark.parametrize("arguments", [["--help"], ["train", "--help"], ["bench", "--help"], ["project", "--help"],
-                                       ["plot", "--help"], ["export", "--help"]])
+                                       ["regime-map", "--help"], ["plot", "--help"], ["export", "--help"]])
 def test_help_loads_neither_the_trainer_nor_tensorboard(arguments: list[str]) -> None:
     result = subprocess.run([sys.executable, "-c", LOADED_AFTER_HELP.format(heavy=set(HEAVY)), *arguments],
                             capture_output=True, text=True, timeout=120)
