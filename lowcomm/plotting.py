@@ -178,9 +178,10 @@ def plot_speedup_map(grid: SpeedupGrid, columns: Sequence[str], title: str, path
     save_figure(figure, path)
 
 
-def plot_winner_map(grid: dict[int, Sequence[str]], columns: Sequence[str], title: str, path: Path) -> None:
-    """``lowcomm regime-map``: the fastest algorithm to the target in each cell, named and coloured."""
-    algos = sorted({algo for row in grid.values() for algo in row}, key=lambda algo: (algo != "ddp", algo))
+def plot_winner_map(grid: dict[int, Sequence[str]], columns: Sequence[str], algos: Sequence[str], title: str,
+                    path: Path) -> None:
+    """``lowcomm regime-map``: the fastest algorithm to the target in each cell, named and coloured
+    (the first of ``algos`` grey, the others a colour each in their order, so maps side by side agree)."""
     colours = ["lightgrey", *colormaps["tab10"].colors][: len(algos)]
     indices = np.array([[algos.index(algo) for algo in row] for row in grid.values()])
     figure, (axes,) = new_figure()

@@ -75,9 +75,10 @@ def run(args: argparse.Namespace) -> int:
     for (algo, protocol), grid in speedup_grids(rows, bandwidths).items():
         plot_speedup_map(grid, labels, f"{algo} over DDP to DDP@{args.target:.0%}, {protocol} protocol",
                          args.out / f"speedup_{algo}_{protocol}.png")
+    algos = ["ddp", *sorted({row["algo"] for row in rows})]
     for protocol in sorted({p for p, _, _ in won}):
         grid = {tokens: [won[protocol, tokens, b] for b in bandwidths] for p, tokens, _ in won if p == protocol}
-        plot_winner_map(dict(sorted(grid.items())), labels,
+        plot_winner_map(dict(sorted(grid.items())), labels, algos,
                         f"fastest to DDP@{args.target:.0%}, {protocol} protocol", args.out / f"winner_{protocol}.png")
     print(f"{summary_table(rows, won, bandwidths, labels)}\n\nlowcomm regime-map: done: {args.out / 'regime_map.csv'} "
           f"and heatmaps in {args.out}/")
