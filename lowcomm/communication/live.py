@@ -53,16 +53,26 @@ def require_torchft() -> None:
         raise ValueError(f"fault_tolerance: live needs torchft, which is not installed: {EXTRA}")
 
 
-STOP_VARIABLE = "LOWCOMM_LIVE_TEST_STOP"
-"""A test hook, ``GROUP:STEP``: that group's first process stops itself (SIGSTOP) inside the all-reduce
-of its torchft step STEP, after its first bucket and before the rest, so that the others wait in the
-collective while a test kills it."""
+FAULT_VARIABLE = "LOWCOMM_LIVE_TEST_FAULT"
+"""A test hook, ``GROUP:STEP:stop`` or ``GROUP:STEP:error``, for that group's first process in its
+torchft step STEP: ``stop``, it stops itself (SIGSTOP) inside the all-reduce, after its first bucket
+and before the rest, so that the others wait in the collective while a test kills it; ``error``, it
+reports an error at the end of the step (as the last receive of an all-reduce a peer died in may on
+one group only) and alone fails the step."""
 
 
-def stop_step(group: int) -> int | None:
-    """The torchft step inside whose all-reduce this group stops itself (:data:`STOP_VARIABLE`)."""
-    target, _, step = os.environ.get(STOP_VARIABLE, "").partition(":")
-    return int(step) if target == str(group) and step else None
+@dataclass(frozen=True)
+class InjectedFault:
+    """The fault :data:`FAULT_VARIABLE` asks for."""
+
+    step: int
+    kind: str
+
+
+def injected_fault(group: int) -> InjectedFault | None:
+    """The fault this group is asked to inject (:data:`FAULT_VARIABLE`), if any."""
+    target, step, kind = (os.environ.get(FAULT_VARIABLE, "").split(":") + ["", ""])[:3]
+    return InjectedFault(int(step), kind) if target == str(group) and kind in ("stop", "error") else None
 
 
 class TooFewGroups(RuntimeError):
@@ -84,7 +94,7 @@ class LiveSettings:
     collective_timeout_s: float = 10.0
     quorum_retries: int = 20
     heartbeat_ms: int = 100
-    stop_at_step: int | None = None  # the test hook of STOP_VARIABLE
+    fault: InjectedFault | None = None  # the test hook of FAULT_VARIABLE
 
 
 class CountingTransport:
@@ -166,6 +176,7 @@ class LiveCommunicator(Communicator):
         # so that a rejoining group knows which collective the others are in (warm-up or outer step)
         self.manager.register_state_dict_fn("lowcomm", lambda _: None, state_fn)
         self.heal_fn = heal_fn
+        self.fault = settings.fault
         self.members: set[int] | None = None
         self.step_membership: tuple[torch.Tensor, int] | None = None
         self.quorum_started = False
@@ -218,6 +229,8 @@ class LiveCommunicator(Communicator):
         if not self.quorum_started:
             return
         self.quorum_started = False
+        if self.take_fault("error"):
+            self.manager.report_error(RuntimeError(f"{FAULT_VARIABLE}: injected"))
         committed = self.manager.should_commit()
         membership, self.step_membership = self.step_membership, None
         if committed and membership is not None:
@@ -237,6 +250,14 @@ class LiveCommunicator(Communicator):
                                     "stalled_s": round(time.perf_counter() - self.step_started, 3)})
         return super().all_reduce_mean(tensors, async_op, accounted)
 
+    def take_fault(self, kind: str) -> bool:
+        """Whether to inject the test hook's fault of ``kind`` now (once, in its torchft step)."""
+        fault = self.fault
+        if fault is None or fault.kind != kind or fault.step != self.manager.current_step():
+            return False
+        self.fault = None
+        return True
+
     def failed(self) -> bool:
         """Whether a collective of this step failed (torchft then skips the rest of the step's)."""
         return self.manager.errored() is not None
@@ -248,7 +269,7 @@ class LiveCommunicator(Communicator):
         buckets = dtype_buckets(tensors) + [[membership]]
         pending = []
         for bucket in buckets:
-            if pending and self.settings.stop_at_step == self.manager.current_step():
+            if pending and self.take_fault("stop"):
                 pending[0][2].wait()
                 os.kill(os.getpid(), signal.SIGSTOP)
             flat = flatten(bucket)

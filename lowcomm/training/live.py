@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from lowcomm.communication.live import LiveCommunicator, LiveSettings, TooFewGroups, stop_step
+from lowcomm.communication.live import LiveCommunicator, LiveSettings, TooFewGroups, injected_fault
 from lowcomm.training.config import TrainConfig
 from lowcomm.training.peers import Peers
 from lowcomm.training.rng import seed_everything
@@ -123,7 +123,7 @@ def run_group(config: TrainConfig, group: int, restart: int, lighthouse: str) ->
         hostname=LOOPBACK if not config.bind_all else socket.gethostname(),
         quorum_timeout_s=config.hang_timeout,
         collective_timeout_s=COLLECTIVE_TIMEOUT_S,
-        stop_at_step=stop_step(group) if restart == 0 else None,
+        fault=injected_fault(group) if restart == 0 else None,
     )
     communicator = LiveCommunicator(settings, lambda: trainer.live_state(), lambda state: trainer.load_live_state(state))
     try:

@@ -5,6 +5,7 @@ that restarts does not stop training; without torchft the option is refused."""
 
 import importlib.util
 import json
+import math
 import os
 import signal
 import socket
@@ -70,7 +71,7 @@ def longest_pause(records):
 STOPPED_SYNC = 40
 """The synchronisation inside whose all-reduce the killed group stops itself (the hook's torchft step
 12: the first quorum, 8 warm-up steps, then the syncs at steps 16, 24, 32 are steps 0 to 11)."""
-STOP_HOOK = {"LOWCOMM_LIVE_TEST_STOP": f"{KILLED}:12"}
+STOP_HOOK = {"LOWCOMM_LIVE_TEST_FAULT": f"{KILLED}:12:stop"}
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +158,32 @@ def test_a_killed_group_is_left_out_and_rejoins_healed(algo, phase, cache_dir, t
     assert all(all((m[k] == models[0][k]).all() for k in m) for m in models[1:])  # every group holds the same z
     loss, uninterrupted = group_records(killed, 0, "eval")[-1]["eval_loss"], uninterrupted_eval_loss(algo, args)
     assert abs(loss - uninterrupted) <= 0.02 * uninterrupted, (loss, uninterrupted)
+
+
+@needs_torchft
+def test_a_group_that_alone_failed_a_step_is_healed_in_place(cache_dir, tmp_path):
+    """Group 1's all-reduce of the synchronisation at step 40 reports an error (the fault hook) while
+    the others' succeed: it skips that outer step, so at the next synchronisation it is behind, takes a
+    peer's state inside the step and sits out its all-reduce; nothing restarts and every group ends
+    with the same z (PALSGD: the coins too, or the groups would drift apart)."""
+    steps = 200
+    out = tmp_path / "run"
+    args = ["--algo", "palsgd", "--groups", str(GROUPS), "--steps", str(steps), "--eval-every", str(steps),
+            "--checkpoint-every", str(steps)]
+    environment = {**os.environ, "LOWCOMM_LIVE_TEST_FAULT": "1:12:error"}
+    result = subprocess.run(train_command(out, *args, cache_dir=cache_dir), capture_output=True, text=True,
+                            timeout=300, env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = {group: [(r["step"], r["event"], r.get("group")) for r in group_records(out, group, "event")
+                      if r["event"] != "nonfinite_worker_excluded"]  # a failed step's zeros: no finite contribution
+              for group in range(GROUPS)}
+    assert events[1] == [(0, "start", None), (STOPPED_SYNC, "step_failed", 1), (STOPPED_SYNC + 8, "group_healed", 1)]
+    for group in (0, 2):
+        assert events[group] == [(0, "start", None), (STOPPED_SYNC + 8, "group_left", 1),
+                                 (STOPPED_SYNC + 16, "group_joined", 1)]
+    models = final_models(out, GROUPS, steps)
+    assert all(all((m[k] == models[0][k]).all() for k in m) for m in models[1:])
+    assert math.isfinite(group_records(out, 0, "eval")[-1]["eval_loss"])
 
 
 @needs_torchft
