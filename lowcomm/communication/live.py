@@ -130,10 +130,11 @@ class LiveCommunicator(Communicator):
     """Mean all-reduces among the live worker groups, through a torchft ``Manager``.
 
     ``state_fn`` gives the state a peer that is behind receives; ``heal_fn`` takes such a state
-    when this group is found behind inside a step (its first quorum is :meth:`join`'s). ``rank`` is this group's index
-    among the groups it was started with and ``world_size`` the number of groups in the current
-    quorum (what the byte counters price a ring with). :attr:`events` collects ``group_left`` and
-    ``group_joined`` records for the trainer to log.
+    when this group is found behind inside a step (at its first quorum :meth:`join` returns it).
+    ``rank`` is this group's index among the groups it was started with and ``world_size`` the
+    number of groups in the current quorum (what the byte counters price a ring with).
+    :attr:`events` collects ``group_left``, ``group_joined``, ``group_healed`` and ``step_failed``
+    records for the trainer to log.
     """
 
     def __init__(

@@ -125,7 +125,8 @@ def run_group(config: TrainConfig, group: int, restart: int, lighthouse: str) ->
         collective_timeout_s=COLLECTIVE_TIMEOUT_S,
         fault=injected_fault(group) if restart == 0 else None,
     )
-    communicator = LiveCommunicator(settings, lambda: trainer.live_state(), lambda state: trainer.load_live_state(state))
+    communicator = LiveCommunicator(settings, lambda: trainer.live_state(),
+                                    lambda state: trainer.load_live_state(state))
     try:
         trainer = LiveTrainer(group_config, torch.device("cpu"), communicator, restart)
         trainer.train()
@@ -197,9 +198,10 @@ class LiveTrainer(Trainer):
         }
 
     def load_live_state(self, state: dict[str, Any]) -> None:
-        """Take a peer's state (at its first quorum, or inside a step the peer's state at that step),
-        keeping this group's own byte counters; its data stream continues at
-        the peer's position (the same fraction of the epoch) in its own shard, its generators seeded afresh from (seed, group, step)."""
+        """Take a peer's state (at this group's first quorum, or inside a step: the peer's at that
+        step), keeping this group's own byte counters; its data stream continues at the peer's
+        position (the same fraction of the epoch) in its own shard, its generators seeded afresh from
+        (seed, group, step)."""
         own_counters = self.strategy.comm_stats.as_dict()
         self.strategy.load_state_dict(state["strategy"])
         self.strategy.comm_stats.load(own_counters)
