@@ -4,6 +4,7 @@ rejoins healed, and every group ends with the same global model; a group that al
 is healed in place; too few live groups stop the run with one line and a checkpoint; a lighthouse
 that restarts does not stop training; without torchft the option is refused."""
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -61,6 +62,16 @@ def group_records(out, group, kind=None):
 def final_models(out, groups, steps):
     return [load_file(Path(out) / f"group_{g}" / "checkpoints" / f"step_{steps:08d}" / "model.safetensors")
             for g in range(groups)]
+
+
+def stop(launcher):
+    """Kill a launcher that is still running and its groups' processes (which would outlive it)."""
+    if launcher.poll() is None:
+        for pid in worker_pids(launcher.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        launcher.kill()
+    launcher.wait()
 
 
 def longest_pause(records):
@@ -130,7 +141,7 @@ def test_a_killed_group_is_left_out_and_rejoins_healed(algo, phase, cache_dir, t
             os.kill(victim, signal.SIGKILL)
             assert launcher.wait(timeout=400) == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
         finally:
-            launcher.kill()
+            stop(launcher)
 
     for group in range(GROUPS):
         train = group_records(killed, group, "train")
@@ -197,11 +208,14 @@ def test_too_few_groups_stop_with_one_line_and_a_checkpoint(cache_dir, tmp_path)
     with (tmp_path / "stderr.txt").open("w") as stderr:
         launcher = subprocess.Popen(train_command(out, *args, cache_dir=cache_dir),
                                     stdout=subprocess.DEVNULL, stderr=stderr)
-        wait_for(lambda: any(r["step"] >= 20 for r in group_records(out, 1, "train")), launcher, 240)
-        os.kill(group_pid(out, 1), signal.SIGKILL)
-        started = time.monotonic()
-        assert launcher.wait(timeout=120) == 1
-        waited = time.monotonic() - started
+        try:
+            wait_for(lambda: any(r["step"] >= 20 for r in group_records(out, 1, "train")), launcher, 240)
+            os.kill(group_pid(out, 1), signal.SIGKILL)
+            started = time.monotonic()
+            assert launcher.wait(timeout=120) == 1
+            waited = time.monotonic() - started
+        finally:
+            stop(launcher)
     errors = [line for line in (tmp_path / "stderr.txt").read_text().splitlines() if "lowcomm train: error" in line]
     assert len(errors) == 1 and "fewer than 2 groups were live for 5 s" in errors[0], errors
     assert 5 <= waited < 60
@@ -242,8 +256,9 @@ def test_training_survives_a_restarted_lighthouse(cache_dir, tmp_path):
         for group, launcher in enumerate(launchers):
             assert launcher.wait(timeout=300) == 0, (tmp_path / f"stderr{group}.txt").read_text()[-3000:]
     finally:
-        for process in [lighthouse, *launchers]:
-            process.kill()
+        lighthouse.kill()
+        for launcher in launchers:
+            stop(launcher)
     models = [load_file(tmp_path / f"machine{g}" / f"group_{g}" / "checkpoints" / "step_00000800" /
                         "model.safetensors") for g in range(2)]
     assert all((models[0][k] == models[1][k]).all() for k in models[0])
