@@ -163,9 +163,15 @@ class LiveTrainer(Trainer):
     def join(self) -> None:
         """The first quorum: take a peer's state if the others are ahead and complete their current
         step with them (a synchronisation, or an averaged warm-up gradient), else only end the quorum
-        (also when the peer was joining too: a group resumed from a checkpoint is at the end of its step)."""
+        (also when the peer was joining too: a group resumed from a checkpoint is at the end of its step).
+        A quorum whose healing failed is asked for again: training on from this group's own state would
+        run another collective than the others'."""
         self.joining = True
         state = self.live.join()
+        while state is None and self.live.failed():  # behind, but the peer's state did not arrive: ask again
+            self.live.end_step()
+            self.log_live_events()
+            state = self.live.join()
         self.joining = False
         if state is not None:
             self.load_live_state(state)
