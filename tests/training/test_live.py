@@ -24,6 +24,8 @@ from lowcomm.training.live import COLLECTIVE_TIMEOUT_S
 
 from tests.train_runs import listening_addresses, live_records, wait_for, worker_pids
 
+pytestmark = pytest.mark.timeout(900)  # a kill test runs training twice (killed, uninterrupted): minutes under load
+
 needs_torchft = pytest.mark.skipif(
     importlib.util.find_spec("torchft") is None or os.environ.get("LOWCOMM_LIVE_TESTS") != "1",
     reason="opt-in (LOWCOMM_LIVE_TESTS=1; about 9 minutes on 2 cores) and needs the ft extra "
