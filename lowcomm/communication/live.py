@@ -1,22 +1,30 @@
 """The traffic between worker groups through torchft: groups may die and rejoin while the others train.
 
 Each worker group is one torchft replica group. Its :class:`LiveCommunicator` is the algorithm's
-communicator between groups: every mean all-reduce is one torchft step (a quorum from the
-lighthouse, the all-reduce over torchft's reconfigurable gloo process group, a commit). The mean is
-over the groups in the quorum. A group that has died is left out of the next quorum once the
-lighthouse misses its heartbeats; a group that (re)starts behind the others is healed: at its first
-quorum a live peer sends it the state lowcomm registered (z, the outer optimizer, coins,
-error-feedback residuals, step, schedule, data position) over the same process group, and it sits
-out that one all-reduce (its contribution is zero, the mean is the others').
+communicator between groups: every training step that communicates is one torchft step (a quorum
+from the lighthouse at its first mean all-reduce, all its all-reduces over torchft's
+reconfigurable gloo process group, a commit at :meth:`LiveCommunicator.end_step`). One quorum per
+step, not per all-reduce: a DiLoCo synchronisation is two all-reduces (the pseudo-gradient, then
+the workers' spread), and a group that joined at the second quorum would run the first one's
+collective against the others' second (gloo aborts on the mismatched sizes). The mean is over the
+groups in the quorum. A group that has died is left out of the next quorum once the lighthouse
+misses its heartbeats; a group that is behind the others is healed: at its quorum a live peer
+sends it the state lowcomm registered (z, the outer optimizer, coins, error-feedback residuals,
+step, schedule, data position) over the same process group, and it sits out that step's
+all-reduces (its contribution is zero, the mean is the others'). A group is behind when it
+(re)starts, or when its last step failed where a peer's succeeded.
 
-A step whose all-reduce failed (a peer died during it) or whose commit was refused comes back as
-zeros, the mean of no contribution: DiLoCo and PALSGD read their finite flag as 0 and skip the
-outer step, every group alike, as for an outer step where every worker was non-finite.
+An all-reduce that failed (a peer died during it, or did not answer within the collective
+timeout) comes back as zeros, the mean of no contribution, and the step is not committed: DiLoCo
+and PALSGD read their finite flag as 0 and skip the outer step, as for an outer step where every
+worker was non-finite; the next quorum goes on without the dead peer.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +53,28 @@ def require_torchft() -> None:
         raise ValueError(f"fault_tolerance: live needs torchft, which is not installed: {EXTRA}")
 
 
+FAULT_VARIABLE = "LOWCOMM_LIVE_TEST_FAULT"
+"""A test hook, ``GROUP:STEP:stop`` or ``GROUP:STEP:error``, for that group's first process in its
+torchft step STEP: ``stop``, it stops itself (SIGSTOP) inside the all-reduce, after its first bucket
+and before the rest, so that the others wait in the collective while a test kills it; ``error``, it
+reports an error at the end of the step (as the last receive of an all-reduce a peer died in may on
+one group only) and alone fails the step."""
+
+
+@dataclass(frozen=True)
+class InjectedFault:
+    """The fault :data:`FAULT_VARIABLE` asks for."""
+
+    step: int
+    kind: str
+
+
+def injected_fault(group: int) -> InjectedFault | None:
+    """The fault this group is asked to inject (:data:`FAULT_VARIABLE`), if any."""
+    target, step, kind = (os.environ.get(FAULT_VARIABLE, "").split(":") + ["", ""])[:3]
+    return InjectedFault(int(step), kind) if target == str(group) and kind in ("stop", "error") else None
+
+
 class TooFewGroups(RuntimeError):
     """Fewer than ``min_groups`` groups were live for longer than the quorum timeout."""
 
@@ -64,6 +94,7 @@ class LiveSettings:
     collective_timeout_s: float = 10.0
     quorum_retries: int = 20
     heartbeat_ms: int = 100
+    fault: InjectedFault | None = None  # the test hook of FAULT_VARIABLE
 
 
 class CountingTransport:
@@ -98,13 +129,20 @@ class CountingTransport:
 class LiveCommunicator(Communicator):
     """Mean all-reduces among the live worker groups, through a torchft ``Manager``.
 
-    ``state_fn`` gives the state a peer that is behind receives. ``rank`` is this group's index
-    among the groups it was started with and ``world_size`` the number of groups in the current
-    quorum (what the byte counters price a ring with). :attr:`events` collects ``group_left`` and
-    ``group_joined`` records for the trainer to log.
+    ``state_fn`` gives the state a peer that is behind receives; ``heal_fn`` takes such a state
+    when this group is found behind inside a step (at its first quorum :meth:`join` returns it).
+    ``rank`` is this group's index among the groups it was started with and ``world_size`` the
+    number of groups in the current quorum (what the byte counters price a ring with).
+    :attr:`events` collects ``group_left``, ``group_joined``, ``group_healed`` and ``step_failed``
+    records for the trainer to log.
     """
 
-    def __init__(self, settings: LiveSettings, state_fn: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        settings: LiveSettings,
+        state_fn: Callable[[], dict[str, Any]],
+        heal_fn: Callable[[dict[str, Any]], None],
+    ) -> None:
         from torchft.checkpointing.pg_transport import PGTransport
         from torchft.manager import Manager
         from torchft.process_group import ProcessGroupGloo
@@ -138,18 +176,23 @@ class LiveCommunicator(Communicator):
         # lowcomm applies a healing state itself as soon as it arrives, before this step's all-reduce,
         # so that a rejoining group knows which collective the others are in (warm-up or outer step)
         self.manager.register_state_dict_fn("lowcomm", lambda _: None, state_fn)
+        self.heal_fn = heal_fn
+        self.fault = settings.fault
         self.members: set[int] | None = None
+        self.step_membership: tuple[torch.Tensor, int] | None = None
         self.quorum_started = False
         self.step_started = time.perf_counter()
         self.events: list[dict[str, Any]] = []
 
-    def start_quorum(self) -> None:
-        """Ask the lighthouse for this step's quorum (once per step); raise :class:`TooFewGroups`
-        when none with at least ``min_groups`` groups forms within the quorum timeout."""
-        if not self.quorum_started:
-            self.step_started = time.perf_counter()
-            self.manager.start_quorum()
-            self.quorum_started = True
+    def start_quorum(self) -> bool:
+        """Ask the lighthouse for this step's quorum unless this step has one; True when it did.
+        Raise :class:`TooFewGroups` when none with at least ``min_groups`` groups forms within the
+        quorum timeout."""
+        if self.quorum_started:
+            return False
+        self.step_started = time.perf_counter()
+        self.manager.start_quorum()
+        self.quorum_started = True
         try:
             self.manager.wait_quorum()
         except Exception as error:  # the lighthouse's timeout comes back as the client's error
@@ -158,6 +201,7 @@ class LiveCommunicator(Communicator):
                 f"{self.settings.quorum_timeout_s:g} s (--hang-timeout): {str(error).splitlines()[0][:200]}"
             ) from None
         self.world_size = max(1, self.manager.num_participants())
+        return True
 
     def resume_at(self, step: int) -> None:
         """A group resumed from a checkpoint of ``step``: groups resumed from older checkpoints (or
@@ -170,8 +214,9 @@ class LiveCommunicator(Communicator):
         return state
 
     def join(self) -> dict[str, Any] | None:
-        """A quorum without an all-reduce, as a (re)started group's first: the state a peer sent if
-        this group was behind, else None. :meth:`commit` ends it unless an all-reduce follows."""
+        """A (re)started group's first quorum: the state a peer sent if this group was behind, else
+        None. The step's all-reduces (if it completes the others' step) follow in the same quorum;
+        :meth:`end_step` ends it."""
         self.start_quorum()
         state = self.take_healing_state()
         if state is not None:
@@ -179,45 +224,75 @@ class LiveCommunicator(Communicator):
                                 "stalled_s": round(time.perf_counter() - self.step_started, 3)})
         return state
 
-    def commit(self) -> None:
-        """End a step that had a quorum and no all-reduce."""
+    def end_step(self) -> None:
+        """Commit this step's torchft step, if it had a quorum; on success record the groups that
+        left or joined since the last committed step."""
+        if not self.quorum_started:
+            return
         self.quorum_started = False
-        self.manager.should_commit()
+        if self.take_fault("error"):
+            self.manager.report_error(RuntimeError(f"{FAULT_VARIABLE}: injected"))
+        committed = self.manager.should_commit()
+        membership, self.step_membership = self.step_membership, None
+        if committed and membership is not None:
+            self.note_members(*membership, time.perf_counter() - self.step_started)
+        elif not committed:
+            self.events.append({"event": "step_failed", "group": self.rank, "live_groups": self.world_size,
+                                "stalled_s": round(time.perf_counter() - self.step_started, 3)})
 
     def all_reduce_mean(
         self, tensors: list[torch.Tensor], async_op: bool = False, accounted: bool = True
     ) -> Handle:
-        self.start_quorum()
+        if self.start_quorum():
+            state = self.take_healing_state()
+            if state is not None:  # behind inside a step: a peer's state replaces this group's
+                self.heal_fn(state)
+                self.events.append({"event": "group_healed", "group": self.rank, "live_groups": self.world_size + 1,
+                                    "stalled_s": round(time.perf_counter() - self.step_started, 3)})
         return super().all_reduce_mean(tensors, async_op, accounted)
 
+    def take_fault(self, kind: str) -> bool:
+        """Whether to inject the test hook's fault of ``kind`` now (once, in its torchft step)."""
+        fault = self.fault
+        if fault is None or fault.kind != kind or fault.step != self.manager.current_step():
+            return False
+        self.fault = None
+        return True
+
+    def failed(self) -> bool:
+        """Whether a collective of this step failed (torchft then skips the rest of the step's)."""
+        return self.manager.errored() is not None
+
     def _all_reduce_mean(self, tensors: list[torch.Tensor]) -> Callable[[], None]:
-        self.quorum_started = False
         live = self.world_size
         membership = torch.zeros(self.settings.groups, dtype=torch.float64)
         membership[self.rank] = 1.0
         buckets = dtype_buckets(tensors) + [[membership]]
         pending = []
         for bucket in buckets:
+            if pending and self.take_fault("stop"):
+                pending[0][2].wait()
+                os.kill(os.getpid(), signal.SIGSTOP)
             flat = flatten(bucket)
             pending.append((bucket, flat, self.manager.allreduce(flat)))
 
         def finish() -> None:
             for _, _, work in pending:
                 work.wait()
-            committed = self.manager.should_commit()
+            failed = self.failed()
             for bucket, flat, _ in pending:
-                if not committed:
+                if failed:
                     flat.zero_()
                 for tensor, reduced in zip(bucket, unflatten(flat, bucket)):
                     tensor.copy_(reduced)
-            if committed:
-                self.note_members(membership, live, time.perf_counter() - self.step_started)
+            if not failed and self.step_membership is None:
+                self.step_membership = (membership, live)
 
         return finish
 
     def note_members(self, membership: torch.Tensor, live: int, seconds: float) -> None:
-        """Record the groups that left or joined since the last committed all-reduce (a group that is
-        being healed sits out its first one: the others see it join at the next)."""
+        """Record the groups that left or joined since the last committed step (a group that is being
+        healed sits out its step's all-reduces: the others see it join at the next step)."""
         members = {g for g, share in enumerate((membership * live).round().tolist()) if share > 0} | {self.rank}
         if self.members is not None:
             for kind, groups in (("group_left", self.members - members), ("group_joined", members - self.members)):

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from lowcomm.communication.live import LiveCommunicator, LiveSettings, TooFewGroups
+from lowcomm.communication.live import LiveCommunicator, LiveSettings, TooFewGroups, injected_fault
 from lowcomm.training.config import TrainConfig
 from lowcomm.training.peers import Peers
 from lowcomm.training.rng import seed_everything
@@ -123,8 +123,10 @@ def run_group(config: TrainConfig, group: int, restart: int, lighthouse: str) ->
         hostname=LOOPBACK if not config.bind_all else socket.gethostname(),
         quorum_timeout_s=config.hang_timeout,
         collective_timeout_s=COLLECTIVE_TIMEOUT_S,
+        fault=injected_fault(group) if restart == 0 else None,
     )
-    communicator = LiveCommunicator(settings, lambda: trainer.live_state())
+    communicator = LiveCommunicator(settings, lambda: trainer.live_state(),
+                                    lambda state: trainer.load_live_state(state))
     try:
         trainer = LiveTrainer(group_config, torch.device("cpu"), communicator, restart)
         trainer.train()
@@ -160,22 +162,28 @@ class LiveTrainer(Trainer):
 
     def join(self) -> None:
         """The first quorum: take a peer's state if the others are ahead and complete their current
-        step with them (a synchronisation, or an averaged warm-up gradient), else just commit (also
-        when the peer was joining too: a group resumed from a checkpoint is at the end of its step)."""
+        step with them (a synchronisation, or an averaged warm-up gradient), else only end the quorum
+        (also when the peer was joining too: a group resumed from a checkpoint is at the end of its step).
+        A quorum whose healing failed is asked for again: training on from this group's own state would
+        run another collective than the others'."""
         self.joining = True
         state = self.live.join()
+        while state is None and self.live.failed():  # behind, but the peer's state did not arrive: ask again
+            self.live.end_step()
+            self.log_live_events()
+            state = self.live.join()
         self.joining = False
         if state is not None:
             self.load_live_state(state)
         if state is not None and not state["joining"] and self.step > 0:
             self.strategy.complete_joined_step()
             self.scheduler.step()
-        else:
-            self.live.commit()
+        self.live.end_step()
         self.log_live_events()
 
     def train_step(self) -> None:
         super().train_step()
+        self.live.end_step()
         self.log_live_events()
 
     def log_live_events(self) -> None:
@@ -196,8 +204,10 @@ class LiveTrainer(Trainer):
         }
 
     def load_live_state(self, state: dict[str, Any]) -> None:
-        """Take a peer's state, keeping this group's own byte counters; its data stream continues at
-        the peer's position (the same fraction of the epoch) in its own shard, its generators seeded afresh from (seed, group, step)."""
+        """Take a peer's state (at this group's first quorum, or inside a step: the peer's at that
+        step), keeping this group's own byte counters; its data stream continues at the peer's
+        position (the same fraction of the epoch) in its own shard, its generators seeded afresh from
+        (seed, group, step)."""
         own_counters = self.strategy.comm_stats.as_dict()
         self.strategy.load_state_dict(state["strategy"])
         self.strategy.comm_stats.load(own_counters)
