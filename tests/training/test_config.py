@@ -239,6 +239,8 @@ def beside_shared_data(tmp_path, monkeypatch):
 def test_the_papers_preset_loads_and_validates(beside_shared_data):
     config = load_config(None, {"out": beside_shared_data / "out"}, PAPER)
     assert (config.algo, config.data, config.workers) == ("palsgd", "../shared/data/linux-docs.txt", 4)
+    # step-bound: 4 workers x 8 micro-batches x 10 sequences x 64 tokens a step
+    assert (config.grad_accum, config.batch_size, config.seq_len) == (8, 10, 64)
     # the paper's optimizer: AdamW at 0.01 without a schedule, clipping 1
     assert (config.lr, config.lr_schedule, config.lr_warmup, config.max_grad_norm) == (0.01, "constant", 0, 1.0)
     # H, S, p, eta, outer Nesterov SGD lr and momentum
