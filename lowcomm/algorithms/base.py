@@ -42,7 +42,8 @@ class Strategy(ABC):
         communicator: between workers; defaults to the default ``torch.distributed`` process group. With a
             mesh it connects the groups (world size K, this rank's group as its rank: a
             :class:`~lowcomm.communication.modelled.ModelledCommunicator` around one over
-            ``mesh["group"]``, say) and defaults to one over ``mesh["group"]``.
+            ``mesh["group"]``, say) and defaults to one over ``mesh["group"]``. A mesh of one group
+            (a live worker group, a world of its own) takes any communicator between groups.
         max_grad_norm: clip the (averaged, where averaged) gradient norm to this value.
     """
 
@@ -110,9 +111,9 @@ class Strategy(ABC):
             raise ValueError(f"max_grad_norm: must be > 0, got {max_grad_norm}")
         if mesh is not None and mesh.mesh_dim_names != ("group", "inner"):
             raise ValueError(f"mesh: its dimensions must be ('group', 'inner'), got {mesh.mesh_dim_names}")
-        if mesh is not None and communicator is not None and (communicator.world_size, communicator.rank) != (
-            mesh["group"].size(), mesh.get_local_rank("group")
-        ):
+        if mesh is not None and communicator is not None and mesh["group"].size() > 1 and (
+            communicator.world_size, communicator.rank
+        ) != (mesh["group"].size(), mesh.get_local_rank("group")):
             raise ValueError("communicator: with a mesh it must connect the groups (world size K, this rank's "
                              "group as its rank)")
         self.local_model = model

@@ -1,7 +1,10 @@
 """The traffic between worker groups through torchft: groups may die and rejoin while the others train.
 
-Each worker group is one torchft replica group. Its :class:`LiveCommunicator` is the algorithm's
-communicator between groups: every training step that communicates is one torchft step (a quorum
+Each worker group is one torchft replica group: its G ranks (one process each) run one torchft
+``Manager`` each, over the group's own store, rank 0's serving the group's quorum and commits. Rank
+i's :class:`LiveCommunicator` is the algorithm's communicator between groups for rank i's shard
+(:class:`~lowcomm.communication.groups.GroupShards`): its process group connects rank i of every
+live group, and healing sends rank i's state to rank i. Every training step that communicates is one torchft step (a quorum
 from the lighthouse at its first mean all-reduce, all its all-reduces over torchft's
 reconfigurable gloo process group, a commit at :meth:`LiveCommunicator.end_step`). One quorum per
 step, not per all-reduce: a DiLoCo synchronisation is two all-reduces (the pseudo-gradient, then
@@ -91,6 +94,8 @@ class LiveSettings:
     store_port: int
     hostname: str
     quorum_timeout_s: float
+    inner_rank: int = 0
+    group_size: int = 1
     collective_timeout_s: float = 10.0
     quorum_retries: int = 20
     heartbeat_ms: int = 100
@@ -142,6 +147,7 @@ class LiveCommunicator(Communicator):
         settings: LiveSettings,
         state_fn: Callable[[], dict[str, Any]],
         heal_fn: Callable[[dict[str, Any]], None],
+        within: Communicator | None = None,
     ) -> None:
         from torchft.checkpointing.pg_transport import PGTransport
         from torchft.manager import Manager
@@ -161,8 +167,8 @@ class LiveCommunicator(Communicator):
             timeout=timeout,
             quorum_timeout=timedelta(seconds=settings.quorum_timeout_s),
             connect_timeout=timedelta(seconds=settings.quorum_timeout_s),
-            rank=0,
-            world_size=1,
+            rank=settings.inner_rank,
+            world_size=settings.group_size,
             store_addr=settings.store_host,
             store_port=settings.store_port,
             lighthouse_addr=settings.lighthouse,
@@ -177,6 +183,8 @@ class LiveCommunicator(Communicator):
         # so that a rejoining group knows which collective the others are in (warm-up or outer step)
         self.manager.register_state_dict_fn("lowcomm", lambda _: None, state_fn)
         self.heal_fn = heal_fn
+        self.within = within
+        self.failed_in_step = False
         self.fault = settings.fault
         self.members: set[int] | None = None
         self.step_membership: tuple[torch.Tensor, int] | None = None
@@ -191,6 +199,7 @@ class LiveCommunicator(Communicator):
         if self.quorum_started:
             return False
         self.step_started = time.perf_counter()
+        self.failed_in_step = False
         self.manager.start_quorum()
         self.quorum_started = True
         try:
@@ -260,8 +269,16 @@ class LiveCommunicator(Communicator):
         return True
 
     def failed(self) -> bool:
-        """Whether a collective of this step failed (torchft then skips the rest of the step's)."""
-        return self.manager.errored() is not None
+        """Whether a collective of this step has failed on any rank of this group (torchft then skips
+        the rest of the step's): a collective within the group, so that its ranks agree. The answer
+        stays in :attr:`failed_in_step` until the next quorum."""
+        failed = self.manager.errored() is not None
+        if self.within is not None:
+            flag = torch.tensor([float(failed)], dtype=torch.float64)
+            self.within.all_reduce_mean([flag], accounted=False)
+            failed = bool(flag > 0)
+        self.failed_in_step |= failed
+        return failed
 
     def _all_reduce_mean(self, tensors: list[torch.Tensor]) -> Callable[[], None]:
         live = self.world_size

@@ -1,10 +1,11 @@
 """Live fault tolerance (``--fault-tolerance live``): worker groups that die are left out, and rejoin.
 
 The launcher starts the torchft lighthouse (bound to 127.0.0.1; on several machines it runs apart,
-see the README) and one process per worker group, each a world of its own whose traffic with the
-other groups goes through a :class:`~lowcomm.communication.live.LiveCommunicator`. A group that
-exits with an error is started again (up to ``--max-restarts`` times per group) while the others
-train on; it asks for a quorum at once, receives a live peer's state at the others' next
+see the README) and each worker group's G processes (``--group-size``, DDP inside the group),
+each group a world of its own with its own store, served from the launcher; rank i's traffic with
+the other groups goes through its :class:`~lowcomm.communication.live.LiveCommunicator`. The group
+is the unit that fails: when one of its processes exits with an error the launcher kills the others
+and starts all G again (up to ``--max-restarts`` times per group) while the other groups train on; it asks for a quorum at once, receives a live peer's state at the others' next
 synchronisation and completes that step with them. Group g writes to ``OUT/group_g/``
 (``metrics.jsonl``, ``summary.json``, ``checkpoints/``). When fewer than ``--min-groups`` groups are
 live for ``--hang-timeout`` seconds, every group still running saves a checkpoint and stops.
@@ -12,6 +13,7 @@ live for ``--hang-timeout`` seconds, every group still running saves a checkpoin
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import socket
@@ -23,11 +25,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from lowcomm.communication.communicator import ProcessGroupCommunicator
 from lowcomm.communication.live import LiveCommunicator, LiveSettings, TooFewGroups, injected_fault
 from lowcomm.training.config import TrainConfig
-from lowcomm.training.peers import Peers
+from lowcomm.training.launch import loopback_interface
+from lowcomm.training.peers import process_group_peers
 from lowcomm.training.rng import seed_everything
-from lowcomm.training.trainer import Restored, Trainer
+from lowcomm.training.trainer import Restored, Trainer, restart_count
+from lowcomm.training.worker import StoreAddress, join_process_group
 
 LOOPBACK = "127.0.0.1"
 HEARTBEAT_TIMEOUT_MS = 2000
@@ -36,7 +41,6 @@ COLLECTIVE_TIMEOUT_S = 10.0
 """An all-reduce or a healing transfer between groups fails after this long (a peer died during it)."""
 TOO_FEW_GROUPS = 3
 """A group's exit code when it stopped because too few groups were live."""
-RESTART_VARIABLE = "LOWCOMM_LIVE_RESTART"
 
 
 class LiveFailure(RuntimeError):
@@ -63,53 +67,83 @@ def train_live(config: TrainConfig) -> None:
         )
         address = f"{LOOPBACK}:{lighthouse.address().rsplit(':', 1)[1]}"
     groups = range(config.groups) if config.live_group is None else [config.live_group]
-    context = multiprocessing.get_context("spawn")
-
-    def start(group: int, restart: int) -> multiprocessing.Process:
-        process = context.Process(target=run_group, args=(config, group, restart, f"http://{address}"))
-        process.start()
-        return process
-
-    running = {group: start(group, 0) for group in groups}
+    running = {group: GroupProcesses(config, group, 0, f"http://{address}") for group in groups}
     restarts = dict.fromkeys(groups, 0)
     failures: list[str] = []
     try:
         while running:
             time.sleep(0.2)
-            for group, process in list(running.items()):
-                if process.exitcode is None:
+            for group, processes in list(running.items()):
+                exit_code = processes.exit_code()
+                if exit_code is None:
                     continue
                 del running[group]
-                if process.exitcode == TOO_FEW_GROUPS:
+                if exit_code == TOO_FEW_GROUPS:
                     failures.append(f"group {group} stopped: fewer than {config.min_groups} groups were live for "
                                     f"{config.hang_timeout:g} s; its checkpoint is in {group_directory(config.out, group)}")
-                elif process.exitcode != 0 and restarts[group] < config.max_restarts:
+                elif exit_code != 0 and restarts[group] < config.max_restarts:
                     restarts[group] += 1
-                    print(f"lowcomm train: group {group} failed (exit code {process.exitcode}); restarting it "
+                    print(f"lowcomm train: group {group} failed (exit code {exit_code}); restarting it "
                           f"({restarts[group]} of {config.max_restarts})", file=sys.stderr)
-                    running[group] = start(group, restarts[group])
-                elif process.exitcode != 0:
-                    failures.append(f"group {group} failed (exit code {process.exitcode}); see its log above")
+                    running[group] = GroupProcesses(config, group, restarts[group], f"http://{address}")
+                elif exit_code != 0:
+                    failures.append(f"group {group} failed (exit code {exit_code}); see its log above")
     finally:
-        for process in running.values():
-            process.kill()
+        for processes in running.values():
+            processes.kill()
         if lighthouse is not None:
             lighthouse.shutdown()
     if failures:
         raise LiveFailure("; ".join(failures))
 
 
-def run_group(config: TrainConfig, group: int, restart: int, lighthouse: str) -> None:
-    """One worker group's process: its own store, the live communicator, training."""
-    host = "" if config.bind_all else LOOPBACK
+class GroupProcesses:
+    """One start of a worker group: its store (served from here, fresh for each start) and its G
+    processes. The group is the unit that fails: when one of its processes exits with an error, the
+    others are killed."""
+
+    def __init__(self, config: TrainConfig, group: int, restart: int, lighthouse: str) -> None:
+        listener = socket.create_server(("" if config.bind_all else LOOPBACK, 0))
+        port = listener.getsockname()[1]
+        self.store = dist.TCPStore(LOOPBACK, port, is_master=True, wait_for_workers=False,
+                                   master_listen_fd=listener.detach())
+        context = multiprocessing.get_context("spawn")
+        self.processes = [
+            context.Process(target=run_group, args=(config, group, inner_rank, restart, lighthouse, port))
+            for inner_rank in range(config.group_size)
+        ]
+        for process in self.processes:
+            process.start()
+
+    def exit_code(self) -> int | None:
+        """None while the group runs; else its exit code: the first error's (its other processes then
+        killed), or 0 (or :data:`TOO_FEW_GROUPS`) once every process has exited so."""
+        codes = [process.exitcode for process in self.processes]
+        failed = [code for code in codes if code not in (None, 0, TOO_FEW_GROUPS)]
+        if failed:
+            self.kill()
+            return failed[0]
+        if None in codes:
+            return None
+        return max(codes)
+
+    def kill(self) -> None:
+        for process in self.processes:
+            process.kill()
+        for process in self.processes:
+            process.join()
+
+
+def run_group(config: TrainConfig, group: int, inner_rank: int, restart: int, lighthouse: str, store_port: int) -> None:
+    """One process of a worker group: rank ``inner_rank`` of the group's own world (a process group
+    in the group's store), its live communicator to rank ``inner_rank`` of the other groups, training."""
     if not config.bind_all:
-        interface = next(name for _, name in socket.if_nameindex() if name.startswith("lo"))
-        os.environ["GLOO_SOCKET_IFNAME"] = interface
-    os.environ[RESTART_VARIABLE] = str(restart)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.groups))
-    listener = socket.create_server((host, 0))
-    port = listener.getsockname()[1]
-    store = dist.TCPStore(LOOPBACK, port, is_master=True, wait_for_workers=False, master_listen_fd=listener.detach())
+        os.environ["GLOO_SOCKET_IFNAME"] = loopback_interface()
+    os.environ.update(RANK=str(inner_rank), WORLD_SIZE=str(config.group_size), TORCHELASTIC_RESTART_COUNT=str(restart))
+    local_groups = config.groups if config.live_group is None else 1
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // (local_groups * config.group_size)))
+    store_host = LOOPBACK if not config.bind_all else socket.gethostname()
+    join_process_group("gloo", config.hang_timeout, StoreAddress(store_host, store_port))
     group_config = config.model_copy(update={"out": group_directory(config.out, group)})
     group_config.out.mkdir(parents=True, exist_ok=True)
     trainer: LiveTrainer | None = None
@@ -118,36 +152,42 @@ def run_group(config: TrainConfig, group: int, restart: int, lighthouse: str) ->
         group=group,
         groups=config.groups,
         min_groups=config.min_groups,
-        store_host=LOOPBACK if not config.bind_all else socket.gethostname(),
-        store_port=port,
-        hostname=LOOPBACK if not config.bind_all else socket.gethostname(),
+        store_host=store_host,
+        store_port=store_port,
+        inner_rank=inner_rank,
+        group_size=config.group_size,
+        hostname=store_host,
         quorum_timeout_s=config.hang_timeout,
         collective_timeout_s=COLLECTIVE_TIMEOUT_S,
-        fault=injected_fault(group) if restart == 0 else None,
+        fault=injected_fault(group) if restart == 0 and inner_rank == 0 else None,
     )
+    within = ProcessGroupCommunicator() if config.group_size > 1 else None
     communicator = LiveCommunicator(settings, lambda: trainer.live_state(),
-                                    lambda state: trainer.load_live_state(state))
+                                    lambda state: trainer.load_live_state(state), within)
     try:
-        trainer = LiveTrainer(group_config, torch.device("cpu"), communicator, restart)
+        trainer = LiveTrainer(group_config, torch.device("cpu"), communicator)
         trainer.train()
     except TooFewGroups as error:
         print(f"lowcomm train: group {group}: {error}", file=sys.stderr)
         sys.exit(TOO_FEW_GROUPS)
     finally:
         communicator.shutdown()
-        del store
+        trainer = None
+        gc.collect()  # the trainer's process groups go before the default one (see worker.train_as_this_rank)
+        dist.destroy_process_group()
 
 
 class LiveTrainer(Trainer):
     """A worker group's training loop in a live run: it joins the others (healed when behind), logs
     the groups that leave and join, and saves a checkpoint before stopping for want of groups."""
 
-    def __init__(self, config: TrainConfig, device: torch.device, communicator: LiveCommunicator, restart: int):
+    def __init__(self, config: TrainConfig, device: torch.device, communicator: LiveCommunicator):
         self.live = communicator
-        self.restart = restart
         self.joining = False
-        peers = Peers(0, 1, lambda value: [value])
-        super().__init__(config, device, communicator, peers, data_shard=(communicator.rank, config.groups))
+        peers = process_group_peers()
+        size = config.group_size
+        super().__init__(config, device, communicator, peers,
+                         data_shard=(communicator.rank * size + peers.rank, config.groups * size))
         if self.step > 0:
             communicator.resume_at(self.step)
 
@@ -168,7 +208,7 @@ class LiveTrainer(Trainer):
         run another collective than the others'."""
         self.joining = True
         state = self.live.join()
-        while state is None and self.live.failed():  # behind, but the peer's state did not arrive: ask again
+        while self.live.failed():  # the peer's state did not arrive (on a rank of this group): ask again
             self.live.end_step()
             self.log_live_events()
             state = self.live.join()
@@ -178,6 +218,7 @@ class LiveTrainer(Trainer):
         if state is not None and not state["joining"] and self.step > 0:
             self.strategy.complete_joined_step()
             self.scheduler.step()
+        self.log_strategy_events()
         self.live.end_step()
         self.log_live_events()
 
@@ -185,6 +226,13 @@ class LiveTrainer(Trainer):
         super().train_step()
         self.live.end_step()
         self.log_live_events()
+
+    def step_events(self) -> list[dict[str, Any]]:
+        """The strategy's events, but none of ``nonfinite_worker_excluded`` in a step whose all-reduce
+        failed: its zeros are no worker's non-finite values (``step_failed`` is logged instead)."""
+        if self.live.failed_in_step:
+            return [event for event in self.strategy.events if event["event"] != "nonfinite_worker_excluded"]
+        return self.strategy.events
 
     def log_live_events(self) -> None:
         if self.log is not None:
@@ -221,7 +269,7 @@ class LiveTrainer(Trainer):
     def restore(self) -> Restored:
         """A restarted group is healed from a live peer, not from a checkpoint; its metrics.jsonl
         keeps what it wrote before."""
-        if self.restart == 0:
+        if restart_count() == 0:
             return super().restore()
         metrics = self.config.out / "metrics.jsonl"
         return Restored(metrics_offset=metrics.stat().st_size if metrics.exists() else 0)

@@ -131,15 +131,20 @@ class Trainer:
         self.rank, self.world_size = peers.rank, peers.world_size
         self.storage = storage or shared_storage(self.rank, self.world_size)
         self.shard_index, self.shard_count = data_shard or (self.rank, self.world_size)
-        grouped = config.grouped and not config.live
-        self.mesh: DeviceMesh | None = worker_groups(config.groups, config.group_size) if grouped else None
+        self.mesh: DeviceMesh | None = None
+        if config.live and config.group_size > 1:  # a live worker group is a world of its own, one group of G
+            self.mesh = worker_groups(1, config.group_size)
+        elif config.grouped and not config.live:
+            self.mesh = worker_groups(config.groups, config.group_size)
         if self.mesh is not None and config.inner == "fsdp":
             self.refuse_groups_across_domains()
         with SETUP_LOCK:
             model, optimizer = self.build(config, device)
         on_mesh = {}
-        if self.mesh is not None:  # the algorithm's communicator connects the groups
-            communicator, on_mesh = ProcessGroupCommunicator(self.mesh["group"].get_group()), {"mesh": self.mesh}
+        if self.mesh is not None:  # the algorithm's communicator connects the groups (in live mode: it is given)
+            on_mesh = {"mesh": self.mesh}
+            if not config.live:
+                communicator = ProcessGroupCommunicator(self.mesh["group"].get_group())
         communicator = network_communicator(communicator, config)
         self.strategy = strategy_class(config.algo, communicator)(
             model, optimizer, communicator=communicator, **on_mesh, **config.algorithm_kwargs()
@@ -253,10 +258,20 @@ class Trainer:
             self.progress.tokens += self.world_size * sum(targets.numel() for _, targets in micro_batches)
         if self.log is not None:
             self.report_step(loss_value, lr, stats.bytes_sent - sent_before)
-            for event in self.strategy.events:
+        self.log_strategy_events()
+
+    def log_strategy_events(self) -> None:
+        """Rank 0 logs the events the strategy recorded in this step (:meth:`step_events`); every rank
+        then forgets them and the step's diagnostics."""
+        if self.log is not None:
+            for event in self.step_events():
                 self.log.write({"step": self.step, **event})
         self.strategy.events.clear()
         self.strategy.sync_diagnostics.clear()
+
+    def step_events(self) -> list[dict[str, Any]]:
+        """The events the strategy recorded in this step, to log."""
+        return self.strategy.events
 
     def report_step(self, loss: float | None, lr: float, sent: int) -> None:
         stats, elapsed = self.strategy.comm_stats, self.elapsed()
@@ -323,7 +338,7 @@ class Trainer:
         strategy_state, sharded, layout = self.strategy.state_dict(), None, None
         if self.mesh is not None:
             strategy_state, sharded = split(strategy_state, Position.of(self.mesh))
-            layout = {"groups": self.config.groups, "group_size": self.config.group_size}
+            layout = {"groups": self.mesh.size(0), "group_size": self.mesh.size(1)}
         state = {
             "strategy": strategy_state,
             "scheduler": self.scheduler.state_dict(),

@@ -1,3 +1,4 @@
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -178,6 +179,20 @@ def layout(config):
 )
 def test_any_two_of_workers_groups_and_group_size_give_the_third(overrides, expected):
     assert layout(load_config(overrides=overrides)) == expected
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchft") is None, reason="needs the ft extra (pip install 'lowcomm[ft]')")
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"groups": "3"}, (3, 3, 1, "ddp")),  # groups of one process
+        ({"groups": "2", "group_size": "2"}, (4, 2, 2, "ddp")),  # a group of G ranks fails and rejoins whole
+        ({"groups": "3", "workers": "6"}, (6, 3, 2, "ddp")),
+    ],
+)
+def test_live_worker_groups_take_any_group_size_with_ddp_inside(overrides, expected):
+    config = load_config(overrides={"fault_tolerance": "live", "algo": "diloco", **overrides})
+    assert layout(config) == expected
 
 
 @pytest.mark.parametrize(
