@@ -1,7 +1,7 @@
 """Live fault tolerance with torchft (``--fault-tolerance live``), on real processes: a group killed
 with SIGKILL, in its local phase or inside an all-reduce, is left out while the others train on,
-rejoins healed, and every group ends with the same global model; a group that alone failed a step
-is healed in place; too few live groups stop the run with one line and a checkpoint; a lighthouse
+rejoins healed, and every group ends with the same global model; a group of two processes, one of
+them killed, is restarted whole and rejoins healed; a group that alone failed a step is healed in place; too few live groups stop the run with one line and a checkpoint; a lighthouse
 that restarts does not stop training; without torchft the option is refused."""
 
 import contextlib
@@ -90,16 +90,17 @@ STOP_HOOK = {"LOWCOMM_LIVE_TEST_FAULT": f"{KILLED}:12:stop"}
 
 @pytest.fixture(scope="module")
 def uninterrupted_eval_loss(cache_dir, tmp_path_factory):
-    """The final eval loss of each algorithm's run without a kill (computed once per algorithm)."""
+    """The final eval loss of a run of these arguments without a kill (computed once per arguments)."""
     losses = {}
 
-    def run(algo, args):
-        if algo not in losses:
-            out = tmp_path_factory.mktemp(f"straight_{algo}")
+    def run(args):
+        key = tuple(args)
+        if key not in losses:
+            out = tmp_path_factory.mktemp("straight")
             subprocess.run(train_command(out, *args, cache_dir=cache_dir), check=True, capture_output=True,
                            timeout=800)
-            losses[algo] = group_records(out, 0, "eval")[-1]["eval_loss"]
-        return losses[algo]
+            losses[key] = group_records(out, 0, "eval")[-1]["eval_loss"]
+        return losses[key]
 
     return run
 
@@ -157,6 +158,7 @@ def test_a_killed_group_is_left_out_and_rejoins_healed(algo, phase, cache_dir, t
             assert [(r["group"], r["live_groups"]) for r in joined] == [(KILLED, GROUPS)]
             assert left[0]["step"] < joined[0]["step"] < int(steps)
             failed = [r["step"] for r in events if r["event"] == "step_failed"]
+            assert not [r for r in events if r["event"] == "nonfinite_worker_excluded"]
             if inside_all_reduce:  # the all-reduce the killed group was in failed: no outer step, then the others go on
                 assert failed == [STOPPED_SYNC] and left[0]["step"] > STOPPED_SYNC
                 waited = next(r["stalled_s"] for r in events if r["event"] == "step_failed")
@@ -171,7 +173,49 @@ def test_a_killed_group_is_left_out_and_rejoins_healed(algo, phase, cache_dir, t
     assert len(rejoined) == 1 and rejoined[0]["group"] == KILLED
     models = final_models(killed, GROUPS, int(steps))
     assert all(all((m[k] == models[0][k]).all() for k in m) for m in models[1:])  # every group holds the same z
-    loss, uninterrupted = group_records(killed, 0, "eval")[-1]["eval_loss"], uninterrupted_eval_loss(algo, args)
+    loss, uninterrupted = group_records(killed, 0, "eval")[-1]["eval_loss"], uninterrupted_eval_loss(args)
+    assert abs(loss - uninterrupted) <= 0.02 * uninterrupted, (loss, uninterrupted)
+
+
+@needs_torchft
+def test_a_group_of_two_processes_is_the_unit_that_fails_and_rejoins(cache_dir, tmp_path, uninterrupted_eval_loss):
+    """3 groups of 2 processes (DDP inside), DiLoCo: rank 1 of group 1 killed in its local phase. The
+    launcher kills its rank 0 and starts both again; the survivors train on, the restarted group is
+    healed rank by rank (rank i from a survivor's rank i) and takes part again. Each group's final
+    global model is its ranks' shards of z put together: equal across groups, bit for bit, so every
+    rank's shard of z equals its peers'."""
+    steps, size = "800", 2
+    args = ["--algo", "diloco", "--groups", str(GROUPS), "--group-size", str(size), "--steps", steps,
+            "--eval-every", steps, "--checkpoint-every", steps]
+    out = tmp_path / "killed"
+    with (tmp_path / "stderr.txt").open("w") as stderr:
+        launcher = subprocess.Popen(train_command(out, *args, "--max-restarts", "1", cache_dir=cache_dir),
+                                    stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            wait_for(lambda: any(r["step"] >= 40 for r in group_records(out, KILLED, "train")), launcher, 240)
+            pids = sorted(worker_pids(launcher.pid))  # started in order: group g's rank i is the (g * G + i)-th
+            assert len(pids) == GROUPS * size and pids[KILLED * size] == group_pid(out, KILLED)
+            os.kill(pids[KILLED * size + 1], signal.SIGKILL)
+            wait_for(lambda: not Path(f"/proc/{pids[KILLED * size]}").exists(), launcher, 30)  # its rank 0 too
+            assert launcher.wait(timeout=800) == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
+        finally:
+            stop(launcher)
+    restarts = [line for line in (tmp_path / "stderr.txt").read_text().splitlines() if "restarting it" in line]
+    assert len(restarts) == 1 and f"group {KILLED} failed (exit code " in restarts[0], restarts
+    for group in set(range(GROUPS)) - {KILLED}:
+        train = group_records(out, group, "train")
+        assert train[-1]["step"] == int(steps) and longest_pause(train) < MAX_STALL_S
+        events = group_records(out, group, "event")
+        left = [(r["group"], r["live_groups"]) for r in events if r["event"] == "group_left"]
+        joined = [(r["group"], r["live_groups"]) for r in events if r["event"] == "group_joined"]
+        assert left == [(KILLED, GROUPS - 1)] and joined == [(KILLED, GROUPS)]
+        assert not [r for r in events if r["event"] in ("step_failed", "nonfinite_worker_excluded")]
+    restarted = group_records(out, KILLED, "event")
+    assert [r.get("restart", 0) for r in restarted if r["event"] == "start"] == [0, 1]
+    assert [r["group"] for r in restarted if r["event"] == "group_joined"] == [KILLED]
+    models = final_models(out, GROUPS, int(steps))
+    assert all(all((m[k] == models[0][k]).all() for k in m) for m in models[1:])
+    loss, uninterrupted = group_records(out, 0, "eval")[-1]["eval_loss"], uninterrupted_eval_loss(args)
     assert abs(loss - uninterrupted) <= 0.02 * uninterrupted, (loss, uninterrupted)
 
 
@@ -189,9 +233,8 @@ def test_a_group_that_alone_failed_a_step_is_healed_in_place(cache_dir, tmp_path
     result = subprocess.run(train_command(out, *args, cache_dir=cache_dir), capture_output=True, text=True,
                             timeout=800, env=environment)
     assert result.returncode == 0, result.stderr[-3000:]
-    events = {group: [(r["step"], r["event"], r.get("group")) for r in group_records(out, group, "event")
-                      if r["event"] != "nonfinite_worker_excluded"]  # a failed step's zeros: no finite contribution
-              for group in range(GROUPS)}
+    events = {group: [(r["step"], r["event"], r.get("group")) for r in group_records(out, group, "event")]
+              for group in range(GROUPS)}  # no nonfinite_worker_excluded: a failed step's zeros are no worker's
     assert events[1] == [(0, "start", None), (STOPPED_SYNC, "step_failed", 1), (STOPPED_SYNC + 8, "group_healed", 1)]
     for group in (0, 2):
         assert events[group] == [(0, "start", None), (STOPPED_SYNC + 8, "group_left", 1),
