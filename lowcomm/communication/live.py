@@ -149,12 +149,32 @@ class LiveCommunicator(Communicator):
         heal_fn: Callable[[dict[str, Any]], None],
         within: Communicator | None = None,
     ) -> None:
+        super().__init__(settings.group, settings.groups)
+        self.settings = settings
+        self.state_fn = state_fn
+        self.heal_fn = heal_fn
+        self.within = within
+        self.manager: Any = None
+        self.resumed_step: int | None = None
+        self.failed_in_step = False
+        self.fault = settings.fault
+        self.members: set[int] | None = None
+        self.step_membership: tuple[torch.Tensor, int] | None = None
+        self.quorum_started = False
+        self.step_started = time.perf_counter()
+        self.events: list[dict[str, Any]] = []
+
+    def connect(self) -> None:
+        """Start this rank's torchft ``Manager`` (rank 0's serves the group and heartbeats to the
+        lighthouse, which from then on counts the group as live: the others' quorums wait for it, up
+        to the lighthouse's join timeout). Groups that start together connect at once, so that their
+        first quorum has them all; a restarted group is connected at its first quorum, not while it
+        still builds its model and the others would wait for it."""
         from torchft.checkpointing.pg_transport import PGTransport
         from torchft.manager import Manager
         from torchft.process_group import ProcessGroupGloo
 
-        super().__init__(settings.group, settings.groups)
-        self.settings = settings
+        settings = self.settings
         timeout = timedelta(seconds=settings.collective_timeout_s)
         self.process_group = ProcessGroupGloo(timeout=timeout)
         self.transport = CountingTransport(PGTransport(self.process_group, timeout, torch.device("cpu")), self.stats)
@@ -181,16 +201,9 @@ class LiveCommunicator(Communicator):
         )
         # lowcomm applies a healing state itself as soon as it arrives, before this step's all-reduce,
         # so that a rejoining group knows which collective the others are in (warm-up or outer step)
-        self.manager.register_state_dict_fn("lowcomm", lambda _: None, state_fn)
-        self.heal_fn = heal_fn
-        self.within = within
-        self.failed_in_step = False
-        self.fault = settings.fault
-        self.members: set[int] | None = None
-        self.step_membership: tuple[torch.Tensor, int] | None = None
-        self.quorum_started = False
-        self.step_started = time.perf_counter()
-        self.events: list[dict[str, Any]] = []
+        self.manager.register_state_dict_fn("lowcomm", lambda _: None, self.state_fn)
+        if self.resumed_step is not None:
+            self.manager.load_state_dict({"step": self.resumed_step, "batches_committed": 0})
 
     def start_quorum(self) -> bool:
         """Ask the lighthouse for this step's quorum unless this step has one; True when it did.
@@ -200,6 +213,8 @@ class LiveCommunicator(Communicator):
             return False
         self.step_started = time.perf_counter()
         self.failed_in_step = False
+        if self.manager is None:
+            self.connect()
         self.manager.start_quorum()
         self.quorum_started = True
         try:
@@ -215,7 +230,9 @@ class LiveCommunicator(Communicator):
     def resume_at(self, step: int) -> None:
         """A group resumed from a checkpoint of ``step``: groups resumed from older checkpoints (or
         none) are behind it, and are healed from it at their first quorum."""
-        self.manager.load_state_dict({"step": step, "batches_committed": 0})
+        self.resumed_step = step
+        if self.manager is not None:
+            self.manager.load_state_dict({"step": step, "batches_committed": 0})
 
     def take_healing_state(self) -> dict[str, Any] | None:
         """The state a peer sent this group at its quorum (None when it was not behind)."""
@@ -330,5 +347,6 @@ class LiveCommunicator(Communicator):
         at its first quorum, so the initial broadcast sends nothing."""
 
     def shutdown(self) -> None:
-        self.manager.shutdown(wait=False)
+        if self.manager is not None:
+            self.manager.shutdown(wait=False)
 

@@ -37,6 +37,10 @@ from lowcomm.training.worker import StoreAddress, join_process_group
 LOOPBACK = "127.0.0.1"
 HEARTBEAT_TIMEOUT_MS = 2000
 """A group whose heartbeats the lighthouse misses this long is left out of the next quorum."""
+JOIN_TIMEOUT_SHARE = 0.5
+"""The lighthouse waits this share of ``--hang-timeout`` for a live group that has not asked for the
+quorum yet (a straggler) before forming it without that group; the groups' own wait for a quorum is
+the whole of ``--hang-timeout``, so a straggler cannot make them give up while every group is live."""
 COLLECTIVE_TIMEOUT_S = 10.0
 """An all-reduce or a healing transfer between groups fails after this long (a peer died during it)."""
 TOO_FEW_GROUPS = 3
@@ -62,7 +66,7 @@ def train_live(config: TrainConfig) -> None:
         lighthouse = LighthouseServer(
             bind=f"{LOOPBACK}:0",
             min_replicas=config.min_groups,
-            join_timeout_ms=int(config.hang_timeout * 1000),
+            join_timeout_ms=int(config.hang_timeout * 1000 * JOIN_TIMEOUT_SHARE),
             heartbeat_timeout_ms=HEARTBEAT_TIMEOUT_MS,
         )
         address = f"{LOOPBACK}:{lighthouse.address().rsplit(':', 1)[1]}"
@@ -164,6 +168,8 @@ def run_group(config: TrainConfig, group: int, inner_rank: int, restart: int, li
     within = ProcessGroupCommunicator() if config.group_size > 1 else None
     communicator = LiveCommunicator(settings, lambda: trainer.live_state(),
                                     lambda state: trainer.load_live_state(state), within)
+    if restart == 0:
+        communicator.connect()
     try:
         trainer = LiveTrainer(group_config, torch.device("cpu"), communicator)
         trainer.train()
