@@ -4,12 +4,12 @@ Each worker group is one torchft replica group: its G ranks (one process each) r
 ``Manager`` each, over the group's own store, rank 0's serving the group's quorum and commits. Rank
 i's :class:`LiveCommunicator` is the algorithm's communicator between groups for rank i's shard
 (:class:`~lowcomm.communication.groups.GroupShards`): its process group connects rank i of every
-live group, and healing sends rank i's state to rank i. Every training step that communicates is one torchft step (a quorum
-from the lighthouse at its first mean all-reduce, all its all-reduces over torchft's
-reconfigurable gloo process group, a commit at :meth:`LiveCommunicator.end_step`). One quorum per
-step, not per all-reduce: a DiLoCo synchronisation is two all-reduces (the pseudo-gradient, then
-the workers' spread), and a group that joined at the second quorum would run the first one's
-collective against the others' second (gloo aborts on the mismatched sizes). The mean is over the
+live group, and healing sends rank i's state to rank i. Every training step that communicates is
+one torchft step (a quorum from the lighthouse at its first mean all-reduce, all its all-reduces
+over torchft's reconfigurable gloo process group, a commit at :meth:`LiveCommunicator.end_step`).
+One quorum per step, not per all-reduce: a DiLoCo synchronisation is two all-reduces (the
+pseudo-gradient, then the workers' spread), and a group that joined at the second quorum would run
+the first one's collective against the others' second (gloo aborts on the mismatched sizes). The mean is over the
 groups in the quorum. A group that has died is left out of the next quorum once the lighthouse
 misses its heartbeats; a group that is behind the others is healed: at its quorum a live peer
 sends it the state lowcomm registered (z, the outer optimizer, coins, error-feedback residuals,
@@ -20,7 +20,9 @@ all-reduces (its contribution is zero, the mean is the others'). A group is behi
 An all-reduce that failed (a peer died during it, or did not answer within the collective
 timeout) comes back as zeros, the mean of no contribution, and the step is not committed: DiLoCo
 and PALSGD read their finite flag as 0 and skip the outer step, as for an outer step where every
-worker was non-finite; the next quorum goes on without the dead peer.
+worker was non-finite (the trainer logs ``step_failed`` for it, no ``nonfinite_worker_excluded``);
+the next quorum goes on without the dead peer. The ranks of a group agree on whether a step failed
+(a collective within the group), so that they all skip it alike.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ see the README) and each worker group's G processes (``--group-size``, DDP insid
 each group a world of its own with its own store, served from the launcher; rank i's traffic with
 the other groups goes through its :class:`~lowcomm.communication.live.LiveCommunicator`. The group
 is the unit that fails: when one of its processes exits with an error the launcher kills the others
-and starts all G again (up to ``--max-restarts`` times per group) while the other groups train on; it asks for a quorum at once, receives a live peer's state at the others' next
+and starts all G again (up to ``--max-restarts`` times per group) while the other groups train on;
+once it has built its model it asks for a quorum, receives a live peer's state at the others' next
 synchronisation and completes that step with them. Group g writes to ``OUT/group_g/``
 (``metrics.jsonl``, ``summary.json``, ``checkpoints/``). When fewer than ``--min-groups`` groups are
 live for ``--hang-timeout`` seconds, every group still running saves a checkpoint and stops.
@@ -84,7 +85,8 @@ def train_live(config: TrainConfig) -> None:
                 del running[group]
                 if exit_code == TOO_FEW_GROUPS:
                     failures.append(f"group {group} stopped: fewer than {config.min_groups} groups were live for "
-                                    f"{config.hang_timeout:g} s; its checkpoint is in {group_directory(config.out, group)}")
+                                    f"{config.hang_timeout:g} s; its checkpoint is in "
+                                    f"{group_directory(config.out, group)}")
                 elif exit_code != 0 and restarts[group] < config.max_restarts:
                     restarts[group] += 1
                     print(f"lowcomm train: group {group} failed (exit code {exit_code}); restarting it "

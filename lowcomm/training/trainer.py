@@ -12,7 +12,9 @@ model with DistributedDataParallel or FSDP2 inside (every rank on its own batche
 algorithm runs between groups. Checkpoints are then sharded (:mod:`lowcomm.training.sharded_state`)
 and may resume in another layout: each rank's data stream then starts at the position in its
 epoch that rank 0 had reached, its random generators are seeded afresh from (seed, rank, step),
-and a new group starts from the global model with a fresh inner optimizer state.
+and a new group starts from the global model with a fresh inner optimizer state. In live mode
+(:mod:`lowcomm.training.live`) each group is a world of its own, a 1 x G mesh, and the communicator
+between groups is the one given.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Live fault tolerance with torchft (``--fault-tolerance live``), on real processes: a group killed
 with SIGKILL, in its local phase or inside an all-reduce, is left out while the others train on,
 rejoins healed, and every group ends with the same global model; a group of two processes, one of
-them killed, is restarted whole and rejoins healed; a group that alone failed a step is healed in place; too few live groups stop the run with one line and a checkpoint; a lighthouse
-that restarts does not stop training; without torchft the option is refused."""
+them killed, is restarted whole and rejoins healed; a group that alone failed a step is healed in
+place; too few live groups stop the run with one line and a checkpoint; a lighthouse that restarts
+does not stop training; without torchft the option is refused."""
 
 import contextlib
 import importlib.util
