@@ -80,8 +80,10 @@ def train_as_this_rank(config: TrainConfig, device: torch.device, store_address:
 
 
 def fail(message: str, exit_code: int) -> NoReturn:
-    """Stop this worker with one line on stderr."""
-    print(f"lowcomm train: error: {message}", file=sys.stderr)
+    """Stop this worker with one line on stderr, written whole in one call: every rank of a node may
+    write the same error to the same stream at once (print writes the line and its end apart)."""
+    sys.stderr.write(f"lowcomm train: error: {message}\n")
+    sys.stderr.flush()
     raise SystemExit(exit_code)
 
 

@@ -1,6 +1,6 @@
 """``lowcomm train`` end to end: real worker processes on gpt-tiny and the synthetic stories.
 
-Each run takes ~10 s on 2 cores, mostly interpreter start-up and imports; runs are shared between
+Each run takes ~6 s on 2 cores, mostly interpreter start-up and imports; runs are shared between
 tests through the module-scoped ``runs`` fixture.
 """
 
