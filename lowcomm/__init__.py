@@ -1,4 +1,9 @@
-"""lowcomm: communication-efficient data-parallel training for PyTorch."""
+"""lowcomm: communication-efficient data-parallel training for PyTorch.
+
+:func:`shard_within_groups` (FSDP2) is imported on first use: runs without FSDP never load it.
+"""
+
+from typing import Any
 
 from lowcomm.algorithms import (
     ALGORITHMS,
@@ -15,7 +20,6 @@ from lowcomm.communication import (
     CommStats,
     Communicator,
     ProcessGroupCommunicator,
-    shard_within_groups,
     worker_groups,
 )
 
@@ -37,3 +41,11 @@ __all__ = [
     "shard_within_groups",
     "worker_groups",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "shard_within_groups":
+        from lowcomm.communication.fsdp import shard_within_groups
+
+        return shard_within_groups
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

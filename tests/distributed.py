@@ -1,4 +1,9 @@
-"""Run a function on K real worker processes joined by a gloo process group on localhost."""
+"""Run a function on K real worker processes joined by a gloo process group on localhost.
+
+The processes are forked from a fork server that imported torch (with torch._dynamo, which the first
+optimizer imports) and lowcomm once for the whole session, instead of each importing them anew (two
+seconds of CPU each): every process still starts from that untouched state, as a spawned one would.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+
+PRELOADED = ["torch", "torch.distributed", "torch._dynamo", "lowcomm", "lowcomm.training.trainer", "tests.distributed"]
 
 
 def free_port() -> int:
@@ -44,7 +52,8 @@ def run_workers(fn: Callable[..., Any], world_size: int, *args: Any, timeout: fl
     ``fn`` must be importable (defined at module level); its result must be picklable.
     """
     with tempfile.TemporaryDirectory() as outdir:
-        context = mp.get_context("spawn")
+        context = mp.get_context("forkserver")
+        context.set_forkserver_preload(PRELOADED)
         port = free_port()
         processes = [
             context.Process(target=_worker, args=(rank, world_size, port, outdir, fn, args))

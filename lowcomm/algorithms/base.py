@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from lowcomm.algorithms.options import Option
 from lowcomm.communication.communicator import CommStats, Communicator, ProcessGroupCommunicator, payload_bytes
 from lowcomm.communication.ddp_hooks import CountingState, counting_allreduce_hook
-from lowcomm.communication.groups import GroupShards, count_fsdp_traffic, inner_kind, to_plain
+from lowcomm.communication.groups import GroupShards, inner_kind, to_plain
 
 Closure = Callable[[], torch.Tensor]
 
@@ -128,6 +128,8 @@ class Strategy(ABC):
         self.inner = inner_kind(self.params, mesh)
         self.shards = GroupShards(self.params, self.inner, self.inner_comm)
         if self.inner == "fsdp":
+            from lowcomm.communication.fsdp import count_fsdp_traffic  # FSDP2 is loaded only where it is used
+
             count_fsdp_traffic(model, self.inner_comm.stats)
         self.max_grad_norm = max_grad_norm
         self.step_count = 0

@@ -36,15 +36,15 @@ from typing import IO, Any
 
 import torch
 from safetensors.torch import save as safetensors_bytes
-from torch.distributed.checkpoint import CheckpointException
 
 from lowcomm.atomic import commit, fsync_path
 from lowcomm.training.peers import Peers, process_group_peers
-from lowcomm.training.sharded_state import SHARDED_DIRECTORY, save_sharded
 from lowcomm.training.storage import Storage, shared_storage
 
 MANIFEST = "manifest.json"
 GLOBAL_MODEL = "model.safetensors"
+SHARDED_DIRECTORY = "sharded"
+"""Where a run with worker groups keeps its DCP checkpoint (:mod:`lowcomm.training.sharded_state`)."""
 STAGING_PREFIX = ".staging_"
 CHECKPOINT_NAME = re.compile(r"step_(\d{8})")
 
@@ -171,9 +171,11 @@ def save_checkpoint(
     agree(start)
     written = agree(write)
     if sharded is not None:
+        from lowcomm.training.sharded_state import ShardedStateError, save_sharded  # DCP: worker groups only
+
         try:
             save_sharded(staging / SHARDED_DIRECTORY, sharded, storage.group)
-        except CheckpointException as error:
+        except ShardedStateError as error:
             raise CheckpointError(f"checkpoint {final.name}: the sharded state could not be written on "
                                   f"{storage.name}: {first_line(error)}") from None
         for leader, files in enumerate(agree(list_sharded)):

@@ -28,10 +28,7 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from lowcomm.communication.simulated import SimulatedCommunicator, run_simulated
 from lowcomm.training.config import TrainConfig, under_torchrun
-from lowcomm.training.batched_replicas import ReplicaBatcher
-from lowcomm.training.loss import cross_entropy
 from lowcomm.training.peers import communicator_peers
-from lowcomm.training.trainer import Trainer
 from lowcomm.training.worker import StoreAddress, run_worker
 
 LOOPBACK = "127.0.0.1"
@@ -79,6 +76,10 @@ def train(config: TrainConfig) -> None:
 def train_simulated(config: TrainConfig) -> None:
     """Train ``config`` with its workers simulated in this process, one thread each, on one device,
     their forward and backward passes batched into one or each in its thread (``--sim-passes``)."""
+    from lowcomm.training.batched_replicas import ReplicaBatcher
+    from lowcomm.training.loss import cross_entropy
+    from lowcomm.training.trainer import Trainer  # a launcher of worker processes does not import it
+
     device = torch.device(config.device)
     batched = config.sim_passes == "batched" or (config.sim_passes == "auto" and device.type == "cuda")
     if device.type == "cpu" and not batched:

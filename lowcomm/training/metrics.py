@@ -37,7 +37,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from lowcomm.atomic import write_atomically
@@ -55,6 +54,8 @@ class MetricsLog:
         path.touch()
         os.truncate(path, min(offset, path.stat().st_size))
         self.file = path.open("a", encoding="utf-8")
+        from torch.utils.tensorboard import SummaryWriter  # on rank 0 only: a fifth of a second to import
+
         self.tensorboard = SummaryWriter(out / "tensorboard", purge_step=step + 1)
 
     def write(self, record: dict[str, Any]) -> None:

@@ -17,7 +17,6 @@ from torch import Tensor, nn
 from lowcomm.atomic import write_atomically
 from lowcomm.data.tokenizer import TextTokenizer
 from lowcomm.models.generate import continue_tokens
-from lowcomm.plotting import loss_figure, save_figure
 from lowcomm.training.records import read_records
 
 LOSS_PLOT = "loss.png"
@@ -30,6 +29,8 @@ SAMPLING_TEMPERATURE = 0.8
 
 def write_loss_plot(out: Path, title: str) -> None:
     """``out/loss.png`` from ``out/metrics.jsonl`` as it stands."""
+    from lowcomm.plotting import loss_figure, save_figure  # matplotlib: on rank 0, at its first checkpoint
+
     save_figure(loss_figure(read_records(out / "metrics.jsonl"), title), out / LOSS_PLOT)
 
 

@@ -23,7 +23,8 @@ and then starts from the global model (``z``) with a fresh inner optimizer state
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,21 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Placement, Replicate, Shard
 
 MARKER = "__dcp_tensor__"
-SHARDED_DIRECTORY = "sharded"
+
+
+class ShardedStateError(RuntimeError):
+    """DCP could not save or load a sharded state."""
+
+
+@contextmanager
+def dcp_errors() -> Iterator[None]:
+    """DCP's ``CheckpointException``, which is no ``Exception`` (it derives from ``BaseException``),
+    raised again as a one-line :class:`ShardedStateError`."""
+    try:
+        yield
+    except dcp.CheckpointException as error:
+        lines = str(error).strip().splitlines()
+        raise ShardedStateError(lines[0] if lines else type(error).__name__) from None
 
 
 @dataclass(frozen=True)
@@ -134,7 +149,8 @@ def initialise_state(optimizer: torch.optim.Optimizer) -> None:
 def save_sharded(directory: Path, tensors: dict[str, torch.Tensor], group: ProcessGroup | None = None) -> None:
     """Collective over ``group`` (default: every rank): its ranks' ``tensors`` into one DCP
     checkpoint in ``directory``, whose metadata its first rank writes."""
-    dcp.save(tensors, storage_writer=dcp.FileSystemWriter(directory), process_group=group)
+    with dcp_errors():
+        dcp.save(tensors, storage_writer=dcp.FileSystemWriter(directory), process_group=group)
 
 
 def load_sharded(
@@ -194,7 +210,8 @@ def load_sharded(
         return tensor
 
     state = join(skeleton, target)
-    dcp.load(targets, storage_reader=dcp.FileSystemReader(directory), process_group=group)
+    with dcp_errors():
+        dcp.load(targets, storage_reader=dcp.FileSystemReader(directory), process_group=group)
     for tensor, chunks in rechunked:
         whole = torch.cat([chunk.reshape(-1) if tensor.dim() == 1 else chunk for chunk in chunks])
         size = -(-whole.shape[0] // position.group_size)

@@ -35,13 +35,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
-from torch.distributed.checkpoint import CheckpointException
-from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh
 from torch.optim.lr_scheduler import LambdaLR
 
 from lowcomm.algorithms.periodic import PeriodicStrategy
-from lowcomm.communication.groups import shard_within_groups, worker_groups
+from lowcomm.communication.groups import worker_groups
 from lowcomm.communication.network_model import NetworkModel, parse_rate
 from lowcomm.communication.communicator import Communicator, ProcessGroupCommunicator
 from lowcomm.communication.modelled import ModelledCommunicator
@@ -49,6 +47,7 @@ from lowcomm.data import load_data
 from lowcomm.models import build_model
 from lowcomm.training.checkpoint import (
     GLOBAL_MODEL,
+    SHARDED_DIRECTORY,
     agreed_checkpoint,
     checkpoints_of,
     first_line,
@@ -64,7 +63,6 @@ from lowcomm.training.outputs import held_out_prompt, write_loss_plot, write_sam
 from lowcomm.training.peers import Peers
 from lowcomm.training.rng import rng_state, seed_everything, set_rng_state
 from lowcomm.training.schedule import lr_schedule
-from lowcomm.training.sharded_state import SHARDED_DIRECTORY, Position, initialise_state, load_sharded, split
 from lowcomm.training.storage import Storage, shared_storage
 from lowcomm.training.strategy_choice import strategy_class
 
@@ -210,6 +208,8 @@ class Trainer:
             model.compile()
         self.eval_model = copy.deepcopy(model).eval() if self.rank == 0 else None
         if config.inner == "fsdp":
+            from lowcomm.communication.fsdp import shard_within_groups  # FSDP2 is loaded only where it is used
+
             model = shard_within_groups(model, self.mesh)
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=device.type == "cuda"
@@ -339,6 +339,8 @@ class Trainer:
         self.progress.elapsed_s = self.elapsed()
         strategy_state, sharded, layout = self.strategy.state_dict(), None, None
         if self.mesh is not None:
+            from lowcomm.training.sharded_state import Position, split  # DCP: worker groups only
+
             strategy_state, sharded = split(strategy_state, Position.of(self.mesh))
             layout = {"groups": self.mesh.size(0), "group_size": self.mesh.size(1)}
         state = {
@@ -378,7 +380,7 @@ class Trainer:
                 set_rng_state(state["rng"])
             else:
                 state = self.load_grouped(found)
-        except (OSError, RuntimeError, pickle.UnpicklingError, CheckpointException) as error:
+        except (OSError, RuntimeError, pickle.UnpicklingError) as error:
             raise ValueError(f"resume: {found.name} on {self.storage.name}: {first_line(error)}") from None
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("lr_schedule_steps", self.config.steps) != self.config.steps:
@@ -391,6 +393,9 @@ class Trainer:
     def load_grouped(self, directory: Path) -> dict[str, Any]:
         """This rank's state from a sharded checkpoint, saved in this layout or another (see the
         module docstring); return the rest of the state the checkpoint holds for it."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        from lowcomm.training.sharded_state import Position, initialise_state, load_sharded
         saved = read_manifest(directory).get("layout")
         if saved is None:
             raise ValueError(f"resume: {directory} was written without worker groups")

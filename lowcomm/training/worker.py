@@ -22,7 +22,6 @@ from lowcomm.training.config import TrainConfig
 from lowcomm.training.peers import process_group_peers
 from lowcomm.training.rundir import prepare_node_directories
 from lowcomm.training.storage import shared_storage
-from lowcomm.training.trainer import Trainer, restart_count
 
 
 @dataclass(frozen=True)
@@ -60,6 +59,8 @@ def train_as_this_rank(config: TrainConfig, device: torch.device, store_address:
     caller destroys the default process group: a gloo group freed after that, from Python, can
     deadlock joining its worker threads while they wait for the GIL.
     """
+    from lowcomm.training.trainer import Trainer, restart_count  # the launcher that imports this module needs neither
+
     peers = process_group_peers()
     try:
         if store_address is None:  # torchrun's: every node has its own --out, shared or not
@@ -79,8 +80,10 @@ def train_as_this_rank(config: TrainConfig, device: torch.device, store_address:
 
 
 def fail(message: str, exit_code: int) -> NoReturn:
-    """Stop this worker with one line on stderr."""
-    print(f"lowcomm train: error: {message}", file=sys.stderr)
+    """Stop this worker with one line on stderr, written whole in one call: every rank of a node may
+    write the same error to the same stream at once (print writes the line and its end apart)."""
+    sys.stderr.write(f"lowcomm train: error: {message}\n")
+    sys.stderr.flush()
     raise SystemExit(exit_code)
 
 

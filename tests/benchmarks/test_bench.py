@@ -25,11 +25,10 @@ def lowcomm(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def bench(tmp_path_factory: pytest.TempPathFactory, cache_dir: str) -> Path:
     out = tmp_path_factory.mktemp("bench") / "out"
-    cache = tmp_path_factory.mktemp("cache")
     result = lowcomm("bench", "--algos", "ddp,palsgd", "--budget", "steps", "--workers", "2", *SHORT, *PERIODIC,
-                     "--set", "palsgd.outer-momentum=0", "--cache-dir", str(cache), "--out", str(out))
+                     "--set", "palsgd.outer-momentum=0", "--cache-dir", cache_dir, "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 

@@ -13,9 +13,10 @@ from torch.distributed.tensor import DTensor
 
 import lowcomm
 from lowcomm.communication.communicator import ProcessGroupCommunicator
-from lowcomm.communication import groups as groups_module
+from lowcomm.communication import fsdp as fsdp_module
 from lowcomm.communication.communicator import CommStats
-from lowcomm.communication.groups import GroupShards, count_fsdp_traffic
+from lowcomm.communication.fsdp import count_fsdp_traffic
+from lowcomm.communication.groups import GroupShards
 from tests.distributed import run_workers
 
 
@@ -75,7 +76,7 @@ def groups() -> dict[str, Any]:
     result["counted"] = count_fsdp_traffic(model, stats)
     model(torch.ones(2, 3)).sum().backward()
     result["fsdp_bytes"] = stats.bytes_sent
-    groups_module.CUSTOM_FSDP_COLLECTIVES = False  # as on a torch without them
+    fsdp_module.CUSTOM_FSDP_COLLECTIVES = False  # as on a torch without them
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result["uncounted"] = count_fsdp_traffic(model, CommStats())

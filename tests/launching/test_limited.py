@@ -53,11 +53,11 @@ def alive(pid: int) -> bool:
         return False
 
 
-def test_limited_run_trains_behind_the_links_and_sigterm_leaves_nothing(tmp_path: Path) -> None:
+def test_limited_run_trains_behind_the_links_and_sigterm_leaves_nothing(cache_dir: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
     launcher = subprocess.Popen(
         [sys.executable, "-m", "lowcomm", "train", "--algo", "ddp", *SHORT, "--steps", "100000",
-         "--bandwidth", "50mbit", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)],
+         "--bandwidth", "50mbit", "--cache-dir", cache_dir, "--out", str(out)],
         stdout=subprocess.DEVNULL, stderr=(tmp_path / "stderr").open("w"),
     )
     try:
@@ -82,7 +82,7 @@ def test_limited_run_trains_behind_the_links_and_sigterm_leaves_nothing(tmp_path
     assert namespaces_of(launcher.pid) == []
 
 
-def test_with_worker_groups_only_the_links_between_groups_are_limited(tmp_path: Path) -> None:
+def test_with_worker_groups_only_the_links_between_groups_are_limited(cache_dir: str, tmp_path: Path) -> None:
     """2 groups x 2 ranks at 20 Mbit/s: one namespace per group (and the bridge's); the ranks of a
     group reach each other at full speed, while the traffic between groups waits for the link."""
     out, rate = tmp_path / "out", 20e6
@@ -98,7 +98,7 @@ def test_with_worker_groups_only_the_links_between_groups_are_limited(tmp_path: 
     watcher = threading.Thread(target=count_namespaces)
     watcher.start()
     try:
-        lowcomm_train(*GROUPED, "--bandwidth", "20mbit", "--cache-dir", str(tmp_path / "cache"), "--out", str(out))
+        lowcomm_train(*GROUPED, "--bandwidth", "20mbit", "--cache-dir", cache_dir, "--out", str(out))
     finally:
         watching.set()
         watcher.join()
