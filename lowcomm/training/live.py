@@ -140,7 +140,9 @@ class GroupProcesses:
             process.join()
 
 
-def run_group(config: TrainConfig, group: int, inner_rank: int, restart: int, lighthouse: str, store_port: int) -> None:
+def run_group(
+    config: TrainConfig, group: int, inner_rank: int, restart: int, lighthouse: str, store_port: int
+) -> None:
     """One process of a worker group: rank ``inner_rank`` of the group's own world (a process group
     in the group's store), its live communicator to rank ``inner_rank`` of the other groups, training."""
     if not config.bind_all:
