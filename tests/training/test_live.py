@@ -246,17 +246,21 @@ def test_a_group_that_alone_failed_a_step_is_healed_in_place(cache_dir, tmp_path
 
 
 @needs_torchft
-def test_too_few_groups_stop_with_one_line_and_a_checkpoint(cache_dir, tmp_path):
+@pytest.mark.parametrize("size", [1, 2])
+def test_too_few_groups_stop_with_one_line_and_a_checkpoint(size, cache_dir, tmp_path):
+    """2 groups of ``size`` processes, ``--min-groups 2``: group 1's last process killed (no restarts)."""
     out = tmp_path / "run"
-    run = ["--algo", "diloco", "--groups", "2", "--min-groups", "2", "--steps", "400", "--eval-every", "400",
-           "--checkpoint-every", "400"]
+    run = ["--algo", "diloco", "--groups", "2", "--group-size", str(size), "--min-groups", "2", "--steps", "400",
+           "--eval-every", "400", "--checkpoint-every", "400"]
     args = [*run, "--hang-timeout", "5"]
     with (tmp_path / "stderr.txt").open("w") as stderr:
         launcher = subprocess.Popen(train_command(out, *args, cache_dir=cache_dir),
                                     stdout=subprocess.DEVNULL, stderr=stderr)
         try:
             wait_for(lambda: any(r["step"] >= 20 for r in group_records(out, 1, "train")), launcher, 240)
-            os.kill(group_pid(out, 1), signal.SIGKILL)
+            pids = sorted(worker_pids(launcher.pid))  # started in order: group 1's last rank is the last
+            assert len(pids) == 2 * size and pids[size] == group_pid(out, 1)
+            os.kill(pids[-1], signal.SIGKILL)
             started = time.monotonic()
             assert launcher.wait(timeout=120) == 1
             waited = time.monotonic() - started
@@ -268,7 +272,7 @@ def test_too_few_groups_stop_with_one_line_and_a_checkpoint(cache_dir, tmp_path)
     checkpoint, skipped = newest_complete_checkpoint(out / "group_0" / "checkpoints")
     assert checkpoint is not None and not skipped
     stopped_at = int(checkpoint.name.removeprefix("step_"))
-    assert load_worker_state(checkpoint, 0, 1, "cpu")["strategy"]["step"] == stopped_at >= 20
+    assert load_worker_state(checkpoint, 0, size, "cpu")["strategy"]["step"] == stopped_at >= 20
     # resuming: group 0 from its checkpoint, group 1 (none) healed from it, both to the end
     subprocess.run(train_command(out, *run, "--resume", cache_dir=cache_dir), check=True, capture_output=True,
                    timeout=300)
