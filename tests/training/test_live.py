@@ -179,25 +179,32 @@ def test_a_killed_group_is_left_out_and_rejoins_healed(algo, phase, cache_dir, t
 
 
 @needs_torchft
-def test_a_group_of_two_processes_is_the_unit_that_fails_and_rejoins(cache_dir, tmp_path, uninterrupted_eval_loss):
-    """3 groups of 2 processes (DDP inside), DiLoCo: rank 1 of group 1 killed in its local phase. The
-    launcher kills its rank 0 and starts both again; the survivors train on, the restarted group is
-    healed rank by rank (rank i from a survivor's rank i) and takes part again. Each group's final
-    global model is its ranks' shards of z put together: equal across groups, bit for bit, so every
-    rank's shard of z equals its peers'."""
+@pytest.mark.parametrize("phase", ["local", "all_reduce"])
+def test_a_group_of_two_processes_is_the_unit_that_fails_and_rejoins(phase, cache_dir, tmp_path,
+                                                                     uninterrupted_eval_loss):
+    """3 groups of 2 processes (DDP inside), DiLoCo: one process of group 1 killed, rank 1 in its local
+    phase, or rank 0 inside its synchronisation's all-reduce (the stop hook; rank 1's half of that
+    all-reduce, with the others' ranks 1, may succeed: the survivors' ranks agree that the step
+    failed). The launcher kills the group's other process and starts both again; the survivors train
+    on, the restarted group is healed rank by rank (rank i from a survivor's rank i) and takes part
+    again. Each group's final global model is its ranks' shards of z put together: equal across
+    groups, bit for bit, so every rank's shard of z equals its peers'."""
     steps, size = "800", 2
     args = ["--algo", "diloco", "--groups", str(GROUPS), "--group-size", str(size), "--steps", steps,
             "--eval-every", steps, "--checkpoint-every", steps]
     out = tmp_path / "killed"
     with (tmp_path / "stderr.txt").open("w") as stderr:
+        environment = {**os.environ, **(STOP_HOOK if phase == "all_reduce" else {})}
         launcher = subprocess.Popen(train_command(out, *args, "--max-restarts", "1", cache_dir=cache_dir),
-                                    stdout=subprocess.DEVNULL, stderr=stderr)
+                                    stdout=subprocess.DEVNULL, stderr=stderr, env=environment)
         try:
-            wait_for(lambda: any(r["step"] >= 40 for r in group_records(out, KILLED, "train")), launcher, 240)
+            group_to_kill(out, launcher, phase)
             pids = sorted(worker_pids(launcher.pid))  # started in order: group g's rank i is the (g * G + i)-th
-            assert len(pids) == GROUPS * size and pids[KILLED * size] == group_pid(out, KILLED)
-            os.kill(pids[KILLED * size + 1], signal.SIGKILL)
-            wait_for(lambda: not Path(f"/proc/{pids[KILLED * size]}").exists(), launcher, 30)  # its rank 0 too
+            ranks = pids[KILLED * size : (KILLED + 1) * size]
+            assert len(pids) == GROUPS * size and ranks[0] == group_pid(out, KILLED)
+            victim, other = ranks if phase == "all_reduce" else ranks[::-1]
+            os.kill(victim, signal.SIGKILL)
+            wait_for(lambda: not Path(f"/proc/{other}").exists(), launcher, 30)  # the launcher kills it
             assert launcher.wait(timeout=800) == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
         finally:
             stop(launcher)
@@ -210,7 +217,9 @@ def test_a_group_of_two_processes_is_the_unit_that_fails_and_rejoins(cache_dir, 
         left = [(r["group"], r["live_groups"]) for r in events if r["event"] == "group_left"]
         joined = [(r["group"], r["live_groups"]) for r in events if r["event"] == "group_joined"]
         assert left == [(KILLED, GROUPS - 1)] and joined == [(KILLED, GROUPS)]
-        assert not [r for r in events if r["event"] in ("step_failed", "nonfinite_worker_excluded")]
+        failed = [r["step"] for r in events if r["event"] == "step_failed"]
+        assert failed == ([STOPPED_SYNC] if phase == "all_reduce" else [])
+        assert not [r for r in events if r["event"] == "nonfinite_worker_excluded"]
     restarted = group_records(out, KILLED, "event")
     assert [r.get("restart", 0) for r in restarted if r["event"] == "start"] == [0, 1]
     assert [r["group"] for r in restarted if r["event"] == "group_joined"] == [KILLED]
