@@ -260,9 +260,9 @@ class TrainConfig(BaseModel):
         return self
 
     def check_live(self) -> None:
-        """Live fault tolerance: torchft installed, worker groups (of one process by default; DDP inside
-        larger ones), an algorithm whose only traffic between groups is one blocking mean all-reduce per
-        step, a sound quorum size."""
+        """Live fault tolerance: torchft installed, worker groups (of one process by default), an
+        algorithm whose only traffic between groups is one blocking mean all-reduce per step, a sound
+        quorum size."""
         from lowcomm.communication.live import LIVE_ALGORITHMS, require_torchft
 
         require_torchft()
@@ -270,8 +270,6 @@ class TrainConfig(BaseModel):
             raise ValueError(f"fault_tolerance: live supports {', '.join(LIVE_ALGORITHMS)}, not {self.algo}")
         if self.groups is None:
             raise ValueError("fault_tolerance: live needs --groups K (the worker groups that may fail and rejoin)")
-        if self.inner == "fsdp":
-            raise ValueError("inner: live fault tolerance runs DDP inside a worker group (--inner ddp), not FSDP")
         if self.group_size is None and "workers" not in self.model_fields_set:
             self.group_size = 1
         if self.backend != "dist" or self.network != "none" or self.bandwidth != "unlimited" or under_torchrun():

@@ -136,7 +136,7 @@ class Trainer:
             self.mesh = worker_groups(1, config.group_size)
         elif config.grouped and not config.live:
             self.mesh = worker_groups(config.groups, config.group_size)
-        if self.mesh is not None and config.inner == "fsdp":
+        if self.mesh is not None and config.inner == "fsdp" and not config.live:  # a live group runs on one machine
             self.refuse_groups_across_domains()
         with SETUP_LOCK:
             model, optimizer = self.build(config, device)

@@ -188,9 +188,10 @@ def test_any_two_of_workers_groups_and_group_size_give_the_third(overrides, expe
         ({"groups": "3"}, (3, 3, 1, "ddp")),  # groups of one process
         ({"groups": "2", "group_size": "2"}, (4, 2, 2, "ddp")),  # a group of G ranks fails and rejoins whole
         ({"groups": "3", "workers": "6"}, (6, 3, 2, "ddp")),
+        ({"groups": "2", "group_size": "2", "inner": "fsdp"}, (4, 2, 2, "fsdp")),
     ],
 )
-def test_live_worker_groups_take_any_group_size_with_ddp_inside(overrides, expected):
+def test_live_worker_groups_take_any_group_size(overrides, expected):
     config = load_config(overrides={"fault_tolerance": "live", "algo": "diloco", **overrides})
     assert layout(config) == expected
 

@@ -179,19 +179,19 @@ def test_a_killed_group_is_left_out_and_rejoins_healed(algo, phase, cache_dir, t
 
 
 @needs_torchft
-@pytest.mark.parametrize("phase", ["local", "all_reduce"])
-def test_a_group_of_two_processes_is_the_unit_that_fails_and_rejoins(phase, cache_dir, tmp_path,
+@pytest.mark.parametrize(("inner", "phase"), [("ddp", "local"), ("ddp", "all_reduce"), ("fsdp", "local")])
+def test_a_group_of_two_processes_is_the_unit_that_fails_and_rejoins(inner, phase, cache_dir, tmp_path,
                                                                      uninterrupted_eval_loss):
-    """3 groups of 2 processes (DDP inside), DiLoCo: one process of group 1 killed, rank 1 in its local
-    phase, or rank 0 inside its synchronisation's all-reduce (the stop hook; rank 1's half of that
+    """3 groups of 2 processes (DDP or FSDP2 inside), DiLoCo: one process of group 1 killed, rank 1 in
+    its local phase, or rank 0 inside its synchronisation's all-reduce (the stop hook; rank 1's half of that
     all-reduce, with the others' ranks 1, may succeed: the survivors' ranks agree that the step
     failed). The launcher kills the group's other process and starts both again; the survivors train
     on, the restarted group is healed rank by rank (rank i from a survivor's rank i) and takes part
     again. Each group's final global model is its ranks' shards of z put together: equal across
     groups, bit for bit, so every rank's shard of z equals its peers'."""
     steps, size = "800", 2
-    args = ["--algo", "diloco", "--groups", str(GROUPS), "--group-size", str(size), "--steps", steps,
-            "--eval-every", steps, "--checkpoint-every", steps]
+    args = ["--algo", "diloco", "--groups", str(GROUPS), "--group-size", str(size), "--inner", inner,
+            "--steps", steps, "--eval-every", steps, "--checkpoint-every", steps]
     out = tmp_path / "killed"
     with (tmp_path / "stderr.txt").open("w") as stderr:
         environment = {**os.environ, **(STOP_HOOK if phase == "all_reduce" else {})}
