@@ -72,6 +72,13 @@ class Batches:
         self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
         self.order = self.epoch_order(self.epoch)
 
+    def continue_from(self, state: dict[str, int]) -> None:
+        """Continue at the share of its epoch that ``state`` had reached, in this shard: another number
+        of workers (or of live groups) cuts the data into shards of another size."""
+        size = len(self.shard)
+        offset = int(state["offset"]) * size // int(state["shard_size"])
+        self.load_state_dict({"epoch": int(state["epoch"]), "offset": offset, "shard_size": size})
+
 
 def held_out_batches(examples: Examples, *, batch_size: int, count: int) -> list[tuple[Tensor, Tensor]]:
     """The first ``count`` batches of held-out examples, in order (the last may be short)."""

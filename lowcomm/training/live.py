@@ -270,11 +270,14 @@ class LiveTrainer(Trainer):
         self.strategy.load_state_dict(state["strategy"])
         self.strategy.comm_stats.load(own_counters)
         self.scheduler.load_state_dict(state["scheduler"])
-        peer, shard_size = state["data"], self.data.train.state_dict()["shard_size"]
-        offset = int(peer["offset"] / peer["shard_size"] * shard_size)  # shards may differ by one example
-        self.data.train.load_state_dict({"epoch": peer["epoch"], "offset": offset, "shard_size": shard_size})
+        self.data.train.continue_from(state["data"])  # the peer's shard may differ by one example
         self.progress.tokens = int(state["tokens"])
         seed_everything(self.config.seed + self.shard_index + self.shard_count * self.step)
+
+    def load_data_position(self, state: dict[str, int]) -> None:
+        """A live run may resume with another number of groups, which cut the data into shards of
+        another size: go on at the same share of the epoch."""
+        self.data.train.continue_from(state)
 
     def restore(self) -> Restored:
         """A restarted group is healed from a live peer, not from a checkpoint; its metrics.jsonl

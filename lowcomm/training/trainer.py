@@ -376,7 +376,7 @@ class Trainer:
             if self.mesh is None:
                 state = load_worker_state(found, self.rank, self.world_size, self.device)
                 self.strategy.load_state_dict(state["strategy"])
-                self.data.train.load_state_dict(state["data"])
+                self.load_data_position(state["data"])
                 set_rng_state(state["rng"])
             else:
                 state = self.load_grouped(found)
@@ -422,17 +422,17 @@ class Trainer:
             set_model_state_dict(self.strategy.local_model, global_model, options=StateDictOptions(full_state_dict=True))
             self.strategy.optimizer.state.clear()
         if same_layout:
-            self.data.train.load_state_dict(own["data"])
+            self.load_data_position(own["data"])
             set_rng_state(own["rng"])
             return own
         first = load_rank_file(directory, 0, self.device)
-        position_in_epoch = first["data"]["offset"] / first["data"]["shard_size"]
-        shard_size = self.data.train.state_dict()["shard_size"]
-        self.data.train.load_state_dict(
-            {"epoch": first["data"]["epoch"], "offset": int(position_in_epoch * shard_size), "shard_size": shard_size}
-        )
+        self.data.train.continue_from(first["data"])
         seed_everything(self.config.seed + self.rank + self.world_size * self.strategy.step_count)
         return first
+
+    def load_data_position(self, state: dict[str, int]) -> None:
+        """Continue the training data where a checkpoint saved in this layout left it."""
+        self.data.train.load_state_dict(state)
 
     def replan_schedule(self) -> None:
         """Follow this run's learning-rate schedule (planned for ``config.steps``) from the resumed

@@ -68,6 +68,18 @@ def test_a_state_from_another_shard_is_rejected():
         Batches(windows(11), batch_size=4, seed=5, rank=0, world_size=2).load_state_dict(state)
 
 
+def test_a_state_from_a_shard_of_another_size_is_continued_at_the_same_share_of_its_epoch():
+    """11 examples on 1 worker, 6 taken of epoch 2: on rank 1 of 2 (5 examples), 6 * 5 // 11 = 2 taken."""
+    state = {"epoch": 2, "offset": 6, "shard_size": 11}
+    continued = Batches(windows(11), batch_size=1, seed=5, rank=1, world_size=2)
+    continued.continue_from(state)
+    assert continued.state_dict() == {"epoch": 2, "offset": 2, "shard_size": 5}
+    assert window_ids(continued, 3) == [int(i) for i in continued.epoch_order(2)[2:5]]
+    same = Batches(windows(11), batch_size=1, seed=5, rank=0, world_size=1)
+    same.continue_from(state)  # the same size: exactly where it was
+    assert same.state_dict() == state
+
+
 def test_too_little_data_or_a_negative_seed_is_rejected():
     with pytest.raises(ValueError, match="data: 2 training examples cannot feed 3 workers"):
         Batches(windows(2), batch_size=1, seed=0, rank=2, world_size=3)

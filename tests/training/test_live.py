@@ -282,11 +282,14 @@ def test_too_few_groups_stop_with_one_line_and_a_checkpoint(size, cache_dir, tmp
     assert checkpoint is not None and not skipped
     stopped_at = int(checkpoint.name.removeprefix("step_"))
     assert load_worker_state(checkpoint, 0, size, "cpu")["strategy"]["step"] == stopped_at >= 20
-    # resuming: group 0 from its checkpoint, group 1 (none) healed from it, both to the end
-    subprocess.run(train_command(out, *run, "--resume", cache_dir=cache_dir), check=True, capture_output=True,
-                   timeout=300)
-    models = final_models(out, 2, 400)
-    assert all((models[0][k] == models[1][k]).all() for k in models[0])
+    # resumed with another number of groups, 3: group 0 from its checkpoint, group 1 (none) and the new
+    # group 2 healed from it, all three to the end
+    resumed = [*run, "--resume"]
+    resumed[resumed.index("--groups") + 1] = "3"
+    subprocess.run(train_command(out, *resumed, cache_dir=cache_dir), check=True, capture_output=True, timeout=300)
+    assert any(r["event"] == "group_joined" and r["group"] == 2 for r in group_records(out, 2, "event"))  # healed
+    models = final_models(out, 3, 400)
+    assert all((models[0][k] == models[g][k]).all() for g in (1, 2) for k in models[0])
 
 
 @needs_torchft
