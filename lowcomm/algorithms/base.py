@@ -196,9 +196,15 @@ class Strategy(ABC):
     def _synchronous_step(self, closure: Closure | Sequence[Closure]) -> torch.Tensor:
         """DDP's rule: back-propagate, average the gradients over all workers, step."""
         loss = self._backward(closure)
-        self.average_gradients()
-        self._optimizer_step()
+        self.averaged_step()
         return loss
+
+    def averaged_step(self) -> None:
+        """Average the gradients over all workers and step; a failed average (live fault tolerance)
+        takes no step."""
+        self.average_gradients()
+        if not self.comm.step_failed():
+            self._optimizer_step()
 
     def global_state_dict(self) -> dict[str, torch.Tensor]:
         """The model to evaluate and save, whole tensors on every rank: the global model (a collective)."""

@@ -66,6 +66,7 @@ class DDP(Strategy):
         self.step_count += 1
         loss = self._backward(closure)
         if self.inner == "fsdp":
-            self.average_gradients()
-        self._optimizer_step()
+            self.averaged_step()
+        else:
+            self._optimizer_step()
         return loss

@@ -27,6 +27,8 @@ shard.
 A worker whose pseudo-gradient (or a floating-point buffer) is not finite is left out of that outer
 step (the others' mean is used; with none left the step is skipped), restarts from z with a fresh
 inner optimizer state, and the step is recorded in ``events`` (``what``: ``pseudo_gradient``).
+When the mean itself fails (live fault tolerance: a peer died during it), z takes no step and
+``x <- z``, as torchft's DiLoCo restores its global model.
 
 With worker groups, x, z, the outer optimizer's state and the error-feedback residuals are this
 rank's shards (``self.shards``), and each outer step ends with the group completing its model.
@@ -196,14 +198,8 @@ class DiLoCo(PeriodicStrategy):
         """With the mean Delta: the outer step of z, then ``x <- z`` (or the merge after an overlap)."""
         pending.wait()
         indices = self.fragments[pending.fragment]
-        deltas, buffers, flag = pending.payload[: len(indices)], pending.payload[len(indices) : -1], pending.payload[-1]
-        share = self.finite_share(flag, "pseudo_gradient", fragment=pending.fragment)
-        means = [delta / share for delta in deltas] if share > 0 else deltas
-        self.diagnose(indices, means, pending.locally_finite, share)
-        if share > 0:
-            for buffer, mean in zip(self.buffers, buffers):
-                buffer.copy_(mean / share)
-            self.outer_step(indices, means)
+        if not self.comm.step_failed():  # live fault tolerance: after a failed mean z stays as it was
+            self.step_outer_model(pending)
         xs = self.shards.local()
         for i in indices:
             z = self.outer_params[i].to(xs[i].device, non_blocking=True)
@@ -214,6 +210,18 @@ class DiLoCo(PeriodicStrategy):
         self.shards.complete(indices)
         if not pending.locally_finite:
             self.restart_from_global()
+
+    def step_outer_model(self, pending: PendingSync) -> None:
+        """The outer step of z on the finite workers' mean pseudo-gradient (none if no worker was finite)."""
+        indices = self.fragments[pending.fragment]
+        deltas, buffers, flag = pending.payload[: len(indices)], pending.payload[len(indices) : -1], pending.payload[-1]
+        share = self.finite_share(flag, "pseudo_gradient", fragment=pending.fragment)
+        means = [delta / share for delta in deltas] if share > 0 else deltas
+        self.diagnose(indices, means, pending.locally_finite, share)
+        if share > 0:
+            for buffer, mean in zip(self.buffers, buffers):
+                buffer.copy_(mean / share)
+            self.outer_step(indices, means)
 
     def diagnose(self, indices: list[int], means: list[torch.Tensor], locally_finite: bool, finite_share: float) -> None:
         """Fill ``sync_diagnostics`` for the outer step of ``indices`` with averaged pseudo-gradients ``means``."""

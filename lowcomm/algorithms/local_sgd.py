@@ -11,6 +11,9 @@ per-block scales fit the small moves rather than the weights.
 A worker whose parameters (or floating-point buffers) are not finite is left out of the mean and
 continues from it with a fresh inner optimizer state (recorded in ``events``, ``what``: ``parameters``);
 if no worker is finite, training stops with an error.
+
+Live fault tolerance: a mean that fails (a peer died during it) leaves each worker its own model;
+the global model (evaluated, saved) is x0, the model of the last synchronisation, kept for it.
 With worker groups each rank averages its shard (compressed: its shard of the move) across groups,
 then the group completes its model.
 """
@@ -62,7 +65,13 @@ class LocalSGD(PeriodicStrategy):
             communicator=communicator,
             max_grad_norm=max_grad_norm,
         )
-        self.synced = [] if self.compressed_mean is None else [x.clone() for x in self.shards.local()]
+        kept = self.compressed_mean is not None or not self.comm.averages_on_demand
+        self.synced = [x.clone() for x in self.shards.local()] if kept else []
+
+    def begin_local_phase(self) -> None:
+        """After the warm-up every worker holds the model of the last synchronisation."""
+        for x0, x in zip(self.synced, self.shards.local()):
+            x0.copy_(x)
 
     def synchronize(self) -> None:
         compressing = self.compressed_mean is not None
@@ -72,6 +81,10 @@ class LocalSGD(PeriodicStrategy):
         flag = self.zero_unless_finite(tensors)
         locally_finite = bool(flag)
         mean_compressing(self.comm, self.compressed_mean, 0, averaged, self.buffers + [flag])
+        if self.comm.step_failed():  # live fault tolerance: the worker keeps its model (if finite)
+            if not locally_finite:
+                self.restart_from(self.synced)
+            return
         finite_share = self.finite_share(flag, "parameters")
         if finite_share < 1:
             if finite_share == 0:
@@ -80,23 +93,40 @@ class LocalSGD(PeriodicStrategy):
                 t.div_(finite_share)
             if not locally_finite:
                 self.optimizer.state.clear()
-        if compressing:
-            for x, x0, move in zip(xs, self.synced, averaged):
+        for x, x0, move in zip(xs, self.synced, averaged):
+            if compressing:
                 x.copy_(x0.add_(move))
+            else:
+                x0.copy_(x)
         self.shards.complete()
 
+    def restart_from(self, model: list[torch.Tensor]) -> None:
+        """``x <- model`` (this rank's shards) with a fresh inner optimizer state."""
+        for x, saved in zip(self.shards.local(), model):
+            x.copy_(saved)
+        self.shards.complete()
+        self.optimizer.state.clear()
+
     def global_state_dict(self) -> dict[str, torch.Tensor]:
-        return self.averaged_state_dict()
+        """The workers' mean model; where a mean is not on demand (live fault tolerance), the model of
+        the last synchronisation (during the warm-up every worker holds it)."""
+        if self.comm.averages_on_demand:
+            return self.averaged_state_dict()
+        if self.in_warmup:
+            return super().global_state_dict()
+        return self.state_dict_with(self.synced, self.buffers)
 
     def state_dict(self) -> dict[str, Any]:
-        if self.compressed_mean is None:
-            return super().state_dict()
-        synced = [x0.clone() for x0 in self.synced]
-        return {**super().state_dict(), "synced": synced, "residuals": self.compressed_mean.state_dict()}
+        state = super().state_dict()
+        if self.synced:
+            state["synced"] = [x0.clone() for x0 in self.synced]
+        if self.compressed_mean is not None:
+            state["residuals"] = self.compressed_mean.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
+        for x0, saved in zip(self.synced, state.get("synced", self.shards.local())):
+            x0.copy_(saved)
         if self.compressed_mean is not None:
-            for x0, saved in zip(self.synced, state["synced"]):
-                x0.copy_(saved)
             self.compressed_mean.load_state_dict(state["residuals"])

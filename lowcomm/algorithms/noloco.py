@@ -13,6 +13,10 @@ every contribution, so all agree; with none left, m and z stay as they are); suc
 sets ``x_i <- z_i`` and starts a fresh inner optimizer state. The exclusion is recorded in
 ``events`` on every member of the group (``what``: ``pseudo_gradient_or_outer_model``).
 
+Live fault tolerance: the pairs are drawn among the groups in the step's quorum; a group being
+healed sits the synchronisation out, and a failed exchange (a partner died during it) leaves x, z
+and m as they were.
+
 With worker groups the partners are groups: rank i of a group exchanges its shards with rank i of
 the partner groups, and a partner is left out when any of the shards its ranks sent is non-finite.
 """
@@ -31,11 +35,14 @@ from lowcomm.communication.communicator import Communicator
 
 
 def gossip_groups(world_size: int, step: int) -> list[list[int]]:
-    """Pairs of workers drawn by a permutation seeded by ``step``; with an odd count the last is a triple."""
+    """Pairs of workers drawn by a permutation seeded by ``step``; with an odd count the last is a
+    triple (a lone worker is a group of its own)."""
     order = torch.randperm(world_size, generator=torch.Generator().manual_seed(step)).tolist()
     groups = [order[i : i + 2] for i in range(0, world_size - world_size % 2, 2)]
-    if world_size % 2:
+    if world_size % 2 and groups:
         groups[-1].append(order[-1])
+    elif world_size % 2:
+        groups.append(order)
     return groups
 
 
@@ -82,12 +89,18 @@ class NoLoCo(PeriodicStrategy):
         self.momentum = [torch.zeros_like(z) for z in self.outer_params]
 
     def synchronize(self) -> None:
-        group = next(g for g in gossip_groups(self.comm.world_size, self.step_count) if self.comm.rank in g)
-        peers = [j for j in group if j != self.comm.rank]
+        rank, count = self.comm.participants()
+        if rank is None:  # live fault tolerance: healed from a peer in this step, the worker sits it out
+            return
+        group = next(g for g in gossip_groups(count, self.step_count) if rank in g)
+        peers = [j for j in group if j != rank]
         xs = self.shards.local()
         own = [x - z for x, z in zip(xs, self.outer_params)] + self.outer_params
-        sent_by = dict(zip(peers, self.comm.exchange(own, peers)))
-        sent_by[self.comm.rank] = own
+        received = self.comm.exchange(own, peers)
+        if self.comm.step_failed():  # live fault tolerance: a partner died during it; x, z and m stay
+            return
+        sent_by = dict(zip(peers, received))
+        sent_by[rank] = own
         # Sum in rank order so that every member of the group computes bit-identical means.
         finite = [j for j in sorted(group) if self.shards.group_finite(sent_by[j])]
         contributions = [sent_by[j] for j in finite]
@@ -104,11 +117,17 @@ class NoLoCo(PeriodicStrategy):
             for x, z in zip(xs, self.outer_params):
                 x.copy_(z)
         self.shards.complete()
-        if self.comm.rank not in finite:
+        if rank not in finite:
             self.optimizer.state.clear()
 
     def global_state_dict(self) -> dict[str, torch.Tensor]:
-        return self.averaged_state_dict()
+        """The workers' mean model; where a mean is not on demand (live fault tolerance), this
+        worker's outer model z (during the warm-up every worker holds the same model)."""
+        if self.comm.averages_on_demand:
+            return self.averaged_state_dict()
+        if self.in_warmup:
+            return super().global_state_dict()
+        return self.state_dict_with(self.outer_params, self.buffers)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -89,8 +89,7 @@ class PeriodicStrategy(Strategy):
         if not self.in_warmup:
             self.after_local_step()
             return
-        self.average_gradients()
-        self._optimizer_step()
+        self.averaged_step()
         if self.step_count == self.warmup_steps:
             self.begin_local_phase()
 

@@ -5,24 +5,25 @@ Each worker group is one torchft replica group: its G ranks (one process each) r
 i's :class:`LiveCommunicator` is the algorithm's communicator between groups for rank i's shard
 (:class:`~lowcomm.communication.groups.GroupShards`): its process group connects rank i of every
 live group, and healing sends rank i's state to rank i. Every training step that communicates is
-one torchft step (a quorum from the lighthouse at its first mean all-reduce, all its all-reduces
-over torchft's reconfigurable gloo process group, a commit at :meth:`LiveCommunicator.end_step`).
-One quorum per step, not per all-reduce: a DiLoCo synchronisation is two all-reduces (the
-pseudo-gradient, then the workers' spread), and a group that joined at the second quorum would run
-the first one's collective against the others' second (gloo aborts on the mismatched sizes). The mean is over the
-groups in the quorum. A group that has died is left out of the next quorum once the lighthouse
-misses its heartbeats; a group that is behind the others is healed: at its quorum a live peer
-sends it the state lowcomm registered (z, the outer optimizer, coins, error-feedback residuals,
-step, schedule, data position) over the same process group, and it sits out that step's
-all-reduces (its contribution is zero, the mean is the others'). A group is behind when it
-(re)starts, or when its last step failed where a peer's succeeded.
+one torchft step (a quorum from the lighthouse at its first communication, all its all-reduces
+and NoLoCo's exchanges over torchft's reconfigurable gloo process group, a commit at
+:meth:`LiveCommunicator.end_step`). One quorum per step, not per all-reduce: a DiLoCo
+synchronisation is two all-reduces (the pseudo-gradient, then the workers' spread), and a group that
+joined at the second quorum would run the first one's collective against the others' second (gloo
+aborts on the mismatched sizes). The mean is over the groups in the quorum; NoLoCo's pairs are drawn
+among them. A group that has died is left out of the next quorum once the lighthouse misses its
+heartbeats; a group that is behind the others is healed: at its quorum a live peer sends it the
+state lowcomm registered (z, the outer optimizer, coins, error-feedback residuals, step, schedule,
+data position) over the same process group, and it sits out that step's all-reduces (its
+contribution is zero, the mean is the others') and exchanges. A group is behind when it (re)starts,
+or when its last step failed where a peer's succeeded.
 
-An all-reduce that failed (a peer died during it, or did not answer within the collective
-timeout) comes back as zeros, the mean of no contribution, and the step is not committed: DiLoCo
-and PALSGD read their finite flag as 0 and skip the outer step, as for an outer step where every
-worker was non-finite (the trainer logs ``step_failed`` for it, no ``nonfinite_worker_excluded``);
-the next quorum goes on without the dead peer. The ranks of a group agree on whether a step failed
-(a collective within the group), so that they all skip it alike.
+An all-reduce or exchange that failed (a peer died during it, or did not answer within the
+collective timeout) leaves its tensors as they were, the step is not committed, and
+:meth:`LiveCommunicator.step_failed` says so to the strategy: DiLoCo and PALSGD take no outer step
+and go back to z, Local SGD and NoLoCo keep their models, a warm-up step takes no optimizer step
+(the trainer logs ``step_failed``); the next quorum goes on without the dead peer. The ranks of a
+group agree on whether a step failed (a collective within the group), so that they all skip it alike.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ from lowcomm.communication.communicator import (
 )
 
 EXTRA = "pip install 'lowcomm[ft]'"
-LIVE_ALGORITHMS = ("diloco", "palsgd")
-"""The algorithms whose traffic between groups is one blocking mean all-reduce per step that has any."""
+LIVE_ALGORITHMS = ("diloco", "palsgd", "localsgd", "postlocalsgd", "noloco", "streamingdiloco")
+"""The algorithms whose traffic between groups is blocking (mean all-reduces, NoLoCo's exchanges) and
+belongs to training steps."""
 
 
 def require_torchft() -> None:
@@ -59,11 +61,13 @@ def require_torchft() -> None:
 
 
 FAULT_VARIABLE = "LOWCOMM_LIVE_TEST_FAULT"
-"""A test hook, ``GROUP:STEP:stop`` or ``GROUP:STEP:error``, for that group's first process in its
-torchft step STEP: ``stop``, it stops itself (SIGSTOP) inside the all-reduce, after its first bucket
-and before the rest, so that the others wait in the collective while a test kills it; ``error``, it
-reports an error at the end of the step (as the last receive of an all-reduce a peer died in may on
-one group only) and alone fails the step."""
+"""A test hook, ``GROUP:STEP:KIND``, for that group's first process in its torchft step STEP:
+``stop``, it stops itself (SIGSTOP) inside the all-reduce, after its first bucket and before the
+rest, so that the others wait in the collective while a test kills it; ``stop_exchange``, the same
+inside an exchange, once its sends and receives are posted; ``error``, it reports an error at the end
+of the step (as the last receive of an all-reduce a peer died in may on one group only) and alone
+fails the step."""
+FAULT_KINDS = ("stop", "stop_exchange", "error")
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ class InjectedFault:
 def injected_fault(group: int) -> InjectedFault | None:
     """The fault this group is asked to inject (:data:`FAULT_VARIABLE`), if any."""
     target, step, kind = (os.environ.get(FAULT_VARIABLE, "").split(":") + ["", ""])[:3]
-    return InjectedFault(int(step), kind) if target == str(group) and kind in ("stop", "error") else None
+    return InjectedFault(int(step), kind) if target == str(group) and kind in FAULT_KINDS else None
 
 
 class TooFewGroups(RuntimeError):
@@ -134,15 +138,18 @@ class CountingTransport:
 
 
 class LiveCommunicator(Communicator):
-    """Mean all-reduces among the live worker groups, through a torchft ``Manager``.
+    """Mean all-reduces and exchanges among the live worker groups, through a torchft ``Manager``.
 
     ``state_fn`` gives the state a peer that is behind receives; ``heal_fn`` takes such a state
     when this group is found behind inside a step (at its first quorum :meth:`join` returns it).
     ``rank`` is this group's index among the groups it was started with and ``world_size`` the
-    number of groups in the current quorum (what the byte counters price a ring with).
+    number of groups in the current quorum (what the byte counters price a ring with). Its
+    collectives belong to training steps: no mean on demand (:attr:`averages_on_demand`).
     :attr:`events` collects ``group_left``, ``group_joined``, ``group_healed`` and ``step_failed``
     records for the trainer to log.
     """
+
+    averages_on_demand = False
 
     def __init__(
         self,
@@ -163,6 +170,7 @@ class LiveCommunicator(Communicator):
         self.members: set[int] | None = None
         self.step_membership: tuple[torch.Tensor, int] | None = None
         self.quorum_started = False
+        self.quorum_ranks: list[int] = []  # the up-to-date groups' ranks in the quorum's process group
         self.step_started = time.perf_counter()
         self.events: list[dict[str, Any]] = []
 
@@ -268,16 +276,37 @@ class LiveCommunicator(Communicator):
             self.events.append({"event": "step_failed", "group": self.rank, "live_groups": self.world_size,
                                 "stalled_s": round(time.perf_counter() - self.step_started, 3)})
 
-    def all_reduce_mean(
-        self, tensors: list[torch.Tensor], async_op: bool = False, accounted: bool = True
-    ) -> Handle:
+    def begin(self) -> None:
+        """This step's quorum, at its first communication; a group found behind takes a peer's state."""
         if self.start_quorum():
             state = self.take_healing_state()
             if state is not None:  # behind inside a step: a peer's state replaces this group's
                 self.heal_fn(state)
                 self.events.append({"event": "group_healed", "group": self.rank, "live_groups": self.world_size + 1,
                                     "stalled_s": round(time.perf_counter() - self.step_started, 3)})
+
+    def all_reduce_mean(
+        self, tensors: list[torch.Tensor], async_op: bool = False, accounted: bool = True
+    ) -> Handle:
+        self.begin()
         return super().all_reduce_mean(tensors, async_op, accounted)
+
+    def participants(self) -> tuple[int | None, int]:
+        """This group's index among the groups in the step's quorum that are up to date (None while it
+        is healed, or when the step has failed) and their number: one small mean all-reduce, which
+        also tells each group its partners' ranks in the quorum's process group."""
+        self.begin()
+        ranks = torch.zeros(self.settings.groups, dtype=torch.float64)
+        ranks[self.rank] = self.process_group.parent.rank() + 1
+        self.all_reduce_mean([ranks])
+        ranks = (ranks * self.world_size).round().long().tolist()
+        self.quorum_ranks = [rank - 1 for rank in ranks if rank > 0]
+        if self.failed_in_step or ranks[self.rank] == 0:
+            return None, len(self.quorum_ranks)
+        return self.quorum_ranks.index(ranks[self.rank] - 1), len(self.quorum_ranks)
+
+    def step_failed(self) -> bool:
+        return self.failed_in_step
 
     def take_fault(self, kind: str) -> bool:
         """Whether to inject the test hook's fault of ``kind`` now (once, in its torchft step)."""
@@ -315,13 +344,12 @@ class LiveCommunicator(Communicator):
         def finish() -> None:
             for _, _, work in pending:
                 work.wait()
-            failed = self.failed()
+            if self.failed():
+                return
             for bucket, flat, _ in pending:
-                if failed:
-                    flat.zero_()
                 for tensor, reduced in zip(bucket, unflatten(flat, bucket)):
                     tensor.copy_(reduced)
-            if not failed and self.step_membership is None:
+            if self.step_membership is None:
                 self.step_membership = (membership, live)
 
         return finish
@@ -339,7 +367,24 @@ class LiveCommunicator(Communicator):
         self.members = members
 
     def _exchange(self, tensors: list[torch.Tensor], peers: list[int]) -> list[list[torch.Tensor]]:
-        raise NotImplementedError("live fault tolerance supports mean all-reduces between groups only")
+        """Point-to-point with the peers of :meth:`participants` (indices among the up-to-date groups)
+        over the quorum's process group; an error (a peer died) fails the step, as in an all-reduce."""
+        self.begin()
+        flat = flatten(tensors)
+        inboxes = [torch.zeros_like(flat) for _ in peers]
+        if self.manager.errored() is None:
+            try:
+                works = [self.process_group.send([flat], self.quorum_ranks[peer], 0) for peer in peers]
+                works += [self.process_group.recv([inbox], self.quorum_ranks[peer], 0)
+                          for peer, inbox in zip(peers, inboxes)]
+                if self.take_fault("stop_exchange"):
+                    os.kill(os.getpid(), signal.SIGSTOP)
+                for work in works:
+                    work.wait()
+            except Exception as error:  # gloo's errors when a peer is gone come in several kinds
+                self.manager.report_error(error)
+        self.failed()
+        return [unflatten(inbox, tensors) for inbox in inboxes]
 
     def _all_gather_object(self, value: Any) -> list[Any]:
         raise NotImplementedError("a live group's bookkeeping (checkpoints, totals) stays inside the group")

@@ -261,7 +261,7 @@ class TrainConfig(BaseModel):
 
     def check_live(self) -> None:
         """Live fault tolerance: torchft installed, worker groups (of one process by default), an
-        algorithm whose only traffic between groups is one blocking mean all-reduce per step, a sound
+        algorithm whose traffic between groups is blocking and belongs to training steps, a sound
         quorum size."""
         from lowcomm.communication.live import LIVE_ALGORITHMS, require_torchft
 

@@ -237,13 +237,6 @@ class LiveTrainer(Trainer):
         self.live.end_step()
         self.log_live_events()
 
-    def step_events(self) -> list[dict[str, Any]]:
-        """The strategy's events, but none of ``nonfinite_worker_excluded`` in a step whose all-reduce
-        failed: its zeros are no worker's non-finite values (``step_failed`` is logged instead)."""
-        if self.live.failed_in_step:
-            return [event for event in self.strategy.events if event["event"] != "nonfinite_worker_excluded"]
-        return self.strategy.events
-
     def log_live_events(self) -> None:
         if self.log is not None:
             for event in self.live.events:

@@ -263,17 +263,13 @@ class Trainer:
         self.log_strategy_events()
 
     def log_strategy_events(self) -> None:
-        """Rank 0 logs the events the strategy recorded in this step (:meth:`step_events`); every rank
-        then forgets them and the step's diagnostics."""
+        """Rank 0 logs the events the strategy recorded in this step; every rank then forgets them and
+        the step's diagnostics."""
         if self.log is not None:
-            for event in self.step_events():
+            for event in self.strategy.events:
                 self.log.write({"step": self.step, **event})
         self.strategy.events.clear()
         self.strategy.sync_diagnostics.clear()
-
-    def step_events(self) -> list[dict[str, Any]]:
-        """The events the strategy recorded in this step, to log."""
-        return self.strategy.events
 
     def report_step(self, loss: float | None, lr: float, sent: int) -> None:
         stats, elapsed = self.strategy.comm_stats, self.elapsed()

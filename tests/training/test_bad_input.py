@@ -114,7 +114,8 @@ LIVE = ["--fault-tolerance", "live", "--algo", "diloco"]
 if importlib.util.find_spec("torchft") is not None:
     FLAG_CASES |= {
         "live without groups": (LIVE, "--fault-tolerance: live needs --groups K"),
-        "live with localsgd": ([*LIVE, "--groups", "2", "--algo", "localsgd"], "live supports diloco, palsgd, not"),
+        "live with ddp": ([*LIVE, "--groups", "2", "--algo", "ddp"],
+                          "live supports diloco, palsgd, localsgd, postlocalsgd, noloco, streamingdiloco, not ddp"),
         "live overlapped": ([*LIVE, "--groups", "2", "--overlap-steps", "1"], "--overlap-steps: live fault"),
         "min groups above groups": ([*LIVE, "--groups", "2", "--min-groups", "3"], "--min-groups: 3 exceeds"),
         "live group alone": ([*LIVE, "--groups", "2", "--live-group", "0"], "--lighthouse: give --lighthouse"),

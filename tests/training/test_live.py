@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from lowcomm.training.checkpoint import load_worker_state, newest_complete_checkpoint
@@ -87,6 +88,7 @@ STOPPED_SYNC = 40
 """The synchronisation inside whose all-reduce the killed group stops itself (the hook's torchft step
 12: the first quorum, 8 warm-up steps, then the syncs at steps 16, 24, 32 are steps 0 to 11)."""
 STOP_HOOK = {"LOWCOMM_LIVE_TEST_FAULT": f"{KILLED}:12:stop"}
+EXCHANGE_STOP_HOOK = {"LOWCOMM_LIVE_TEST_FAULT": f"{KILLED}:12:stop_exchange"}
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +115,8 @@ def process_state(pid):
 
 def group_to_kill(out, launcher, phase):
     """Group KILLED's process, once it is mid local phase (after its step 40 record), or stopped inside
-    the all-reduce of its synchronisation at STOPPED_SYNC (the stop hook) while the others wait in it,
-    or ("hung") once they have given up waiting (the collective timeout)."""
+    the all-reduce (NoLoCo: the exchange) of its synchronisation at STOPPED_SYNC (the stop hook) while
+    the others wait in it, or ("hung") once they have given up waiting (the collective timeout)."""
     if phase == "local":
         wait_for(lambda: any(r["step"] >= 40 for r in group_records(out, KILLED, "train")), launcher, 240)
     else:
@@ -126,14 +128,19 @@ def group_to_kill(out, launcher, phase):
 
 @needs_torchft
 @pytest.mark.parametrize(("algo", "phase"), [("diloco", "local"), ("palsgd", "local"), ("diloco", "all_reduce"),
-                                             ("palsgd", "all_reduce"), ("diloco", "hung")])
+                                             ("palsgd", "all_reduce"), ("diloco", "hung"), ("localsgd", "all_reduce"),
+                                             ("noloco", "local"), ("noloco", "exchange"),
+                                             ("streamingdiloco", "local")])
 def test_a_killed_group_is_left_out_and_rejoins_healed(algo, phase, cache_dir, tmp_path, uninterrupted_eval_loss):
+    """3 groups; Local SGD and NoLoCo keep their models after a failed synchronisation, and NoLoCo's three
+    groups draw one triple (or, while one is gone, one pair), so every group ends with the same model."""
     steps = "800"
     args = ["--algo", algo, "--groups", str(GROUPS), "--steps", steps, "--eval-every", steps,
             "--checkpoint-every", steps]
     killed = tmp_path / "killed"
-    inside_all_reduce = phase != "local"
-    environment = {**os.environ, **(STOP_HOOK if inside_all_reduce else {})}
+    inside_sync = phase != "local"
+    hook = {"local": {}, "exchange": EXCHANGE_STOP_HOOK}.get(phase, STOP_HOOK)
+    environment = {**os.environ, **hook}
     with (tmp_path / "stderr.txt").open("w") as stderr:
         launcher = subprocess.Popen(train_command(killed, *args, "--max-restarts", "1", cache_dir=cache_dir),
                                     stdout=subprocess.DEVNULL, stderr=stderr, env=environment)
@@ -160,22 +167,47 @@ def test_a_killed_group_is_left_out_and_rejoins_healed(algo, phase, cache_dir, t
             assert left[0]["step"] < joined[0]["step"] < int(steps)
             failed = [r["step"] for r in events if r["event"] == "step_failed"]
             assert not [r for r in events if r["event"] == "nonfinite_worker_excluded"]
-            if inside_all_reduce:  # the all-reduce the killed group was in failed: no outer step, then the others go on
+            if inside_sync:  # the synchronisation the killed group was in failed, then the others go on
                 assert failed == [STOPPED_SYNC] and left[0]["step"] > STOPPED_SYNC
                 waited = next(r["stalled_s"] for r in events if r["event"] == "step_failed")
                 limits = (COLLECTIVE_TIMEOUT_S, MAX_STALL_S) if phase == "hung" else (0, COLLECTIVE_TIMEOUT_S / 2)
                 assert limits[0] <= waited < limits[1]
+            elif algo == "streamingdiloco":  # a fragment synchronises every 2 steps: the kill may land in one
+                assert len(failed) <= 1
             else:
                 assert failed == []
-    if inside_all_reduce:  # its last step record before the stop: the step before the synchronisation
+    if inside_sync:  # its last step record before the stop: the step before the synchronisation
         steps_done = [r["step"] for r in group_records(killed, KILLED) if ("loss" in r or "sync" in r)]
         assert max(step for step in steps_done if step <= STOPPED_SYNC) == STOPPED_SYNC - 1
     rejoined = [r for r in group_records(killed, KILLED, "event") if r["event"] == "group_joined"]
     assert len(rejoined) == 1 and rejoined[0]["group"] == KILLED
     models = final_models(killed, GROUPS, int(steps))
-    assert all(all((m[k] == models[0][k]).all() for k in m) for m in models[1:])  # every group holds the same z
+    if algo == "noloco":  # healed before its peer's pairwise step, the rejoined group's z missed that step: the
+        # triple's pull towards the mean z shrinks the difference (measured: 1.5e-8 at most at the end)
+        assert all(torch.allclose(m[k], models[0][k], rtol=0, atol=1e-6) for m in models[1:] for k in m)
+    else:
+        assert all(all((m[k] == models[0][k]).all() for k in m) for m in models[1:])  # every group holds the same z
     loss, uninterrupted = group_records(killed, 0, "eval")[-1]["eval_loss"], uninterrupted_eval_loss(args)
     assert abs(loss - uninterrupted) <= 0.02 * uninterrupted, (loss, uninterrupted)
+
+
+@needs_torchft
+@pytest.mark.parametrize("algo", ["diloco", "palsgd", "localsgd", "postlocalsgd", "noloco", "streamingdiloco"])
+def test_without_faults_a_live_run_trains_as_the_restart_mode(algo, cache_dir, tmp_path):
+    """3 groups, no fault: each group's final model equals the restart-mode run's (one process per group)
+    bit for bit; NoLoCo's to rounding (live, a group's global model is its own z, the restart mode
+    averages the three equal ones)."""
+    args = ["--algo", algo, "--groups", str(GROUPS), "--group-size", "1", "--steps", "96", "--eval-every", "96",
+            "--checkpoint-every", "96"]
+    restarted = [arg for arg in train_command(tmp_path / "restart", *args, cache_dir=cache_dir) if arg != "live"]
+    restarted.remove("--fault-tolerance")
+    subprocess.run(restarted, check=True, capture_output=True, timeout=300)
+    subprocess.run(train_command(tmp_path / "live", *args, cache_dir=cache_dir), check=True, capture_output=True,
+                   timeout=300)
+    expected = load_file(tmp_path / "restart" / "checkpoints" / "step_00000096" / "model.safetensors")
+    for model in final_models(tmp_path / "live", GROUPS, 96):
+        tolerance = 1e-6 if algo == "noloco" else 0
+        assert all(torch.allclose(model[k], expected[k], rtol=0, atol=tolerance) for k in expected)
 
 
 @needs_torchft
