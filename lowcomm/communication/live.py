@@ -64,7 +64,7 @@ FAULT_VARIABLE = "LOWCOMM_LIVE_TEST_FAULT"
 """A test hook, ``GROUP:STEP:KIND``, for that group's first process in its torchft step STEP:
 ``stop``, it stops itself (SIGSTOP) inside the all-reduce, after its first bucket and before the
 rest, so that the others wait in the collective while a test kills it; ``stop_exchange``, the same
-inside an exchange, once its sends and receives are posted; ``error``, it reports an error at the end
+inside an exchange, its receives posted and its sends not (so that its peers wait for it); ``error``, it reports an error at the end
 of the step (as the last receive of an all-reduce a peer died in may on one group only) and alone
 fails the step."""
 FAULT_KINDS = ("stop", "stop_exchange", "error")
@@ -297,7 +297,8 @@ class LiveCommunicator(Communicator):
         also tells each group its partners' ranks in the quorum's process group."""
         self.begin()
         ranks = torch.zeros(self.settings.groups, dtype=torch.float64)
-        ranks[self.rank] = self.process_group.parent.rank() + 1
+        if self.manager.errored() is None:  # else the quorum's process group may not be configured
+            ranks[self.rank] = self.process_group.parent.rank() + 1
         self.all_reduce_mean([ranks])
         ranks = (ranks * self.world_size).round().long().tolist()
         self.quorum_ranks = [rank - 1 for rank in ranks if rank > 0]
@@ -374,11 +375,11 @@ class LiveCommunicator(Communicator):
         inboxes = [torch.zeros_like(flat) for _ in peers]
         if self.manager.errored() is None:
             try:
-                works = [self.process_group.send([flat], self.quorum_ranks[peer], 0) for peer in peers]
-                works += [self.process_group.recv([inbox], self.quorum_ranks[peer], 0)
-                          for peer, inbox in zip(peers, inboxes)]
+                works = [self.process_group.recv([inbox], self.quorum_ranks[peer], 0)
+                         for peer, inbox in zip(peers, inboxes)]
                 if self.take_fault("stop_exchange"):
                     os.kill(os.getpid(), signal.SIGSTOP)
+                works += [self.process_group.send([flat], self.quorum_ranks[peer], 0) for peer in peers]
                 for work in works:
                     work.wait()
             except Exception as error:  # gloo's errors when a peer is gone come in several kinds
