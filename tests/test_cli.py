@@ -42,7 +42,9 @@ def test_help_loads_neither_the_trainer_nor_tensorboard() -> None:
 
 
 def test_the_launcher_loads_neither_the_trainer_nor_fsdp() -> None:
-    script = f"import sys, lowcomm.training.launch, lowcomm.training.worker; print(*sorted(set(sys.modules) & {LAUNCHER_SPARES!r}))"
+    """Neither the restart mode's launcher nor the live one (whose group processes import the trainer)."""
+    launchers = "lowcomm.training.launch, lowcomm.training.worker, lowcomm.training.live"
+    script = f"import sys, {launchers}; print(*sorted(set(sys.modules) & {LAUNCHER_SPARES!r}))"
     assert loaded_lines(script) == [""]
 
 

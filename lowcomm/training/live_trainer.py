@@ -1,0 +1,108 @@
+"""A worker group's training loop in a live run (``--fault-tolerance live``, see
+:mod:`lowcomm.training.live`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lowcomm.communication.live import LiveCommunicator, TooFewGroups
+from lowcomm.training.config import TrainConfig
+from lowcomm.training.peers import process_group_peers
+from lowcomm.training.rng import seed_everything
+from lowcomm.training.trainer import Restored, Trainer, restart_count
+
+
+class LiveTrainer(Trainer):
+    """A worker group's training loop in a live run: it joins the others (healed when behind), logs
+    the groups that leave and join, and saves a checkpoint before stopping for want of groups."""
+
+    def __init__(self, config: TrainConfig, device: torch.device, communicator: LiveCommunicator):
+        self.live = communicator
+        self.joining = False
+        peers = process_group_peers()
+        size = config.group_size
+        super().__init__(config, device, communicator, peers,
+                         data_shard=(communicator.rank * size + peers.rank, config.groups * size))
+        if self.step > 0:
+            communicator.resume_at(self.step)
+
+    def train(self) -> None:
+        try:
+            self.join()
+            super().train()
+        except TooFewGroups:
+            self.log_live_events()
+            self.save()
+            raise
+
+    def join(self) -> None:
+        """The first quorum: take a peer's state if the others are ahead and complete their current
+        step with them (a synchronisation, or an averaged warm-up gradient), else only end the quorum
+        (also when the peer was joining too: a group resumed from a checkpoint is at the end of its step).
+        A quorum whose healing failed is asked for again: training on from this group's own state would
+        run another collective than the others'."""
+        self.joining = True
+        state = self.live.join()
+        while self.live.failed():  # the peer's state did not arrive (on a rank of this group): ask again
+            self.live.end_step()
+            self.log_live_events()
+            state = self.live.join()
+        self.joining = False
+        if state is not None:
+            self.load_live_state(state)
+        if state is not None and not state["joining"] and self.step > 0:
+            self.strategy.complete_joined_step()
+            self.scheduler.step()
+        self.log_strategy_events()
+        self.live.end_step()
+        self.log_live_events()
+
+    def train_step(self) -> None:
+        super().train_step()
+        self.live.end_step()
+        self.log_live_events()
+
+    def log_live_events(self) -> None:
+        if self.log is not None:
+            for event in self.live.events:
+                self.log.write({"step": self.step, **event})
+        self.live.events.clear()
+
+    def live_state(self) -> dict[str, Any]:
+        """What a group that is behind receives: the strategy (z, outer optimizer, coins, residuals,
+        step), the learning-rate schedule, the position in the data and the tokens seen."""
+        return {
+            "strategy": self.strategy.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "data": self.data.train.state_dict(),
+            "tokens": self.progress.tokens,
+            "joining": self.joining,  # at the end of its step (resumed), not inside a step's communication
+        }
+
+    def load_live_state(self, state: dict[str, Any]) -> None:
+        """Take a peer's state (at this group's first quorum, or inside a step: the peer's at that
+        step), keeping this group's own byte counters; its data stream continues at the peer's
+        position (the same fraction of the epoch) in its own shard, its generators seeded afresh from
+        (seed, group, step)."""
+        own_counters = self.strategy.comm_stats.as_dict()
+        self.strategy.load_state_dict(state["strategy"])
+        self.strategy.comm_stats.load(own_counters)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.data.train.continue_from(state["data"])  # the peer's shard may differ by one example
+        self.progress.tokens = int(state["tokens"])
+        seed_everything(self.config.seed + self.shard_index + self.shard_count * self.step)
+
+    def load_data_position(self, state: dict[str, int]) -> None:
+        """A live run may resume with another number of groups, which cut the data into shards of
+        another size: go on at the same share of the epoch."""
+        self.data.train.continue_from(state)
+
+    def restore(self) -> Restored:
+        """A restarted group is healed from a live peer, not from a checkpoint; its metrics.jsonl
+        keeps what it wrote before."""
+        if restart_count() == 0:
+            return super().restore()
+        metrics = self.config.out / "metrics.jsonl"
+        return Restored(metrics_offset=metrics.stat().st_size if metrics.exists() else 0)
