@@ -1,9 +1,10 @@
 """Live fault tolerance with torchft (``--fault-tolerance live``), on real processes: a group killed
-with SIGKILL, in its local phase or inside an all-reduce, is left out while the others train on,
-rejoins healed, and every group ends with the same global model; a group of two processes, one of
-them killed, is restarted whole and rejoins healed; a group that alone failed a step is healed in
-place; too few live groups stop the run with one line and a checkpoint; a lighthouse that restarts
-does not stop training; without torchft the option is refused."""
+with SIGKILL, in its local phase or inside an all-reduce (NoLoCo: exchange), is left out while the
+others train on, rejoins healed, and every group ends with the same global model; without faults a
+live run ends as the restart mode's; a group of two processes, one of them killed, is restarted
+whole and rejoins healed; a group that alone failed a step is healed in place; too few live groups
+stop the run with one line and a checkpoint; a lighthouse that restarts does not stop training;
+without torchft the option is refused."""
 
 import contextlib
 import importlib.util
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.timeout(1800)  # a kill test trains twice (killed, unin
 
 needs_torchft = pytest.mark.skipif(
     importlib.util.find_spec("torchft") is None or os.environ.get("LOWCOMM_LIVE_TESTS") != "1",
-    reason="opt-in (LOWCOMM_LIVE_TESTS=1; about 9 minutes on 2 cores) and needs the ft extra "
+    reason="opt-in (LOWCOMM_LIVE_TESTS=1; about 18 minutes on 2 cores) and needs the ft extra "
     "(pip install 'lowcomm[ft]')",
 )
 
