@@ -216,13 +216,13 @@ def test_without_faults_a_live_run_trains_as_the_restart_mode(algo, cache_dir, t
 @needs_torchft
 @pytest.mark.parametrize(("algo", "inner", "phase"), [("diloco", "ddp", "local"), ("diloco", "ddp", "all_reduce"),
                                                       ("diloco", "fsdp", "local"), ("palsgd", "ddp", "local"),
-                                                      ("noloco", "ddp", "exchange")])
+                                                      ("noloco", "ddp", "exchange"), ("diloco", "ddp", "hung")])
 def test_a_group_of_two_processes_is_the_unit_that_fails_and_rejoins(algo, inner, phase, cache_dir, tmp_path,
                                                                      uninterrupted_eval_loss):
     """3 groups of 2 processes (DDP or FSDP2 inside): one process of group 1 killed, rank 1 in its
     local phase, or rank 0 inside its synchronisation's all-reduce (NoLoCo: exchange; the stop hook;
     rank 1's half of it, with the others' ranks 1, may succeed: the survivors' ranks agree that the
-    step failed). The launcher kills the group's other process and starts both again; the survivors
+    step failed), killed at once or ("hung") once the survivors have given up waiting. The launcher kills the group's other process and starts both again; the survivors
     train on, the restarted group is healed rank by rank (rank i from a survivor's rank i) and takes
     part again. Each group's final global model is its ranks' shards of z put together: equal across
     groups, bit for bit (NoLoCo: to rounding, see above), so every rank's shard of z equals its peers'."""
@@ -330,12 +330,15 @@ def test_too_few_groups_stop_with_one_line_and_a_checkpoint(size, cache_dir, tmp
 
 
 @needs_torchft
-def test_training_survives_a_restarted_lighthouse(cache_dir, tmp_path):
+@pytest.mark.parametrize("size", [1, 2])
+def test_training_survives_a_restarted_lighthouse(size, cache_dir, tmp_path):
+    """Two machines' launchers (``--live-group``, here on one host) against a standalone lighthouse that
+    is killed and started again mid-run; groups of ``size`` processes."""
     port = free_port()
     lighthouse_command = ["torchft_lighthouse", "--bind", f"127.0.0.1:{port}", "--min_replicas", "1",
                           "--join_timeout_ms", "60000", "--heartbeat_timeout_ms", "2000"]
     lighthouse = subprocess.Popen(lighthouse_command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    args = ["--algo", "diloco", "--groups", "2", "--steps", "800", "--eval-every", "800",
+    args = ["--algo", "diloco", "--groups", "2", "--group-size", str(size), "--steps", "800", "--eval-every", "800",
             "--checkpoint-every", "800", "--lighthouse", f"127.0.0.1:{port}"]
     launchers = []
     try:
