@@ -20,10 +20,11 @@ or when its last step failed where a peer's succeeded.
 
 An all-reduce or exchange that failed (a peer died during it, or did not answer within the
 collective timeout) leaves its tensors as they were, the step is not committed, and
-:meth:`LiveCommunicator.step_failed` says so to the strategy: DiLoCo and PALSGD take no outer step
-and go back to z, Local SGD and NoLoCo keep their models, a warm-up step takes no optimizer step
-(the trainer logs ``step_failed``); the next quorum goes on without the dead peer. The ranks of a
-group agree on whether a step failed (a collective within the group), so that they all skip it alike.
+:meth:`LiveCommunicator.step_failed` says so to the strategy: DiLoCo (and PALSGD, Streaming
+DiLoCo) takes no outer step and goes back to z, Local SGD and NoLoCo keep their models, a warm-up
+step takes no optimizer step (the trainer logs ``step_failed``); the next quorum goes on without the
+dead peer. The ranks of a group agree on whether a step failed (a collective within the group), so
+that they all skip it alike.
 """
 
 from __future__ import annotations
@@ -64,9 +65,9 @@ FAULT_VARIABLE = "LOWCOMM_LIVE_TEST_FAULT"
 """A test hook, ``GROUP:STEP:KIND``, for that group's first process in its torchft step STEP:
 ``stop``, it stops itself (SIGSTOP) inside the all-reduce, after its first bucket and before the
 rest, so that the others wait in the collective while a test kills it; ``stop_exchange``, the same
-inside an exchange, its receives posted and its sends not (so that its peers wait for it); ``error``, it reports an error at the end
-of the step (as the last receive of an all-reduce a peer died in may on one group only) and alone
-fails the step."""
+inside an exchange, its receives posted and its sends not (so that its peers wait for it);
+``error``, it reports an error at the end of the step (as the last receive of an all-reduce a peer
+died in may on one group only) and alone fails the step."""
 FAULT_KINDS = ("stop", "stop_exchange", "error")
 
 

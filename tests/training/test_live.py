@@ -222,10 +222,11 @@ def test_a_group_of_two_processes_is_the_unit_that_fails_and_rejoins(algo, inner
     """3 groups of 2 processes (DDP or FSDP2 inside): one process of group 1 killed, rank 1 in its
     local phase, or rank 0 inside its synchronisation's all-reduce (NoLoCo: exchange; the stop hook;
     rank 1's half of it, with the others' ranks 1, may succeed: the survivors' ranks agree that the
-    step failed), killed at once or ("hung") once the survivors have given up waiting. The launcher kills the group's other process and starts both again; the survivors
-    train on, the restarted group is healed rank by rank (rank i from a survivor's rank i) and takes
-    part again. Each group's final global model is its ranks' shards of z put together: equal across
-    groups, bit for bit (NoLoCo: to rounding, see above), so every rank's shard of z equals its peers'."""
+    step failed), killed at once or ("hung") once the survivors have given up waiting. The launcher
+    kills the group's other process and starts both again; the survivors train on, the restarted
+    group is healed rank by rank (rank i from a survivor's rank i) and takes part again. Each group's
+    final global model is its ranks' shards of z put together: equal across groups, bit for bit
+    (NoLoCo: to rounding, see above), so every rank's shard of z equals its peers'."""
     steps, size = "800", 2
     args = ["--algo", algo, "--groups", str(GROUPS), "--group-size", str(size), "--inner", inner,
             "--steps", steps, "--eval-every", steps, "--checkpoint-every", steps]
