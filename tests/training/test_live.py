@@ -30,7 +30,7 @@ pytestmark = pytest.mark.timeout(1800)  # a kill test trains twice (killed, unin
 
 needs_torchft = pytest.mark.skipif(
     importlib.util.find_spec("torchft") is None or os.environ.get("LOWCOMM_LIVE_TESTS") != "1",
-    reason="opt-in (LOWCOMM_LIVE_TESTS=1; about 18 minutes on 2 cores) and needs the ft extra "
+    reason="opt-in (LOWCOMM_LIVE_TESTS=1; about 20 minutes on 2 cores) and needs the ft extra "
     "(pip install 'lowcomm[ft]')",
 )
 
