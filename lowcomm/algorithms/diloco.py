@@ -209,7 +209,7 @@ class DiLoCo(PeriodicStrategy):
                 xs[i].lerp_(z, 1 - self.merge_alpha)
         self.shards.complete(indices)
         if not pending.locally_finite:
-            self.restart_from_global()
+            self.restart_from(self.outer_params)  # after a non-finite pseudo-gradient
 
     def step_outer_model(self, pending: PendingSync) -> None:
         """The outer step of z on the finite workers' mean pseudo-gradient (none if no worker was finite)."""
@@ -250,13 +250,6 @@ class DiLoCo(PeriodicStrategy):
             self.outer_params[i].grad = delta.to(self.outer_params[i].device)
         self.outer_optimizer.step()
         self.outer_optimizer.zero_grad(set_to_none=True)
-
-    def restart_from_global(self) -> None:
-        """After a non-finite pseudo-gradient: ``x <- z`` everywhere and a fresh inner optimizer state."""
-        for x, z in zip(self.shards.local(), self.outer_params):
-            x.copy_(z)
-        self.shards.complete()
-        self.optimizer.state.clear()
 
     def global_state_dict(self) -> dict[str, torch.Tensor]:
         if self.in_warmup:

@@ -100,13 +100,6 @@ class LocalSGD(PeriodicStrategy):
                 x0.copy_(x)
         self.shards.complete()
 
-    def restart_from(self, model: list[torch.Tensor]) -> None:
-        """``x <- model`` (this rank's shards) with a fresh inner optimizer state."""
-        for x, saved in zip(self.shards.local(), model):
-            x.copy_(saved)
-        self.shards.complete()
-        self.optimizer.state.clear()
-
     def global_state_dict(self) -> dict[str, torch.Tensor]:
         """The workers' mean model; where a mean is not on demand (live fault tolerance), the model of
         the last synchronisation (during the warm-up every worker holds it)."""

@@ -102,6 +102,14 @@ class PeriodicStrategy(Strategy):
         """The algorithm's synchronisation, run after every H-th step."""
         raise NotImplementedError(f"{type(self).__name__} must implement synchronize or after_local_step")
 
+    def restart_from(self, model: list[torch.Tensor]) -> None:
+        """``x <- model`` (this rank's shards: z, or the last synchronised model) with a fresh inner
+        optimizer state: a worker's restart after its model turned non-finite."""
+        for x, saved in zip(self.shards.local(), model):
+            x.copy_(saved)
+        self.shards.complete()
+        self.optimizer.state.clear()
+
     def group_buffers(self) -> list[torch.Tensor]:
         """The floating-point buffers, first averaged within the group where its ranks' differ (FSDP
         inside: each rank's own batches move its batch-norm statistics; DDP copies its first rank's)."""
