@@ -252,9 +252,7 @@ class DiLoCo(PeriodicStrategy):
         self.outer_optimizer.zero_grad(set_to_none=True)
 
     def global_state_dict(self) -> dict[str, torch.Tensor]:
-        if self.in_warmup:
-            return super().global_state_dict()
-        return self.state_dict_with(self.outer_params, self.buffers)
+        return self.synchronised_state_dict(self.outer_params)
 
     def wait(self) -> None:
         for pending in self.pending:

@@ -105,9 +105,7 @@ class LocalSGD(PeriodicStrategy):
         the last synchronisation (during the warm-up every worker holds it)."""
         if self.comm.averages_on_demand:
             return self.averaged_state_dict()
-        if self.in_warmup:
-            return super().global_state_dict()
-        return self.state_dict_with(self.synced, self.buffers)
+        return self.synchronised_state_dict(self.synced)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

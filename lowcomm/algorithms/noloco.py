@@ -125,9 +125,7 @@ class NoLoCo(PeriodicStrategy):
         worker's outer model z (during the warm-up every worker holds the same model)."""
         if self.comm.averages_on_demand:
             return self.averaged_state_dict()
-        if self.in_warmup:
-            return super().global_state_dict()
-        return self.state_dict_with(self.outer_params, self.buffers)
+        return self.synchronised_state_dict(self.outer_params)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -146,6 +146,13 @@ class PeriodicStrategy(Strategy):
         self.comm.all_reduce_mean(averaged, accounted=False)
         return self.state_dict_with(averaged[: len(self.params)], averaged[len(self.params) :])
 
+    def synchronised_state_dict(self, model: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The model of the last synchronisation, ``model`` (this rank's shards: z, or Local SGD's x0)
+        with the current buffers; during the warm-up every worker's own model, which they all share."""
+        if self.in_warmup:
+            return super().global_state_dict()
+        return self.state_dict_with(model, self.buffers)
+
     def state_dict_with(self, shards: list[torch.Tensor], buffers: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """The model's state dict, whole plain tensors, with the trainable parameters' shards and the
         floating-point buffers replaced by ``shards`` and ``buffers`` (a collective within a group)."""
