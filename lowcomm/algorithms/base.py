@@ -1,22 +1,32 @@
-"""What every algorithm shares: owning one worker's training step.
+"""What every algorithm shares: one worker's training step, driven by the user's own loop.
 
-A strategy wraps the user's model and inner optimizer. The user hands :meth:`Strategy.step` a
-closure that runs the forward pass and returns the loss (or a list of closures, one per
-micro-batch, for gradient accumulation); the strategy decides whether to call it, runs the
-backward pass, clips, steps the inner optimizer and talks to the other workers.
+A strategy wraps the user's model and inner optimizer. Two ways drive it, with the same result:
+
+- Hook mode: inside ``with strategy:`` the user's loop runs the forward pass through
+  ``strategy.model``, ``loss.backward()``, their own clipping, ``optimizer.step()`` (or a
+  ``GradScaler``'s) and ``optimizer.zero_grad()``. The optimizer's step hooks count each step the
+  inner optimizer is asked to take (a step a ``GradScaler`` skips is not one), clip with
+  ``max_grad_norm``, scale the inner learning rates where the algorithm says so and then run the
+  algorithm's synchronisations. A synchronous step (DDP's rule: a warm-up step) averages the
+  gradients over the workers when the backward pass through the model's output ends, as DDP does,
+  so the user's clipping and a ``GradScaler`` see the averaged gradients; around every micro-batch
+  but the last, ``strategy.no_sync()`` defers it. Leaving the block calls :meth:`Strategy.finish`.
+- :meth:`Strategy.step` takes a closure that runs the forward pass and returns the loss (or one
+  closure per micro-batch), back-propagates and calls ``optimizer.step()`` under the same hooks.
 """
 
 from __future__ import annotations
 
 import contextlib
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from itertools import chain
 from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils._pytree import tree_leaves
 
 from lowcomm.algorithms.options import Option
 from lowcomm.communication.communicator import CommStats, Communicator, ProcessGroupCommunicator, payload_bytes
@@ -26,7 +36,7 @@ from lowcomm.communication.groups import GroupShards, inner_kind, to_plain
 Closure = Callable[[], torch.Tensor]
 
 
-class Strategy(ABC):
+class Strategy:
     """One worker's view of a data-parallel algorithm.
 
     With worker groups (``mesh`` from :func:`lowcomm.worker_groups`), a worker is a group of G
@@ -101,12 +111,16 @@ class Strategy(ABC):
         communicator: Communicator | None = None,
         max_grad_norm: float | None = None,
     ) -> None:
+        if isinstance(model, DistributedDataParallel):
+            raise ValueError("model: it is already wrapped in DistributedDataParallel; pass the plain module "
+                             "(model.module): the strategy wraps it where DDP belongs, as strategy.model")
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("model: it has no trainable parameters")
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
         if held != {id(p) for p in self.params}:
-            raise ValueError("optimizer: it must hold exactly the model's trainable parameters")
+            raise ValueError("optimizer: it must hold exactly the model's trainable parameters; build it from "
+                             "the parameters of the model given to the strategy")
         if max_grad_norm is not None and not max_grad_norm > 0:
             raise ValueError(f"max_grad_norm: must be > 0, got {max_grad_norm}")
         if mesh is not None and mesh.mesh_dim_names != ("group", "inner"):
@@ -132,7 +146,14 @@ class Strategy(ABC):
 
             count_fsdp_traffic(model, self.inner_comm.stats)
         self.max_grad_norm = max_grad_norm
+        self.buffers = [b for b in model.buffers() if b.is_floating_point()]
         self.step_count = 0
+        self.hooks: list[Any] = []  # hook mode's, while attached
+        self.sync_gradients = True  # False inside no_sync()
+        self.averaging_queued = False  # a gradient average waits for the end of this backward pass
+        self.gradients_averaged = False  # this step's gradients were averaged over the workers
+        self.lr_scale: float | None = 1.0  # this step's inner learning-rate factor (None: no update)
+        self.saved_lrs: list[float] = []
         self.events: list[dict[str, Any]] = []  # notable things that happened, for the caller to log
         self.sync_diagnostics: dict[str, float | None] = {}  # of the last outer step, for the caller to log
         if mesh is None:
@@ -189,26 +210,207 @@ class Strategy(ABC):
         self.comm.all_reduce_mean(self.shards.grads())
         self.shards.complete_grads()
 
-    @abstractmethod
-    def step(self, closure: Closure | Sequence[Closure]) -> torch.Tensor | None:
-        """Take one training step; return the mean loss, or ``None`` if no batch was computed."""
+    # The step. Hook mode (``with strategy:``) and :meth:`step` share it: the user's optimizer.step()
+    # runs :meth:`before_update` (clipping, the inner learning-rate scale, or no inner update at all)
+    # and :meth:`after_update` (the algorithm's synchronisations) around the inner optimizer's update.
 
-    def _synchronous_step(self, closure: Closure | Sequence[Closure]) -> torch.Tensor:
-        """DDP's rule: back-propagate, average the gradients over all workers, step."""
-        loss = self._backward(closure)
-        self.averaged_step()
-        return loss
+    def __enter__(self) -> Strategy:
+        """Hook mode: inside the block, the user's own ``optimizer.step()`` drives the algorithm."""
+        self.attach()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: Any) -> None:
+        """Leave hook mode; after a normal exit, :meth:`finish` (a collective)."""
+        self.detach()
+        if exc_type is None:
+            self.finish()
+
+    def attach(self) -> bool:
+        """Install the optimizer's step hooks and the model's forward hook; False if already installed."""
+        if self.hooks:
+            return False
+        self.hooks = [
+            self.optimizer.register_step_pre_hook(self.before_optimizer_step),
+            self.optimizer.register_step_post_hook(self.after_optimizer_step),
+            self.local_model.register_forward_hook(self.after_forward),
+        ]
+        return True
+
+    def detach(self) -> None:
+        """Remove what :meth:`attach` installed."""
+        for hook in self.hooks:
+            hook.remove()
+        self.hooks = []
+
+    @contextlib.contextmanager
+    def no_sync(self) -> Iterator[None]:
+        """Around the backward passes of every micro-batch but the last: their gradients accumulate
+        without being averaged (over the group's ranks, or over the workers in a synchronous step)."""
+        self.sync_gradients = False
+        try:
+            with self.micro_batch_context(last=False):
+                yield
+        finally:
+            self.sync_gradients = True
+
+    def averages_gradients(self, step: int) -> bool:
+        """Whether step ``step`` averages the gradients over all workers before the inner update."""
+        return False
+
+    def next_step_needs_batch(self) -> bool:
+        """Whether the next ``optimizer.step()`` uses a gradient. Where it does not (a PALSGD
+        pseudo-synchronisation), a loop may skip the batch and call ``optimizer.step()`` directly."""
+        return True
+
+    def after_forward(self, module: nn.Module, args: Any, output: Any) -> None:
+        """Forward hook: before a synchronous step, the backward pass through this output ends by
+        averaging the gradients over all workers (after DDP's or FSDP's own reductions), as DDP does."""
+        if not (torch.is_grad_enabled() and self.averages_gradients(self.step_count + 1)):
+            return
+        self.gradients_averaged = False  # new gradients are coming (a step the scaler skipped left the flag)
+        if not self.sync_gradients:
+            return
+        for tensor in tree_leaves(output):
+            if isinstance(tensor, torch.Tensor) and tensor.requires_grad:
+                tensor.register_hook(self.backward_started)
+
+    def backward_started(self, grad: torch.Tensor) -> None:
+        """Queue the gradient average to run when this backward pass ends: queued again from the end,
+        it runs after every callback queued during the pass (DDP's and FSDP's)."""
+        if not self.averaging_queued:
+            self.averaging_queued = True
+            engine = torch.autograd.Variable._execution_engine
+            engine.queue_callback(lambda: engine.queue_callback(self.average_after_backward))
+
+    def average_after_backward(self) -> None:
+        self.averaging_queued = False
+        self.average_gradients()
+        self.gradients_averaged = True
+
+    def before_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """Optimizer pre-step hook: count the step, then clip and scale the learning rates for the
+        inner update, or drop the gradients where the step takes none."""
+        if args[1:] or kwargs.get("closure") is not None:  # args[0] is the optimizer
+            raise ValueError("optimizer.step(): in lowcomm's hook mode call it without a closure, after the "
+                             "backward pass (run closure() first)")
+        self.step_count += 1
+        if self.counting is not None:
+            self.counting.end_step()
+        if self.averages_gradients(self.step_count) and not self.gradients_averaged:
+            self.average_gradients()  # the loss did not come through the model's forward pass
+        self.lr_scale = self.before_update()
+        if self.lr_scale is None:
+            self.optimizer.zero_grad(set_to_none=True)
+            return
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        if self.lr_scale != 1.0:
+            self.saved_lrs = [group["lr"] for group in self.optimizer.param_groups]
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["lr"] * self.lr_scale
+
+    def after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """Optimizer post-step hook: restore the learning rates, then the algorithm's part of the step."""
+        for group, lr in zip(self.optimizer.param_groups, self.saved_lrs):
+            group["lr"] = lr
+        self.saved_lrs = []
+        self.gradients_averaged = False
+        self.after_update()
+
+    def before_update(self) -> float | None:
+        """Called once the step is counted: the factor of the inner learning rates for this step's
+        update, or None for no update. A synchronous step whose average failed (live fault
+        tolerance) takes none."""
+        if self.averages_gradients(self.step_count) and self.comm.step_failed():
+            return None
+        return 1.0
+
+    def after_update(self) -> None:
+        """Called after the inner optimizer's update (or in its place): the algorithm's own work."""
+
+    def step(self, closure: Closure | Sequence[Closure]) -> torch.Tensor | None:
+        """One step, the forward passes in ``closure`` (or one closure per micro-batch, each loss
+        scaled by 1/len before its backward pass): back-propagate, then ``optimizer.step()`` as in
+        hook mode. Return the mean loss, or None where the step computed no batch."""
+        closures = checked_closures(closure)
+        attached = self.attach()
+        try:
+            if not self.next_step_needs_batch():
+                self.optimizer.step()
+                return None
+            self.optimizer.zero_grad(set_to_none=True)
+            total = torch.zeros((), device=self.params[0].device)
+            for i, micro_batch in enumerate(closures):
+                with self.no_sync() if i < len(closures) - 1 else contextlib.nullcontext():
+                    loss = micro_batch()
+                    (loss / len(closures)).backward()
+                total += loss.detach()
+            self.optimizer.step()
+            return total / len(closures)
+        finally:
+            if attached:
+                self.detach()
+
+    def finish(self) -> None:
+        """Synchronise what was trained since the last synchronisation, so that the global model
+        holds every step (a collective: call it on every rank). Leaving ``with strategy:`` calls it."""
+        self.wait()
 
     def averaged_step(self) -> None:
         """Average the gradients over all workers and step; a failed average (live fault tolerance)
         takes no step."""
         self.average_gradients()
         if not self.comm.step_failed():
-            self._optimizer_step()
+            if self.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+            self.optimizer.step()
+
+    def global_values(self) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+        """The global model as this rank's shards of the trainable parameters and the floating-point
+        buffers (a collective where the algorithm averages on demand); None where the local model is it."""
+        return None
 
     def global_state_dict(self) -> dict[str, torch.Tensor]:
-        """The model to evaluate and save, whole tensors on every rank: the global model (a collective)."""
-        return {k: to_plain(v.detach()).clone() for k, v in self.local_model.state_dict().items()}
+        """The model to evaluate and save, whole tensors on every rank: the global model. A collective
+        for every algorithm: call it on every rank."""
+        values = self.global_values()
+        if values is None:
+            return {k: to_plain(v.detach()).clone() for k, v in self.local_model.state_dict().items()}
+        return self.state_dict_with(*values)
+
+    @contextlib.contextmanager
+    def global_weights(self) -> Iterator[nn.Module]:
+        """Inside, ``strategy.model`` holds the global model (to evaluate it without a second model);
+        the local weights come back on exit. A collective, like :meth:`global_state_dict`."""
+        values = self.global_values()
+        if values is None:
+            yield self.model
+            return
+        local = self.shards.local() + self.buffers
+        saved = [t.clone() for t in local]
+        with torch.no_grad():
+            for t, value in zip(local, values[0] + values[1]):
+                t.copy_(value)
+        self.shards.complete()
+        try:
+            yield self.model
+        finally:
+            with torch.no_grad():
+                for t, value in zip(local, saved):
+                    t.copy_(value)
+            self.shards.complete()
+
+    def state_dict_with(self, shards: list[torch.Tensor], buffers: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The model's state dict, whole plain tensors, with the trainable parameters' shards and the
+        floating-point buffers replaced by ``shards`` and ``buffers`` (a collective within a group)."""
+        value_of = {id(t): v for t, v in zip(self.params + self.buffers, self.shards.full(shards) + buffers)}
+        model = self.local_model
+        named = chain(model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False))
+        replacement = {name: value_of[id(t)] for name, t in named if id(t) in value_of}
+        return {
+            key: (replacement[key] if key in replacement else to_plain(tensor)).detach().to(tensor.device, copy=True)
+            for key, tensor in model.state_dict().items()
+        }
 
     def wait(self) -> None:
         """Block until every communication this strategy started has completed (call it before
@@ -232,35 +434,20 @@ class Strategy(ABC):
         if self.inner_comm is not None and "inner_comm_stats" in state:
             self.inner_comm.stats.load(state["inner_comm_stats"])
 
-    def _backward(self, closure: Closure | Sequence[Closure]) -> torch.Tensor:
-        """Zero the gradients, run every micro-batch closure and back-propagate its share."""
-        closures = [closure] if callable(closure) else list(closure)
-        if not closures:
-            raise ValueError("closure: at least one closure is needed")
-        self.optimizer.zero_grad(set_to_none=True)
-        total = torch.zeros((), device=self.params[0].device)
-        for i, micro_batch in enumerate(closures):
-            with self.micro_batch_context(last=i == len(closures) - 1):
-                loss = micro_batch()
-                (loss / len(closures)).backward()
-            total += loss.detach()
-        if self.counting is not None:
-            self.counting.end_step()
-        return total / len(closures)
 
-    def _optimizer_step(self, lr_scale: float = 1.0) -> None:
-        """Clip, then step the inner optimizer with its learning rates scaled by ``lr_scale``."""
-        if self.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
-        if lr_scale == 1.0:
-            self.optimizer.step()
-            return
-        saved = [group["lr"] for group in self.optimizer.param_groups]
-        for group in self.optimizer.param_groups:
-            group["lr"] = group["lr"] * lr_scale
-        self.optimizer.step()
-        for group, lr in zip(self.optimizer.param_groups, saved):
-            group["lr"] = lr
+def checked_closures(closure: Closure | Sequence[Closure]) -> list[Closure]:
+    """``closure`` as a non-empty list of callables, or a one-line error that says what to pass."""
+    if isinstance(closure, torch.Tensor):
+        raise TypeError("closure: got a tensor; pass a function that runs the forward pass and returns the loss, "
+                        "or compute the loss yourself inside `with strategy:` and call loss.backward() and "
+                        "optimizer.step()")
+    closures = [closure] if callable(closure) else list(closure) if isinstance(closure, Sequence) else None
+    if closures is None or not all(callable(c) for c in closures):
+        raise TypeError(f"closure: expected a function returning the loss, or a list of them; got "
+                        f"{type(closure).__name__}")
+    if not closures:
+        raise ValueError("closure: at least one closure is needed")
+    return closures
 
 
 @contextlib.contextmanager

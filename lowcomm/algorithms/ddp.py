@@ -13,7 +13,6 @@ shards within the group (its reduce-scatter), then lowcomm averages them across 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -21,7 +20,7 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.nn.parallel import DistributedDataParallel
 
-from lowcomm.algorithms.base import Closure, Strategy, wrap_ddp
+from lowcomm.algorithms.base import Strategy, wrap_ddp
 from lowcomm.communication.communicator import ProcessGroupCommunicator
 from lowcomm.communication.ddp_hooks import CountingState
 
@@ -62,11 +61,7 @@ class DDP(Strategy):
         if self.inner == "fsdp":
             super().broadcast_initial_state()
 
-    def step(self, closure: Closure | Sequence[Closure]) -> torch.Tensor:
-        self.step_count += 1
-        loss = self._backward(closure)
-        if self.inner == "fsdp":
-            self.averaged_step()
-        else:
-            self._optimizer_step()
-        return loss
+    def averages_gradients(self, step: int) -> bool:
+        """FSDP inside: lowcomm averages the gradient shards across groups (DistributedDataParallel
+        averages its own gradients during the backward pass)."""
+        return self.inner == "fsdp"

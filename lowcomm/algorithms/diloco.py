@@ -85,6 +85,7 @@ class PendingSync:
     payload: list[torch.Tensor]  # pseudo-gradients, then buffers (fragment 0 only), then a finite flag
     apply_at: int
     locally_finite: bool
+    merge: bool = True  # overlapped: merge x with z (only such steps stay in flight, and are saved)
     handle: Handle | None = None
 
     def wait(self) -> None:
@@ -175,26 +176,40 @@ class DiLoCo(PeriodicStrategy):
         """Apply the outer steps whose tau steps are over, then start those whose turn it is."""
         for pending in [p for p in self.pending if p.apply_at == self.step_count]:
             self.pending.remove(pending)
-            self.finish(pending)
+            self.apply(pending)
         for fragment, offset in enumerate(self.offsets):
             if (self.step_count - offset) % self.sync_interval == 0:
-                self.start(fragment)
+                self.start(fragment, self.overlap_steps)
 
-    def start(self, fragment: int) -> None:
-        """Launch the mean of this fragment's pseudo-gradient ``Delta = z - x`` (and of the buffers)."""
+    def finish(self) -> None:
+        """Apply the outer steps in flight, then a blocking outer step (``x <- z``) of every fragment
+        trained since its last outer step began."""
+        self.wait()
+        for pending in self.pending:
+            self.apply(pending)
+        self.pending = []
+        for fragment, offset in enumerate(self.offsets):
+            if self.step_count > self.last_synchronised(offset):
+                self.start(fragment, overlap_steps=0)
+        self.finished_step = self.step_count
+
+    def start(self, fragment: int, overlap_steps: int) -> None:
+        """Launch the mean of this fragment's pseudo-gradient ``Delta = z - x`` (and of the buffers),
+        to apply after ``overlap_steps`` more steps (at once, ``x <- z``, for 0)."""
         xs = self.shards.local()
         deltas = [self.outer_params[i].to(xs[i].device) - xs[i] for i in self.fragments[fragment]]
         buffers = [b.clone() for b in self.group_buffers()] if fragment == 0 else []
         flag = self.zero_unless_finite(deltas + buffers)
-        pending = PendingSync(fragment, deltas + buffers + [flag], self.step_count + self.overlap_steps, bool(flag))
+        pending = PendingSync(fragment, deltas + buffers + [flag], self.step_count + overlap_steps, bool(flag),
+                              merge=overlap_steps > 0)
         exact = buffers + [flag]
         pending.handle = mean_compressing(self.comm, self.compressed_mean, fragment, deltas, exact, async_op=True)
-        if self.overlap_steps == 0:
-            self.finish(pending)
+        if overlap_steps == 0:
+            self.apply(pending)
         else:
             self.pending.append(pending)
 
-    def finish(self, pending: PendingSync) -> None:
+    def apply(self, pending: PendingSync) -> None:
         """With the mean Delta: the outer step of z, then ``x <- z`` (or the merge after an overlap)."""
         pending.wait()
         indices = self.fragments[pending.fragment]
@@ -203,7 +218,7 @@ class DiLoCo(PeriodicStrategy):
         xs = self.shards.local()
         for i in indices:
             z = self.outer_params[i].to(xs[i].device, non_blocking=True)
-            if self.overlap_steps == 0:
+            if not pending.merge:
                 xs[i].copy_(z)
             else:
                 xs[i].lerp_(z, 1 - self.merge_alpha)
@@ -251,8 +266,8 @@ class DiLoCo(PeriodicStrategy):
         self.outer_optimizer.step()
         self.outer_optimizer.zero_grad(set_to_none=True)
 
-    def global_state_dict(self) -> dict[str, torch.Tensor]:
-        return self.synchronised_state_dict(self.outer_params)
+    def global_values(self) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+        return self.synchronised_values(self.outer_params)
 
     def wait(self) -> None:
         for pending in self.pending:

@@ -9,16 +9,11 @@ overlap of communication with the backward pass differ.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import torch
-
-from lowcomm.algorithms.base import Closure, Strategy
+from lowcomm.algorithms.base import Strategy
 
 
 class GradientAveraging(Strategy):
     """Average the gradients over all workers every step, then step the inner optimizer."""
 
-    def step(self, closure: Closure | Sequence[Closure]) -> torch.Tensor:
-        self.step_count += 1
-        return self._synchronous_step(closure)
+    def averages_gradients(self, step: int) -> bool:
+        return True

@@ -100,12 +100,12 @@ class LocalSGD(PeriodicStrategy):
                 x0.copy_(x)
         self.shards.complete()
 
-    def global_state_dict(self) -> dict[str, torch.Tensor]:
+    def global_values(self) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
         """The workers' mean model; where a mean is not on demand (live fault tolerance), the model of
         the last synchronisation (during the warm-up every worker holds it)."""
         if self.comm.averages_on_demand:
-            return self.averaged_state_dict()
-        return self.synchronised_state_dict(self.synced)
+            return self.averaged_values()
+        return self.synchronised_values(self.synced)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

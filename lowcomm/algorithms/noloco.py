@@ -120,12 +120,12 @@ class NoLoCo(PeriodicStrategy):
         if rank not in finite:
             self.optimizer.state.clear()
 
-    def global_state_dict(self) -> dict[str, torch.Tensor]:
+    def global_values(self) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
         """The workers' mean model; where a mean is not on demand (live fault tolerance), this
         worker's outer model z (during the warm-up every worker holds the same model)."""
         if self.comm.averages_on_demand:
-            return self.averaged_state_dict()
-        return self.synchronised_state_dict(self.outer_params)
+            return self.averaged_values()
+        return self.synchronised_values(self.outer_params)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -32,13 +32,11 @@ rank's shards, after which the group completes its model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from lowcomm.algorithms.base import Closure
 from lowcomm.algorithms.diloco import DiLoCo
 from lowcomm.algorithms.options import Option, at_least, check_fraction, check_positive
 
@@ -99,16 +97,34 @@ class PALSGD(DiLoCo):
             **diloco_options,
         )
         self.coins = torch.Generator().manual_seed(seed + (self.comm.rank if independent_coins else 0))
+        self.pulls = False  # this step is a pseudo-synchronisation
         self.index_of = {id(x): i for i, x in enumerate(self.params)}
 
-    def local_step(self, closure: Closure | Sequence[Closure]) -> torch.Tensor | None:
+    def next_step_needs_batch(self) -> bool:
+        """False where the next step is a pseudo-synchronisation (its coin read ahead, not drawn)."""
+        if self.step_count + 1 <= self.warmup_steps:
+            return True
+        ahead = torch.Generator()
+        ahead.set_state(self.coins.get_state())
+        return not self.pseudo_sync_coin(ahead)
+
+    def pseudo_sync_coin(self, coins: torch.Generator) -> bool:
+        """The coin of one local step: True (probability p) for a pseudo-synchronisation."""
         p = self.pseudo_sync_prob
-        if p > 0 and torch.rand((), generator=self.coins).item() < p:
+        return p > 0 and torch.rand((), generator=coins).item() < p
+
+    def before_update(self) -> float | None:
+        """A local step draws its coin: no inner update for a pseudo-synchronisation, else the inner
+        learning rates times ``1 / (1 - p)``."""
+        if self.in_warmup:
+            return super().before_update()
+        self.pulls = self.pseudo_sync_coin(self.coins)
+        return None if self.pulls else 1 / (1 - self.pseudo_sync_prob)
+
+    def after_update(self) -> None:
+        if not self.in_warmup and self.pulls:
             self.pseudo_synchronize()
-            return None
-        loss = self._backward(closure)
-        self._optimizer_step(lr_scale=1 / (1 - p))
-        return loss
+        super().after_update()
 
     def pseudo_synchronize(self) -> None:
         """``x <- x - (gamma / p) * eta * (x - z)`` for every parameter group."""

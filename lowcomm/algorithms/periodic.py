@@ -8,6 +8,9 @@ and :meth:`~PeriodicStrategy.after_local_step` runs after every local step: by d
 with ``t % sync_interval == 0``. DiLoCo overrides ``after_local_step`` instead (its fragments and
 overlapped outer steps keep a schedule of their own).
 
+:meth:`~PeriodicStrategy.finish` runs the synchronisation once more after the last step if any step
+was trained since the last one (H need not divide the steps): the global model then holds every step.
+
 At a synchronisation a worker whose contribution (its parameters, or its pseudo-gradient) is not
 finite is left out of it: the others' values are used, the worker takes the synchronised model and a
 fresh inner optimizer state, and the strategy records a ``nonfinite_worker_excluded`` event whose
@@ -21,17 +24,15 @@ when any of its ranks is non-finite.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import chain
 from typing import Any
 
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
-from lowcomm.algorithms.base import Closure, Strategy
+from lowcomm.algorithms.base import Strategy
 from lowcomm.algorithms.options import Option, at_least
 from lowcomm.communication.communicator import Communicator
-from lowcomm.communication.groups import to_plain
 
 
 class PeriodicStrategy(Strategy):
@@ -53,29 +54,21 @@ class PeriodicStrategy(Strategy):
         self.sync_interval = self.check_option("sync_interval", sync_interval)
         self.warmup_steps = self.check_option("warmup_steps", warmup_steps)
         super().__init__(model, optimizer, mesh=mesh, communicator=communicator, max_grad_norm=max_grad_norm)
-        self.buffers = [b for b in model.buffers() if b.is_floating_point()]
+        self.finished_step = 0  # the last step finish() synchronised
         self.outer_params: list[torch.Tensor] = []  # z, this rank's shards, for algorithms with an outer model
 
     @property
     def in_warmup(self) -> bool:
         return self.step_count <= self.warmup_steps
 
-    def step(self, closure: Closure | Sequence[Closure]) -> torch.Tensor | None:
-        self.step_count += 1
-        if self.in_warmup:
-            loss = self._synchronous_step(closure)
-            if self.step_count == self.warmup_steps:
-                self.begin_local_phase()
-            return loss
-        loss = self.local_step(closure)
-        self.after_local_step()
-        return loss
+    def averages_gradients(self, step: int) -> bool:
+        return step <= self.warmup_steps
 
-    def local_step(self, closure: Closure | Sequence[Closure]) -> torch.Tensor | None:
-        """One step on this worker alone."""
-        loss = self._backward(closure)
-        self._optimizer_step()
-        return loss
+    def after_update(self) -> None:
+        if not self.in_warmup:
+            self.after_local_step()
+        elif self.step_count == self.warmup_steps:
+            self.begin_local_phase()
 
     def begin_local_phase(self) -> None:
         """Called once, after the last warm-up step: ``z <- x``."""
@@ -101,6 +94,19 @@ class PeriodicStrategy(Strategy):
     def synchronize(self) -> None:
         """The algorithm's synchronisation, run after every H-th step."""
         raise NotImplementedError(f"{type(self).__name__} must implement synchronize or after_local_step")
+
+    def last_synchronised(self, offset: int = 0) -> int:
+        """The last step after which a synchronisation of period H and phase ``offset`` started (the
+        end of the warm-up, or :meth:`finish`, where later)."""
+        on_schedule = self.step_count - (self.step_count - offset) % self.sync_interval
+        return max(on_schedule, self.warmup_steps, self.finished_step)
+
+    def finish(self) -> None:
+        """The algorithm's synchronisation once more, if any step was trained since the last one."""
+        super().finish()
+        if self.step_count > self.last_synchronised():
+            self.synchronize()
+        self.finished_step = self.step_count
 
     def restart_from(self, model: list[torch.Tensor]) -> None:
         """``x <- model`` (this rank's shards: z, or the last synchronised model) with a fresh inner
@@ -140,27 +146,20 @@ class PeriodicStrategy(Strategy):
         self.events.append({"event": "nonfinite_worker_excluded", "step": self.step_count, "what": what, **details,
                             "finite_workers": finite_workers})
 
-    def averaged_state_dict(self) -> dict[str, torch.Tensor]:
+    def averaged_values(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The workers' mean model (a collective: every worker must call it)."""
         averaged = [t.clone() for t in self.shards.local() + self.buffers]
         self.comm.all_reduce_mean(averaged, accounted=False)
-        return self.state_dict_with(averaged[: len(self.params)], averaged[len(self.params) :])
+        return averaged[: len(self.params)], averaged[len(self.params) :]
 
-    def synchronised_state_dict(self, model: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def synchronised_values(self, model: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
         """The model of the last synchronisation, ``model`` (this rank's shards: z, or Local SGD's x0)
-        with the current buffers; during the warm-up every worker's own model, which they all share."""
-        if self.in_warmup:
-            return super().global_state_dict()
-        return self.state_dict_with(model, self.buffers)
+        with the current buffers; None during the warm-up, when every worker holds the same model."""
+        return None if self.in_warmup else (model, self.buffers)
 
-    def state_dict_with(self, shards: list[torch.Tensor], buffers: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The model's state dict, whole plain tensors, with the trainable parameters' shards and the
-        floating-point buffers replaced by ``shards`` and ``buffers`` (a collective within a group)."""
-        value_of = {id(t): v for t, v in zip(self.params + self.buffers, self.shards.full(shards) + buffers)}
-        model = self.local_model
-        named = chain(model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False))
-        replacement = {name: value_of[id(t)] for name, t in named if id(t) in value_of}
-        return {
-            key: (replacement[key] if key in replacement else to_plain(tensor)).detach().to(tensor.device, copy=True)
-            for key, tensor in model.state_dict().items()
-        }
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "finished_step": self.finished_step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.finished_step = int(state.get("finished_step", 0))

@@ -253,6 +253,8 @@ class Trainer:
         start = time.perf_counter()
         bf16 = self.config.precision == "bf16"
         loss = self.strategy.step([partial(self.loss, self.strategy.model, x, y, bf16) for x, y in micro_batches])
+        if self.step == self.config.steps:
+            self.strategy.finish()  # the global model holds the steps since the last synchronisation
         loss_value = None if loss is None else loss.item()
         self.progress.compute_s += time.perf_counter() - start - (stats.wait_s - waited_before)
         self.scheduler.step()

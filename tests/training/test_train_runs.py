@@ -154,6 +154,25 @@ def test_the_embedded_default_writes_the_documented_layout(runs):
     assert "algo: palsgd\n" in config and "outer_lr: 0.7\n" in config and f"device: {device}\n" in config
 
 
+def test_the_last_steps_after_the_last_synchronisation_reach_the_final_model(cache_dir, tmp_path):
+    """30 steps with H = 4: steps 29 and 30 follow the last regular outer step (28); the run ends with
+    one more, so the saved global model is every worker's final model, and the last eval is of it."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "out"
+    lowcomm_train("--algo", "diloco", *SHORT, *PERIODIC, "--steps", "30", "--eval-every", "10", "--cache-dir",
+                  cache_dir, "--out", str(out))
+    outer = [r["step"] for r in records(out, "sync") if r["sync"] == "outer"]
+    assert outer == [8, 12, 16, 20, 24, 28, 30]
+    assert [r["step"] for r in records(out, "eval")] == [10, 20, 30]
+    final = out / "checkpoints" / "step_00000030"
+    global_model = load_file(final / "model.safetensors")
+    for rank in range(WORKERS):
+        local = torch.load(final / f"rank_{rank:05d}.pt", weights_only=True)["strategy"]["model"]
+        for name, value in global_model.items():
+            assert torch.equal(local[name], value), name
+
+
 def test_resuming_replays_the_uninterrupted_run_exactly(runs, cache_dir, tmp_path):
     straight = runs("palsgd")
     resumed = tmp_path / "resumed"
