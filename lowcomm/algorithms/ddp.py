@@ -2,7 +2,7 @@
 
 Rule: every step, gradients are averaged over all workers (bucketed all-reduce overlapped with the
 backward pass) before the inner optimizer steps. This is torch's own implementation with a
-communication hook that counts bytes; lowcomm adds nothing else.
+communication hook that counts bytes; lowcomm adds nothing else (and finish has nothing to do).
 
 With worker groups, DDP inside: DistributedDataParallel over all K x G ranks. Its ring runs in rank
 order and K of its K x G links leave a group, so each rank's bytes count K/(K x G) as between

@@ -17,6 +17,10 @@ sides), about ``2(K-1)/K`` x the compressed payload per worker; buffers and the 
 all-reduced uncompressed; the byte counters see what is sent. The compressed mean blocks: with
 ``overlap_steps`` only the all-reduce of buffers and flag is in flight during the tau steps.
 
+Finish (:meth:`DiLoCo.finish`): the outer steps in flight are applied (merged), then each fragment
+trained since its last outer step began takes one more, blocking (``x <- z``), on the
+pseudo-gradient of those steps: the global model z holds every step.
+
 Diagnostics: each outer step leaves in ``sync_diagnostics`` the averaged pseudo-gradient's norm
 ``||Delta||``, the workers' spread (the mean over workers of ``||x_k - mean_k x_k||``, each worker's
 ``||(z - x_k) - Delta||`` averaged by a one-number all-reduce not counted as training traffic) and

@@ -12,6 +12,9 @@ A worker whose parameters (or floating-point buffers) are not finite is left out
 continues from it with a fresh inner optimizer state (recorded in ``events``, ``what``: ``parameters``);
 if no worker is finite, training stops with an error.
 
+Finish (:meth:`~lowcomm.algorithms.periodic.PeriodicStrategy.finish`): if steps were trained since
+the last synchronisation, one more mean.
+
 Live fault tolerance: a mean that fails (a peer died during it) leaves each worker its own model;
 the global model (evaluated, saved) is x0, the model of the last synchronisation, kept for it.
 With worker groups each rank averages its shard (compressed: its shard of the move) across groups,

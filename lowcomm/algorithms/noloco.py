@@ -13,6 +13,8 @@ every contribution, so all agree; with none left, m and z stay as they are); suc
 sets ``x_i <- z_i`` and starts a fresh inner optimizer state. The exclusion is recorded in
 ``events`` on every member of the group (``what``: ``pseudo_gradient_or_outer_model``).
 
+Finish: if steps were trained since the last exchange, one more, with the pairs of the current step.
+
 Live fault tolerance: the pairs are drawn among the groups in the step's quorum; a group being
 healed sits the synchronisation out, and a failed exchange (a partner died during it) leaves x, z
 and m as they were.

@@ -26,6 +26,8 @@ which they leave at ``mu**(R - 1) * b``. With the paper's 0.1 and 0.9 and R = 16
 after the first step's ``0.1 * (Delta + 0.9 b)``: at the first outer step (b = Delta), z moves by
 0.83 Delta instead of 0.19 Delta.
 
+Finish: DiLoCo's (the outer repeats included).
+
 With worker groups every rank of every group draws the same coins, and the pull works on this
 rank's shards, after which the group completes its model.
 """

@@ -5,7 +5,8 @@ Rule: the parameters are split into P fragments (contiguous runs of layers, or s
 tensor). Fragment f takes DiLoCo's outer step after the steps t with ``(t - f * H // P) % H == 0``,
 so each fragment still syncs once every H steps but only about 1/P of the model crosses the network
 at a time. With ``overlap_steps`` tau the all-reduce runs during tau more inner steps and the
-fragment is merged ``x <- (1 - alpha) * z + alpha * x``.
+fragment is merged ``x <- (1 - alpha) * z + alpha * x``. Finish: DiLoCo's, fragment by fragment: each
+fragment trained since its own last outer step takes one more.
 """
 
 from __future__ import annotations
