@@ -77,14 +77,15 @@ class PeriodicStrategy(Strategy):
 
     def complete_joined_step(self) -> None:
         """Finish the current step as a worker that has just taken a peer's state, captured when the
-        peer began this step's communication: average the gradients and step (warm-up), or
-        synchronise. The worker's own contribution is left out by the communicator."""
-        if not self.in_warmup:
+        peer began this step's communication: the gradient average at the end of a warm-up step's
+        backward pass (before that step is counted), then the step; or the synchronisation after a
+        local step. The worker's own contribution is left out by the communicator."""
+        if not self.averages_gradients(self.step_count + 1):
             self.after_local_step()
             return
+        self.step_count += 1
         self.averaged_step()
-        if self.step_count == self.warmup_steps:
-            self.begin_local_phase()
+        self.after_update()
 
     def after_local_step(self) -> None:
         """Called after every local step: :meth:`synchronize` when the step is a multiple of H."""

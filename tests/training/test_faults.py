@@ -85,14 +85,15 @@ def test_workers_killed_at_random_moments_change_nothing(cache_dir, tmp_path):
 
 @pytest.fixture
 def nan_on_worker_1(monkeypatch):
-    """Worker 1's loss (hence its gradients and model) turns NaN at ``POISONED_STEP``."""
+    """Worker 1's loss (hence its gradients and model) turns NaN in step ``POISONED_STEP`` (while a step's
+    batches are computed, ``trainer.step`` counts the steps before it)."""
     init = Trainer.__init__
 
     def init_poisoned(trainer, *args, **kwargs):
         init(trainer, *args, **kwargs)
         if trainer.rank == 1:
             loss = trainer.loss
-            trainer.loss = lambda *batch: loss(*batch) * (math.nan if trainer.step == POISONED_STEP else 1.0)
+            trainer.loss = lambda *batch: loss(*batch) * (math.nan if trainer.step + 1 == POISONED_STEP else 1.0)
 
     monkeypatch.setattr(Trainer, "__init__", init_poisoned)
 
