@@ -93,3 +93,27 @@ def test_a_second_run_in_a_directory_in_use_is_refused(tmp_path, cache_dir):
     finally:
         first.terminate()
         first.communicate()
+
+
+def test_resume_refuses_without_a_run_or_an_intact_checkpoint(run_cli, tmp_path):
+    one_line_refusal(run_cli(["train", *TINY, "--out", str(tmp_path / "absent"), "--resume"]),
+                     "holds no run to resume; start one without --resume")
+    assert not (tmp_path / "absent").exists()
+    run = tmp_path / "run"
+    prepare_run_directory(load_config(overrides={"out": str(run)}))
+    (run / "checkpoints" / "step_00000004").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"step": 4, "loss": 1.0}\n')
+    before = snapshot(run)
+    one_line_refusal(run_cli(["train", "--out", str(run), "--resume"]),
+                     "holds no intact checkpoint (step_00000004: no manifest (an unfinished write)); start afresh with --overwrite")
+    assert snapshot(run) == before
+
+
+def test_resume_takes_every_option_not_given_from_the_runs_config(run_cli, tmp_path, cache_dir):
+    out = tmp_path / "run"
+    assert run_cli(["train", "--algo", "ddp", *TINY, "--steps", "8", "--checkpoint-every", "4", "--seed", "3",
+                    "--cache-dir", cache_dir, "--out", str(out)])[0] == 0
+    code, stdout, stderr = run_cli(["train", "--out", str(out), "--resume", "--steps", "12"])
+    assert code == 0, stderr
+    recorded = yaml.safe_load((out / "config.yaml").read_text())
+    assert (recorded["algo"], recorded["seed"], recorded["steps"], recorded["batch_size"]) == ("ddp", 3, 12, 4)

@@ -17,12 +17,13 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from lowcomm.algorithms import ALGORITHMS
 from lowcomm.cli import usage_error
 from lowcomm.launching.limited import real_limit, run_limited
 from lowcomm.training.config import ALGORITHM_PARAMETERS, TrainConfig, flag, load_config, preset_names, under_torchrun
-from lowcomm.training.rundir import prepare_run_directory
+from lowcomm.training.rundir import CONFIG_FILE, prepare_run_directory
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +63,7 @@ def reports() -> bool:
 def run(args: argparse.Namespace) -> int:
     overrides = {key: value for key, value in vars(args).items() if key not in ("command", "config", "preset")}
     try:
-        config = load_config(args.config, overrides, args.preset)
+        config = load_config(args.config or recorded_config(overrides), overrides, args.preset)
         # Under torchrun this process is one worker already: the limit is the job's network's.
         limited, warning = (False, None) if under_torchrun() else real_limit(
             config.network, config.bandwidth, config.backend
@@ -114,6 +115,15 @@ def run(args: argparse.Namespace) -> int:
             f"(TensorBoard: tensorboard --logdir {out / 'tensorboard'})"
         )
     return 0
+
+
+def recorded_config(overrides: dict[str, Any]) -> Path | None:
+    """With ``--resume`` (and no ``--config``): the run's own ``config.yaml``, whose options stand
+    where no flag is given."""
+    if not overrides.get("resume") or "out" not in overrides:
+        return None
+    recorded = Path(overrides["out"]) / CONFIG_FILE
+    return recorded if recorded.is_file() else None
 
 
 def train_limited(config: TrainConfig) -> int:
