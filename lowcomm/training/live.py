@@ -165,6 +165,7 @@ def run_group(
         quorum_timeout_s=config.hang_timeout,
         collective_timeout_s=COLLECTIVE_TIMEOUT_S,
         fault=injected_fault(group) if restart == 0 and inner_rank == 0 else None,
+        manager_bind=None if config.bind_all else LOOPBACK,
     )
     within = ProcessGroupCommunicator() if config.group_size > 1 else None
     communicator = LiveCommunicator(settings, lambda: trainer.live_state(),
