@@ -3,6 +3,7 @@ marker names as a lowcomm run, and there only lowcomm's files; a run's ``config.
 YAML) cannot ask for ``--overwrite``; ``bench --out`` writes only into a bench of its own; and a run
 directory is locked while a run uses it."""
 
+import signal
 import subprocess
 import sys
 import time
@@ -115,5 +116,23 @@ def test_resume_takes_every_option_not_given_from_the_runs_config(run_cli, tmp_p
                     "--cache-dir", cache_dir, "--out", str(out)])[0] == 0
     code, stdout, stderr = run_cli(["train", "--out", str(out), "--resume", "--steps", "12"])
     assert code == 0, stderr
+    assert f"lowcomm train: resuming from step 8 ({out / 'checkpoints' / 'step_00000008'})" in stdout
     recorded = yaml.safe_load((out / "config.yaml").read_text())
     assert (recorded["algo"], recorded["seed"], recorded["steps"], recorded["batch_size"]) == ("ddp", 3, 12, 4)
+
+
+def test_ctrl_c_stops_with_one_line_a_loss_plot_and_a_way_to_resume(tmp_path, cache_dir):
+    out = tmp_path / "out"
+    launcher = subprocess.Popen([sys.executable, "-m", "lowcomm", "train", *SHORT, *PERIODIC, "--steps", "4000",
+                                 "--cache-dir", cache_dir, "--out", str(out)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not (out / "checkpoints" / "step_00000016").exists():
+        assert launcher.poll() is None, launcher.communicate()[1][-3000:]
+        time.sleep(0.01)
+    launcher.send_signal(signal.SIGINT)
+    _, stderr = launcher.communicate(timeout=60)
+    assert launcher.returncode == 130, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("lowcomm train: interrupted at step ")
+    assert last.endswith(f"; resume with: lowcomm train --out {out} --resume")
+    assert "Traceback" not in stderr and (out / "loss.png").stat().st_size > 0

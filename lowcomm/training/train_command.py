@@ -84,7 +84,13 @@ def run(args: argparse.Namespace) -> int:
             f"{config.model} on "
             f"{config.data}, {config.steps} steps -> {config.out}"
         )
+        if config.resume and not (config.overwrite or under_torchrun() or config.live):
+            from lowcomm.training.checkpoint import checkpoint_step, checkpoints_of, newest_complete_checkpoint
+
+            found, _ = newest_complete_checkpoint(checkpoints_of(config.out))
+            print(f"lowcomm train: resuming from step {checkpoint_step(found)} ({found})")
     # Imported here, so that ``lowcomm train --help`` and refused input never load the trainer.
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     from lowcomm.training.launch import train
@@ -101,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
     except LiveFailure as error:
         print(f"lowcomm train: error: {error}", file=sys.stderr)
         return 1
+    except (SignalException, KeyboardInterrupt):
+        return interrupted(config)
     if reports():
         out = config.out / f"group_{config.live_group or 0}" if config.live else config.out  # live: per group
         summary = json.loads((out / "summary.json").read_text())
@@ -115,6 +123,24 @@ def run(args: argparse.Namespace) -> int:
             f"(TensorBoard: tensorboard --logdir {out / 'tensorboard'})"
         )
     return 0
+
+
+def interrupted(config: TrainConfig) -> int:
+    """After Ctrl-C (or SIGTERM), the workers stopped: draw ``loss.png`` from the records as they
+    stand and say in one line where the run stopped and how to resume it; exit code 130."""
+    from lowcomm.training.outputs import write_loss_plot
+
+    out = config.out / "group_0" if config.live else config.out
+    step = "?"
+    try:
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+        step = max((json.loads(line)["step"] for line in lines if line.endswith("}")), default=0)
+        write_loss_plot(out, f"{config.algo} x{config.workers}: {config.model} on {config.data} (interrupted)")
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # nothing recorded yet, or a torn last record: the one line still tells how to go on
+    print(f"\nlowcomm train: interrupted at step {step}; resume with: lowcomm train --out {config.out} --resume",
+          file=sys.stderr)
+    return 130
 
 
 def recorded_config(overrides: dict[str, Any]) -> Path | None:
