@@ -38,6 +38,7 @@ from lowcomm.benchmarks.results import (
 )
 from lowcomm.benchmarks.runs import Run, read_run
 from lowcomm.launching.limited import real_limit
+from lowcomm.ownership import MARKER, is_empty, mark, owner
 from lowcomm.plotting import SYNC_PLOT, plot_bench_curves, save_figure, sync_figure
 from lowcomm.training import train_command
 from lowcomm.training.config import TrainConfig, algorithm_flags, as_flags, load_config
@@ -79,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--target-loss: needed when ddp is not among --algos")
         own = parse_settings(args.settings, algos)
         out = Path(flags.pop("out", Path("lowcomm-runs") / datetime.now().strftime("bench-%Y%m%d-%H%M%S")))
+        check_bench_directory(out, flags)
         requested = {algo: load_config(args.config, run_flags(algo, flags, out) | own[algo], args.preset)
                      for algo in algos}
         if "ddp" in algos:
@@ -98,6 +100,11 @@ def run(args: argparse.Namespace) -> int:
         notes.append(warning)
         print(f"lowcomm bench: warning: {warning}", file=sys.stderr)
         flags["network"] = "model"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        mark(out, "bench")
+    except OSError as error:
+        return usage_error("bench", f"--out: cannot write to {out}: {error.strerror}")
     commands = {}
     for algo in algos:
         arguments = ["train", *as_flags(run_flags(algo, flags, out) | own[algo] | budgets[algo])]
@@ -164,6 +171,20 @@ def parse_settings(settings: list[str], algos: list[str]) -> dict[str, dict[str,
             raise ValueError(f"--set: {option!r} is not a train option of one algorithm")
         own[algo][option] = value
     return own
+
+
+def check_bench_directory(out: Path, flags: dict[str, Any]) -> None:
+    """Raise a one-line ValueError unless ``out`` is empty or a lowcomm bench that ``--overwrite`` or
+    ``--resume`` (passed on to its runs) may continue: a bench writes only into a directory of its own."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out: {out} is not a directory")
+    if not out.is_dir() or is_empty(out):
+        return
+    if owner(out) != "bench":
+        raise ValueError(f"--out: {out} is not empty and holds no lowcomm bench (no {MARKER} marker); "
+                         "choose another directory")
+    if not (flags.get("overwrite") or flags.get("resume")):
+        raise ValueError(f"--out: {out} already holds a bench; pass --overwrite to replace it")
 
 
 def run_flags(algo: str, flags: dict[str, Any], out: Path) -> dict[str, Any]:

@@ -33,7 +33,8 @@ import importlib.util
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -107,6 +108,29 @@ class LiveSettings:
     quorum_retries: int = 20
     heartbeat_ms: int = 100
     fault: InjectedFault | None = None  # the test hook of FAULT_VARIABLE
+    manager_bind: str | None = None
+    """The address group rank 0's torchft manager server listens on; None: every interface."""
+
+
+@contextmanager
+def manager_bound_to(host: str | None) -> Iterator[None]:
+    """While torchft's ``Manager`` is built, its server listens on ``host`` (None: torchft's ``[::]``,
+    every interface). torchft 0.2.0 takes no address for it, only a port, so its ``ManagerServer`` is
+    given ``host`` in place of ``[::]`` here."""
+    import torchft.manager as torchft_manager
+
+    server = torchft_manager.ManagerServer
+
+    def bound(**arguments: Any) -> Any:
+        port = arguments["bind"].rsplit(":", 1)[1]
+        return server(**arguments | {"bind": f"{host}:{port}"})
+
+    if host is not None:
+        torchft_manager.ManagerServer = bound
+    try:
+        yield
+    finally:
+        torchft_manager.ManagerServer = server
 
 
 class CountingTransport:
@@ -189,27 +213,28 @@ class LiveCommunicator(Communicator):
         timeout = timedelta(seconds=settings.collective_timeout_s)
         self.process_group = ProcessGroupGloo(timeout=timeout)
         self.transport = CountingTransport(PGTransport(self.process_group, timeout, torch.device("cpu")), self.stats)
-        self.manager = Manager(
-            pg=self.process_group,
-            load_state_dict=None,
-            state_dict=None,
-            min_replica_size=settings.min_groups,
-            use_async_quorum=True,
-            timeout=timeout,
-            quorum_timeout=timedelta(seconds=settings.quorum_timeout_s),
-            connect_timeout=timedelta(seconds=settings.quorum_timeout_s),
-            rank=settings.inner_rank,
-            world_size=settings.group_size,
-            store_addr=settings.store_host,
-            store_port=settings.store_port,
-            lighthouse_addr=settings.lighthouse,
-            replica_id=f"lowcomm_group_{settings.group}",
-            hostname=settings.hostname,
-            heartbeat_interval=timedelta(milliseconds=settings.heartbeat_ms),
-            checkpoint_transport=self.transport,
-            init_sync=False,
-            quorum_retries=settings.quorum_retries,
-        )
+        with manager_bound_to(settings.manager_bind):
+            self.manager = Manager(
+                pg=self.process_group,
+                load_state_dict=None,
+                state_dict=None,
+                min_replica_size=settings.min_groups,
+                use_async_quorum=True,
+                timeout=timeout,
+                quorum_timeout=timedelta(seconds=settings.quorum_timeout_s),
+                connect_timeout=timedelta(seconds=settings.quorum_timeout_s),
+                rank=settings.inner_rank,
+                world_size=settings.group_size,
+                store_addr=settings.store_host,
+                store_port=settings.store_port,
+                lighthouse_addr=settings.lighthouse,
+                replica_id=f"lowcomm_group_{settings.group}",
+                hostname=settings.hostname,
+                heartbeat_interval=timedelta(milliseconds=settings.heartbeat_ms),
+                checkpoint_transport=self.transport,
+                init_sync=False,
+                quorum_retries=settings.quorum_retries,
+            )
         # lowcomm applies a healing state itself as soon as it arrives, before this step's all-reduce,
         # so that a rejoining group knows which collective the others are in (warm-up or outer step)
         self.manager.register_state_dict_fn("lowcomm", lambda _: None, self.state_fn)

@@ -219,6 +219,10 @@ def problem_with(directory: Path) -> str | None:
             return f"{name} has {path.stat().st_size} bytes, the manifest says {size}"
         if sha256(path) != digest:
             return f"{name} fails its SHA-256 check"
+    if (directory / SHARDED_DIRECTORY).is_dir():
+        from lowcomm.training.sharded_state import metadata_problem  # DCP: worker groups only
+
+        return metadata_problem(directory / SHARDED_DIRECTORY)
     return None
 
 

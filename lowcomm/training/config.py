@@ -70,6 +70,10 @@ LAUNCH_FIELDS = frozenset(
 )
 """Fields that say how a run is launched, not what it computes: they may change when it resumes."""
 
+FLAG_ONLY = ("resume", "overwrite")
+"""Options only a flag may give: a YAML file (a run's own ``config.yaml``, or one from someone else)
+must not make lowcomm delete or take over a directory."""
+
 LAYOUT_FIELDS = frozenset({"workers", "groups", "group_size"})
 """A run with worker groups may resume as K' x G' instead of K x G: its checkpoints reshard."""
 
@@ -148,7 +152,7 @@ class TrainConfig(BaseModel):
         "auto", validate_default=True, description="cpu (gloo), cuda (nccl, one GPU per local rank)"
     )
     resume: bool = Field(False, description="continue the run in --out from its newest complete checkpoint")
-    overwrite: bool = Field(False, description="delete whatever --out holds first")
+    overwrite: bool = Field(False, description="first delete the files of the lowcomm run in --out (nothing else)")
     max_restarts: Int = Field(0, ge=0, le=10**6, description="times the launcher may restart a failed group")
     hang_timeout: Float = Field(
         300.0, gt=0, le=10**6, description="seconds a collective may wait before the group fails"
@@ -352,7 +356,8 @@ class TrainConfig(BaseModel):
         return run_identity(self.model_dump(mode="json"))
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        """The config as a run records it: without :data:`FLAG_ONLY`, which no YAML file may set."""
+        return yaml.safe_dump(self.model_dump(mode="json", exclude=set(FLAG_ONLY)), sort_keys=False)
 
 
 def run_identity(values: dict[str, Any]) -> dict[str, Any]:
@@ -416,7 +421,11 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ValueError(f"--config: cannot read {path}: {error.strerror}") from None
     except UnicodeDecodeError as error:
         raise ValueError(f"--config: {path} is not valid YAML: {str(error).splitlines()[0]}") from None
-    return yaml_mapping(text, f"--config: {path}")
+    values = yaml_mapping(text, f"--config: {path}")
+    for name in FLAG_ONLY:
+        if values.pop(name, False) is not False:  # false: recorded by an older lowcomm, changes nothing
+            raise ValueError(f"--config: {path} sets {name}; only the flag --{name} may")
+    return values
 
 
 def yaml_mapping(text: str, source: str) -> dict[str, Any]:

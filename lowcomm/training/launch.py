@@ -8,28 +8,37 @@ external ``torchrun`` the process is already one worker and trains directly.
 :class:`~lowcomm.communication.simulated.SimulatedGroup`, with their forward and backward passes
 batched into one (:mod:`lowcomm.training.batched_replicas`) or each in its thread.
 
-Single-machine runs listen on 127.0.0.1 only: the rendezvous store is a ``TCPStore`` served from a
-socket this process binds to the loopback address, the workers' process group keeps its keys in
-that same store, and gloo/NCCL are pinned to the loopback interface. ``--bind-all`` listens on
-every interface instead.
+A single-machine run serves no store on the network: the agent's rendezvous is this process alone
+(:class:`PrivateRendezvous`, an in-memory store, nothing pickled), and the workers' process group
+keeps its keys in a ``FileStore`` in a directory only this user can open (mode 0700), removed at the
+end. gloo/NCCL are pinned to the loopback interface; ``--bind-all`` lets them listen on every one.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
+from torch.distributed.elastic.rendezvous import (
+    RendezvousHandler,
+    RendezvousInfo,
+    RendezvousParameters,
+    RendezvousStoreInfo,
+)
+from torch.distributed.elastic.rendezvous.registry import handler_registry
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from lowcomm.communication.simulated import SimulatedCommunicator, run_simulated
 from lowcomm.training.config import TrainConfig, under_torchrun
 from lowcomm.training.peers import communicator_peers
-from lowcomm.training.worker import StoreAddress, run_worker
+from lowcomm.training.worker import run_worker
 
 LOOPBACK = "127.0.0.1"
 SHUTDOWN_GRACE_S = 5
@@ -52,25 +61,62 @@ def train(config: TrainConfig) -> None:
 
         train_live(config)
         return
-    listener = socket.create_server(("" if config.bind_all else LOOPBACK, 0))
-    port = listener.getsockname()[1]
-    store = dist.TCPStore(LOOPBACK, port, is_master=True, wait_for_workers=False, master_listen_fd=listener.detach())
     launch_config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
         nproc_per_node=config.workers,
         run_id=f"lowcomm-{uuid.uuid4().hex}",
-        rdzv_backend="c10d",
-        rdzv_endpoint=f"{LOOPBACK}:{port}",
-        rdzv_configs={"is_host": False},
+        rdzv_backend=PrivateRendezvous.BACKEND,
+        rdzv_endpoint="",
         max_restarts=config.max_restarts,
         start_method="spawn",
         local_addr=LOOPBACK,
         shutdown_timeout=SHUTDOWN_GRACE_S,
     )
-    with worker_environment(config.bind_all):
-        elastic_launch(launch_config, run_worker)(config, StoreAddress(LOOPBACK, port))
-    del store  # the store served the rendezvous and the process groups until here
+    private = tempfile.mkdtemp(prefix="lowcomm-store-")  # mode 0700: only this user's processes open it
+    try:
+        with worker_environment(config.bind_all):
+            elastic_launch(launch_config, run_worker)(config, os.path.join(private, "store"))
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+class PrivateRendezvous(RendezvousHandler):
+    """The rendezvous of one agent alone, the only node: an in-memory store in this process, which
+    nothing outside it can reach, instead of torch's ``c10d`` rendezvous, whose state it keeps
+    pickled in a network store and unpickles."""
+
+    BACKEND = "lowcomm-private"
+
+    def __init__(self, parameters: RendezvousParameters) -> None:
+        self.run_id = parameters.run_id
+        self.store = dist.HashStore()
+        self.closed = False
+
+    def get_backend(self) -> str:
+        return self.BACKEND
+
+    def next_rendezvous(self) -> RendezvousInfo:
+        # The workers get MASTER_ADDR/MASTER_PORT from this, but join through their FileStore.
+        return RendezvousInfo(dist.PrefixStore(self.run_id, self.store), 0, 1, RendezvousStoreInfo(LOOPBACK, 0))
+
+    def is_closed(self) -> bool:
+        return self.closed
+
+    def set_closed(self) -> None:
+        self.closed = True
+
+    def num_nodes_waiting(self) -> int:
+        return 0
+
+    def get_run_id(self) -> str:
+        return self.run_id
+
+    def shutdown(self) -> bool:
+        return True
+
+
+handler_registry.register(PrivateRendezvous.BACKEND, PrivateRendezvous)
 
 
 def train_simulated(config: TrainConfig) -> None:
@@ -94,11 +140,8 @@ def train_simulated(config: TrainConfig) -> None:
 
 @contextmanager
 def worker_environment(bind_all: bool) -> Iterator[None]:
-    """Environment for the agent and the workers it spawns, restored afterwards.
-
-    The agent would otherwise serve a second, all-interface store for the workers; ours replaces it.
-    """
-    values = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    """Environment for the workers the agent spawns, restored afterwards."""
+    values: dict[str, str] = {}
     if not bind_all:
         values.update(GLOO_SOCKET_IFNAME=loopback_interface(), NCCL_SOCKET_IFNAME=loopback_interface())
     saved = {name: os.environ.get(name) for name in values}

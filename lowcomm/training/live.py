@@ -29,7 +29,7 @@ from lowcomm.communication.communicator import ProcessGroupCommunicator
 from lowcomm.communication.live import LiveCommunicator, LiveSettings, TooFewGroups, injected_fault
 from lowcomm.training.config import TrainConfig
 from lowcomm.training.launch import loopback_interface
-from lowcomm.training.worker import StoreAddress, join_process_group
+from lowcomm.training.worker import join_process_group
 
 LOOPBACK = "127.0.0.1"
 HEARTBEAT_TIMEOUT_MS = 2000
@@ -148,7 +148,7 @@ def run_group(
     local_groups = config.groups if config.live_group is None else 1
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // (local_groups * config.group_size)))
     store_host = LOOPBACK if not config.bind_all else socket.gethostname()
-    join_process_group("gloo", config.hang_timeout, StoreAddress(store_host, store_port))
+    join_process_group("gloo", config.hang_timeout, dist.TCPStore(store_host, store_port, is_master=False))
     group_config = config.model_copy(update={"out": group_directory(config.out, group)})
     group_config.out.mkdir(parents=True, exist_ok=True)
     trainer: LiveTrainer | None = None
@@ -165,6 +165,7 @@ def run_group(
         quorum_timeout_s=config.hang_timeout,
         collective_timeout_s=COLLECTIVE_TIMEOUT_S,
         fault=injected_fault(group) if restart == 0 and inner_rank == 0 else None,
+        manager_bind=None if config.bind_all else LOOPBACK,
     )
     within = ProcessGroupCommunicator() if config.group_size > 1 else None
     communicator = LiveCommunicator(settings, lambda: trainer.live_state(),

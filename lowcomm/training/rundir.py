@@ -1,5 +1,6 @@
-"""The run directory (``--out``): refuse one that holds another run, clear it for ``--overwrite``,
-record the resolved config in it, and read it back.
+"""The run directory (``--out``): refuse one that holds another run or something else, lock it while
+the run uses it, clear lowcomm's own files from it for ``--overwrite`` (only where lowcomm's marker
+says it is a run: see :mod:`lowcomm.ownership`), record the resolved config in it, and read it back.
 
 Under torchrun every node prepares its own ``--out``, and the nodes find which of them share one
 (their storage domains, :class:`~lowcomm.training.storage.Storage`), one domain per round: the first
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import socket
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import yaml
 
 from lowcomm.algorithms import ALGORITHMS
 from lowcomm.atomic import write_atomically
+from lowcomm.ownership import MARKER, is_empty, lock, mark, owner, remove_own
 from lowcomm.training.checkpoint import checkpoint_step, checkpoints_of, newest_complete_checkpoint
 from lowcomm.training.config import TrainConfig, run_identity
 from lowcomm.training.peers import Peers
@@ -34,16 +35,23 @@ from lowcomm.training.storage import Storage
 CONFIG_FILE = "config.yaml"
 TOKEN_FILE = ".storage_token"
 """In ``--out``: the token of the launch whose node prepared it last."""
+RUN_FILES = (CONFIG_FILE, "metrics.jsonl", "summary.json", "checkpoints", "tensorboard", "loss.png", "samples.txt",
+             "tokenizer.json", "model.safetensors", TOKEN_FILE, "group_*", ".*.tmp", MARKER)
+"""What a run writes into ``--out`` (live mode: ``group_G/``), and so all that ``--overwrite`` deletes."""
 
 
 def prepare_run_directory(config: TrainConfig) -> None:
-    """Make ``config.out`` ready for this run and write ``config.yaml``; raise a one-line ValueError
-    (having written nothing) if it holds something else."""
+    """Make ``config.out`` ready for this run, locked by this process until it exits, and write
+    ``config.yaml``; raise a one-line ValueError (having written nothing but the lock) if it holds
+    something else or another run uses it."""
     out = config.out
-    if check_run_directory(config) and config.overwrite:
-        shutil.rmtree(out)
+    holds_run = check_run_directory(config)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        lock(out, "--out")
+        if holds_run and config.overwrite:
+            remove_own(out, RUN_FILES)
+        mark(out, "run")
         write_atomically(out / CONFIG_FILE, lambda temporary: temporary.write_text(config.to_yaml()))
     except OSError as error:
         raise ValueError(f"--out: cannot write to {out}: {error.strerror}") from None
@@ -53,18 +61,32 @@ def check_run_directory(config: TrainConfig) -> bool:
     """Raise a one-line ValueError unless ``config.out`` may hold this run (changing nothing);
     return whether it holds a run already."""
     out = config.out
+    if out.is_symlink() and config.overwrite:
+        raise ValueError(f"--out: {out} is a symbolic link; --overwrite takes the directory itself")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out: {out} is not a directory")
-    if not (out.is_dir() and any(out.iterdir())):
+    if not out.is_dir() or is_empty(out):
+        if config.resume and not config.overwrite:
+            raise ValueError(f"--out: {out} holds no run to resume; start one without --resume")
         return False
-    saved = out / CONFIG_FILE
-    if not saved.is_file():
-        raise ValueError(f"--out: {out} is not empty and holds no lowcomm run; choose another directory")
+    if owner(out) != "run":
+        raise ValueError(f"--out: {out} is not empty and holds no lowcomm run (no {MARKER} marker); "
+                         "choose another directory")
     if config.resume and not config.overwrite:
-        check_same_run(config, saved)
+        check_same_run(config, out / CONFIG_FILE)
+        if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":  # a restart may precede any checkpoint
+            check_resumable(config)
     elif not config.overwrite:
         raise ValueError(f"--out: {out} already holds a run; pass --resume to continue it or --overwrite to replace it")
     return True
+
+
+def check_resumable(config: TrainConfig) -> None:
+    """Raise a one-line ValueError if ``config.out`` holds no intact checkpoint to resume."""
+    found, skipped = newest_complete_checkpoint(checkpoints_of(config.out))
+    if found is None:
+        why = f" ({skipped[0][0].name}: {skipped[0][1]})" if skipped else ""
+        raise ValueError(f"--resume: {config.out} holds no intact checkpoint{why}; start afresh with --overwrite")
 
 
 def check_same_run(config: TrainConfig, saved_config: os.PathLike[str]) -> None:

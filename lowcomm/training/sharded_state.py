@@ -2,7 +2,8 @@
 
 A rank's strategy state splits into its tensors, which DCP saves, and a skeleton (everything else,
 with a marker where each tensor was), which the rank's own file keeps and ``torch.load(...,
-weights_only=True)`` reads back, so DCP never unpickles anything but its metadata. Tensors are keyed by
+weights_only=True)`` reads back, so DCP never unpickles anything but its metadata, and that is read by
+:class:`MetadataReader`, whose unpickler admits only DCP's metadata types. Tensors are keyed by
 the group and, unless they are ``DTensor``s, by the rank inside it:
 
 - a ``DTensor`` (an FSDP2 parameter or its optimizer state, sharded over the group's ranks) is one
@@ -23,6 +24,7 @@ and then starts from the global model (``z``) with a fresh inner optimizer state
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed import ProcessGroup
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Placement, Replicate, Shard
@@ -40,6 +43,52 @@ MARKER = "__dcp_tensor__"
 
 class ShardedStateError(RuntimeError):
     """DCP could not save or load a sharded state."""
+
+
+METADATA_TYPES = {
+    "torch.distributed.checkpoint.metadata": {
+        "Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "TensorProperties", "ChunkStorageMetadata",
+        "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING",
+    },
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "torch": {"Size"},
+    "pathlib": {"PosixPath", "PurePosixPath"},
+}
+"""What a DCP ``.metadata`` pickle may name (besides torch's dtypes): nothing that runs code."""
+
+
+class MetadataUnpickler(pickle.Unpickler):
+    """Unpickles DCP checkpoint metadata and refuses any other global (a pickled payload)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        if dtype or name in METADATA_TYPES.get(module, ()):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not checkpoint metadata")
+
+
+class MetadataReader(dcp.FileSystemReader):
+    """DCP's file reader, its ``.metadata`` read by :class:`MetadataUnpickler`."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        with self.fs.create_stream(self._get_metadata_path(kwargs.get("rank")), "rb") as file:
+            metadata = MetadataUnpickler(file).load()
+        if not isinstance(metadata, Metadata):
+            raise pickle.UnpicklingError("not checkpoint metadata")
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+def metadata_problem(directory: Path) -> str | None:
+    """Why the DCP metadata in ``directory`` may not be loaded (one line); None if it may."""
+    try:
+        MetadataReader(directory).read_metadata()
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
+        return f"its sharded metadata is refused ({error})"
+    return None
 
 
 @contextmanager
@@ -172,7 +221,7 @@ def load_sharded(
     with the saved placements, or whole.
     """
     _, here = split(template, source)
-    saved = dcp.FileSystemReader(directory).read_metadata().state_dict_metadata
+    saved = MetadataReader(directory).read_metadata().state_dict_metadata
     targets: dict[str, torch.Tensor] = {}
     rechunked: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
 
@@ -211,7 +260,7 @@ def load_sharded(
 
     state = join(skeleton, target)
     with dcp_errors():
-        dcp.load(targets, storage_reader=dcp.FileSystemReader(directory), process_group=group)
+        dcp.load(targets, storage_reader=MetadataReader(directory), process_group=group)
     for tensor, chunks in rechunked:
         whole = torch.cat([chunk.reshape(-1) if tensor.dim() == 1 else chunk for chunk in chunks])
         size = -(-whole.shape[0] // position.group_size)

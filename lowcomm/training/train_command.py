@@ -17,12 +17,13 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from lowcomm.algorithms import ALGORITHMS
 from lowcomm.cli import usage_error
 from lowcomm.launching.limited import real_limit, run_limited
 from lowcomm.training.config import ALGORITHM_PARAMETERS, TrainConfig, flag, load_config, preset_names, under_torchrun
-from lowcomm.training.rundir import prepare_run_directory
+from lowcomm.training.rundir import CONFIG_FILE, prepare_run_directory
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +63,7 @@ def reports() -> bool:
 def run(args: argparse.Namespace) -> int:
     overrides = {key: value for key, value in vars(args).items() if key not in ("command", "config", "preset")}
     try:
-        config = load_config(args.config, overrides, args.preset)
+        config = load_config(args.config or recorded_config(overrides), overrides, args.preset)
         # Under torchrun this process is one worker already: the limit is the job's network's.
         limited, warning = (False, None) if under_torchrun() else real_limit(
             config.network, config.bandwidth, config.backend
@@ -83,7 +84,13 @@ def run(args: argparse.Namespace) -> int:
             f"{config.model} on "
             f"{config.data}, {config.steps} steps -> {config.out}"
         )
+        if config.resume and not (config.overwrite or under_torchrun() or config.live):
+            from lowcomm.training.checkpoint import checkpoint_step, checkpoints_of, newest_complete_checkpoint
+
+            found, _ = newest_complete_checkpoint(checkpoints_of(config.out))
+            print(f"lowcomm train: resuming from step {checkpoint_step(found)} ({found})")
     # Imported here, so that ``lowcomm train --help`` and refused input never load the trainer.
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     from lowcomm.training.launch import train
@@ -100,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
     except LiveFailure as error:
         print(f"lowcomm train: error: {error}", file=sys.stderr)
         return 1
+    except (SignalException, KeyboardInterrupt):
+        return interrupted(config)
     if reports():
         out = config.out / f"group_{config.live_group or 0}" if config.live else config.out  # live: per group
         summary = json.loads((out / "summary.json").read_text())
@@ -114,6 +123,33 @@ def run(args: argparse.Namespace) -> int:
             f"(TensorBoard: tensorboard --logdir {out / 'tensorboard'})"
         )
     return 0
+
+
+def interrupted(config: TrainConfig) -> int:
+    """After Ctrl-C (or SIGTERM), the workers stopped: draw ``loss.png`` from the records as they
+    stand and say in one line where the run stopped and how to resume it; exit code 130."""
+    from lowcomm.training.outputs import write_loss_plot
+
+    out = config.out / "group_0" if config.live else config.out
+    step = "?"
+    try:
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+        step = max((json.loads(line)["step"] for line in lines if line.endswith("}")), default=0)
+        write_loss_plot(out, f"{config.algo} x{config.workers}: {config.model} on {config.data} (interrupted)")
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # nothing recorded yet, or a torn last record: the one line still tells how to go on
+    print(f"\nlowcomm train: interrupted at step {step}; resume with: lowcomm train --out {config.out} --resume",
+          file=sys.stderr)
+    return 130
+
+
+def recorded_config(overrides: dict[str, Any]) -> Path | None:
+    """With ``--resume`` (and no ``--config``): the run's own ``config.yaml``, whose options stand
+    where no flag is given."""
+    if not overrides.get("resume") or "out" not in overrides:
+        return None
+    recorded = Path(overrides["out"]) / CONFIG_FILE
+    return recorded if recorded.is_file() else None
 
 
 def train_limited(config: TrainConfig) -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import gc
 import os
 import sys
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import NoReturn
 
@@ -24,17 +23,10 @@ from lowcomm.training.rundir import prepare_node_directories
 from lowcomm.training.storage import shared_storage
 
 
-@dataclass(frozen=True)
-class StoreAddress:
-    """Where the launcher's store listens; workers keep their process group's keys there."""
-
-    host: str
-    port: int
-
-
 @record
-def run_worker(config: TrainConfig, store_address: StoreAddress | None = None) -> None:
-    """Train as the rank the elastic agent (ours or torchrun's) assigned through the environment."""
+def run_worker(config: TrainConfig, store_file: str | None = None) -> None:
+    """Train as the rank the elastic agent (ours or torchrun's) assigned through the environment,
+    joining the process group in the launcher's ``store_file`` (None: torchrun's ``env://``)."""
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     if config.device == "cuda":
@@ -44,15 +36,16 @@ def run_worker(config: TrainConfig, store_address: StoreAddress | None = None) -
         device = torch.device("cpu")
         if "OMP_NUM_THREADS" not in os.environ:  # a user's (or our namespaced launcher's) choice stands
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
-    join_process_group("nccl" if device.type == "cuda" else "gloo", config.hang_timeout, store_address)
+    store = None if store_file is None else dist.FileStore(store_file, -1)
+    join_process_group("nccl" if device.type == "cuda" else "gloo", config.hang_timeout, store)
     try:
-        train_as_this_rank(config, device, store_address)
+        train_as_this_rank(config, device, store is not None)
         gc.collect()  # a trainer kept alive by a reference cycle goes while its process groups still exist
     finally:
         dist.destroy_process_group()
 
 
-def train_as_this_rank(config: TrainConfig, device: torch.device, store_address: StoreAddress | None) -> None:
+def train_as_this_rank(config: TrainConfig, device: torch.device, launched_here: bool) -> None:
     """Prepare this node's run directory, build the trainer and train.
 
     The trainer (its DDP reducer and process groups) is released when this returns, before the
@@ -63,7 +56,7 @@ def train_as_this_rank(config: TrainConfig, device: torch.device, store_address:
 
     peers = process_group_peers()
     try:
-        if store_address is None:  # torchrun's: every node has its own --out, shared or not
+        if not launched_here:  # torchrun's: every node has its own --out, shared or not
             # torchrun counts restarts per node: a node restarted for another node's failure counts none
             if any(peers.all_gather(restart_count() > 0)):
                 config = config.model_copy(update={"resume": True, "overwrite": False})
@@ -87,21 +80,21 @@ def fail(message: str, exit_code: int) -> NoReturn:
     raise SystemExit(exit_code)
 
 
-def join_process_group(backend: str, hang_timeout_s: float, store_address: StoreAddress | None) -> None:
+def join_process_group(backend: str, hang_timeout_s: float, store: dist.Store | None) -> None:
     """Join this worker's process group; a collective waiting over ``hang_timeout_s`` fails the worker.
 
-    Under torchrun the group forms from its environment (``env://``); under lowcomm's launcher, in
-    the launcher's store, under a key prefix fresh for each restart of the group.
+    Under torchrun the group forms from its environment (``env://``); under a lowcomm launcher, in
+    ``store``, under a key prefix fresh for each restart of the group.
     """
     timeout = timedelta(seconds=hang_timeout_s)
-    if store_address is None:
+    if store is None:
         dist.init_process_group(backend, timeout=timeout)
         return
-    client = dist.TCPStore(store_address.host, store_address.port, is_master=False, timeout=timeout)
+    store.set_timeout(timeout)
     attempt = os.environ["TORCHELASTIC_RESTART_COUNT"]
     dist.init_process_group(
         backend,
-        store=dist.PrefixStore(f"lowcomm/process_group/attempt_{attempt}", client),
+        store=dist.PrefixStore(f"lowcomm/process_group/attempt_{attempt}", store),
         rank=int(os.environ["RANK"]),
         world_size=int(os.environ["WORLD_SIZE"]),
         timeout=timeout,

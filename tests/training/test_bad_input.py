@@ -225,6 +225,7 @@ def test_an_out_holding_another_run_is_left_alone(tmp_path, run_cli):
     out = tmp_path / "run"
     out.mkdir()
     (out / "config.yaml").write_text(yaml.safe_dump({"algo": "ddp", "steps": 5}))
+    (out / ".lowcomm").write_text('{"kind": "run"}')  # lowcomm's marker: a run of its own
     (out / "metrics.jsonl").write_text('{"step": 1}\n')
     assert_rejected(["--out", str(out)], "already holds a run; pass --resume", tmp_path, run_cli)
     assert_rejected(["--out", str(out), "--resume"], "holds a different run (algo: 'ddp' there", tmp_path, run_cli)

@@ -1,5 +1,6 @@
 import hashlib
 import json
+import os
 import pickle
 import shutil
 
@@ -130,6 +131,33 @@ def test_loading_refuses_anything_but_tensors_and_plain_containers(tmp_path):
     assert problem_with(directory) is None
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         load_worker_state(directory, rank=0, world_size=1, device=torch.device("cpu"))
+
+
+class MetadataPayload:
+    """A pickle that makes a directory when it is unpickled."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+def test_sharded_metadata_that_would_run_code_is_skipped_like_a_corrupt_checkpoint(tmp_path):
+    """An attacker who can write the run directory replaces a DCP ``.metadata`` with a pickled
+    payload and rewrites the manifest to match: resuming skips that checkpoint and runs nothing."""
+    for step in (1, 2):
+        save_checkpoint(tmp_path, step, STATE, MODEL, sharded={"group_0/rank_0/w": torch.arange(4.0)})
+    directory, ran = tmp_path / "step_00000002", tmp_path / "payload_ran"
+    metadata = directory / "sharded" / ".metadata"
+    metadata.write_bytes(pickle.dumps(MetadataPayload(ran)))
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["files"]["sharded/.metadata"] = {"bytes": metadata.stat().st_size,
+                                               "sha256": hashlib.sha256(metadata.read_bytes()).hexdigest()}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    assert newest(tmp_path) == (tmp_path / "step_00000001", [
+        ("step_00000002", "its sharded metadata is refused (posix.mkdir is not checkpoint metadata)")])
+    assert not ran.exists()
 
 
 def test_a_checkpoint_from_another_world_size_is_refused(tmp_path):

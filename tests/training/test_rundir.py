@@ -12,6 +12,11 @@ def config_for(out, **overrides):
     return load_config(overrides={"out": str(out), **overrides})
 
 
+def checkpointed(out, step=1):
+    """Give the run in ``out`` a checkpoint of ``step`` (``--resume`` needs one)."""
+    save_checkpoint(checkpoints_of(out), step, {"step": step}, {"w": torch.zeros(1)}, peers=Peers(0, 1, lambda v: [v]))
+
+
 def snapshot(directory):
     return {str(path.relative_to(directory)): path.read_bytes() for path in directory.rglob("*") if path.is_file()}
 
@@ -19,7 +24,7 @@ def snapshot(directory):
 def test_a_fresh_directory_gets_the_resolved_config(tmp_path):
     config = config_for(tmp_path / "run", algo="diloco")
     prepare_run_directory(config)
-    assert [p.name for p in (tmp_path / "run").iterdir()] == ["config.yaml"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lowcomm", ".lowcomm.lock", "config.yaml"]
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     device = "cuda" if torch.cuda.is_available() else "cpu"
     assert (saved["algo"], saved["outer_lr"], saved["device"]) == ("diloco", 0.7, device)
@@ -28,6 +33,7 @@ def test_a_fresh_directory_gets_the_resolved_config(tmp_path):
 def test_a_directory_holding_a_run_needs_resume_or_overwrite(tmp_path):
     prepare_run_directory(config_for(tmp_path))
     (tmp_path / "metrics.jsonl").write_text("{}\n")
+    checkpointed(tmp_path)
     before = snapshot(tmp_path)
     with pytest.raises(ValueError, match="already holds a run; pass --resume to continue it or --overwrite"):
         prepare_run_directory(config_for(tmp_path))
@@ -39,6 +45,7 @@ def test_a_directory_holding_a_run_needs_resume_or_overwrite(tmp_path):
 
 def test_resuming_a_different_run_is_refused_and_names_the_difference(tmp_path):
     prepare_run_directory(config_for(tmp_path, seed="100"))
+    checkpointed(tmp_path)
     before = snapshot(tmp_path)
     with pytest.raises(ValueError, match=r"holds a different run \(seed: 100 there, 200 here\)"):
         prepare_run_directory(config_for(tmp_path, seed="200", resume=True))
@@ -47,8 +54,7 @@ def test_resuming_a_different_run_is_refused_and_names_the_difference(tmp_path):
 
 def test_resuming_may_change_the_steps_but_not_below_those_done(tmp_path):
     prepare_run_directory(config_for(tmp_path, steps="100"))
-    one_worker = Peers(0, 1, lambda value: [value])
-    save_checkpoint(checkpoints_of(tmp_path), 60, {"step": 60}, {"w": torch.zeros(1)}, peers=one_worker)
+    checkpointed(tmp_path, 60)
     before = snapshot(tmp_path)
     with pytest.raises(ValueError, match=r"^--steps: .* has already trained 60 steps; resume it with --steps 60 or more$"):
         prepare_run_directory(config_for(tmp_path, steps="59", resume=True))
@@ -62,7 +68,7 @@ def test_overwrite_replaces_a_run_but_never_a_foreign_directory(tmp_path):
     prepare_run_directory(config_for(tmp_path, steps="100"))
     (tmp_path / "metrics.jsonl").write_text("{}\n")
     prepare_run_directory(config_for(tmp_path, steps="200", overwrite=True))
-    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lowcomm", ".lowcomm.lock", "config.yaml"]
     foreign = tmp_path / "photos"
     foreign.mkdir()
     (foreign / "cat.jpg").write_bytes(b"\xff\xd8")
@@ -79,6 +85,7 @@ def test_out_must_be_a_directory(tmp_path):
 
 def test_a_grouped_run_resumes_in_another_layout_but_not_without_groups(tmp_path):
     prepare_run_directory(config_for(tmp_path, groups="2", group_size="2"))
+    checkpointed(tmp_path)
     prepare_run_directory(config_for(tmp_path, groups="1", group_size="4", resume=True))
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["group_size"] == 4
     before = snapshot(tmp_path)
@@ -91,6 +98,7 @@ def test_a_grouped_run_resumes_in_another_layout_but_not_without_groups(tmp_path
 
 def test_a_run_recorded_before_a_field_existed_resumes_at_that_fields_default(tmp_path):
     prepare_run_directory(config_for(tmp_path, algo="palsgd"))
+    checkpointed(tmp_path)
     recorded = yaml.safe_load((tmp_path / "config.yaml").read_text())
     for newer in ("outer_repeats", "lr_schedule"):
         del recorded[newer]
