@@ -74,7 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--targets", default=fractions, metavar="F,...",
                         help=f"targets: DDP's eval loss at these fractions of its run (default: {fractions})")
     parser.add_argument("--target-loss", type=float, metavar="LOSS",
-                        help="one more target: this eval loss (needed without a ddp run)")
+                        help="one more target: this eval loss (needed without a ddp run; under --budget target "
+                        "the others run to it instead of DDP's final eval loss)")
     parser.add_argument("--set", action="append", default=[], metavar="ALGO.OPTION=VALUE", dest="settings",
                         help="a train option for one algorithm only, e.g. palsgd.lr=2e-3 (repeatable)")
 
