@@ -57,10 +57,15 @@ def save_figure(figure: Figure, path: Path) -> None:
 
 
 def draw_eval_curves(axes: Axes, curves: Curves, x_axis: str, targets: Sequence[float] = ()) -> None:
-    """Eval loss against ``x_axis`` (a key of :data:`X_AXES`), one line per run, a dashed line per target."""
+    """Eval loss against ``x_axis`` (a key of :data:`X_AXES`), one line per run, a dashed line per target
+    and a ring on each run's first evaluation at or below each target (where it crossed)."""
     label, x_of = X_AXES[x_axis]
     for name, evaluations in curves:
-        axes.plot([x_of(e) for e in evaluations], [e.eval_loss for e in evaluations], marker=".", label=name)
+        (line,) = axes.plot([x_of(e) for e in evaluations], [e.eval_loss for e in evaluations], marker=".", label=name)
+        crossed = [next((e for e in evaluations if e.eval_loss <= target), None) for target in targets]
+        reached = [e for e in crossed if e is not None]
+        axes.scatter([x_of(e) for e in reached], [e.eval_loss for e in reached], s=80, facecolors="none",
+                     edgecolors=line.get_color(), zorder=3)
     for index, target in enumerate(targets):
         axes.axhline(target, color="grey", linestyle="--", linewidth=1, label="targets" if index == 0 else None)
     if x_axis == "bytes":

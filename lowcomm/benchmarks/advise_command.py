@@ -15,7 +15,11 @@ From one short measured DDP run, the rule is:
    (256 if none does).
 
 The projected speedup is DDP's time per step over PALSGD's (the paper's equal-steps protocol,
-warm-up left out); whether PALSGD reaches DDP's loss in as many steps only a run can tell.
+warm-up left out); whether PALSGD reaches DDP's loss in as many steps only a run can tell. So RUN_DIR
+may be a ``lowcomm bench`` directory (best one of ``--budget target``, whose runs go on until DDP's
+final eval loss): the rule then reads its DDP run, and for every other run advise also prints the
+steps it took to DDP's final eval loss (or that it never got there) and its time to it projected at
+RATE with K workers, as ``lowcomm project`` does, against DDP's.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from lowcomm.algorithms import PALSGD
-from lowcomm.benchmarks.projection import step_seconds
-from lowcomm.benchmarks.runs import Run, read_run
+from lowcomm.benchmarks.project_command import read_runs
+from lowcomm.benchmarks.projection import project_all, step_seconds
+from lowcomm.benchmarks.runs import Run
 from lowcomm.cli import usage_error
 from lowcomm.communication.network_model import NetworkModel, parse_rate
 from lowcomm.training.config import as_flags, load_config
@@ -96,8 +101,24 @@ def advise(run: Run, network: NetworkModel, workers: int) -> Advice:
                   config_file, options)
 
 
+def steps_to_quality(runs: list[Run], network: NetworkModel, workers: int) -> list[str]:
+    """A line per run after the first (DDP's): the steps it took to DDP's final eval loss and its time to
+    it on ``network`` with ``workers`` workers against DDP's, or that it never got there."""
+    ddp, target = runs[0], runs[0].final_eval_loss
+    projections = project_all(runs, [network.bandwidth_bps], [workers], network.latency_s, target)
+    lines = [f"measured, to DDP's final eval loss {target:.4f} (DDP: {ddp.summary['steps']} steps, "
+             f"{projections[0].time_to_target_s:.4g} s projected):"]
+    for run, projection in zip(runs[1:], projections[1:]):
+        reached = run.first_at(target)
+        lines.append(f"  {run.algo}: not within its {run.summary['steps']} steps" if reached is None else
+                     f"  {run.algo}: {reached.step} steps ({reached.step / ddp.summary['steps']:.2f}x DDP's), "
+                     f"{projection.time_to_target_s:.4g} s projected: {projection.speedup_vs_ddp:.2f}x DDP")
+    return lines
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a short lowcomm train run with --algo ddp")
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                        help="a short lowcomm train run with --algo ddp, or a lowcomm bench directory")
     parser.add_argument("--bandwidth", required=True, metavar="RATE", help="link rate per worker, tc-style: 100mbit")
     parser.add_argument("--workers", type=int, metavar="K", help="worker count (default: the run's own)")
     parser.add_argument("--latency", type=float, default=0.0, metavar="SECONDS", help="per-message latency (default: 0)")
@@ -110,11 +131,14 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--bandwidth: an unlimited link needs no advice; give a rate")
         if not (math.isfinite(args.latency) and args.latency >= 0):
             raise ValueError(f"--latency: must be a finite number >= 0, got {args.latency}")
-        found = read_run(args.run_dir)
+        runs = read_runs(args.run_dir)
+        found = runs[0]
         workers = found.workers if args.workers is None else args.workers
         if workers < 2:
             raise ValueError(f"--workers: must be >= 2, got {workers}")
-        advice = advise(found, NetworkModel(bandwidth, args.latency), workers)
+        network = NetworkModel(bandwidth, args.latency)
+        advice = advise(found, network, workers)
+        measured = steps_to_quality(runs, network, workers) if len(runs) > 1 else []
         load_config(advice.config_file, advice.options)  # the command it prints must be valid
     except ValueError as error:
         return usage_error("advise", str(error))
@@ -127,4 +151,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"advice: PALSGD with H = {advice.sync_interval}, p = {advice.pseudo_sync_prob}: "
               f"communication {advice.comm_share:.1%} of its step, {advice.speedup:.2f}x DDP's steps per second")
     print(shlex.join(advice.command))
+    if measured:
+        print("\n".join(measured))
     return 0

@@ -1,8 +1,10 @@
 """``lowcomm regime-map BENCH_DIR... --bandwidth RATES``: where each algorithm beats DDP.
 
-Each BENCH_DIR is one ``lowcomm bench`` run: a protocol (its ``--budget``) and a batch, counted as
-the tokens per step of all ranks together (DDP's workers x batch size x sequence length x gradient
-accumulation). A cell is one benchmark at one bandwidth: an algorithm's speedup over DDP is DDP's
+Each BENCH_DIR is one ``lowcomm bench`` run: a protocol (its ``--budget``: ``steps``, ``tokens`` or
+``target``, whose runs go on past DDP's steps, up to their cap, until DDP's final eval loss) and a
+batch, counted as the tokens per step of all ranks together (DDP's workers x batch size x sequence
+length x gradient accumulation). A ``time`` benchmark is refused: its runs stop at DDP's measured
+clock, which another bandwidth moves. A cell is one benchmark at one bandwidth: an algorithm's speedup over DDP is DDP's
 time to the target over the algorithm's, both projected onto that bandwidth as ``lowcomm project``
 does (at the runs' own worker counts, no latency); it is empty ("never") when the algorithm never
 reaches the target. The target is DDP's eval loss at the fraction F of its run (bench's ``ddp@F``;
@@ -94,6 +96,9 @@ def read_bench(directory: Path) -> Bench:
             protocol = next(csv.DictReader(file))["budget"]
     except (FileNotFoundError, StopIteration, KeyError):
         raise ValueError(f"BENCH_DIR: {directory} is not a lowcomm bench output (no results.csv with a budget)") from None
+    if protocol == "time":
+        raise ValueError(f"BENCH_DIR: {directory} is a --budget time benchmark, whose runs stop at DDP's measured "
+                         "clock; map steps, tokens or target benchmarks")
     runs = read_runs(directory)
     if runs[0].algo != "ddp":
         raise ValueError(f"BENCH_DIR: {directory} has no DDP run to compare with")

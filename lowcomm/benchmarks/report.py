@@ -11,8 +11,12 @@ from typing import Any
 import torch
 
 from lowcomm.benchmarks.results import Target, cell
+from lowcomm.benchmarks.runs import Run
 
 RUN_COLUMNS = ("algo", "steps", "tokens", "final_eval_loss", "wall_time_s", "comm_share")
+QUALITY_COLUMNS = ("algo", "steps", "ended", "steps to target", "time to target (s)", "speedup vs DDP",
+                   "tokens to target")
+TIME_COLUMNS = ("algo", "steps", "ended", "eval loss at DDP's time", "vs DDP", "evaluated at (s)", "tokens")
 
 
 def machine() -> str:
@@ -46,6 +50,47 @@ def targets_table(rows: list[dict[str, Any]], targets: list[Target]) -> str:
         time = cell(row["time_to_target_s"])
         line[f"to {row['target']} (s)"] = f"{time} ({cell(row['speedup_vs_ddp'])}x)" if row["speedup_vs_ddp"] else time
     return markdown_table(list(by_algo.values()), RUN_COLUMNS + tuple(f"to {t.name} (s)" for t in targets))
+
+
+def protocol_table(budget: str, runs: list[Run], rows: list[dict[str, Any]], targets: list[Target]) -> str:
+    """Under ``--budget target`` or ``time``, its own table with a caption and a blank line after; else ''."""
+    if budget == "target":
+        return (quality_table(rows, targets[-1]) + "\n\nEach run besides DDP's stopped at its first evaluation at "
+                f"or below {targets[-1].name} ({targets[-1].loss:.4f}), so the loss crossed it within one evaluation "
+                "interval before; `ended` is `steps` where it never did within the cap.\n\n")
+    if budget == "time":
+        return (time_table(runs) + "\n\nEach run besides DDP's stopped at the first step that ended after DDP's "
+                "final evaluation on worker 0's clock, and was evaluated there (`ended` is `steps` where it ran "
+                "out of the cap first).\n\n")
+    return ""
+
+
+def quality_table(rows: list[dict[str, Any]], target: Target) -> str:
+    """One line per algorithm: its steps, time and tokens to ``target``, or that it never got there."""
+    lines = []
+    for row in rows:
+        if row["target"] != target.name:
+            continue
+        budget = "its" if row["algo"] == "ddp" else "the cap of"
+        missed = row["steps_to_target"] is None
+        lines.append({
+            "algo": row["algo"], "steps": row["steps"], "ended": row["ended"],
+            "steps to target": f"not within {budget} {row['steps']} steps" if missed else row["steps_to_target"],
+            "time to target (s)": row["time_to_target_s"], "speedup vs DDP": row["speedup_vs_ddp"],
+            "tokens to target": row["tokens_to_target"],
+        })
+    return markdown_table(lines, QUALITY_COLUMNS)
+
+
+def time_table(runs: list[Run]) -> str:
+    """One line per algorithm: its eval loss when its clock passed DDP's final evaluation, against DDP's."""
+    ddp = next(run for run in runs if run.algo == "ddp")
+    return markdown_table([{
+        "algo": run.algo, "steps": int(run.summary["steps"]), "ended": run.ended,
+        "eval loss at DDP's time": run.final_eval_loss,
+        "vs DDP": f"{run.final_eval_loss / ddp.final_eval_loss - 1:+.2%}",
+        "evaluated at (s)": run.evaluations[-1].elapsed_s, "tokens": int(run.summary["tokens"]),
+    } for run in runs], TIME_COLUMNS)
 
 
 def write_report(

@@ -2,10 +2,13 @@
 
 A target is DDP's eval loss at a fraction f of its run (its last evaluation at or before step
 ``floor(f * steps)``; f = 1 is its final eval loss) or a loss given with ``--target-loss``.
-``time_to_target_s`` is worker 0's clock at an algorithm's first evaluation at or below the target
-(so its resolution is ``--eval-every`` steps), and ``speedup_vs_ddp`` is DDP's time to the target
-over the algorithm's. ``results.csv`` has one row per algorithm and target and names the budget
-(``steps``: every algorithm the same optimizer steps; ``tokens``: the same tokens).
+``time_to_target_s``, ``steps_to_target`` and ``tokens_to_target`` are worker 0's clock, step and
+tokens at an algorithm's first evaluation at or below the target (so their resolution is
+``--eval-every`` steps: the loss crossed the target after the evaluation before), and
+``speedup_vs_ddp`` is DDP's time to the target over the algorithm's. ``results.csv`` has one row
+per algorithm and target and names the budget (``steps``, ``tokens``, ``target`` or ``time``, see
+:mod:`lowcomm.benchmarks.bench`) and why each run ended (``ended``: ``steps`` when it ran all it was
+given, ``stop_at_loss`` at the target, ``stop_after_s`` at DDP's clock).
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from typing import Any
 
 from lowcomm.benchmarks.runs import Run
 
-COLUMNS = ("algo", "budget", "steps", "target", "target_loss", "time_to_target_s", "speedup_vs_ddp",
-           "final_eval_loss", "wall_time_s", "comm_bytes_total", "comm_bytes_between_groups", "comm_share", "tokens")
+COLUMNS = ("algo", "budget", "steps", "ended", "target", "target_loss", "steps_to_target", "time_to_target_s",
+           "tokens_to_target", "speedup_vs_ddp", "final_eval_loss", "wall_time_s", "comm_bytes_total",
+           "comm_bytes_between_groups", "comm_share", "tokens")
 DEFAULT_FRACTIONS = (0.5, 0.75, 0.9, 1.0)
 
 
@@ -87,15 +91,19 @@ def results_rows(runs: list[Run], targets: list[Target], budget: str) -> list[di
     for run in runs:
         for target in targets:
             ddp_time = next((r.time_to_target(target.loss) for r in runs if r.algo == "ddp"), None)
-            reached = run.time_to_target(target.loss)
+            reached = run.first_at(target.loss)
+            time = None if reached is None else reached.elapsed_s
             rows.append({
                 "algo": run.algo,
                 "budget": budget,
                 "steps": int(run.summary["steps"]),
+                "ended": run.ended,
                 "target": target.name,
                 "target_loss": target.loss,
-                "time_to_target_s": reached,
-                "speedup_vs_ddp": speedup(ddp_time, reached),
+                "steps_to_target": None if reached is None else reached.step,
+                "time_to_target_s": time,
+                "tokens_to_target": None if reached is None else reached.tokens,
+                "speedup_vs_ddp": speedup(ddp_time, time),
                 "final_eval_loss": run.final_eval_loss,
                 "wall_time_s": run.wall_time_s,
                 "comm_bytes_total": int(run.summary["comm_bytes_total"]),

@@ -68,9 +68,19 @@ class Run:
         steps, ranks_per_link = self.summary["steps"], self.summary.get("group_size", 1)
         return self.summary["comm_overlap_s"] / steps, self.summary["comm_overlap_bytes"] * ranks_per_link / steps
 
+    @property
+    def ended(self) -> str:
+        """Why the run ended: ``steps`` (it ran all it was given), ``stop_at_loss`` or ``stop_after_s``."""
+        return self.summary.get("stopped", "steps")
+
+    def first_at(self, target: float) -> Evaluation | None:
+        """The first evaluation whose loss is at most ``target``; None if none is."""
+        return next((e for e in self.evaluations if e.eval_loss <= target), None)
+
     def time_to_target(self, target: float) -> float | None:
         """Worker 0's clock at the first evaluation whose loss is at most ``target``; None if none is."""
-        return next((e.elapsed_s for e in self.evaluations if e.eval_loss <= target), None)
+        reached = self.first_at(target)
+        return None if reached is None else reached.elapsed_s
 
 
 def read_run(directory: str | Path) -> Run:

@@ -146,6 +146,13 @@ class TrainConfig(BaseModel):
     )
     eval_every: Int = Field(64, ge=1, le=10**9, description="steps between evaluations of the global model")
     eval_batches: Int = Field(8, ge=1, le=2**16, description="held-out batches per evaluation")
+    stop_at_loss: Float | None = Field(
+        None, gt=0, description="stop at the first evaluation whose eval loss is at most this (before --steps)"
+    )
+    stop_after_s: Float | None = Field(
+        None, gt=0, description="stop at the first step that ends after this many seconds of worker 0's clock, "
+        "and evaluate there (before --steps)"
+    )
     checkpoint_every: Int = Field(128, ge=1, le=10**9, description="steps between checkpoints")
     keep_checkpoints: Int | None = Field(None, ge=1, le=10**6, description="keep only the newest K checkpoints")
     device: Literal["auto", "cpu", "cuda"] = Field(
@@ -281,6 +288,9 @@ class TrainConfig(BaseModel):
         for name in ("overlap_steps", "compress"):
             if getattr(self, name) not in (None, 0, "none"):
                 raise ValueError(f"{name}: live fault tolerance needs blocking uncompressed outer steps")
+        for name in ("stop_at_loss", "stop_after_s"):
+            if getattr(self, name) is not None:
+                raise ValueError(f"{name}: a live run's groups cannot agree on an early stop; give --steps only")
         if self.min_groups > self.groups:
             raise ValueError(f"min_groups: {self.min_groups} exceeds the {self.groups} groups")
         if (self.lighthouse is None) != (self.live_group is None):

@@ -57,6 +57,7 @@ from lowcomm.training.checkpoint import (
     save_checkpoint,
 )
 from lowcomm.training.config import TrainConfig
+from lowcomm.training.early_stop import stop_reason
 from lowcomm.training.loss import cross_entropy
 from lowcomm.training.metrics import MetricsLog, ProgressBar, write_json_atomically
 from lowcomm.training.outputs import held_out_prompt, write_loss_plot, write_samples, write_tokenizer
@@ -159,6 +160,7 @@ class Trainer:
         self.bar: ProgressBar | None = None
         self.clock_start = time.perf_counter() - self.progress.elapsed_s
         self.evaluated_step: int | None = None
+        self.stopped: str | None = None
         if self.log is not None:
             if self.data.tokenizer is not None:
                 write_tokenizer(config.out, self.data.tokenizer)
@@ -228,15 +230,19 @@ class Trainer:
         return time.perf_counter() - self.clock_start
 
     def train(self) -> None:
-        """Train up to ``config.steps``, evaluating and checkpointing on schedule and at the end."""
+        """Train up to ``config.steps`` or an early stop, evaluating and checkpointing on schedule and at the end."""
         config = self.config
         if self.log is not None:
             self.bar = ProgressBar(config.steps, self.step, f"{config.algo} x{self.world_size}")
-        while self.step < config.steps:
+        while self.step < config.steps and self.stopped is None:
             self.train_step()
-            if self.step % config.eval_every == 0 or self.step == config.steps:
+            evaluated = self.step % config.eval_every == 0 or self.step == config.steps
+            if evaluated:
                 self.evaluate()
-            if self.step % config.checkpoint_every == 0 or self.step == config.steps:
+            self.stopped = stop_reason(config, self.peers, evaluated, self.progress.eval_loss, self.elapsed())
+            if self.stopped == "stop_after_s" and not evaluated:
+                self.evaluate()
+            if self.step % config.checkpoint_every == 0 or self.step == config.steps or self.stopped:
                 self.save()
         self.finish()
 
@@ -470,6 +476,7 @@ class Trainer:
                 "groups": self.config.groups, "group_size": self.config.group_size, "inner": self.config.inner}),
             "steps": self.step,
             "final_eval_loss": self.progress.eval_loss,
+            **({"stopped": self.stopped} if self.stopped else {}),
             "wall_time_s": wall_time,
             "comm_bytes_total": int(between + inside),
             "comm_bytes_between_groups": int(between),

@@ -106,3 +106,44 @@ def grouped_ddp(root: Path) -> Path:
         train(1, 1.5 * MB), train(2, 3 * MB), evaluation(2, 3.0, 2.0, 3 * MB, 0.2),
         train(3, 4.5 * MB), train(4, 6 * MB), evaluation(4, 2.0, 3.9, 6 * MB, 0.4),
     ])
+
+
+def localsgd_to_target(root: Path) -> Path:
+    """A ``--budget target`` run against ``ddp`` (cap 2: at most 8 steps): eval loss 3.5 after step 2
+    (1.5 s), 2.4 after 4 (3.0 s), 1.9 after 6 (3.6 s), where it stopped at DDP's final 2.0: it crossed
+    2.0 between steps 4 and 6."""
+    return write_run(root / "localsgd", {
+        "algo": "localsgd", "steps": 6, "stopped": "stop_at_loss", "final_eval_loss": 1.9, "wall_time_s": 3.8,
+        "comm_bytes_total": 16 * MB, "comm_wait_s": 0.3, "tokens": 600,
+    }, [
+        train(1, 1 * MB), train(2, 2.5 * MB), evaluation(2, 3.5, 1.5, 2.5 * MB, 0.1),
+        train(3, 2.5 * MB), train(4, 4 * MB), evaluation(4, 2.4, 3.0, 4 * MB, 0.2),
+        train(5, 4 * MB), train(6, 5.5 * MB), evaluation(6, 1.9, 3.6, 5.5 * MB, 0.3),
+    ])
+
+
+def palsgd_capped(root: Path) -> Path:
+    """A ``--budget target`` run against ``ddp`` that never reaches 2.0 within its cap of 8 steps:
+    eval loss 3.2, 2.5, 2.3, 2.2 after steps 2, 4, 6, 8 (1.5, 2.8, 4.1, 5.4 s)."""
+    return write_run(root / "palsgd", {
+        "algo": "palsgd", "steps": 8, "final_eval_loss": 2.2, "wall_time_s": 5.6, "comm_bytes_total": 12 * MB,
+        "comm_wait_s": 0.4, "tokens": 600,
+    }, [
+        train(1, 1 * MB), train(2, 1 * MB), evaluation(2, 3.2, 1.5, 1 * MB, 0.1),
+        train(4, 2.5 * MB), evaluation(4, 2.5, 2.8, 2.5 * MB, 0.2),
+        train(6, 2.5 * MB), evaluation(6, 2.3, 4.1, 2.5 * MB, 0.3),
+        train(8, 4 * MB), evaluation(8, 2.2, 5.4, 4 * MB, 0.4),
+    ])
+
+
+def noloco_at_ddps_time(root: Path) -> Path:
+    """A ``--budget time`` run against ``ddp`` (its final evaluation at 4.0 s): its clock passed 4.0 s
+    after step 5, where it was evaluated: 2.1 at 4.3 s."""
+    return write_run(root / "noloco", {
+        "algo": "noloco", "steps": 5, "stopped": "stop_after_s", "final_eval_loss": 2.1, "wall_time_s": 4.4,
+        "comm_bytes_total": 16 * MB, "comm_wait_s": 0.2, "tokens": 500,
+    }, [
+        train(1, 0), train(2, 2 * MB), evaluation(2, 3.0, 1.4, 2 * MB, 0.1),
+        train(3, 2 * MB), train(4, 4 * MB), evaluation(4, 2.4, 2.9, 4 * MB, 0.2),
+        train(5, 4 * MB), evaluation(5, 2.1, 4.3, 4 * MB, 0.2),
+    ])

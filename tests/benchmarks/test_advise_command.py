@@ -68,8 +68,24 @@ def test_the_command_line_prints_a_valid_command(ddp_run: Path, capsys: pytest.C
     assert lines[3].startswith(f"lowcomm train --config {ddp_run / 'config.yaml'} --algo palsgd")
 
 
+def test_a_target_bench_adds_the_measured_steps_to_ddps_loss(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # DDP's final 2.0 after 4 steps, projected at 1 MB/s: 7.2 s; Local SGD's after 6 steps: 8.8 s
+    # (tests/benchmarks/test_regime_map.py works both out); PALSGD never gets there in its 8
+    directory = tmp_path / "bench"
+    ddp = recorded.ddp(directory / "runs")
+    (ddp / "config.yaml").write_text(load_config(None, {"algo": "ddp", "workers": 4, "steps": 4, "out": ddp}).to_yaml())
+    recorded.localsgd_to_target(directory / "runs")
+    recorded.palsgd_capped(directory / "runs")
+    assert main(["advise", str(directory), "--bandwidth", "8mbit"]) == 0
+    assert capsys.readouterr().out.splitlines()[4:] == [
+        "measured, to DDP's final eval loss 2.0000 (DDP: 4 steps, 7.2 s projected):",
+        "  localsgd: 6 steps (1.50x DDP's), 8.8 s projected: 0.82x DDP",
+        "  palsgd: not within its 8 steps",
+    ]
+
+
 @pytest.mark.parametrize("make, arguments, message", [
-    (None, ["--bandwidth", "100mbit"], "holds no finished run"),
+    (None, ["--bandwidth", "100mbit"], "holds neither a finished run nor a benchmark's runs/"),
     ("ddp", ["--bandwidth", "fast"], "rate 'fast' is not a tc-style rate"),
     ("ddp", ["--bandwidth", "unlimited"], "--bandwidth: an unlimited link needs no advice"),
     ("ddp", ["--bandwidth", "1gbit", "--workers", "1"], "--workers: must be >= 2, got 1"),

@@ -99,6 +99,50 @@ def test_projection_of_the_benchmark(bench: Path, tmp_path: Path) -> None:
     assert (tmp_path / "speedup_vs_bandwidth.png").stat().st_size > 0
 
 
+STOPPING = ["--algos", "ddp,localsgd", "--workers", "2", "--backend", "sim", "--cap", "2", *SHORT, *PERIODIC,
+            "--lr-schedule", "constant"]
+"""DDP runs 32 steps; Local SGD at most 64, simulated in one process (the gloo run's losses, sooner)."""
+
+
+def stopping_bench(budget: str, out: Path, cache_dir: str) -> tuple[list[dict], list[dict], dict]:
+    """DDP's and Local SGD's evaluations and Local SGD's summary after ``lowcomm bench --budget BUDGET``."""
+    result = lowcomm("bench", "--budget", budget, *STOPPING, "--cache-dir", cache_dir, "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "runs" / "localsgd" / "summary.json").read_text())
+    return records(out / "runs" / "ddp", "eval"), records(out / "runs" / "localsgd", "eval"), summary
+
+
+def test_the_target_budget_runs_local_sgd_until_ddps_final_loss(tmp_path: Path, cache_dir: str) -> None:
+    ddp, local, summary = stopping_bench("target", tmp_path / "out", cache_dir)
+    target = ddp[-1]["eval_loss"]
+    assert [e["step"] for e in ddp] == [8, 16, 24, 32]
+    # it stopped at its first evaluation at or below DDP's final eval loss, within the cap of 64 steps
+    assert summary["stopped"] == "stop_at_loss" and summary["steps"] == local[-1]["step"] <= 64
+    assert local[-1]["eval_loss"] <= target < min(e["eval_loss"] for e in local[:-1])
+    assert "\nsteps: 64\n" in (tmp_path / "out" / "runs" / "localsgd" / "config.yaml").read_text()
+    row = next(r for r in read_csv(tmp_path / "out" / "results.csv") if r["algo"] == "localsgd" and r["target"] == "ddp@100%")
+    assert (row["budget"], row["ended"], row["steps_to_target"]) == ("target", "stop_at_loss", str(local[-1]["step"]))
+    assert float(row["time_to_target_s"]) == pytest.approx(local[-1]["elapsed_s"], rel=1e-5)
+    assert float(row["speedup_vs_ddp"]) == pytest.approx(ddp[-1]["elapsed_s"] / local[-1]["elapsed_s"], rel=1e-4)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "--budget target --targets 0.5,0.75,0.9,1 --cap 2" in report
+    assert f"runs until an evaluation's loss is at most {target:.4f}, or 32 x 2 steps (the cap)" in report
+    assert "| steps to target |" in report and f"--stop-at-loss {target}" in report
+
+
+def test_the_time_budget_stops_local_sgd_at_ddps_clock(tmp_path: Path, cache_dir: str) -> None:
+    ddp, local, summary = stopping_bench("time", tmp_path / "out", cache_dir)
+    clock = ddp[-1]["elapsed_s"]
+    steps = summary["steps"]
+    # it trained until its clock passed DDP's final evaluation (or its cap), and was evaluated there
+    before = [r for r in records(tmp_path / "out" / "runs" / "localsgd", "train") if r["step"] == steps - 1]
+    assert before[0]["elapsed_s"] < clock and local[-1]["step"] == steps
+    assert (summary["stopped"], local[-1]["elapsed_s"] >= clock) == ("stop_after_s", True) or steps == 64
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert f"its final evaluation at {clock:.1f} s on worker 0's clock" in report
+    assert f"| localsgd | {steps} | {summary.get('stopped', 'steps')} | {local[-1]['eval_loss']:.6g} |" in report
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--algos", "ddp,adam"], "--algos: unknown algorithm 'adam'"),
     (["--algos", "palsgd"], "--target-loss: needed when ddp is not among --algos"),
@@ -110,7 +154,15 @@ def test_projection_of_the_benchmark(bench: Path, tmp_path: Path) -> None:
     (["--set", "ddp.speed=2"], "--set: 'speed' is not a train option"),
     (["--set", "ddp.sync-interval=8"], "ddp does not take it"),
     (["--set", "palsgd.lr=fast"], "lr"),
-    (["--budget", "time"], "--budget: invalid choice"),
+    (["--budget", "speed"], "--budget: invalid choice"),
+    (["--budget", "target", "--cap", "0"], "--cap: must be at least 1 (times DDP's steps), got 0"),
+    (["--budget", "time", "--cap", "nan"], "--cap: must be at least 1"),
+    (["--cap", "2"], "--cap: only --budget target or time takes it, not tokens"),
+    (["--budget", "time", "--algos", "palsgd", "--target-loss", "3"], "--budget: time gives every algorithm DDP's"),
+    (["--budget", "target", "--algos", "ddp"], "--budget: target runs other algorithms against DDP"),
+    (["--budget", "target", "--target-loss", "0"], "--target-loss: must be a finite number above 0"),
+    (["--budget", "target", "--algos", "palsgd", "--target-loss", "-1"], "--target-loss: must be a finite number above 0"),
+    (["--budget", "target", "--stop-at-loss", "3"], "--stop-at-loss: bench sets it with --budget target or time"),
     (["--targets", "0.5,2"], "--targets: each fraction must be in (0, 1]"),
     (["--steps", "32", "--eval-every", "8", "--targets", "0.1"], "--targets: 0.1 of 32 steps comes before DDP's first"),
 ])

@@ -109,6 +109,28 @@ def test_a_target_half_way_through_ddps_run(benches: list[Path]) -> None:
         (pytest.approx(3.6 / 4.4), pytest.approx(3.6)), (pytest.approx(1.78 / 3.05), pytest.approx(1.78))]
 
 
+def target_bench(root: Path, budget: str = "target") -> Path:
+    """DDP with :func:`recorded.localsgd_to_target` (DDP's final 2.0 after 6 steps) and
+    :func:`recorded.palsgd_capped` (never, in its 8)."""
+    directory = bench(root, budget, 2, {})
+    recorded.localsgd_to_target(directory / "runs")
+    recorded.palsgd_capped(directory / "runs")
+    return directory
+
+
+def test_a_target_bench_maps_the_steps_past_ddps(tmp_path: Path) -> None:
+    # Local SGD at 1 MB/s: the 1 MB broadcast (payload 2/3 MB: 1 s), all-reduces after steps 2, 4
+    # and 6 (1.5 s each) replace its 0.3 s of waiting: 3.6 - 0.3 + 5.5 = 8.8 s against DDP's 7.2 s;
+    # at 10 MB/s 3.3 + 0.55 = 3.85 s against 3.56 s
+    rows = regime_rows([read_bench(target_bench(tmp_path))], [8e6, 80e6], 1.0)
+    assert [tuple(row.values()) for row in rows] == [
+        ("target", 64, "localsgd", 8e6, pytest.approx(7.2 / 8.8), pytest.approx(8.8), pytest.approx(7.2)),
+        ("target", 64, "palsgd", 8e6, None, None, pytest.approx(7.2)),
+        ("target", 64, "localsgd", 80e6, pytest.approx(3.56 / 3.85), pytest.approx(3.85), pytest.approx(3.56)),
+        ("target", 64, "palsgd", 80e6, None, None, pytest.approx(3.56)),
+    ]
+
+
 def test_tokens_per_step_count_every_rank_of_every_group(tmp_path: Path) -> None:
     directory = bench(tmp_path, "tokens", 3, {}, layout={"groups": 2, "group_size": 2})
     assert read_bench(directory).tokens_per_step == 2 * 2 * 3 * SEQ_LEN
@@ -119,6 +141,7 @@ def test_tokens_per_step_count_every_rank_of_every_group(tmp_path: Path) -> None
     ("run", ARGS, "is not a lowcomm bench output (no results.csv with a budget)"),
     ("no_ddp", ARGS, "has no DDP run to compare with"),
     ("twice", ARGS, "are both the steps protocol at 64 tokens per step"),
+    ("time", ARGS, "is a --budget time benchmark, whose runs stop at DDP's measured clock"),
     ("good", ["--bandwidth", "8mbit,fast"], "rate 'fast' is not a tc-style rate"),
     ("good", ["--bandwidth", "8mbit,unlimited"], "--bandwidth: 'unlimited' cannot be projected to"),
     ("good", ["--bandwidth", "8mbit,1mbps"], "--bandwidth: a rate is named twice"),
@@ -132,6 +155,7 @@ def test_bad_input_is_one_line_and_exit_code_2_before_anything_is_written(
         "run": [benches[0] / "runs" / "ddp"],
         "no_ddp": [bench(tmp_path / "no_ddp", "steps", 2, {"palsgd": (1.9, 3.0)})],
         "twice": [benches[0], bench(tmp_path / "again", "steps", 2, {})],
+        "time": [target_bench(tmp_path / "time", "time")],
         "good": benches[:1],
     }[case]
     if case == "no_ddp":

@@ -55,11 +55,12 @@ def test_time_to_each_target_and_the_speedup_over_ddp(runs: list, tmp_path: Path
     assert rows[0]["comm_share"] == pytest.approx(0.8 / 4.5)
     write_csv(tmp_path / "results.csv", rows, COLUMNS)
     lines = (tmp_path / "results.csv").read_text().splitlines()
-    assert lines[0] == ("algo,budget,steps,target,target_loss,time_to_target_s,speedup_vs_ddp,final_eval_loss,"
-                        "wall_time_s,comm_bytes_total,comm_bytes_between_groups,comm_share,tokens")
-    assert lines[1] == "ddp,steps,4,ddp@50%,3,2,1,2,4.5,24000000,24000000,0.177778,400"
-    assert lines[6] == "palsgd,steps,4,ddp@100%,2,,,2.5,3,10000000,10000000,0.1,300"
-    assert lines[8] == "noloco,steps,4,ddp@100%,2,2.9,1.37931,2,3,16000000,16000000,0.0666667,400"
+    assert lines[0] == ("algo,budget,steps,ended,target,target_loss,steps_to_target,time_to_target_s,tokens_to_target,"
+                        "speedup_vs_ddp,final_eval_loss,wall_time_s,comm_bytes_total,comm_bytes_between_groups,"
+                        "comm_share,tokens")
+    assert lines[1] == "ddp,steps,4,steps,ddp@50%,3,2,2,200,1,2,4.5,24000000,24000000,0.177778,400"
+    assert lines[6] == "palsgd,steps,4,steps,ddp@100%,2,,,,,2.5,3,10000000,10000000,0.1,300"
+    assert lines[8] == "noloco,steps,4,steps,ddp@100%,2,4,2.9,400,1.37931,2,3,16000000,16000000,0.0666667,400"
 
 
 @pytest.mark.parametrize("text, expected", [("1", (1.0,)), ("0.9,0.5,1.0", (0.5, 0.9, 1.0))])

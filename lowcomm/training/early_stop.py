@@ -1,0 +1,28 @@
+"""Early stops of a ``lowcomm train`` run (``--stop-at-loss``, ``--stop-after-s``).
+
+Worker 0 decides, on its own evaluation and its own clock, and every worker follows it, so that all
+stop after the same step.
+"""
+
+from __future__ import annotations
+
+from lowcomm.training.config import TrainConfig
+from lowcomm.training.peers import Peers
+
+
+def stop_reason(config: TrainConfig, peers: Peers, evaluated: bool, eval_loss: float | None,
+                elapsed_s: float) -> str | None:
+    """Why the run stops after this step, as worker 0 says: ``stop_at_loss`` when this step's
+    evaluation (``evaluated``, ``eval_loss``: worker 0's) is at most ``config.stop_at_loss``,
+    ``stop_after_s`` when worker 0's clock ``elapsed_s`` has reached ``config.stop_after_s``; else
+    None. A collective wherever either may apply (after every step with a clock limit, after an
+    evaluation with a loss limit), so every worker must call it after every step."""
+    by_loss = evaluated and config.stop_at_loss is not None
+    if not by_loss and config.stop_after_s is None:
+        return None
+    reason = None
+    if by_loss and eval_loss is not None and eval_loss <= config.stop_at_loss:
+        reason = "stop_at_loss"
+    elif config.stop_after_s is not None and elapsed_s >= config.stop_after_s:
+        reason = "stop_after_s"
+    return peers.all_gather(reason)[0]
