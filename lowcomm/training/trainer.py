@@ -236,12 +236,12 @@ class Trainer:
             self.bar = ProgressBar(config.steps, self.step, f"{config.algo} x{self.world_size}")
         while self.step < config.steps and self.stopped is None:
             self.train_step()
-            evaluated = self.step % config.eval_every == 0 or self.step == config.steps
-            if evaluated:
+            self.stopped = stop_reason(config, self.peers, False, None, self.elapsed())
+            if self.stopped:
+                self.strategy.finish()  # out of time: the final model holds every step, as at the last step
+            if self.step % config.eval_every == 0 or self.step == config.steps or self.stopped:
                 self.evaluate()
-            self.stopped = stop_reason(config, self.peers, evaluated, self.progress.eval_loss, self.elapsed())
-            if self.stopped == "stop_after_s" and not evaluated:
-                self.evaluate()
+                self.stopped = self.stopped or stop_reason(config, self.peers, True, self.progress.eval_loss, None)
             if self.step % config.checkpoint_every == 0 or self.step == config.steps or self.stopped:
                 self.save()
         self.finish()
