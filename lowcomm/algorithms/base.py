@@ -290,7 +290,7 @@ class Strategy:
     def before_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """Optimizer pre-step hook: count the step, then clip and scale the learning rates for the
         inner update, or drop the gradients where the step takes none."""
-        if args[1:] or kwargs.get("closure") is not None:  # args[0] is the optimizer
+        if any(a is not None for a in args[1:]) or kwargs.get("closure") is not None:  # args[0]: the optimizer
             raise ValueError("optimizer.step(): in lowcomm's hook mode call it without a closure, after the "
                              "backward pass (run closure() first)")
         self.step_count += 1

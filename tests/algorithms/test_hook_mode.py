@@ -195,11 +195,15 @@ def guard_rails() -> list[str]:
     with strategy, pytest.raises(ValueError) as error:
         strategy.optimizer.step(lambda: mlp.loss_of(model, mlp.batch(0, 1)))
     messages.append(str(error.value))
+    with strategy:
+        strategy.optimizer.step(None)  # accelerate's optimizer wrapper passes closure=None
+    messages.append(strategy.step_count)
     return messages
 
 
 def test_misuse_gets_one_line_that_says_what_to_do() -> None:
-    tensor, number, mixed, ddp, other, closure = run_workers(guard_rails, 1)[0]
+    tensor, number, mixed, ddp, other, closure, steps = run_workers(guard_rails, 1)[0]
+    assert steps == 1
     assert tensor.startswith("closure: got a tensor") and "loss.backward()" in tensor
     assert number == "closure: expected a function returning the loss, or a list of them; got int"
     assert mixed.endswith("got list")
