@@ -15,7 +15,7 @@ import torch.distributed as dist
 pytest.importorskip("accelerate")
 transformers = pytest.importorskip("transformers")
 
-from lowcomm import ALGORITHMS  # noqa: E402
+from lowcomm import ALGORITHMS, worker_groups  # noqa: E402
 from lowcomm.communication.communicator import payload_bytes, ring_all_reduce_bytes  # noqa: E402
 from tests.distributed import run_workers  # noqa: E402
 
@@ -55,14 +55,15 @@ def arguments(output_dir: str, **options: Any) -> Any:
         logging_steps=1, report_to="none", disable_tqdm=True, **options)
 
 
-def trainer_of(algo: str, options: dict[str, Any], output_dir: str, **arguments_options: Any) -> Any:
+def trainer_of(algo: str, options: dict[str, Any], output_dir: str, groups: dict[str, int] | None = None,
+               **arguments_options: Any) -> Any:
     from lowcomm.integrations.transformers import LowCommTrainer
 
     return LowCommTrainer(model=tiny_gpt2(seed=100 + dist.get_rank()), args=arguments(output_dir, **arguments_options),
-                          train_dataset=TRAIN, eval_dataset=EVAL, algo=algo, **options)
+                          train_dataset=TRAIN, eval_dataset=EVAL, algo=algo, **(groups or {}), **options)
 
 
-def hook_mode(algo: str, options: dict[str, Any], trainer: Any) -> dict[str, Any]:
+def hook_mode(algo: str, options: dict[str, Any], trainer: Any, mesh: Any = None) -> dict[str, Any]:
     """lowcomm's own loop on the batches the Trainer gave this rank: the global model after step
     ``CHECKPOINT`` and at the end, and the steps that skipped their batch."""
     model = tiny_gpt2(seed=100)  # rank 0's, as the strategy broadcasts it
@@ -71,7 +72,7 @@ def hook_mode(algo: str, options: dict[str, Any], trainer: Any) -> dict[str, Any
     optimizer = cls(model.parameters(), weight_decay=args.weight_decay, **kwargs)
     schedule = transformers.get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=0,
                                           num_training_steps=STEPS)
-    strategy = ALGORITHMS[algo](model, optimizer, **options)
+    strategy = ALGORITHMS[algo](model, optimizer, mesh=mesh, **options)
     batches = iter(trainer.get_train_dataloader())
     result: dict[str, Any] = {"skipped": []}
     with strategy:
@@ -99,6 +100,14 @@ def eval_loss(state: dict[str, torch.Tensor]) -> float:
     batch = {key: torch.stack([row[key] for row in EVAL]) for key in EVAL[0]}
     with torch.no_grad():
         return float(model.eval()(**batch).loss)
+
+
+def model_sizes() -> tuple[int, int, int]:
+    """Bytes of the model's parameters, of its floating-point buffers, and of its state dict."""
+    model = tiny_gpt2(seed=0)
+    buffers = [b for b in model.buffers() if b.is_floating_point()]
+    state = list(model.state_dict().values())
+    return payload_bytes(list(model.parameters())), payload_bytes(buffers), payload_bytes(state)
 
 
 def scenarios(tmp: str) -> dict[str, Any]:
@@ -130,8 +139,14 @@ def scenarios(tmp: str) -> dict[str, Any]:
     resumed = trainer_of("palsgd", PALSGD, f"{tmp}/resumed")
     resumed.train(resume_from_checkpoint=f"{tmp}/palsgd/checkpoint-{CHECKPOINT}")
     palsgd = {"global": trainer.strategy.global_state_dict(), "reference": hook_mode("palsgd", PALSGD, trainer),
-              "bytes": trainer.strategy.comm_stats.bytes_sent, "forwards": len(forwards), "losses": losses, "resumed": resumed.strategy.global_state_dict()}
-    return {"diloco": diloco, "palsgd": palsgd}
+              "bytes": trainer.strategy.comm_stats.bytes_sent, "forwards": len(forwards), "losses": losses,
+              "resumed": resumed.strategy.global_state_dict()}
+    # one worker group of both ranks: DDP inside it, from the strategy
+    trainer = trainer_of("diloco", DILOCO, f"{tmp}/groups", groups={"groups": 1, "group_size": 2})
+    trainer.train()
+    groups = {"global": trainer.strategy.global_state_dict(), "wrapped": type(trainer.model_wrapped).__name__,
+              "reference": hook_mode("diloco", DILOCO, trainer, mesh=worker_groups(1, 2))}
+    return {"diloco": diloco, "palsgd": palsgd, "groups": groups, "sizes": model_sizes()}
 
 
 @pytest.fixture(scope="module")
@@ -148,12 +163,9 @@ def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: f
 def test_only_the_algorithms_traffic_between_workers(results: list[dict[str, Any]]) -> None:
     """DiLoCo: the initial broadcast and 3 outer steps; PALSGD also averages the gradients of its 2
     warm-up steps once each, after the second micro-batch (no_sync around the first)."""
-    model = tiny_gpt2(seed=0)
-    params = [p for p in model.parameters()]
-    buffers = [b for b in model.buffers() if b.is_floating_point()]
-    outer_step = ring_all_reduce_bytes(payload_bytes(params + buffers) + 4, 2)  # pseudo-gradient, buffers, flag
-    warmup_step = ring_all_reduce_bytes(payload_bytes(params), 2)
-    broadcast = payload_bytes(list(model.state_dict().values()))
+    params, buffers, broadcast = results[0]["sizes"]
+    outer_step = ring_all_reduce_bytes(params + buffers + 4, 2)  # pseudo-gradient, buffers, flag
+    warmup_step = ring_all_reduce_bytes(params, 2)
     for rank, r in enumerate(results):
         first = broadcast if rank == 0 else 0
         assert r["diloco"]["wrapped"] == "GPT2LMHeadModel"  # no DistributedDataParallel
@@ -162,11 +174,15 @@ def test_only_the_algorithms_traffic_between_workers(results: list[dict[str, Any
     assert not torch.equal(results[0]["diloco"]["first_batch"], results[1]["diloco"]["first_batch"])
 
 
-@pytest.mark.parametrize("algo", ["diloco", "palsgd"])
+@pytest.mark.parametrize("algo", ["diloco", "palsgd", "groups"])
 def test_every_rank_ends_with_the_hook_mode_global_model(results: list[dict[str, Any]], algo: str) -> None:
     for r in results:
         assert_close(r[algo]["global"], results[0][algo]["global"], atol=0)
         assert_close(r[algo]["global"], r[algo]["reference"]["global"])
+
+
+def test_worker_groups_train_with_the_strategys_ddp_inside(results: list[dict[str, Any]]) -> None:
+    assert [r["groups"]["wrapped"] for r in results] == ["DistributedDataParallel"] * 2
 
 
 def test_pseudo_synchronisations_skip_their_batch(results: list[dict[str, Any]]) -> None:
