@@ -69,8 +69,9 @@ class LowCommTrainer(Trainer):
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             raise ValueError("LowCommTrainer: DeepSpeed and accelerate's FSDP are not supported (use groups= for "
                              "data parallelism inside groups)")
-        if self.args.load_best_model_at_end:
-            raise ValueError("load_best_model_at_end: not supported by LowCommTrainer")
+        if self.args.load_best_model_at_end or self.model_init is not None:
+            raise ValueError("load_best_model_at_end, model_init (hyperparameter search): not supported by "
+                             "LowCommTrainer")
         # each worker's loss is normalised by its own token count: no all-gather per step
         self.args.average_tokens_across_devices = False
 
