@@ -81,9 +81,6 @@ class LowCommTrainer(Trainer):
         optimizer = super().create_optimizer(model)
         if self.strategy is None:
             mesh = None if self.groups is None else worker_groups(self.groups, self.group_size)
-            # accelerate's optimizer calls step(None): hook mode takes no closure, so drop it first
-            optimizer.register_step_pre_hook(lambda opt, args, kwargs: (args[:1], kwargs) if args[1:] == (None,)
-                                             else None)
             self.strategy = ALGORITHMS[self.algo](self.model, optimizer, mesh=mesh, **self.algo_options)
         self.strategy.attach()
         return optimizer
