@@ -45,6 +45,10 @@ class Regression(L.LightningModule):
         self.net = mlp.mlp()
         self.trained_batches = 0
         self.validated: list[torch.Tensor] = []
+        self.trained_through = ""
+
+    def on_train_start(self) -> None:
+        self.trained_through = type(self.trainer.strategy.model).__name__
 
     def forward(self, batch: Any) -> torch.Tensor:
         return mlp.loss_of(self.net, batch)
@@ -75,9 +79,9 @@ def fit(strategy: LowCommStrategy, root: str, ckpt_path: str | None = None, **op
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         default_root_dir=root, callbacks=[checkpoints], **options)
     trainer.fit(module, ckpt_path=ckpt_path)
-    assert trainer.strategy.model is module  # no DistributedDataParallel around it
     return {"final": mlp.flat(module.net), "validated": module.validated, "trained_batches": module.trained_batches,
-            "bytes": strategy.algorithm.comm_stats.bytes_sent, "steps": trainer.global_step}
+            "bytes": strategy.algorithm.comm_stats.bytes_sent, "steps": trainer.global_step,
+            "trained_through": module.trained_through}
 
 
 def hook_mode(algo: str, options: dict[str, Any], accumulate: int = 1, clip: float | None = None) -> dict[str, Any]:
@@ -111,10 +115,12 @@ def hook_mode(algo: str, options: dict[str, Any], accumulate: int = 1, clip: flo
 
 def runs(root: str) -> dict[str, Any]:
     os.environ["LOCAL_RANK"] = str(dist.get_rank())  # the processes exist: Lightning launches none
-    diloco = dict(accumulate_grad_batches=2, gradient_clip_val=0.05)
+    accumulated = dict(accumulate_grad_batches=2, gradient_clip_val=0.05)
     return {
-        "diloco": fit(LowCommStrategy("diloco", **DILOCO), f"{root}/diloco", **diloco),
+        "diloco": fit(LowCommStrategy("diloco", **DILOCO), f"{root}/diloco", **accumulated),
         "diloco_hooks": hook_mode("diloco", DILOCO, accumulate=2, clip=0.05),
+        "ddp": fit(LowCommStrategy("ddp"), f"{root}/ddp", **accumulated),
+        "ddp_hooks": hook_mode("ddp", {}, accumulate=2, clip=0.05),
         "palsgd": fit(LowCommStrategy("palsgd", **PALSGD), f"{root}/palsgd"),
         "palsgd_hooks": hook_mode("palsgd", PALSGD),
         "palsgd_resumed": fit(LowCommStrategy("palsgd", **PALSGD), f"{root}/resumed",
@@ -136,7 +142,7 @@ def close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.allclose(a, b, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("algo", ["diloco", "palsgd"])
+@pytest.mark.parametrize("algo", ["diloco", "palsgd", "ddp"])
 def test_lightning_equals_hook_mode(two_ranks: list[dict[str, Any]], algo: str) -> None:
     for rank, result in enumerate(two_ranks):
         run, reference = result[algo], result[f"{algo}_hooks"]
@@ -148,6 +154,11 @@ def test_lightning_equals_hook_mode(two_ranks: list[dict[str, Any]], algo: str) 
             assert close(seen, expected), f"rank {rank}"
         assert run["trained_batches"] == reference["trained_batches"], f"rank {rank}"
         assert run["bytes"] == reference["bytes"], f"rank {rank}"
+
+
+def test_distributed_data_parallel_only_for_ddp(two_ranks: list[dict[str, Any]]) -> None:
+    assert {algo: two_ranks[1][algo]["trained_through"] for algo in ("diloco", "palsgd", "ddp")} == {
+        "diloco": "Regression", "palsgd": "Regression", "ddp": "DistributedDataParallel"}
 
 
 def test_palsgd_skips_the_batches_of_pseudo_synchronisations(two_ranks: list[dict[str, Any]]) -> None:
@@ -167,6 +178,9 @@ def test_bytes_follow_the_formula(two_ranks: list[dict[str, Any]]) -> None:
         params + 8, 2)  # + the finite flag, a float64
     broadcast = payload_bytes(list(model.state_dict().values()))
     assert [r["diloco"]["bytes"] for r in two_ranks] == [broadcast + between, between]
+    # lowcomm's DDP: torch's DistributedDataParallel around the module, one gradient all-reduce per step
+    between = steps * ring_all_reduce_bytes(params, 2)
+    assert [r["ddp"]["bytes"] for r in two_ranks] == [broadcast + between, between]
 
 
 def test_resumed_run_ends_equal_to_the_uninterrupted_one(two_ranks: list[dict[str, Any]], root: Path) -> None:
