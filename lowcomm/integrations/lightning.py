@@ -60,8 +60,8 @@ class LowCommStrategy(DDPStrategy):
     Args:
         algo: one of :data:`lowcomm.ALGORITHMS` (``ddp``, ``localsgd``, ``postlocalsgd``, ``diloco``,
             ``palsgd``, ``noloco``, ``streamingdiloco``).
-        options: the algorithm's options (``type(algorithm).options()``), ``max_grad_norm`` and
-            ``communicator``.
+        options: the algorithm's options (``ALGORITHMS[algo].options()``) and ``max_grad_norm``; for
+            ``ddp``, DistributedDataParallel's keyword arguments.
         process_group_backend, timeout, start_method: as for Lightning's ``DDPStrategy``.
 
     After ``setup``, :attr:`algorithm` is the lowcomm strategy (``algorithm.comm_stats.bytes_sent``:
@@ -70,7 +70,7 @@ class LowCommStrategy(DDPStrategy):
 
     def __init__(
         self,
-        algo: str = "diloco",
+        algo: str,
         *,
         process_group_backend: str | None = None,
         timeout: timedelta | None = default_pg_timeout,
@@ -79,8 +79,8 @@ class LowCommStrategy(DDPStrategy):
     ) -> None:
         if algo not in ALGORITHMS:
             raise ValueError(f"algo: expected one of {', '.join(ALGORITHMS)}, got {algo!r}")
-        unknown = set(options) - set(ALGORITHMS[algo].options()) - {"max_grad_norm", "communicator"}
-        if unknown:
+        unknown = set(options) - set(ALGORITHMS[algo].options()) - {"max_grad_norm"}
+        if unknown and algo != "ddp":
             raise ValueError(f"{algo} takes no option {', '.join(sorted(unknown))}; "
                              f"its options: {', '.join(ALGORITHMS[algo].options())}")
         super().__init__(process_group_backend=process_group_backend, timeout=timeout, start_method=start_method)

@@ -74,7 +74,8 @@ class Regression(L.LightningModule):
 
 def fit(strategy: LowCommStrategy, root: str, ckpt_path: str | None = None, **options: Any) -> dict[str, Any]:
     module = Regression()
-    checkpoints = L.callbacks.ModelCheckpoint(dirpath=root, save_top_k=-1, save_on_train_epoch_end=False)  # in validation
+    # every epoch, inside validation (while the global weights are swapped in)
+    checkpoints = L.callbacks.ModelCheckpoint(dirpath=root, save_top_k=-1, save_on_train_epoch_end=False)
     trainer = L.Trainer(strategy=strategy, accelerator="cpu", devices=2, max_epochs=EPOCHS, logger=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         default_root_dir=root, callbacks=[checkpoints], **options)
