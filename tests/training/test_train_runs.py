@@ -133,6 +133,8 @@ def test_the_embedded_default_writes_the_documented_layout(runs):
     out = runs("palsgd")
     assert out.parent.name == "lowcomm-runs"
     assert sorted(p.name for p in out.iterdir()) == [
+        ".lowcomm",
+        ".lowcomm.lock",
         "checkpoints",
         "config.yaml",
         "loss.png",
