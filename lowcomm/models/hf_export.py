@@ -23,7 +23,8 @@ from torch import Tensor, nn
 
 from lowcomm.models.gpt import GPTConfig
 from lowcomm.models.gpt_neo import GPT_NEO_SHAPES, HF_MASK_BUFFERS, hf_to_lowcomm_name
-from lowcomm.models.hf_gpt_neo import HFCausalLM, hf_gpt_neo_config
+from lowcomm.models.hf_gpt_neo import hf_gpt_neo_config
+from lowcomm.models.hf_local import HFCausalLM
 from lowcomm.models.registry import model_spec
 
 GPT2_MASK_BUFFERS = (".attn.bias", ".attn.masked_bias")
