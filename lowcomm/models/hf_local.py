@@ -72,7 +72,7 @@ def local_config(name: str) -> Any:
 
 def config_limits(name: str, config: Any) -> tuple[int, int]:
     """The longest token sequence and the vocabulary size of the model ``config`` describes."""
-    text = config.get_text_config()
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config  # older transformers have none
     positions = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
     if not isinstance(positions, int) or not isinstance(getattr(text, "vocab_size", None), int):
         raise ValueError(f"{name}: its config gives no max_position_embeddings (or n_positions) and vocab_size")
@@ -80,9 +80,9 @@ def config_limits(name: str, config: Any) -> tuple[int, int]:
 
 
 def build_hf_causal_lm(name: str, vocab_size: int) -> HFCausalLM:
-    """The ``hf:`` model ``name`` in training mode, with its directory's weights if it holds any
-    (but on the meta device, which holds no weights); ``vocab_size`` (the data's) must not exceed
-    the model's."""
+    """The ``hf:`` model ``name`` in training mode and float32 (as lowcomm's own: ``--precision bf16``
+    autocasts), with its directory's weights if it holds any (but on the meta device, which holds
+    none); ``vocab_size`` (the data's) must not exceed the model's."""
     config = local_config(name)
     max_positions, model_vocab = config_limits(name, config)
     if vocab_size > model_vocab:
@@ -94,7 +94,7 @@ def build_hf_causal_lm(name: str, vocab_size: int) -> HFCausalLM:
     path = Path(name.removeprefix(HF_PREFIX)).expanduser()
     weights = path.is_dir() and any((path / file).is_file() for file in WEIGHT_FILES)
     if weights and torch.get_default_device().type != "meta":
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
     else:
         model = AutoModelForCausalLM.from_config(config)
-    return HFCausalLM(model.train(), max_positions)
+    return HFCausalLM(model.float().train(), max_positions)

@@ -298,6 +298,8 @@ class TrainConfig(BaseModel):
             if self.muon_lr is not None:
                 raise ValueError("muon_lr: only --optimizer muon takes it")
             return
+        if not hasattr(torch.optim, "Muon"):
+            raise ValueError(f"optimizer: muon needs torch.optim.Muon (torch >= 2.9), not in torch {torch.__version__}")
         if task != "lm":
             raise ValueError(f"optimizer: muon is for language models; {self.model}'s hidden layers are convolutions")
         if self.inner == "fsdp":
