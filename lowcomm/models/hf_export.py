@@ -2,7 +2,7 @@
 
 - ``gpt-neo-*`` become ``GPTNeoForCausalLM`` of the same shape: lowcomm's parameter names are
   HF's (:func:`~lowcomm.models.gpt_neo.hf_to_lowcomm_name` maps them), and a ``--model-impl hf``
-  model is one already.
+  model is one already, as is an ``hf:DIR`` model (:mod:`lowcomm.models.hf_local`).
 - ``gpt-tiny`` is GPT-2 exactly, so it becomes ``GPT2LMHeadModel``: pre-LayerNorm blocks (eps
   1e-5), learned positions, a tanh-GELU (``gelu_new``) MLP, biases on every projection but the
   output one, attention over all earlier tokens scaled by 1/sqrt(head_dim), and the output layer
@@ -23,7 +23,8 @@ from torch import Tensor, nn
 
 from lowcomm.models.gpt import GPTConfig
 from lowcomm.models.gpt_neo import GPT_NEO_SHAPES, HF_MASK_BUFFERS, hf_to_lowcomm_name
-from lowcomm.models.hf_gpt_neo import HFCausalLM, hf_gpt_neo_config
+from lowcomm.models.hf_gpt_neo import hf_gpt_neo_config
+from lowcomm.models.hf_local import HFCausalLM
 from lowcomm.models.registry import model_spec
 
 GPT2_MASK_BUFFERS = (".attn.bias", ".attn.masked_bias")
@@ -84,8 +85,8 @@ def load_exactly(model: nn.Module, state: Mapping[str, Tensor], mask_buffers: tu
 
 def to_hf_model(model_name: str, model: nn.Module, end_of_text_id: int | None = None) -> Any:
     """The ``transformers`` causal LM with ``model``'s weights, a lowcomm ``model_name`` built by
-    :func:`~lowcomm.models.build_model` (either implementation); ``end_of_text_id`` becomes its BOS
-    and EOS token. ValueError if no HF architecture matches."""
+    :func:`~lowcomm.models.build_model` (either implementation, or an ``hf:`` model); ``end_of_text_id``
+    becomes its BOS and EOS token. ValueError if no HF architecture matches."""
     if model_spec(model_name).task != "lm":
         raise ValueError(f"model: {model_name} is not a language model; only language models export")
     if isinstance(model, HFCausalLM):

@@ -4,24 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from torch import nn
-
-from lowcomm.models.gpt import check_input_ids
 from lowcomm.models.gpt_neo import GPTNeoShape
-
-
-class HFCausalLM(nn.Module):
-    """Wrap a ``transformers`` causal LM so that ``forward(input_ids)`` returns plain logits."""
-
-    def __init__(self, model: nn.Module, max_positions: int) -> None:
-        super().__init__()
-        self.model = model
-        self.max_positions = max_positions
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        check_input_ids(input_ids, self.max_positions)
-        return self.model(input_ids=input_ids, use_cache=False).logits
+from lowcomm.models.hf_local import HFCausalLM
 
 
 def hf_gpt_neo_config(shape: GPTNeoShape, vocab_size: int, end_of_text_id: int | None = None) -> Any:

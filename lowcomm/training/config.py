@@ -24,8 +24,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from lowcomm.algorithms import ALGORITHMS
 from lowcomm.communication.network_model import parse_rate
 from lowcomm.data.spec import parse_data_spec
-from lowcomm.data.tokenizer import check_tokenizer_source
+from lowcomm.data.tokenizer import check_tokenizer_source, load_tokenizer
 from lowcomm.models import GPT_NEO_SHAPES, MODEL_NAMES, build_model, model_spec
+from lowcomm.models.hf_local import absolute_hf_name, is_hf_name
 
 
 def reject_bool(value: Any) -> Any:
@@ -63,6 +64,9 @@ QUICK_START = {"outer_lr": 0.7}
 With the paper's outer learning rate of 0.1, z trails the workers through a run this short (eval loss
 0.77 after the default 384 steps, against 0.64 with DiLoCo's 0.7 and 0.64 for DDP).
 """
+
+MUON_LR = 1e-3
+"""torch.optim.Muon's default learning rate, ``--muon-lr``'s."""
 
 LAUNCH_FIELDS = frozenset(
     {"out", "resume", "overwrite", "max_restarts", "hang_timeout", "keep_checkpoints", "bind_all", "cache_dir",
@@ -105,7 +109,10 @@ class TrainConfig(BaseModel):
     steps: Int = Field(384, ge=1, le=10**9, description="training steps per worker")
     out: Path = Field(default_factory=default_out, description="run directory (default lowcomm-runs/<time>)")
     seed: Int = Field(0, ge=0, lt=2**32, description="seeds the model, the data order and the coins")
-    model: str = Field("gpt-tiny", description=f"one of {', '.join(MODEL_NAMES)}")
+    model: str = Field(
+        "gpt-tiny", description=f"one of {', '.join(MODEL_NAMES)}, or hf:DIR: any transformers causal LM from a "
+        "local directory (its weights, or a config.json alone: randomly initialised), never from a hub"
+    )
     model_impl: Literal["lowcomm", "hf"] = Field("lowcomm", description="lowcomm's own modules or HF transformers")
     data: str = Field(
         "synthetic-stories", description="synthetic-stories, synthetic-images, PATH, glob or hf:NAME[:SPLIT]"
@@ -113,13 +120,20 @@ class TrainConfig(BaseModel):
     tokenizer: str | None = Field(None, description="HF tokenizer name or path (default: a BPE trained on the data)")
     vocab_size: Int = Field(2048, ge=257, le=2**20, description="vocabulary of the trained BPE")
     cache_dir: Path = Field(default_factory=default_cache_dir, description="where tokenizers and datasets are cached")
-    lr: Float = Field(3e-3, gt=0, le=10, description="peak inner learning rate (AdamW)")
+    lr: Float = Field(3e-3, gt=0, le=10, description="peak inner learning rate (of AdamW, SGD, or muon's AdamW part)")
     lr_warmup: Int = Field(32, ge=0, le=10**9, description="steps of linear learning-rate warm-up")
     lr_schedule: Literal["cosine", "constant"] = Field(
         "cosine", description="after the warm-up: cosine decay to lr * min_lr_ratio, or constant"
     )
     min_lr_ratio: Float = Field(0.1, ge=0, le=1, description="cosine decay ends at lr * this")
-    weight_decay: Float = Field(0.01, ge=0, le=10, description="AdamW weight decay")
+    weight_decay: Float = Field(0.01, ge=0, le=10, description="weight decay (decoupled; for sgd an L2 term)")
+    optimizer: Literal["adamw", "muon", "sgd"] = Field(
+        "adamw", description="inner optimizer: adamw; muon (torch.optim.Muon for the hidden weight matrices, "
+        "AdamW for embeddings, output head, norms and biases, as MuLoCo); sgd (SGD with momentum 0.9)"
+    )
+    muon_lr: Float | None = Field(
+        None, gt=0, le=10, description=f"muon: Muon's peak learning rate (default {MUON_LR}, torch.optim.Muon's)"
+    )
     max_grad_norm: Float | None = Field(1.0, gt=0, description="gradient clipping norm")
     batch_size: Int = Field(16, ge=1, le=2**16, description="sequences (or images) per micro-batch per worker")
     grad_accum: Int = Field(1, ge=1, le=2**12, description="micro-batches per step")
@@ -204,6 +218,10 @@ class TrainConfig(BaseModel):
     @field_validator("model")
     @classmethod
     def known_model(cls, model: str) -> str:
+        if is_hf_name(model):
+            model = absolute_hf_name(model)
+            model_spec(model)  # refuses a missing directory or a config that is no causal LM's
+            return model
         if model not in MODEL_NAMES:
             raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODEL_NAMES)}")
         return model
@@ -244,6 +262,8 @@ class TrainConfig(BaseModel):
             raise ValueError(f"data: {self.data} holds {data_task} data; {self.model} needs {spec.task} data")
         if self.model_impl == "hf" and self.model not in GPT_NEO_SHAPES:
             raise ValueError(f"model_impl: hf exists only for {', '.join(GPT_NEO_SHAPES)}")
+        if spec.vocab_size is not None:
+            self.check_vocabulary(spec.vocab_size)
         max_positions = spec.max_positions
         if max_positions is not None and self.seq_len > max_positions:
             raise ValueError(f"seq_len: {self.seq_len} exceeds {self.model}'s {max_positions} positions")
@@ -253,6 +273,7 @@ class TrainConfig(BaseModel):
                        if getattr(self, name) != unset]:
             raise ValueError(f"{given[0]}: only --fault-tolerance live takes it")
         self.resolve_groups()
+        self.check_optimizer(spec.task)
         algorithm = ALGORITHMS[self.algo]
         algorithm.check_workers("workers", self.workers)
         if self.grouped:
@@ -267,8 +288,34 @@ class TrainConfig(BaseModel):
         if self.device == "cuda" and self.workers > torch.cuda.device_count() and not (under_torchrun() or simulated):
             raise ValueError(f"workers: {self.workers} exceeds the {torch.cuda.device_count()} GPUs here")
         self.fill_algorithm_defaults()
-        algorithm.check_options(self.lr, self.algorithm_kwargs())
+        for lr in {self.lr, self.muon_lr or self.lr}:
+            algorithm.check_options(lr, self.algorithm_kwargs())
         return self
+
+    def check_vocabulary(self, model_vocab: int) -> None:
+        """The data's tokenizer must fit the vocabulary of a model that has its own (an ``hf:`` one)."""
+        if self.tokenizer is not None:
+            tokens = load_tokenizer(self.tokenizer).vocab_size
+            if tokens > model_vocab:
+                raise ValueError(f"tokenizer: its {tokens} tokens exceed {self.model}'s vocab_size {model_vocab}")
+        elif self.vocab_size > model_vocab:
+            raise ValueError(f"vocab_size: the trained BPE's up to {self.vocab_size} tokens exceed {self.model}'s "
+                             f"vocab_size {model_vocab}; pass --vocab-size {model_vocab} or less")
+
+    def check_optimizer(self, task: str) -> None:
+        """Muon's learning rate only with muon (default :data:`MUON_LR`); muon for language models
+        (whose hidden layers are matrices) whose parameters are not FSDP shards."""
+        if self.optimizer != "muon":
+            if self.muon_lr is not None:
+                raise ValueError("muon_lr: only --optimizer muon takes it")
+            return
+        if not hasattr(torch.optim, "Muon"):
+            raise ValueError(f"optimizer: muon needs torch.optim.Muon (torch >= 2.9), not in torch {torch.__version__}")
+        if task != "lm":
+            raise ValueError(f"optimizer: muon is for language models; {self.model}'s hidden layers are convolutions")
+        if self.inner == "fsdp":
+            raise ValueError("optimizer: muon orthogonalises whole matrices, not FSDP shards; use --inner ddp")
+        self.muon_lr = self.muon_lr or MUON_LR
 
     def check_live(self) -> None:
         """Live fault tolerance: torchft installed, worker groups (of one process by default), an
@@ -383,8 +430,9 @@ def fsdp_problem(model: str) -> str | None:
     FSDP2 shards parameters only: buffers that the forward pass updates (BatchNorm's running
     statistics) would drift apart on the ranks of a group, where DistributedDataParallel broadcasts them.
     """
+    spec = model_spec(model)
     with torch.device("meta"):
-        module = build_model(model, **({"vocab_size": 257} if model_spec(model).task == "lm" else {}))
+        module = build_model(model, **({"vocab_size": spec.vocab_size or 257} if spec.task == "lm" else {}))
     if any(getattr(m, "track_running_stats", False) for m in module.modules()):
         return "its BatchNorm running statistics are buffers FSDP2 neither shards nor keeps equal across a group"
     return None

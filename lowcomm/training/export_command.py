@@ -1,7 +1,9 @@
 """``lowcomm export RUN_DIR --to DIR``: a run's global model as a Hugging Face model directory.
 
 The model is the newest complete checkpoint's ``model.safetensors`` (verified against its manifest,
-see :mod:`lowcomm.training.checkpoint`), converted by :mod:`lowcomm.models.hf_export`; the tokenizer
+see :mod:`lowcomm.training.checkpoint`), converted by :mod:`lowcomm.models.hf_export` (an ``hf:DIR``
+run's model is a ``transformers`` model already: it keeps DIR's config, which must still be there,
+with the run's end-of-text token as its BOS and EOS); the tokenizer
 is the run's ``tokenizer.json`` as a ``PreTrainedTokenizerFast``. ``DIR`` then holds
 ``config.json``, ``model.safetensors`` and the tokenizer's files, and loads offline with
 ``AutoModelForCausalLM.from_pretrained(DIR)`` and ``AutoTokenizer.from_pretrained(DIR)``. Before
@@ -87,8 +89,8 @@ def export_source(run_dir: Path) -> ExportSource:
     model = config.get("model")
     try:
         task = model_spec(model).task
-    except ValueError:
-        raise ValueError(f"RUN_DIR: {run_dir / CONFIG_FILE} names no lowcomm model ({model!r})") from None
+    except ValueError as error:
+        raise ValueError(f"RUN_DIR: {run_dir / CONFIG_FILE} names no model lowcomm can build ({error})") from None
     if task != "lm":
         raise ValueError(f"RUN_DIR: {run_dir} trained {model}, not a language model; only language models export")
     checkpoint, skipped = newest_complete_checkpoint(run_dir / "checkpoints")

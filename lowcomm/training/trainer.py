@@ -60,6 +60,7 @@ from lowcomm.training.config import TrainConfig
 from lowcomm.training.early_stop import stop_reason
 from lowcomm.training.loss import cross_entropy
 from lowcomm.training.metrics import MetricsLog, ProgressBar, write_json_atomically
+from lowcomm.training.optimizers import inner_optimizer
 from lowcomm.training.outputs import held_out_prompt, write_loss_plot, write_samples, write_tokenizer
 from lowcomm.training.peers import Peers
 from lowcomm.training.rng import rng_state, seed_everything, set_rng_state
@@ -213,9 +214,7 @@ class Trainer:
             from lowcomm.communication.fsdp import shard_within_groups  # FSDP2 is loaded only where it is used
 
             model = shard_within_groups(model, self.mesh)
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=device.type == "cuda"
-        )
+        optimizer = inner_optimizer(config, model, device)
         self.optimizer = optimizer
         self.scheduler = LambdaLR(
             optimizer, lr_schedule(config.lr_schedule, config.lr_warmup, config.steps, config.min_lr_ratio)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lowcomm.models import GPT, MODEL_NAMES, ModelSpec, ResNet18, build_model, model_spec
-from lowcomm.models.hf_gpt_neo import HFCausalLM
+from lowcomm.models.hf_local import HFCausalLM
 
 
 def test_model_names_and_specs():

@@ -91,6 +91,8 @@ BAD = {
     "no run dir": (lambda root, tmp: tmp / "missing", "is not a directory"),
     "no config": (lambda root, tmp: tmp, "holds no lowcomm run (config.yaml is missing)"),
     "image model": (lambda root, tmp: rewrite_model(copy_run(root, tmp), "resnet18-cifar"), "not a language model"),
+    "hf: model gone": (lambda root, tmp: rewrite_model(copy_run(root, tmp), f"hf:{tmp / 'gone'}"),
+                       "names no model lowcomm can build (hf:"),
     "no complete checkpoint": (
         lambda root, tmp: remove(copy_run(root, tmp), "checkpoints/step_00000002/manifest.json"),
         "has no complete checkpoint"),
