@@ -234,11 +234,13 @@ def test_a_missing_config_file(tmp_path, run_cli):
 def test_an_out_holding_another_run_is_left_alone(tmp_path, run_cli):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "config.yaml").write_text(yaml.safe_dump({"algo": "ddp", "steps": 5}))
+    (out / "config.yaml").write_text(yaml.safe_dump({"algo": "ddp", "steps": 5, "device": "cpu"}))
     (out / ".lowcomm").write_text('{"kind": "run"}')  # lowcomm's marker: a run of its own
     (out / "metrics.jsonl").write_text('{"step": 1}\n')
     assert_rejected(["--out", str(out)], "already holds a run; pass --resume", tmp_path, run_cli)
-    assert_rejected(["--out", str(out), "--resume"], "holds a different run (algo: 'ddp' there", tmp_path, run_cli)
+    # --resume takes every option not given from the run's config.yaml: only a flag can differ
+    assert_rejected(["--out", str(out), "--resume", "--algo", "diloco"], "holds a different run (algo: 'ddp' there",
+                    tmp_path, run_cli)
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("x")
     assert_rejected(["--out", str(tmp_path / "notes"), "--overwrite"], "holds no lowcomm run", tmp_path, run_cli)
