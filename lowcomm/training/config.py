@@ -23,7 +23,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from lowcomm.algorithms import ALGORITHMS
 from lowcomm.communication.network_model import parse_rate
-from lowcomm.data.spec import parse_data_spec
+from lowcomm.data.spec import check_text_corpus, parse_data_spec
 from lowcomm.data.tokenizer import check_tokenizer_source
 from lowcomm.models import GPT_NEO_SHAPES, MODEL_NAMES, build_model, model_spec
 
@@ -239,7 +239,8 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def consistent(self) -> TrainConfig:
         spec = model_spec(self.model)
-        data_task = "image" if parse_data_spec(self.data).kind in IMAGE_SOURCES else "lm"
+        source = parse_data_spec(self.data)
+        data_task = "image" if source.kind in IMAGE_SOURCES else "lm"
         if data_task != spec.task:
             raise ValueError(f"data: {self.data} holds {data_task} data; {self.model} needs {spec.task} data")
         if self.model_impl == "hf" and self.model not in GPT_NEO_SHAPES:
@@ -247,6 +248,8 @@ class TrainConfig(BaseModel):
         max_positions = spec.max_positions
         if max_positions is not None and self.seq_len > max_positions:
             raise ValueError(f"seq_len: {self.seq_len} exceeds {self.model}'s {max_positions} positions")
+        if source.kind == "text-files":
+            check_text_corpus(self.data, source.paths, self.seq_len, self.workers, self.tokenizer is None)
         if self.fault_tolerance == "live":
             self.check_live()
         elif given := [name for name, unset in (("min_groups", 1), ("lighthouse", None), ("live_group", None))
