@@ -50,6 +50,8 @@ def reject_non_finite(value: Any) -> Any:
 Int = Annotated[int, BeforeValidator(reject_bool)]
 Float = Annotated[float, BeforeValidator(reject_non_finite)]
 
+MIN_VOCABULARY = 257
+"""The fewest tokens lowcomm's byte-level BPE has: the 256 bytes and end-of-text."""
 IMAGE_SOURCES = frozenset({"synthetic-images", "image-folder"})
 
 ALGORITHM_PARAMETERS = tuple(dict.fromkeys(
@@ -250,6 +252,8 @@ class TrainConfig(BaseModel):
             raise ValueError(f"seq_len: {self.seq_len} exceeds {self.model}'s {max_positions} positions")
         if source.kind == "text-files":
             check_text_corpus(self.data, source.paths, self.seq_len, self.workers, self.tokenizer is None)
+        if spec.task == "lm" and self.tokenizer is None:
+            self.check_logits_memory()
         if self.fault_tolerance == "live":
             self.check_live()
         elif given := [name for name, unset in (("min_groups", 1), ("lighthouse", None), ("live_group", None))
@@ -272,6 +276,24 @@ class TrainConfig(BaseModel):
         self.fill_algorithm_defaults()
         algorithm.check_options(self.lr, self.algorithm_kwargs())
         return self
+
+    def check_logits_memory(self) -> None:
+        """Refuse a micro-batch that obviously cannot fit: its logits alone (float32, at least
+        MIN_VOCABULARY per token with lowcomm's byte-level BPE), for every worker sharing this
+        machine's memory (a GPU's, with cuda: one worker each, or all of them simulated)."""
+        per_worker = self.batch_size * self.seq_len * MIN_VOCABULARY * 4
+        if self.device == "cuda":
+            sharing = self.workers if self.backend == "sim" else 1
+            memory, where = torch.cuda.get_device_properties(0).total_memory, "its GPU's"
+        else:
+            sharing = int(os.environ.get("LOCAL_WORLD_SIZE", self.workers)) if under_torchrun() else self.workers
+            memory, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's"
+        if per_worker * sharing > memory:
+            raise ValueError(
+                f"batch_size: {self.batch_size} sequences of {self.seq_len} tokens need {per_worker / 1e9:.3g} GB per "
+                f"worker for their logits alone, {per_worker * sharing / 1e9:.3g} GB for the {sharing} worker(s) "
+                f"sharing {where} {memory / 1e9:.3g} GB of memory; use a smaller --batch-size (and --grad-accum "
+                "to keep the tokens per step)")
 
     def check_live(self) -> None:
         """Live fault tolerance: torchft installed, worker groups (of one process by default), an

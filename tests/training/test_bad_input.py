@@ -28,6 +28,9 @@ FLAG_CASES = {
     "absurd steps": (["--steps", "1e99"], "--steps: Input should be a valid integer"),
     "zero batch": (["--batch-size", "0"], "--batch-size: Input should be greater than or equal to 1"),
     "absurd batch": (["--batch-size", "99999999"], "--batch-size: Input should be less than or equal to 65536"),
+    "batch beyond memory": (["--batch-size", "65536", "--seq-len", "128", "--workers", "1024", "--backend", "sim"],
+                            "--batch-size: 65536 sequences of 128 tokens need 8.62 GB per worker for their logits "
+                            "alone, 8.83e+03 GB for the 1024 worker(s) sharing this machine's"),
     "zero accumulation": (["--grad-accum", "0"], "--grad-accum: Input should be greater than or equal to 1"),
     "zero sequence": (["--seq-len", "0"], "--seq-len: Input should be greater than or equal to 1"),
     "sequence beyond positions": (["--seq-len", "129"], "--seq-len: 129 exceeds gpt-tiny's 128 positions"),
