@@ -389,7 +389,7 @@ class Trainer:
             restored.metrics_offset = int(state["metrics_offset"])
         except (OSError, RuntimeError, pickle.UnpicklingError) as error:
             raise ValueError(f"resume: {found.name} on {self.storage.name}: {first_line(error)}") from None
-        except (KeyError, TypeError, AttributeError, ValueError) as error:
+        except (KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"resume: {found.name} on {self.storage.name} holds a damaged rank file "
                              f"({first_line(error)}); move that checkpoint away to resume from an older one") from None
         if state.get("lr_schedule_steps", self.config.steps) != self.config.steps:
