@@ -12,6 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 
 
@@ -45,6 +46,12 @@ def usage_error(command: str, message: str) -> int:
     """Report bad input the way every command does; return the exit code."""
     print(f"lowcomm {command}: error: {message}", file=sys.stderr)
     return USAGE_ERROR
+
+
+def check_out_directory(out: Path) -> None:
+    """Refuse an ``--out`` that exists and is not a directory (a command's outputs go inside it)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out: {out} exists and is not a directory")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

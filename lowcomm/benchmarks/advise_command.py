@@ -85,6 +85,8 @@ def advise(run: Run, network: NetworkModel, workers: int) -> Advice:
     """The rule of this module's docstring for the DDP ``run``, ``network`` and ``workers``."""
     if run.algo != "ddp":
         raise ValueError(f"RUN_DIR: {run.directory} is a {run.algo} run; advise needs a DDP run")
+    if "parameters" not in run.summary:
+        raise ValueError(f"run: {run.directory / 'summary.json'} lacks parameters")
     steps = int(run.summary["steps"])
     compute = (run.wall_time_s - run.summary["comm_wait_s"]) / steps
     ddp_comm = sum(step_seconds(run, network, workers).values()) / steps

@@ -41,7 +41,8 @@ from lowcomm.communication.network_model import NetworkModel, parse_rate
 from lowcomm.benchmarks.projection import project
 from lowcomm.benchmarks.report import markdown_table, protocol_table, targets_table, write_report
 from lowcomm.benchmarks.results import (
-    COLUMNS, DEFAULT_FRACTIONS, find_targets, parse_fractions, results_rows, target_step, write_csv,
+    COLUMNS, DEFAULT_FRACTIONS, check_target_loss, find_targets, parse_fractions, results_rows, target_step,
+    write_csv,
 )
 from lowcomm.benchmarks.runs import Run, read_run
 from lowcomm.launching.limited import real_limit
@@ -271,8 +272,7 @@ def settings(config: TrainConfig, network: str, budget: str, eval_every: int, ca
 
 def check_protocol(args: argparse.Namespace, algos: list[str], flags: dict[str, Any]) -> float:
     """Refuse a budget, cap or target that cannot give an answer, before any run starts; return the cap."""
-    if args.target_loss is not None and not (math.isfinite(args.target_loss) and args.target_loss > 0):
-        raise ValueError(f"--target-loss: must be a finite number above 0 (no loss is below 0), got {args.target_loss}")
+    check_target_loss(args.target_loss)
     if "ddp" not in algos and args.target_loss is None:
         raise ValueError("--target-loss: needed when ddp is not among --algos")
     if args.budget == "time" and "ddp" not in algos:

@@ -10,6 +10,7 @@ is labelled with the directory and the algorithm.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -62,6 +63,9 @@ def run_records(directory: Path) -> tuple[str, Records]:
     records = read_records(directory / "metrics.jsonl")
     if not records.evaluations:
         raise ValueError(f"RUN_DIR: {directory} has no evaluations in metrics.jsonl yet")
+    if not any(math.isfinite(e.eval_loss) for e in records.evaluations):
+        raise ValueError(f"RUN_DIR: every eval loss of {directory} is NaN or infinite (it diverged); "
+                         "nothing to plot, leave it out")
     try:
         algo = read_run_config(directory).get("algo")
     except ValueError:

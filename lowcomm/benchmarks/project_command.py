@@ -15,9 +15,9 @@ from pathlib import Path
 
 from lowcomm.benchmarks.projection import COLUMNS, project_all
 from lowcomm.benchmarks.report import markdown_table
-from lowcomm.benchmarks.results import choose_target, write_csv
+from lowcomm.benchmarks.results import check_target_loss, choose_target, write_csv
 from lowcomm.benchmarks.runs import Run, read_run
-from lowcomm.cli import usage_error
+from lowcomm.cli import check_out_directory, usage_error
 from lowcomm.communication.network_model import parse_rate
 from lowcomm.plotting import plot_speedups
 
@@ -41,11 +41,13 @@ def run(args: argparse.Namespace) -> int:
         workers = parse_counts(args.workers) if args.workers else sorted({run.links for run in runs})
         if not (math.isfinite(args.latency) and args.latency >= 0):
             raise ValueError(f"--latency: must be a finite number >= 0, got {args.latency}")
+        check_target_loss(args.target_loss)
         target = choose_target(runs, args.target_loss)
         projections = project_all(runs, bandwidths, workers, args.latency, target)
+        out = args.out or args.run_dir / "projection"
+        check_out_directory(out)
     except ValueError as error:
         return usage_error("project", str(error))
-    out = args.out or args.run_dir / "projection"
     out.mkdir(parents=True, exist_ok=True)
     rows = [asdict(p) for p in projections]
     write_csv(out / "projection.csv", rows, COLUMNS)

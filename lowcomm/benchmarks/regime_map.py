@@ -29,7 +29,7 @@ from lowcomm.benchmarks.projection import project_all
 from lowcomm.benchmarks.report import markdown_table
 from lowcomm.benchmarks.results import find_targets, write_csv
 from lowcomm.benchmarks.runs import Run
-from lowcomm.cli import usage_error
+from lowcomm.cli import check_out_directory, usage_error
 from lowcomm.plotting import plot_speedup_map, plot_winner_map
 from lowcomm.training.rundir import read_run_config
 
@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         benches = [read_bench(directory) for directory in args.bench_dirs]
         check_distinct(benches)
         rows = regime_rows(benches, bandwidths, args.target)
+        check_out_directory(args.out)
     except ValueError as error:
         return usage_error("regime-map", str(error))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -74,6 +74,12 @@ def find_targets(runs: list[Run], fractions: tuple[float, ...], target_loss: flo
     return targets
 
 
+def check_target_loss(target_loss: float | None) -> None:
+    """Refuse a ``--target-loss`` that no run can reach or miss: not finite, or not above 0."""
+    if target_loss is not None and not (math.isfinite(target_loss) and target_loss > 0):
+        raise ValueError(f"--target-loss: must be a finite number above 0 (no loss is below 0), got {target_loss}")
+
+
 def choose_target(runs: list[Run], target_loss: float | None) -> float:
     """``target_loss`` if given, else DDP's final eval loss."""
     return find_targets(runs, (1.0,), target_loss)[-1].loss

@@ -8,11 +8,24 @@ sent in each step.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lowcomm.training.records import Evaluation, SyncDiagnostics, read_records
+
+REQUIRED_FIELDS = ("algo", "workers", "steps", "final_eval_loss", "wall_time_s", "comm_wait_s")
+FIELD_KINDS = {
+    **dict.fromkeys(("algo", "model", "inner", "stopped"), "text"),
+    **dict.fromkeys(("workers", "steps", "groups", "group_size"), "a whole number >= 1"),
+    **dict.fromkeys(("parameters", "tokens", "comm_bytes_total", "comm_bytes_between_groups",
+                     "comm_bytes_within_groups"), "a whole number >= 0"),
+    **dict.fromkeys(("wall_time_s", "compute_s", "comm_wait_s", "comm_overlap_s", "comm_overlap_bytes",
+                     "tokens_per_s"), "a finite number >= 0"),
+    "final_eval_loss": "a number",  # NaN: a run that diverged
+}
+"""What each field of ``summary.json`` that lowcomm reads holds; others are not checked."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +103,36 @@ def read_run(directory: str | Path) -> Run:
         summary = json.loads((directory / "summary.json").read_text())
     except FileNotFoundError:
         raise ValueError(f"run: {directory} holds no finished run (summary.json is missing)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ValueError(f"run: {directory / 'summary.json'} is not readable JSON ({type(error).__name__})") from None
+    check_summary(directory / "summary.json", summary)
     records = read_records(directory / "metrics.jsonl")
     if not records.evaluations:
         raise ValueError(f"run: {directory} has no evaluations in metrics.jsonl")
     return Run(directory, summary, records.evaluations, records.step_bytes, records.sync_diagnostics)
+
+
+def check_summary(path: Path, summary: Any) -> None:
+    """Raise a one-line ValueError naming ``path`` unless ``summary`` holds the fields a run writes,
+    with values of their kinds (an edited or damaged ``summary.json``)."""
+    if not isinstance(summary, dict):
+        raise ValueError(f"run: {path} does not hold a JSON object")
+    missing = [name for name in REQUIRED_FIELDS if name not in summary]
+    if missing:
+        raise ValueError(f"run: {path} lacks {', '.join(missing)}")
+    for name, kind in FIELD_KINDS.items():
+        if name in summary and not KIND_CHECKS[kind](summary[name]):
+            raise ValueError(f"run: {path}: {name} must be {kind}, got {summary[name]!r}")
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+KIND_CHECKS = {
+    "text": lambda value: isinstance(value, str),
+    "a number": is_number,
+    "a finite number >= 0": lambda value: is_number(value) and math.isfinite(value) and value >= 0,
+    "a whole number >= 0": lambda value: is_number(value) and isinstance(value, int) and value >= 0,
+    "a whole number >= 1": lambda value: is_number(value) and isinstance(value, int) and value >= 1,
+}

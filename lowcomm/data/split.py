@@ -13,3 +13,8 @@ def held_out_mask(count: int) -> np.ndarray:
     the ``i``-th draw of a fixed-seed generator falls below ``HELD_OUT_FRACTION``. Item ``i``'s fate
     depends only on ``i``, never on the training seed or the number of workers."""
     return np.random.default_rng(SPLIT_SEED).random(count) < HELD_OUT_FRACTION
+
+
+def first_held_out() -> int:
+    """The index of the first held-out item: a source of fewer items holds none out."""
+    return int(np.argmax(held_out_mask(1024)))

@@ -193,10 +193,12 @@ def checkpoint_directories(root: Path) -> list[Path]:
 
 
 def discard_staging(root: Path) -> None:
-    """Delete the staging directories of writes that never finished."""
+    """Delete the staging directories of writes that never finished; a file or symlink of that name is
+    not lowcomm's, and stays (a symlink is never followed)."""
     if root.is_dir():
         for path in root.glob(STAGING_PREFIX + "*"):
-            shutil.rmtree(path)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
 
 
 def problem_with(directory: Path) -> str | None:

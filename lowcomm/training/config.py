@@ -23,7 +23,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from lowcomm.algorithms import ALGORITHMS
 from lowcomm.communication.network_model import parse_rate
-from lowcomm.data.spec import parse_data_spec
+from lowcomm.data.spec import check_text_corpus, parse_data_spec
 from lowcomm.data.tokenizer import check_tokenizer_source, load_tokenizer
 from lowcomm.models import GPT_NEO_SHAPES, MODEL_NAMES, build_model, model_spec
 from lowcomm.models.hf_local import absolute_hf_name, is_hf_name
@@ -51,6 +51,8 @@ def reject_non_finite(value: Any) -> Any:
 Int = Annotated[int, BeforeValidator(reject_bool)]
 Float = Annotated[float, BeforeValidator(reject_non_finite)]
 
+MIN_VOCABULARY = 257
+"""The fewest tokens lowcomm's byte-level BPE has: the 256 bytes and end-of-text."""
 IMAGE_SOURCES = frozenset({"synthetic-images", "image-folder"})
 
 ALGORITHM_PARAMETERS = tuple(dict.fromkeys(
@@ -257,7 +259,8 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def consistent(self) -> TrainConfig:
         spec = model_spec(self.model)
-        data_task = "image" if parse_data_spec(self.data).kind in IMAGE_SOURCES else "lm"
+        source = parse_data_spec(self.data)
+        data_task = "image" if source.kind in IMAGE_SOURCES else "lm"
         if data_task != spec.task:
             raise ValueError(f"data: {self.data} holds {data_task} data; {self.model} needs {spec.task} data")
         if self.model_impl == "hf" and self.model not in GPT_NEO_SHAPES:
@@ -267,6 +270,10 @@ class TrainConfig(BaseModel):
         max_positions = spec.max_positions
         if max_positions is not None and self.seq_len > max_positions:
             raise ValueError(f"seq_len: {self.seq_len} exceeds {self.model}'s {max_positions} positions")
+        if source.kind == "text-files":
+            check_text_corpus(self.data, source.paths, self.seq_len, self.workers, self.tokenizer is None)
+        if spec.task == "lm" and self.tokenizer is None:
+            self.check_logits_memory()
         if self.fault_tolerance == "live":
             self.check_live()
         elif given := [name for name, unset in (("min_groups", 1), ("lighthouse", None), ("live_group", None))
@@ -316,6 +323,24 @@ class TrainConfig(BaseModel):
         if self.inner == "fsdp":
             raise ValueError("optimizer: muon orthogonalises whole matrices, not FSDP shards; use --inner ddp")
         self.muon_lr = self.muon_lr or MUON_LR
+
+    def check_logits_memory(self) -> None:
+        """Refuse a micro-batch that obviously cannot fit: its logits alone (float32, at least
+        MIN_VOCABULARY per token with lowcomm's byte-level BPE), for every worker sharing this
+        machine's memory (a GPU's, with cuda: one worker each, or all of them simulated)."""
+        per_worker = self.batch_size * self.seq_len * MIN_VOCABULARY * 4
+        if self.device == "cuda":
+            sharing = self.workers if self.backend == "sim" else 1
+            memory, where = torch.cuda.get_device_properties(0).total_memory, "its GPU's"
+        else:
+            sharing = int(os.environ.get("LOCAL_WORLD_SIZE", self.workers)) if under_torchrun() else self.workers
+            memory, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's"
+        if per_worker * sharing > memory:
+            raise ValueError(
+                f"batch_size: {self.batch_size} sequences of {self.seq_len} tokens need {per_worker / 1e9:.3g} GB per "
+                f"worker for their logits alone, {per_worker * sharing / 1e9:.3g} GB for the {sharing} worker(s) "
+                f"sharing {where} {memory / 1e9:.3g} GB of memory; use a smaller --batch-size (and --grad-accum "
+                "to keep the tokens per step)")
 
     def check_live(self) -> None:
         """Live fault tolerance: torchft installed, worker groups (of one process by default), an

@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from lowcomm.atomic import commit, fsync_path
 from lowcomm.data.tokenizer import TextTokenizer, tokenizer_file
 from lowcomm.models import build_model, model_spec
 from lowcomm.models.hf_export import to_hf_model
-from lowcomm.training.checkpoint import GLOBAL_MODEL, newest_complete_checkpoint
+from lowcomm.training.checkpoint import GLOBAL_MODEL, first_line, newest_complete_checkpoint
 from lowcomm.cli import usage_error
 from lowcomm.training.outputs import TOKENIZER_FILE
 from lowcomm.training.rundir import CONFIG_FILE, read_run_config
@@ -63,11 +64,11 @@ def run(args: argparse.Namespace) -> int:
         source = export_source(args.run_dir)
         check_destination(args.to)
         import transformers  # noqa: F401  (only to fail early when it is missing)
+        model, hf_model = convert(source)
     except ImportError:
         return usage_error("export", "needs transformers: pip install 'lowcomm[hf]'")
     except ValueError as error:
         return usage_error("export", str(error))
-    model, hf_model = convert(source)
     difference, largest = logits_difference(model, hf_model)
     if difference > LOGITS_TOLERANCE * max(1.0, largest):
         print(f"lowcomm export: error: the converted model's logits differ from lowcomm's by {difference:.3g} "
@@ -114,12 +115,31 @@ def check_destination(to: Path) -> None:
 
 
 def convert(source: ExportSource) -> tuple[torch.nn.Module, Any]:
-    """lowcomm's model with the checkpoint's global weights, and its HF twin."""
-    state = load_file(source.checkpoint / GLOBAL_MODEL)
+    """lowcomm's model with the checkpoint's global weights, and its HF twin; a one-line ValueError
+    if the weights file is not safetensors or holds other tensors than the model's."""
+    path = source.checkpoint / GLOBAL_MODEL
     model = build_model(source.model, vocab_size=source.tokenizer.vocab_size, implementation=source.implementation)
+    try:
+        state = load_file(path)
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"RUN_DIR: {path} is not a safetensors file ({first_line(error)})") from None
+    problem = weights_problem(state, model.state_dict())
+    if problem is not None:
+        raise ValueError(f"RUN_DIR: {path} does not hold {source.model}'s weights: {problem}")
     model.load_state_dict(state)
     model.eval()
     return model, to_hf_model(source.model, model, source.tokenizer.end_of_text_id)
+
+
+def weights_problem(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str | None:
+    """The first way ``state`` differs from the model's ``expected`` tensors by name or shape; None if it does not."""
+    for name, tensor in expected.items():
+        if name not in state:
+            return f"{name} is missing"
+        if state[name].shape != tensor.shape:
+            return f"{name} has shape {list(state[name].shape)}, the model's is {list(tensor.shape)}"
+    extra = sorted(set(state) - set(expected))
+    return f"{extra[0]} is not one of the model's tensors" if extra else None
 
 
 @torch.no_grad()

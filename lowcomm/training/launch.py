@@ -48,6 +48,10 @@ Restarting a failed group, torch's agent always waits 30 s, so a stopped (hung) 
 ``--hang-timeout`` plus 30 s before the group resumes."""
 
 
+class Refused(Exception):
+    """The simulated workers refused the run before training (a damaged checkpoint, say): one line."""
+
+
 def train(config: TrainConfig) -> None:
     """Train ``config`` on all its workers; raise if the group fails more than ``max_restarts`` times."""
     if under_torchrun():
@@ -133,7 +137,11 @@ def train_simulated(config: TrainConfig) -> None:
 
     def worker(communicator: SimulatedCommunicator) -> None:
         loss = ReplicaBatcher(communicator).loss if batched else cross_entropy
-        Trainer(config, device, communicator, communicator_peers(communicator), loss).train()
+        try:
+            trainer = Trainer(config, device, communicator, communicator_peers(communicator), loss)
+        except ValueError as error:  # as a worker process's refusal (lowcomm.training.worker)
+            raise Refused(str(error)) from None
+        trainer.train()
 
     run_simulated(config.workers, worker, timeout_s=config.hang_timeout)
 

@@ -52,7 +52,7 @@ class MetricsLog:
     def __init__(self, out: Path, offset: int, step: int) -> None:
         path = out / "metrics.jsonl"
         path.touch()
-        os.truncate(path, min(offset, path.stat().st_size))
+        os.truncate(path, whole_lines(path, min(offset, path.stat().st_size)))
         self.file = path.open("a", encoding="utf-8")
         from torch.utils.tensorboard import SummaryWriter  # on rank 0 only: a fifth of a second to import
 
@@ -75,6 +75,21 @@ class MetricsLog:
     def close(self) -> None:
         self.file.close()
         self.tensorboard.close()
+
+
+def whole_lines(path: Path, length: int) -> int:
+    """The length of the first ``length`` bytes of ``path`` cut back to the end of their last whole
+    line: a record torn by a crash (or a file cut short) is dropped, not continued."""
+    with path.open("rb") as file:
+        end = length
+        while end > 0:
+            start = max(0, end - (1 << 16))
+            file.seek(start)
+            newline = file.read(end - start).rfind(b"\n")
+            if newline >= 0:
+                return start + newline + 1
+            end = start
+    return 0
 
 
 class ProgressBar:

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    from lowcomm.training.launch import train
+    from lowcomm.training.launch import Refused, train
     from lowcomm.training.live import LiveFailure
     from lowcomm.training.outputs import LOSS_PLOT, SAMPLES_FILE
 
@@ -104,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         message = f"worker {rank} failed (exit code {failure.exitcode}); see its log above"
         print(f"lowcomm train: error: {message}", file=sys.stderr)
         return 1
+    except Refused as error:
+        return usage_error("train", str(error))
     except LiveFailure as error:
         print(f"lowcomm train: error: {error}", file=sys.stderr)
         return 1

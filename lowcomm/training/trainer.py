@@ -383,14 +383,17 @@ class Trainer:
                 set_rng_state(state["rng"])
             else:
                 state = self.load_grouped(found)
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.progress = Progress(**state["progress"])
+            restored.metrics_offset = int(state["metrics_offset"])
         except (OSError, RuntimeError, pickle.UnpicklingError) as error:
             raise ValueError(f"resume: {found.name} on {self.storage.name}: {first_line(error)}") from None
-        self.scheduler.load_state_dict(state["scheduler"])
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"resume: {found.name} on {self.storage.name} holds a damaged rank file "
+                             f"({first_line(error)}); move that checkpoint away to resume from an older one") from None
         if state.get("lr_schedule_steps", self.config.steps) != self.config.steps:
             restored.planned_steps = state["lr_schedule_steps"]
             self.replan_schedule()
-        self.progress = Progress(**state["progress"])
-        restored.metrics_offset = state["metrics_offset"]
         return restored
 
     def load_grouped(self, directory: Path) -> dict[str, Any]:

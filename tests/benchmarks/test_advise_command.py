@@ -7,6 +7,7 @@ backward pass per step can hide the early buckets' 0.4 MB payload.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,34 @@ def test_a_target_bench_adds_the_measured_steps_to_ddps_loss(tmp_path: Path, cap
         "  localsgd: 6 steps (1.50x DDP's), 8.8 s projected: 0.82x DDP",
         "  palsgd: not within its 8 steps",
     ]
+
+
+SUMMARY_EDITS = {
+    "no JSON": ("{", "summary.json is not readable JSON (JSONDecodeError)"),
+    "not an object": ("[]", "summary.json does not hold a JSON object"),
+    "missing keys": ('{"algo": "ddp"}', "summary.json lacks workers, steps, final_eval_loss, wall_time_s"),
+    "no parameter count": (lambda s: s.pop("parameters"), "summary.json lacks parameters"),
+    "steps as text": (lambda s: s.update(steps="4"), "summary.json: steps must be a whole number >= 1, got '4'"),
+    "zero steps": (lambda s: s.update(steps=0), "summary.json: steps must be a whole number >= 1, got 0"),
+    "NaN wall time": (lambda s: s.update(wall_time_s=float("nan")),
+                      "summary.json: wall_time_s must be a finite number >= 0, got nan"),
+    "algorithm as a number": (lambda s: s.update(algo=1), "summary.json: algo must be text, got 1"),
+}
+
+
+@pytest.mark.parametrize("case", SUMMARY_EDITS)
+def test_an_edited_summary_is_one_line_and_exit_code_2(case: str, ddp_run: Path, run_cli) -> None:
+    edit, message = SUMMARY_EDITS[case]
+    path = ddp_run / "summary.json"
+    if isinstance(edit, str):
+        path.write_text(edit)
+    else:
+        summary = json.loads(path.read_text())
+        edit(summary)
+        path.write_text(json.dumps(summary))
+    code, out, err = run_cli(["advise", str(ddp_run), "--bandwidth", "100mbit"])
+    assert (code, out) == (2, "")
+    assert err.startswith("lowcomm advise: error: run: ") and err.count("\n") == 1 and message in err
 
 
 @pytest.mark.parametrize("make, arguments, message", [

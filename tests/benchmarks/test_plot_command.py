@@ -30,6 +30,9 @@ def test_two_runs_and_a_benchmark_in_one_picture(tmp_path: Path, capsys: pytest.
     (lambda root: root / "missing", "x.png", "is not a directory"),
     (lambda root: root, "x.png", "holds neither a run"),
     (lambda root: recorded.write_run(root / "early", {}, [{"step": 0, "event": "start"}]), "x.png", "no evaluations"),
+    (lambda root: recorded.write_run(root / "diverged", {}, [recorded.evaluation(2, float("nan"), 1.0, 0, 0.0),
+                                                              recorded.evaluation(4, float("inf"), 2.0, 0, 0.0)]),
+     "x.png", "every eval loss of {root}/diverged is NaN or infinite (it diverged); nothing to plot, leave it out"),
     (lambda root: recorded.ddp(root), "x.txt", "no image suffix"),
     (lambda root: recorded.ddp(root), "missing/x.png", "is not a directory"),
 ])
@@ -37,5 +40,6 @@ def test_bad_input_is_one_line_and_exit_code_2(make, out, message, tmp_path: Pat
     run_dir = make(tmp_path)
     assert main(["plot", str(run_dir), "--out", str(tmp_path / out)]) == 2
     error = capsys.readouterr().err
-    assert error.startswith("lowcomm plot: error: ") and message in error and error.count("\n") == 1
+    assert error.startswith("lowcomm plot: error: ") and message.format(root=tmp_path) in error
+    assert error.count("\n") == 1 and not (tmp_path / out).exists()
     assert not (tmp_path / out).exists()

@@ -14,6 +14,7 @@ from lowcomm.communication.network_model import NetworkModel
 from lowcomm.benchmarks.projection import project, project_all
 from lowcomm.benchmarks.results import Target, results_rows
 from lowcomm.benchmarks.runs import Evaluation, read_run
+from lowcomm.cli import main
 from tests.benchmarks import recorded
 from tests.benchmarks.recorded import MB
 
@@ -100,3 +101,24 @@ def test_with_worker_groups_the_slow_links_are_the_groups(tmp_path: Path) -> Non
     assert project(diloco, ONE_MB_PER_S, 4, 2.1).time_to_target_s == pytest.approx(2.9 - 0.2 + 2 * 3.0)
     rows = results_rows([ddp, diloco], [Target("given", 2.1, "--target-loss")], "tokens")
     assert rows[1]["comm_bytes_between_groups"] == 8 * MB
+
+
+PROJECT_REFUSALS = {
+    "out a file": (["--out", "{file}"], "--out: {file} exists and is not a directory"),
+    "NaN target": (["--target-loss", "nan"], "--target-loss: must be a finite number above 0 (no loss is below 0), got nan"),
+    "infinite target": (["--target-loss", "inf"], "--target-loss: must be a finite number above 0"),
+    "negative target": (["--target-loss", "-1"], "--target-loss: must be a finite number above 0"),
+}
+
+
+@pytest.mark.parametrize("case", PROJECT_REFUSALS)
+def test_project_refuses_bad_input_with_one_line_and_exit_code_2(case: str, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    arguments, message = PROJECT_REFUSALS[case]
+    run, file = recorded.ddp(tmp_path), tmp_path / "taken.csv"
+    file.write_text("mine\n")
+    assert main(["project", str(run), *(a.format(file=file) for a in arguments)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err.startswith(f"lowcomm project: error: {message.format(file=file)}")
+    assert file.read_text() == "mine\n" and not (run / "projection").exists()

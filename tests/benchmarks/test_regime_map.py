@@ -147,6 +147,7 @@ def test_tokens_per_step_count_every_rank_of_every_group(tmp_path: Path) -> None
     ("good", ["--bandwidth", "8mbit,1mbps"], "--bandwidth: a rate is named twice"),
     ("good", [*ARGS, "--target", "0"], "--target: must be a fraction in (0, 1], got 0.0"),
     ("good", [*ARGS, "--target", "1.5"], "--target: must be a fraction in (0, 1], got 1.5"),
+    ("out_file", ARGS, "--out: {out} exists and is not a directory"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2_before_anything_is_written(
         case: str, arguments: list[str], message: str, benches: list[Path], tmp_path: Path, run_cli) -> None:
@@ -157,12 +158,16 @@ def test_bad_input_is_one_line_and_exit_code_2_before_anything_is_written(
         "twice": [benches[0], bench(tmp_path / "again", "steps", 2, {})],
         "time": [target_bench(tmp_path / "time", "time")],
         "good": benches[:1],
+        "out_file": benches[:1],
     }[case]
     if case == "no_ddp":
         for path in (directories[0] / "runs" / "ddp").iterdir():
             path.unlink()
     out = tmp_path / "map"
+    if case == "out_file":
+        out.write_text("mine")
     code, stdout, err = run_cli(["regime-map", *map(str, directories), *arguments, "--out", str(out)])
-    assert code == 2 and not out.exists() and stdout == ""
+    assert code == 2 and stdout == ""
+    assert out.read_text() == "mine" if case == "out_file" else not out.exists()
     assert err.startswith("lowcomm regime-map: error:") and len(err.strip().splitlines()) == 1
-    assert message.format(absent=tmp_path / "absent") in err
+    assert message.format(absent=tmp_path / "absent", out=out) in err

@@ -28,6 +28,9 @@ FLAG_CASES = {
     "absurd steps": (["--steps", "1e99"], "--steps: Input should be a valid integer"),
     "zero batch": (["--batch-size", "0"], "--batch-size: Input should be greater than or equal to 1"),
     "absurd batch": (["--batch-size", "99999999"], "--batch-size: Input should be less than or equal to 65536"),
+    "batch beyond memory": (["--batch-size", "65536", "--seq-len", "128", "--workers", "1024", "--backend", "sim"],
+                            "--batch-size: 65536 sequences of 128 tokens need 8.62 GB per worker for their logits "
+                            "alone, 8.83e+03 GB for the 1024 worker(s) sharing this machine's"),
     "zero accumulation": (["--grad-accum", "0"], "--grad-accum: Input should be greater than or equal to 1"),
     "zero sequence": (["--seq-len", "0"], "--seq-len: Input should be greater than or equal to 1"),
     "sequence beyond positions": (["--seq-len", "129"], "--seq-len: 129 exceeds gpt-tiny's 128 positions"),
@@ -152,6 +155,17 @@ DATA_CASES = {
     "glob matching nothing": ("*.jsonl", None, "no file matches"),
     "invalid JSON line": ("corpus.jsonl", b'{"text": "a"}\n{"text": \n', "corpus.jsonl:2 is not valid JSON"),
     "JSON line without text": ("corpus.jsonl", b'{"body": "a"}\n', "corpus.jsonl:1 has no string 'text' field"),
+    "invalid UTF-8 past 64 KiB": ("late.txt", b"word\n" * 20000 + b"\xff\n",
+                                  "late.txt is not UTF-8 text (binary file?): invalid UTF-8 at byte 100000"),
+    "NUL byte past 64 KiB": ("late.txt", b"word\n" * 20000 + b"\0\n",
+                             "late.txt is not UTF-8 text (binary file?): a NUL byte at byte 100000"),
+    "invalid JSON line past 64 KiB": ("corpus.jsonl", b'{"text": "a"}\n' * 5000 + b'{"text": \n',
+                                      "corpus.jsonl:5001 is not valid JSON"),
+    "one-line corpus": ("one.txt", b"Once upon a time there was a fox.\n",
+                        "one.txt holds 1 document; the held-out split needs at least 20 (about 4% are held out, "
+                        "the first being document 20); use more data"),
+    "too few tokens": ("short.txt", b"a\n" * 30, "short.txt holds at most 90 tokens; --seq-len 64 with 2 workers "
+                       "needs at least 194 (a window of 65 tokens for each worker and one held out)"),
 }
 
 YAML_CASES = {

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
+from lowcomm.cli import main
 from lowcomm.communication.simulated import run_simulated
 from lowcomm.training.checkpoint import (
     agreed_checkpoint,
@@ -252,3 +253,58 @@ def test_a_node_running_other_ranks_than_it_saved_is_refused(tmp_path):
                r"without a shared --out every node must keep its ranks")
     with pytest.raises(ValueError, match=refusal):
         on_two_nodes(tmp_path, swap)
+
+
+SIM_RUN = ["--backend", "sim", "--workers", "1", "--algo", "ddp", "--checkpoint-every", "2", "--eval-every", "2",
+           "--batch-size", "2", "--seq-len", "16", "--eval-batches", "1", "--lr-warmup", "1", "--vocab-size", "300"]
+
+
+@pytest.fixture(scope="module")
+def four_steps(tmp_path_factory):
+    """A finished 4-step run, checkpointed at steps 2 and 4 (trained without this module's process group)."""
+    root = tmp_path_factory.mktemp("four_steps")
+    assert main(["train", *SIM_RUN, "--steps", "4", "--cache-dir", str(root / "cache"), "--out", str(root / "run")]) == 0
+    return root
+
+
+def damage(out, case):
+    checkpoints = out / "checkpoints"
+    if case == "torn metrics line":  # cut short inside a record before the checkpoint's offset
+        metrics = out / "metrics.jsonl"
+        metrics.write_bytes(metrics.read_bytes()[:-20])
+    elif case == "rank file of {}":
+        rank = checkpoints / "step_00000004" / "rank_00000.pt"
+        torch.save({}, rank)
+        listed = json.loads((rank.parent / "manifest.json").read_text())
+        listed["files"][rank.name] = {"bytes": rank.stat().st_size, "sha256": hashlib.sha256(rank.read_bytes()).hexdigest()}
+        (rank.parent / "manifest.json").write_text(json.dumps(listed))
+    else:  # staging names that are not lowcomm's directories
+        (checkpoints / ".staging_file").write_text("mine")
+        (checkpoints / ".staging_link").symlink_to(out / "checkpoints" / "step_00000002")
+
+
+RESUME_CASES = {
+    "torn metrics line": (0, None),
+    "rank file of {}": (2, "lowcomm train: error: resume: step_00000004 on node 0 holds a damaged rank file "
+                           "(KeyError: 'strategy'); move that checkpoint away to resume from an older one\n"),
+    "staging file and symlink": (0, None),
+}
+
+
+@pytest.mark.parametrize("case", RESUME_CASES)
+def test_a_damaged_run_resumes_or_is_refused_with_one_line(case, four_steps, tmp_path, run_cli):
+    out = tmp_path / "run"
+    shutil.copytree(four_steps / "run", out, symlinks=True)
+    damage(out, case)
+    code, _, err = run_cli(["train", *SIM_RUN, "--steps", "6", "--cache-dir", str(four_steps / "cache"),
+                            "--out", str(out), "--resume"])
+    expected_code, message = RESUME_CASES[case]
+    assert code == expected_code and (message is None or err.endswith(message)), err
+    assert "Traceback" not in err
+    if code == 0:
+        steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert max(steps) == 6
+    if case == "staging file and symlink":
+        assert (out / "checkpoints" / ".staging_file").read_text() == "mine"
+        assert (out / "checkpoints" / ".staging_link").is_symlink()
+        assert (out / "checkpoints" / "step_00000002" / "manifest.json").is_file()

@@ -3,6 +3,7 @@ loaded by ``transformers`` alone in a fresh interpreter with the hub switched of
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save
 
 from lowcomm.data.tokenizer import tokenizer_file
 from lowcomm.models import build_model
@@ -150,3 +151,37 @@ def test_a_conversion_that_changes_the_logits_writes_nothing(root: Path, tmp_pat
     assert main(["export", str(root / "gpt-tiny"), "--to", str(tmp_path / "hf")]) == 1
     assert "the converted model's logits differ from lowcomm's" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == []
+
+
+WEIGHTS_CASES = {
+    "random bytes": (lambda: os.urandom(4096), "model.safetensors is not a safetensors file (SafetensorError: "),
+    "other shapes": (lambda: save({"wte.weight": torch.zeros(3, 2)}),
+                     "model.safetensors does not hold gpt-tiny's weights: "),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("tiny") / "run"
+    assert main(["train", "--model", "gpt-tiny", *RUN, "--cache-dir", str(run_dir.parent / "cache"),
+                 "--out", str(run_dir)]) == 0
+    return run_dir
+
+
+@pytest.mark.parametrize("case", WEIGHTS_CASES)
+def test_weights_that_are_not_the_models_are_refused_with_one_line(case: str, tiny_run: Path, tmp_path: Path,
+                                                                   run_cli) -> None:
+    """``model.safetensors`` replaced, and its manifest entry with it (so the checkpoint verifies)."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    make, message = WEIGHTS_CASES[case]
+    checkpoint = run_dir / "checkpoints" / "step_00000002"
+    content = make()
+    (checkpoint / "model.safetensors").write_bytes(content)
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    manifest["files"]["model.safetensors"] = {"bytes": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+    code, out, err = run_cli(["export", str(run_dir), "--to", str(tmp_path / "hf")])
+    assert (code, out) == (2, "") and err.count("\n") == 1
+    assert err.startswith(f"lowcomm export: error: RUN_DIR: {checkpoint / message}")
+    assert not (tmp_path / "hf").exists()
