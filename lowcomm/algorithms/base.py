@@ -152,7 +152,6 @@ class Strategy:
         self.sync_gradients = True  # False inside no_sync()
         self.averaging_queued = False  # a gradient average waits for the end of this backward pass
         self.gradients_averaged = False  # this step's gradients were averaged over the workers
-        self.lr_scale: float | None = 1.0  # this step's inner learning-rate factor (None: no update)
         self.saved_lrs: list[float] = []
         self.events: list[dict[str, Any]] = []  # notable things that happened, for the caller to log
         self.sync_diagnostics: dict[str, float | None] = {}  # of the last outer step, for the caller to log
@@ -298,16 +297,16 @@ class Strategy:
             self.counting.end_step()
         if self.averages_gradients(self.step_count) and not self.gradients_averaged:
             self.average_gradients()  # the loss did not come through the model's forward pass
-        self.lr_scale = self.before_update()
-        if self.lr_scale is None:
+        lr_scale = self.before_update()
+        if lr_scale is None:
             self.optimizer.zero_grad(set_to_none=True)
             return
         if self.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
-        if self.lr_scale != 1.0:
+        if lr_scale != 1.0:
             self.saved_lrs = [group["lr"] for group in self.optimizer.param_groups]
             for group in self.optimizer.param_groups:
-                group["lr"] = group["lr"] * self.lr_scale
+                group["lr"] = group["lr"] * lr_scale
 
     def after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """Optimizer post-step hook: restore the learning rates, then the algorithm's part of the step."""
