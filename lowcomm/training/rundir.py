@@ -82,9 +82,12 @@ def check_run_directory(config: TrainConfig) -> bool:
 
 
 def check_resumable(config: TrainConfig) -> None:
-    """Raise a one-line ValueError if ``config.out`` holds no intact checkpoint to resume."""
-    found, skipped = newest_complete_checkpoint(checkpoints_of(config.out))
-    if found is None:
+    """Raise a one-line ValueError if ``config.out`` holds no intact checkpoint to resume (live mode:
+    in no group's directory; the groups without one are healed from those with one)."""
+    runs = sorted(config.out.glob("group_*")) if config.live else [config.out]
+    newest = [newest_complete_checkpoint(checkpoints_of(run)) for run in runs]
+    if all(found is None for found, _ in newest):
+        skipped = [entry for _, entries in newest for entry in entries]
         why = f" ({skipped[0][0].name}: {skipped[0][1]})" if skipped else ""
         raise ValueError(f"--resume: {config.out} holds no intact checkpoint{why}; start afresh with --overwrite")
 

@@ -22,7 +22,16 @@ from typing import Any
 from lowcomm.algorithms import ALGORITHMS
 from lowcomm.cli import usage_error
 from lowcomm.launching.limited import real_limit, run_limited
-from lowcomm.training.config import ALGORITHM_PARAMETERS, TrainConfig, flag, load_config, preset_names, under_torchrun
+from lowcomm.training.config import (
+    ALGORITHM_PARAMETERS,
+    LAYOUT_FIELDS,
+    TrainConfig,
+    flag,
+    load_config,
+    preset_names,
+    read_yaml,
+    under_torchrun,
+)
 from lowcomm.training.rundir import CONFIG_FILE, prepare_run_directory
 
 
@@ -63,7 +72,8 @@ def reports() -> bool:
 def run(args: argparse.Namespace) -> int:
     overrides = {key: value for key, value in vars(args).items() if key not in ("command", "config", "preset")}
     try:
-        config = load_config(args.config or recorded_config(overrides), overrides, args.preset)
+        recorded = {} if args.config else recorded_config(overrides)
+        config = load_config(args.config, recorded | overrides, args.preset)
         # Under torchrun this process is one worker already: the limit is the job's network's.
         limited, warning = (False, None) if under_torchrun() else real_limit(
             config.network, config.bandwidth, config.backend
@@ -145,13 +155,19 @@ def interrupted(config: TrainConfig) -> int:
     return 130
 
 
-def recorded_config(overrides: dict[str, Any]) -> Path | None:
-    """With ``--resume`` (and no ``--config``): the run's own ``config.yaml``, whose options stand
-    where no flag is given."""
+def recorded_config(overrides: dict[str, Any]) -> dict[str, Any]:
+    """With ``--resume`` (and no ``--config``): the options of the run's own ``config.yaml``, which
+    stand where no flag is given; its layout (workers, groups, group size) only where no flag and no
+    torchrun gives one, so that a run resumes in another layout."""
     if not overrides.get("resume") or "out" not in overrides:
-        return None
+        return {}
     recorded = Path(overrides["out"]) / CONFIG_FILE
-    return recorded if recorded.is_file() else None
+    if not recorded.is_file():
+        return {}
+    values = read_yaml(recorded)
+    if under_torchrun() or LAYOUT_FIELDS & overrides.keys():
+        values = {name: value for name, value in values.items() if name not in LAYOUT_FIELDS}
+    return values
 
 
 def train_limited(config: TrainConfig) -> int:

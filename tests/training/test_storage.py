@@ -145,7 +145,7 @@ def test_worker_groups_on_nodes_without_a_shared_out(cache_dir, tmp_path):
     assert {"step": 16, "event": "resume", "checkpoint": "step_00000016"} in records(first, "event")
     assert (first / FINAL).read_bytes() == straight
 
-    agents = start_nodes(outs, cache_dir, "--inner", "ddp", "--resume", "--groups", "4", "--group-size", "1", nproc=2)
+    agents = start_nodes(outs, cache_dir, "--inner", "ddp", "--resume", "--groups", "4", nproc=2)
     errors = [agent.communicate(timeout=300)[1] for agent in agents]
     assert all(agent.returncode != 0 for agent in agents)
     for error in errors:
