@@ -156,5 +156,5 @@ class LowCommTrainer(Trainer):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no lowcomm state for this rank; resume from a checkpoint that "
                                     "LowCommTrainer saved with as many ranks")
-        self.strategy.load_state_dict(torch.load(path, map_location=self.strategy.params[0].device,
-                                                 weights_only=True))
+        device = self.strategy.params[0].device
+        self.strategy.load_state_dict(torch.load(path, weights_only=True, map_location=device))
