@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from lowcomm.algorithms import ALGORITHMS, Strategy
+from lowcomm.atomic import write_atomically
 from lowcomm.communication import worker_groups
 
 STATE_NAME = "lowcomm_rank{rank}.pt"
@@ -144,7 +146,8 @@ class LowCommTrainer(Trainer):
         super()._save_checkpoint(model, trial)
         checkpoint = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         os.makedirs(checkpoint, exist_ok=True)
-        torch.save(self.strategy.state_dict(), self.state_file(checkpoint))
+        state = self.strategy.state_dict()
+        write_atomically(Path(self.state_file(checkpoint)), lambda temporary: torch.save(state, temporary))
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         """The Trainer's optimizer and scheduler, then this rank's strategy state (its own inner
