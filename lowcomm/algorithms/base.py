@@ -67,6 +67,14 @@ class Strategy:
     """How its traffic between workers travels, for the network model: ring all-reduces among all
     workers, or exchanges within the pairs of :func:`~lowcomm.algorithms.noloco.gossip_groups`."""
 
+    SHARDED_STATE: ClassVar[tuple[str, ...]] = ()
+    """The entries of :meth:`state_dict` that hold per-parameter state keyed by the parameter's name,
+    each value this rank's shard of it (with worker groups: :attr:`shards`)."""
+
+    RANK_STATE: ClassVar[tuple[str, ...]] = ()
+    """The entries of :meth:`state_dict` that each rank holds for its shards as a whole (error-feedback
+    residuals): resumed in another group size, they start afresh."""
+
     @classmethod
     def options(cls) -> dict[str, Option]:
         """The keyword arguments of the constructor besides the model, the optimizer, ``mesh``,
@@ -434,6 +442,33 @@ class Strategy:
         self.comm.stats.load(state["comm_stats"])
         if self.inner_comm is not None and "inner_comm_stats" in state:
             self.inner_comm.stats.load(state["inner_comm_stats"])
+
+    def distributed_state_dict(self) -> dict[str, Any]:
+        """:meth:`state_dict` with a mesh, each shard in ``SHARDED_STATE`` described as a part of the
+        DTensor it is a shard of (see :meth:`GroupShards.described`), for DCP to reshard."""
+        return self.map_shards(self.state_dict(), lambda t, i: self.shards.described(t, i, self.mesh))
+
+    def load_distributed_state_dict(self, state: dict[str, Any]) -> None:
+        """Load a state shaped as :meth:`distributed_state_dict`'s (this rank's parts of its DTensors)."""
+        shapes = [shard.shape for shard in self.shards.local()]
+        self.load_state_dict(self.map_shards(state, lambda t, i: t.to_local().reshape(shapes[i])))
+
+    def map_shards(self, state: dict[str, Any],
+                   function: Callable[[torch.Tensor, int], torch.Tensor]) -> dict[str, Any]:
+        """``state`` with each shard of the entries in ``SHARDED_STATE`` replaced by ``function(shard,
+        index of its parameter)``; a shard is a tensor of at least one dimension under a parameter's name."""
+        index_of = {name: i for i, name in enumerate(self.param_names)}
+
+        def walk(node: Any, index: int | None) -> Any:
+            if isinstance(node, dict):
+                return {key: walk(value, index_of.get(key, index)) for key, value in node.items()}
+            if isinstance(node, list):
+                return [walk(value, index) for value in node]
+            if isinstance(node, torch.Tensor) and index is not None and node.dim() > 0:
+                return function(node, index)
+            return node
+
+        return {key: walk(value, None) if key in self.SHARDED_STATE else value for key, value in state.items()}
 
     def named(self, tensors: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         """``tensors``, one per trainable parameter in order (this rank's shards of z, say), keyed by

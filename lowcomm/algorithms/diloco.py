@@ -123,6 +123,8 @@ class DiLoCo(PeriodicStrategy):
         Option("merge_alpha", None, check_merge_alpha),
         *COMPRESSION,
     )
+    SHARDED_STATE = ("outer_params", "outer_optimizer", "previous_delta", "pending")
+    RANK_STATE = ("residuals",)
 
     def __init__(
         self,
@@ -294,24 +296,23 @@ class DiLoCo(PeriodicStrategy):
 
     def pending_state(self, pending: PendingSync) -> dict[str, Any]:
         """An outer step in flight: its pseudo-gradients by name, then the buffers and the finite flag."""
-        count = len(self.fragments[pending.fragment])
         names = [self.param_names[i] for i in self.fragments[pending.fragment]]
         return {"fragment": pending.fragment, "apply_at": pending.apply_at, "locally_finite": pending.locally_finite,
-                "pseudo_gradients": {n: t.clone() for n, t in zip(names, pending.payload[:count])},
-                "buffers_and_flag": [t.clone() for t in pending.payload[count:]]}
+                "pseudo_gradients": {name: t.clone() for name, t in zip(names, pending.payload)},
+                "buffers_and_flag": [t.clone() for t in pending.payload[len(names):]]}
+
+    def loaded_pending(self, state: dict[str, Any]) -> PendingSync:
+        """The outer step in flight that :meth:`pending_state` saved."""
+        names = [self.param_names[i] for i in self.fragments[state["fragment"]]]
+        payload = [state["pseudo_gradients"][name] for name in names] + list(state["buffers_and_flag"])
+        return PendingSync(state["fragment"], payload, state["apply_at"], state["locally_finite"])
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.load_named(self.outer_params, state["outer_params"])
         load_optimizer_state_by_name(self.outer_optimizer, self.named(self.outer_params), state["outer_optimizer"])
-        self.pending = [
-            PendingSync(p["fragment"], [p["pseudo_gradients"][self.param_names[i]] for i in self.fragments[p["fragment"]]]
-                        + list(p["buffers_and_flag"]), p["apply_at"], p["locally_finite"])
-            for p in state["pending"]
-        ]
-        # resumed in another group layout, the saved shards no longer fit: the next cosine is None
+        self.pending = [self.loaded_pending(p) for p in state["pending"]]
         index = {name: i for i, name in enumerate(self.param_names)}
-        self.previous_delta = {index[name]: d.clone() for name, d in state.get("previous_delta", {}).items()
-                               if d.shape == self.outer_params[index[name]].shape}
+        self.previous_delta = {index[name]: d.clone() for name, d in state["previous_delta"].items()}
         if self.compressed_mean is not None:
             self.compressed_mean.load_state_dict(state["residuals"])

@@ -44,6 +44,8 @@ class LocalSGD(PeriodicStrategy):
     """
 
     OPTIONS = COMPRESSION
+    SHARDED_STATE = ("synced",)
+    RANK_STATE = ("residuals",)
 
     def __init__(
         self,

@@ -60,6 +60,7 @@ class NoLoCo(PeriodicStrategy):
         Option("outer_lr", 0.7, check_positive),
         Option("outer_momentum", 0.5, check_fraction),
     )
+    SHARDED_STATE = ("outer_params", "momentum")
     min_workers = 2
     traffic = "gossip"
 

@@ -74,8 +74,11 @@ class TrainingState:
 
     def state_dict(self) -> dict[str, Any]:
         """This rank's whole state, as its checkpoint file holds it."""
+        return {"strategy": self.strategy.state_dict(), **self.besides_strategy()}
+
+    def besides_strategy(self) -> dict[str, Any]:
+        """:meth:`state_dict` but for the strategy's (which a sharded checkpoint keeps apart)."""
         return {
-            "strategy": self.strategy.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "lr_schedule_steps": self.planned_steps,
             "data": self.data.state_dict(),
@@ -100,7 +103,7 @@ class TrainingState:
         if same_layout:
             set_rng_state(state["rng"])
         vars(self.progress).update(state["progress"])
-        return int(state.get("lr_schedule_steps", self.planned_steps))
+        return int(state["lr_schedule_steps"])
 
     def reseed(self, index: int, count: int) -> None:
         """Seed the generators afresh from (seed, ``index`` of ``count``, step): a rank that cannot
@@ -133,14 +136,16 @@ class TrainingState:
 
     def save(self, checkpointer: Checkpointer, step: int, global_model: dict[str, torch.Tensor] | None,
              mesh: DeviceMesh | None = None) -> Path:
-        """Collective: checkpoint this state (with ``mesh``, the strategy's tensors into a DCP checkpoint)."""
-        state, sharded, manifest = self.state_dict(), None, {"format": FORMAT}
-        if mesh is not None:
-            from lowcomm.training.sharded_state import Position, split  # DCP: worker groups only
+        """Collective: checkpoint this state; with ``mesh`` (worker groups), the strategy's tensors go
+        into a DCP checkpoint, its shards described as the DTensors they are parts of."""
+        if mesh is None:
+            return checkpointer.save(step, self.state_dict(), global_model, manifest={"format": FORMAT})
+        from lowcomm.training.sharded_state import Position, split  # DCP: worker groups only
 
-            state["strategy"], sharded = split(state["strategy"], Position.of(mesh))
-            manifest["layout"] = {"groups": mesh.size(0), "group_size": mesh.size(1)}
-        return checkpointer.save(step, state, global_model, sharded, manifest)
+        skeleton, sharded = split(self.strategy.distributed_state_dict(), Position.of(mesh))
+        layout = {"groups": mesh.size(0), "group_size": mesh.size(1), "inner": self.strategy.inner or "ddp"}
+        return checkpointer.save(step, {"strategy": skeleton, **self.besides_strategy()}, global_model, sharded,
+                                 {"format": FORMAT, "layout": layout})
 
     def restore(self, directory: Path, rank: int, world_size: int, device: torch.device,
                 mesh: DeviceMesh | None = None, storage: Storage | None = None) -> int:
@@ -157,35 +162,38 @@ class TrainingState:
 
     def restore_grouped(self, directory: Path, rank: int, world_size: int, device: torch.device, mesh: DeviceMesh,
                         storage: Storage) -> int:
-        """:meth:`restore` from a sharded checkpoint: DCP reshards the strategy's tensors."""
+        """:meth:`restore` from a sharded checkpoint, whose DTensors DCP reshards for this layout."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        from lowcomm.training.sharded_state import Position, initialise_state, load_sharded
+        from lowcomm.training.sharded_state import Position, load_sharded
 
         saved = read_manifest(directory).get("layout")
         if saved is None:
             raise ValueError(f"resume: {directory} was written without worker groups")
         position = Position.of(mesh)
-        source = position.source(saved["groups"], saved["group_size"])
-        same_layout = (saved["groups"], saved["group_size"]) == (position.groups, position.group_size)
-        if not (same_layout or storage.shared):
+        here = (position.groups, position.group_size)
+        inner = self.strategy.inner or "ddp"
+        if saved["inner"] != inner:
+            raise ValueError(f"resume: {directory.name} was saved with --inner {saved['inner']}, this run has {inner}")
+        if not (here == (saved["groups"], saved["group_size"]) or storage.shared):
             raise ValueError(
                 f"resume: {directory.name} was saved as {saved['groups']} x {saved['group_size']} on nodes without a "
                 f"shared --out, and resumes only in that layout: resharding to {position.groups} x "
                 f"{position.group_size} would read other nodes' checkpoint files")
+        source = position.source(saved["groups"], saved["group_size"])
         own = load_rank_file(directory, source.group * source.group_size + source.inner, device)
+        skeleton = own["strategy"]
+        if saved["group_size"] != position.group_size:  # each rank's own state starts afresh
+            fresh = self.strategy.state_dict()
+            skeleton = {**skeleton, **{key: fresh[key] for key in self.strategy.RANK_STATE if key in fresh}}
         strategy = self.strategy
-        for value in vars(strategy).values():
-            if isinstance(value, torch.optim.Optimizer):
-                initialise_state(value)
-        strategy_state = load_sharded(directory / SHARDED_DIRECTORY, own["strategy"], strategy.state_dict(), position,
-                                      source, mesh, device, storage.group)
-        strategy.load_state_dict(strategy_state)
+        strategy.load_distributed_state_dict(
+            load_sharded(directory / SHARDED_DIRECTORY, skeleton, source, mesh, device, storage.group))
         if position.group >= saved["groups"]:  # a new group starts from the global model
             global_model = load_file(directory / GLOBAL_MODEL, device=str(device))
             set_model_state_dict(strategy.local_model, global_model, options=StateDictOptions(full_state_dict=True))
             strategy.optimizer.state.clear()
-        if same_layout:
+        if here == (saved["groups"], saved["group_size"]):
             return self.load_besides_strategy(own, same_layout=True)
         planned = self.load_besides_strategy(load_rank_file(directory, 0, device), same_layout=False)
         self.reseed(rank, world_size)

@@ -278,6 +278,11 @@ def damage(out, case):
         listed = json.loads((rank.parent / "manifest.json").read_text())
         listed["files"][rank.name] = {"bytes": rank.stat().st_size, "sha256": hashlib.sha256(rank.read_bytes()).hexdigest()}
         (rank.parent / "manifest.json").write_text(json.dumps(listed))
+    elif case == "format 1":  # written before the state was keyed by parameter name
+        manifest = checkpoints / "step_00000004" / "manifest.json"
+        listed = json.loads(manifest.read_text())
+        del listed["format"]
+        manifest.write_text(json.dumps(listed))
     else:  # staging names that are not lowcomm's directories
         (checkpoints / ".staging_file").write_text("mine")
         (checkpoints / ".staging_link").symlink_to(out / "checkpoints" / "step_00000002")
@@ -288,6 +293,8 @@ RESUME_CASES = {
     "rank file of {}": (2, "lowcomm train: error: resume: step_00000004 on node 0 holds a damaged rank file "
                            "(KeyError: 'strategy'); move that checkpoint away to resume from an older one\n"),
     "staging file and symlink": (0, None),
+    "format 1": (2, "lowcomm train: error: resume: step_00000004 has checkpoint format 1, this lowcomm reads "
+                    "format 2; resume it with the lowcomm that wrote it, or start afresh\n"),
 }
 
 
