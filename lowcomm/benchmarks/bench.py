@@ -36,8 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from lowcomm.algorithms import ALGORITHMS
-from lowcomm.cli import usage_error
-from lowcomm.communication.network_model import NetworkModel, parse_rate
 from lowcomm.benchmarks.projection import project
 from lowcomm.benchmarks.report import markdown_table, protocol_table, targets_table, write_report
 from lowcomm.benchmarks.results import (
@@ -45,10 +43,12 @@ from lowcomm.benchmarks.results import (
     write_csv,
 )
 from lowcomm.benchmarks.runs import Run, read_run
+from lowcomm.cli import usage_error
+from lowcomm.cli import train as train_command
+from lowcomm.communication.network_model import NetworkModel, parse_rate
 from lowcomm.launching.limited import real_limit
 from lowcomm.ownership import MARKER, is_empty, mark, owner
-from lowcomm.plotting import SYNC_PLOT, plot_bench_curves, save_figure, sync_figure
-from lowcomm.training import train_command
+from lowcomm.reporting.plotting import SYNC_PLOT, plot_bench_curves, save_figure, sync_figure
 from lowcomm.training.config import TrainConfig, algorithm_flags, as_flags, load_config
 
 DEFAULT_ALGOS = ("ddp", "localsgd", "diloco", "palsgd", "noloco")

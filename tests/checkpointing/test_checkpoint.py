@@ -9,17 +9,17 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from lowcomm.cli import main
-from lowcomm.communication.simulated import run_simulated
-from lowcomm.training.checkpoint import (
+from lowcomm.checkpointing.checkpoint import (
     agreed_checkpoint,
     checkpoint_directories,
     load_worker_state,
     problem_with,
     save_checkpoint,
 )
-from lowcomm.training.peers import communicator_peers, process_group_peers
-from lowcomm.training.storage import Storage, shared_storage
+from lowcomm.checkpointing.storage import Storage, shared_storage
+from lowcomm.cli import main
+from lowcomm.communication.peers import communicator_peers, process_group_peers
+from lowcomm.communication.simulated import run_simulated
 
 STATE = {"strategy": {"step": 3, "weights": torch.arange(6.0)}, "rng": [torch.tensor([1, 2], dtype=torch.uint8)]}
 MODEL = {"weight": torch.ones(2, 3), "bias": torch.zeros(2)}

@@ -2,12 +2,12 @@
 
 Under torchrun every node has its own ``--out``, which may be one directory on storage that all
 nodes reach or a directory of the node's own. The nodes whose ``--out`` is the same directory form a
-storage domain (found by :func:`lowcomm.training.rundir.prepare_node_directories`); each domain's
+storage domain (found by :func:`lowcomm.launching.rundir.prepare_node_directories`); each domain's
 first rank (its leader) writes that directory's shared files. A node's ranks share its filesystem.
 
 With one domain (a shared filesystem, one node, or lowcomm's own launcher) everything is written as
 on one machine. With several, each domain holds its own ranks' checkpoint files, and global rank 0
-alone writes the run's reports (see :mod:`lowcomm.training.checkpoint`).
+alone writes the run's reports (see :mod:`lowcomm.checkpointing.checkpoint`).
 """
 
 from __future__ import annotations

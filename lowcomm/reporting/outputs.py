@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from lowcomm.atomic import write_atomically
 from lowcomm.data.tokenizer import TextTokenizer
 from lowcomm.models.generate import continue_tokens
-from lowcomm.training.records import read_records
+from lowcomm.reporting.records import read_records
 
 LOSS_PLOT = "loss.png"
 TOKENIZER_FILE = "tokenizer.json"
@@ -29,7 +29,7 @@ SAMPLING_TEMPERATURE = 0.8
 
 def write_loss_plot(out: Path, title: str) -> None:
     """``out/loss.png`` from ``out/metrics.jsonl`` as it stands."""
-    from lowcomm.plotting import loss_figure, save_figure  # matplotlib: on rank 0, at its first checkpoint
+    from lowcomm.reporting.plotting import loss_figure, save_figure  # matplotlib: on rank 0, at its first checkpoint
 
     save_figure(loss_figure(read_records(out / "metrics.jsonl"), title), out / LOSS_PLOT)
 

@@ -1,6 +1,6 @@
 import json
 
-from lowcomm.training.metrics import MetricsLog, write_json_atomically
+from lowcomm.reporting.metrics import MetricsLog, write_json_atomically
 
 
 def lines(out):

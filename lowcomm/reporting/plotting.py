@@ -22,7 +22,7 @@ from lowcomm.atomic import write_atomically
 
 if TYPE_CHECKING:
     from lowcomm.benchmarks.projection import Projection
-    from lowcomm.training.records import Evaluation, Records, SyncDiagnostics
+    from lowcomm.reporting.records import Evaluation, Records, SyncDiagnostics
 
 Curves = Sequence[tuple[str, Sequence["Evaluation"]]]
 """Labelled eval-loss curves: (label, evaluations) per run."""

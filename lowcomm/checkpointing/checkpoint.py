@@ -3,12 +3,12 @@
     OUT/checkpoints/step_00000128/
         rank_00000.pt ...   one per worker: strategy, LR scheduler, data position, RNG, progress
         sharded/            with worker groups: the strategies' tensors, one DCP checkpoint
-                            (see :mod:`lowcomm.training.sharded_state`); the rank files hold the rest
+                            (see :mod:`lowcomm.checkpointing.sharded_state`); the rank files hold the rest
         model.safetensors   the global model, for evaluation and export
         manifest.json       the step, the world size (and layout), the ranks whose files the directory
                             holds, and every file's size and SHA-256
 
-Nodes without a shared filesystem (several storage domains, :mod:`lowcomm.training.storage`) each
+Nodes without a shared filesystem (several storage domains, :mod:`lowcomm.checkpointing.storage`) each
 hold their own ranks' rank files and a DCP checkpoint of their ranks' tensors (``sharded/``, with its
 own ``.metadata``), and a manifest of those; rank 0's node also holds ``model.safetensors``, and its
 manifest lists every other node's files (``other_nodes``) by size and SHA-256 as they reported them.
@@ -38,13 +38,13 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from lowcomm.atomic import commit, fsync_path
-from lowcomm.training.peers import Peers, process_group_peers
-from lowcomm.training.storage import Storage, shared_storage
+from lowcomm.checkpointing.storage import Storage, shared_storage
+from lowcomm.communication.peers import Peers, process_group_peers
 
 MANIFEST = "manifest.json"
 GLOBAL_MODEL = "model.safetensors"
 SHARDED_DIRECTORY = "sharded"
-"""Where a run with worker groups keeps its DCP checkpoint (:mod:`lowcomm.training.sharded_state`)."""
+"""Where a run with worker groups keeps its DCP checkpoint (:mod:`lowcomm.checkpointing.sharded_state`)."""
 STAGING_PREFIX = ".staging_"
 CHECKPOINT_NAME = re.compile(r"step_(\d{8})")
 
@@ -171,7 +171,7 @@ def save_checkpoint(
     agree(start)
     written = agree(write)
     if sharded is not None:
-        from lowcomm.training.sharded_state import ShardedStateError, save_sharded  # DCP: worker groups only
+        from lowcomm.checkpointing.sharded_state import ShardedStateError, save_sharded  # DCP: worker groups only
 
         try:
             save_sharded(staging / SHARDED_DIRECTORY, sharded, storage.group)
@@ -222,7 +222,7 @@ def problem_with(directory: Path) -> str | None:
         if sha256(path) != digest:
             return f"{name} fails its SHA-256 check"
     if (directory / SHARDED_DIRECTORY).is_dir():
-        from lowcomm.training.sharded_state import metadata_problem  # DCP: worker groups only
+        from lowcomm.checkpointing.sharded_state import metadata_problem  # DCP: worker groups only
 
         return metadata_problem(directory / SHARDED_DIRECTORY)
     return None

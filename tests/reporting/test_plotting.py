@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lowcomm.plotting import comparison_figure, loss_figure, new_figure, plot_bench_curves, save_figure
-from lowcomm.training.records import read_records
+from lowcomm.reporting.plotting import comparison_figure, loss_figure, new_figure, plot_bench_curves, save_figure
+from lowcomm.reporting.records import read_records
 from tests.benchmarks import recorded
 from tests.benchmarks.recorded import MB
 

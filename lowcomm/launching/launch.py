@@ -35,10 +35,10 @@ from torch.distributed.elastic.rendezvous import (
 from torch.distributed.elastic.rendezvous.registry import handler_registry
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+from lowcomm.communication.peers import communicator_peers
 from lowcomm.communication.simulated import SimulatedCommunicator, run_simulated
+from lowcomm.launching.worker import run_worker
 from lowcomm.training.config import TrainConfig, under_torchrun
-from lowcomm.training.peers import communicator_peers
-from lowcomm.training.worker import run_worker
 
 LOOPBACK = "127.0.0.1"
 SHUTDOWN_GRACE_S = 5
@@ -61,7 +61,7 @@ def train(config: TrainConfig) -> None:
         train_simulated(config)
         return
     if config.live:
-        from lowcomm.training.live import train_live  # needs torchft, the optional extra
+        from lowcomm.launching.live import train_live  # needs torchft, the optional extra
 
         train_live(config)
         return
@@ -139,7 +139,7 @@ def train_simulated(config: TrainConfig) -> None:
         loss = ReplicaBatcher(communicator).loss if batched else cross_entropy
         try:
             trainer = Trainer(config, device, communicator, communicator_peers(communicator), loss)
-        except ValueError as error:  # as a worker process's refusal (lowcomm.training.worker)
+        except ValueError as error:  # as a worker process's refusal (lowcomm.launching.worker)
             raise Refused(str(error)) from None
         trainer.train()
 

@@ -1,7 +1,7 @@
 """``lowcomm export RUN_DIR --to DIR``: a run's global model as a Hugging Face model directory.
 
 The model is the newest complete checkpoint's ``model.safetensors`` (verified against its manifest,
-see :mod:`lowcomm.training.checkpoint`), converted by :mod:`lowcomm.models.hf_export` (an ``hf:DIR``
+see :mod:`lowcomm.checkpointing.checkpoint`), converted by :mod:`lowcomm.models.hf_export` (an ``hf:DIR``
 run's model is a ``transformers`` model already: it keeps DIR's config, which must still be there,
 with the run's end-of-text token as its BOS and EOS); the tokenizer
 is the run's ``tokenizer.json`` as a ``PreTrainedTokenizerFast``. ``DIR`` then holds
@@ -28,13 +28,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from lowcomm.atomic import commit, fsync_path
+from lowcomm.checkpointing.checkpoint import GLOBAL_MODEL, first_line, newest_complete_checkpoint
+from lowcomm.cli import usage_error
 from lowcomm.data.tokenizer import TextTokenizer, tokenizer_file
+from lowcomm.launching.rundir import CONFIG_FILE, read_run_config
 from lowcomm.models import build_model, model_spec
 from lowcomm.models.hf_export import to_hf_model
-from lowcomm.training.checkpoint import GLOBAL_MODEL, first_line, newest_complete_checkpoint
-from lowcomm.cli import usage_error
-from lowcomm.training.outputs import TOKENIZER_FILE
-from lowcomm.training.rundir import CONFIG_FILE, read_run_config
+from lowcomm.reporting.outputs import TOKENIZER_FILE
 
 PROBE_TOKENS = 64
 LOGITS_TOLERANCE = 1e-4

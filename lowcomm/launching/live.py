@@ -27,9 +27,9 @@ import torch.distributed as dist
 
 from lowcomm.communication.communicator import ProcessGroupCommunicator
 from lowcomm.communication.live import LiveCommunicator, LiveSettings, TooFewGroups, injected_fault
+from lowcomm.launching.launch import loopback_interface
+from lowcomm.launching.worker import join_process_group
 from lowcomm.training.config import TrainConfig
-from lowcomm.training.launch import loopback_interface
-from lowcomm.training.worker import join_process_group
 
 LOOPBACK = "127.0.0.1"
 HEARTBEAT_TIMEOUT_MS = 2000

@@ -22,6 +22,7 @@ from typing import Any
 from lowcomm.algorithms import ALGORITHMS
 from lowcomm.cli import usage_error
 from lowcomm.launching.limited import real_limit, run_limited
+from lowcomm.launching.rundir import CONFIG_FILE, prepare_run_directory
 from lowcomm.training.config import (
     ALGORITHM_PARAMETERS,
     LAYOUT_FIELDS,
@@ -32,7 +33,6 @@ from lowcomm.training.config import (
     read_yaml,
     under_torchrun,
 )
-from lowcomm.training.rundir import CONFIG_FILE, prepare_run_directory
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             f"{config.data}, {config.steps} steps -> {config.out}"
         )
         if config.resume and not (config.overwrite or under_torchrun() or config.live):
-            from lowcomm.training.checkpoint import checkpoint_step, checkpoints_of, newest_complete_checkpoint
+            from lowcomm.checkpointing.checkpoint import checkpoint_step, checkpoints_of, newest_complete_checkpoint
 
             found, _ = newest_complete_checkpoint(checkpoints_of(config.out))
             print(f"lowcomm train: resuming from step {checkpoint_step(found)} ({found})")
@@ -103,9 +103,9 @@ def run(args: argparse.Namespace) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    from lowcomm.training.launch import Refused, train
-    from lowcomm.training.live import LiveFailure
-    from lowcomm.training.outputs import LOSS_PLOT, SAMPLES_FILE
+    from lowcomm.launching.launch import Refused, train
+    from lowcomm.launching.live import LiveFailure
+    from lowcomm.reporting.outputs import LOSS_PLOT, SAMPLES_FILE
 
     try:
         train(config)
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
 def interrupted(config: TrainConfig) -> int:
     """After Ctrl-C (or SIGTERM), the workers stopped: draw ``loss.png`` from the records as they
     stand and say in one line where the run stopped and how to resume it; exit code 130."""
-    from lowcomm.training.outputs import write_loss_plot
+    from lowcomm.reporting.outputs import write_loss_plot
 
     out = config.out / "group_0" if config.live else config.out
     step = "?"

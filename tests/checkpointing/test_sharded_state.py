@@ -11,7 +11,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
-from lowcomm.training.sharded_state import Position, initialise_state, load_sharded, save_sharded, split
+from lowcomm.checkpointing.sharded_state import Position, initialise_state, load_sharded, save_sharded, split
 from tests.distributed import run_workers
 
 ROWS, COLUMNS = 5, 3  # 5 rows split in 2: chunks of 3 and 2; in 4: 2, 2, 1, 0

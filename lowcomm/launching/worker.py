@@ -14,13 +14,13 @@ import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from lowcomm.checkpointing.checkpoint import CheckpointError
+from lowcomm.checkpointing.storage import shared_storage
 from lowcomm.cli import USAGE_ERROR
 from lowcomm.communication.communicator import ProcessGroupCommunicator
-from lowcomm.training.checkpoint import CheckpointError
+from lowcomm.communication.peers import process_group_peers
+from lowcomm.launching.rundir import prepare_node_directories
 from lowcomm.training.config import TrainConfig
-from lowcomm.training.peers import process_group_peers
-from lowcomm.training.rundir import prepare_node_directories
-from lowcomm.training.storage import shared_storage
 
 
 @record

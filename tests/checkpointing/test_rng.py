@@ -4,7 +4,7 @@ import random
 import numpy as np
 import torch
 
-from lowcomm.training.rng import rng_state, seed_everything, set_rng_state
+from lowcomm.checkpointing.rng import rng_state, seed_everything, set_rng_state
 
 
 def draws():

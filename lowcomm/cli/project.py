@@ -19,7 +19,7 @@ from lowcomm.benchmarks.results import check_target_loss, choose_target, write_c
 from lowcomm.benchmarks.runs import Run, read_run
 from lowcomm.cli import check_out_directory, usage_error
 from lowcomm.communication.network_model import parse_rate
-from lowcomm.plotting import plot_speedups
+from lowcomm.reporting.plotting import plot_speedups
 
 DEFAULT_BANDWIDTHS = "10mbit,100mbit,1gbit,10gbit,100gbit"
 

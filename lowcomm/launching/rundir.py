@@ -3,7 +3,7 @@ the run uses it, clear lowcomm's own files from it for ``--overwrite`` (only whe
 says it is a run: see :mod:`lowcomm.ownership`), record the resolved config in it, and read it back.
 
 Under torchrun every node prepares its own ``--out``, and the nodes find which of them share one
-(their storage domains, :class:`~lowcomm.training.storage.Storage`), one domain per round: the first
+(their storage domains, :class:`~lowcomm.checkpointing.storage.Storage`), one domain per round: the first
 node not yet placed prepares its ``--out`` and writes a fresh token into it, once every node has
 checked its own (so that a refusal leaves every ``--out`` untouched); every node not yet placed that
 reads that token in its ``--out`` joins the domain.
@@ -26,11 +26,11 @@ import yaml
 
 from lowcomm.algorithms import ALGORITHMS
 from lowcomm.atomic import write_atomically
+from lowcomm.checkpointing.checkpoint import checkpoint_step, checkpoints_of, newest_complete_checkpoint
+from lowcomm.checkpointing.storage import Storage
+from lowcomm.communication.peers import Peers
 from lowcomm.ownership import MARKER, is_empty, lock, mark, owner, remove_own
-from lowcomm.training.checkpoint import checkpoint_step, checkpoints_of, newest_complete_checkpoint
 from lowcomm.training.config import TrainConfig, run_identity
-from lowcomm.training.peers import Peers
-from lowcomm.training.storage import Storage
 
 CONFIG_FILE = "config.yaml"
 TOKEN_FILE = ".storage_token"

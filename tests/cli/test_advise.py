@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from lowcomm.benchmarks.advise_command import advise
 from lowcomm.benchmarks.runs import read_run
 from lowcomm.cli import main
+from lowcomm.cli.advise import advise
 from lowcomm.communication.network_model import NetworkModel
 from lowcomm.training.config import load_config
 from tests.benchmarks import recorded

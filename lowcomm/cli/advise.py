@@ -32,13 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from lowcomm.algorithms import PALSGD
-from lowcomm.benchmarks.project_command import read_runs
 from lowcomm.benchmarks.projection import project_all, step_seconds
 from lowcomm.benchmarks.runs import Run
 from lowcomm.cli import usage_error
+from lowcomm.cli.project import read_runs
 from lowcomm.communication.network_model import NetworkModel, parse_rate
+from lowcomm.launching.rundir import CONFIG_FILE
 from lowcomm.training.config import as_flags, load_config
-from lowcomm.training.rundir import CONFIG_FILE
 
 DDP_SHARE_TO_KEEP = 0.10
 LOCAL_SHARE = 0.05

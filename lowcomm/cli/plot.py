@@ -15,10 +15,10 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from lowcomm.plotting import comparison_figure, save_figure, sync_figure
 from lowcomm.cli import usage_error
-from lowcomm.training.records import Records, read_records
-from lowcomm.training.rundir import read_run_config
+from lowcomm.launching.rundir import read_run_config
+from lowcomm.reporting.plotting import comparison_figure, save_figure, sync_figure
+from lowcomm.reporting.records import Records, read_records
 
 DEFAULT_OUT = Path("lowcomm-plot.png")
 

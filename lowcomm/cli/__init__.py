@@ -23,13 +23,13 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "train": Command("lowcomm.training.train_command", "train a model with one algorithm on N workers"),
+    "train": Command("lowcomm.cli.train", "train a model with one algorithm on N workers"),
     "bench": Command("lowcomm.benchmarks.bench", "compare algorithms side by side: time to DDP's loss, plots, report"),
-    "project": Command("lowcomm.benchmarks.project_command", "project recorded runs onto other bandwidths and worker counts"),
+    "project": Command("lowcomm.cli.project", "project recorded runs onto other bandwidths and worker counts"),
     "regime-map": Command("lowcomm.benchmarks.regime_map", "map speedups over DDP across benchmarks' batches and bandwidths"),
-    "advise": Command("lowcomm.benchmarks.advise_command", "recommend an algorithm, H and p for a link, from a short DDP run"),
-    "plot": Command("lowcomm.benchmarks.plot_command", "plot runs side by side: eval loss against step, time, tokens, bytes"),
-    "export": Command("lowcomm.training.export_command", "write a run's model as a Hugging Face model directory"),
+    "advise": Command("lowcomm.cli.advise", "recommend an algorithm, H and p for a link, from a short DDP run"),
+    "plot": Command("lowcomm.cli.plot", "plot runs side by side: eval loss against step, time, tokens, bytes"),
+    "export": Command("lowcomm.cli.export", "write a run's model as a Hugging Face model directory"),
 }
 
 USAGE_ERROR = 2

@@ -1,4 +1,4 @@
-"""``metrics.jsonl`` read back (the format is :mod:`lowcomm.training.metrics`'s): rank 0's training
+"""``metrics.jsonl`` read back (the format is :mod:`lowcomm.reporting.metrics`'s): rank 0's training
 losses, the evaluations of the global model, the outer synchronisations (with their diagnostics) and
 the bytes of each step."""
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from lowcomm.training.records import Evaluation, SyncDiagnostics, TrainPoint, read_records
+from lowcomm.reporting.records import Evaluation, SyncDiagnostics, TrainPoint, read_records
 from tests.benchmarks import recorded
 from tests.benchmarks.recorded import MB
 

@@ -2,10 +2,10 @@ import pytest
 import torch
 import yaml
 
-from lowcomm.training.checkpoint import checkpoints_of, save_checkpoint
+from lowcomm.checkpointing.checkpoint import checkpoints_of, save_checkpoint
+from lowcomm.communication.peers import Peers
+from lowcomm.launching.rundir import prepare_run_directory
 from lowcomm.training.config import load_config
-from lowcomm.training.peers import Peers
-from lowcomm.training.rundir import prepare_run_directory
 
 
 def config_for(out, **overrides):

@@ -15,10 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save
 
+from lowcomm.cli import export as export_command
+from lowcomm.cli import main
 from lowcomm.data.tokenizer import tokenizer_file
 from lowcomm.models import build_model
-from lowcomm.training import export_command
-from lowcomm.cli import main
 
 RUN = ["--backend", "sim", "--workers", "1", "--algo", "ddp", "--steps", "2", "--checkpoint-every", "2",
        "--eval-every", "2", "--batch-size", "2", "--seq-len", "16", "--eval-batches", "1", "--lr-warmup", "1",

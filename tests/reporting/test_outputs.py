@@ -8,13 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
+from lowcomm.communication.peers import communicator_peers
 from lowcomm.communication.simulated import run_simulated
 from lowcomm.data.tokenizer import tokenizer_file
+from lowcomm.launching.rundir import prepare_run_directory
 from lowcomm.models import build_model
+from lowcomm.reporting.outputs import held_out_prompt, samples_text
 from lowcomm.training.config import load_config
-from lowcomm.training.outputs import held_out_prompt, samples_text
-from lowcomm.training.peers import communicator_peers
-from lowcomm.training.rundir import prepare_run_directory
 from lowcomm.training.trainer import Trainer
 
 SEQ_LEN = 16

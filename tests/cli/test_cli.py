@@ -9,7 +9,7 @@ import pytest
 
 from lowcomm.cli import main
 
-HEAVY = {"torch.utils.tensorboard", "lowcomm.training.trainer", "lowcomm.training.launch"}
+HEAVY = {"torch.utils.tensorboard", "lowcomm.training.trainer", "lowcomm.launching.launch"}
 HELP_COMMANDS = [["--help"], ["train", "--help"], ["bench", "--help"], ["project", "--help"], ["regime-map", "--help"],
                  ["plot", "--help"], ["export", "--help"]]
 LAUNCHER_SPARES = {"lowcomm.training.trainer", "torch.utils.tensorboard", "matplotlib", "torch.distributed.fsdp",
@@ -43,7 +43,7 @@ def test_help_loads_neither_the_trainer_nor_tensorboard() -> None:
 
 def test_the_launcher_loads_neither_the_trainer_nor_fsdp() -> None:
     """Neither the restart mode's launcher nor the live one (whose group processes import the trainer)."""
-    launchers = "lowcomm.training.launch, lowcomm.training.worker, lowcomm.training.live"
+    launchers = "lowcomm.launching.launch, lowcomm.launching.worker, lowcomm.launching.live"
     script = f"import sys, {launchers}; print(*sorted(set(sys.modules) & {LAUNCHER_SPARES!r}))"
     assert loaded_lines(script) == [""]
 
