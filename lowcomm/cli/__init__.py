@@ -24,9 +24,9 @@ class Command:
 
 COMMANDS: dict[str, Command] = {
     "train": Command("lowcomm.cli.train", "train a model with one algorithm on N workers"),
-    "bench": Command("lowcomm.benchmarks.bench", "compare algorithms side by side: time to DDP's loss, plots, report"),
+    "bench": Command("lowcomm.cli.bench", "compare algorithms side by side: time to DDP's loss, plots, report"),
     "project": Command("lowcomm.cli.project", "project recorded runs onto other bandwidths and worker counts"),
-    "regime-map": Command("lowcomm.benchmarks.regime_map", "map speedups over DDP across benchmarks' batches and bandwidths"),
+    "regime-map": Command("lowcomm.cli.regime_map", "map speedups over DDP across benchmarks' batches and bandwidths"),
     "advise": Command("lowcomm.cli.advise", "recommend an algorithm, H and p for a link, from a short DDP run"),
     "plot": Command("lowcomm.cli.plot", "plot runs side by side: eval loss against step, time, tokens, bytes"),
     "export": Command("lowcomm.cli.export", "write a run's model as a Hugging Face model directory"),

@@ -71,7 +71,7 @@ def test_the_command_line_prints_a_valid_command(ddp_run: Path, capsys: pytest.C
 
 def test_a_target_bench_adds_the_measured_steps_to_ddps_loss(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     # DDP's final 2.0 after 4 steps, projected at 1 MB/s: 7.2 s; Local SGD's after 6 steps: 8.8 s
-    # (tests/benchmarks/test_regime_map.py works both out); PALSGD never gets there in its 8
+    # (tests/cli/test_regime_map.py works both out); PALSGD never gets there in its 8
     directory = tmp_path / "bench"
     ddp = recorded.ddp(directory / "runs")
     (ddp / "config.yaml").write_text(load_config(None, {"algo": "ddp", "workers": 4, "steps": 4, "out": ddp}).to_yaml())

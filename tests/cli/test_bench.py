@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from lowcomm.algorithms import ALGORITHMS
-from lowcomm.benchmarks.bench import evaluation_grid, planned_steps, run_flags
 from lowcomm.benchmarks.results import COLUMNS
+from lowcomm.cli.bench import evaluation_grid, planned_steps, run_flags
 from lowcomm.training.config import ALGORITHM_PARAMETERS, load_config
 from tests.train_runs import PERIODIC, SHORT, records
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from lowcomm.benchmarks.regime_map import read_bench, regime_rows, winners
+from lowcomm.cli.regime_map import read_bench, regime_rows, winners
 from lowcomm.training.config import load_config
 from tests.benchmarks import recorded
 from tests.benchmarks.recorded import MB, evaluation, train, write_run
