@@ -8,7 +8,7 @@ It is the only place that knows how these are laid out:
 
 - a checkpoint's rank file holds :meth:`TrainingState.state_dict` (checkpoint format :data:`FORMAT`,
   recorded in the manifest); with worker groups the strategy's tensors go to one DCP checkpoint
-  instead (:mod:`lowcomm.training.sharded_state`), which reshards them for another layout;
+  instead (:mod:`lowcomm.checkpointing.sharded_state`), which reshards them for another layout;
 - a live group that is behind receives :meth:`TrainingState.healing_state` from a peer.
 
 Resumed in the layout it was saved in, a rank continues exactly. In another one (see
@@ -30,7 +30,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from lowcomm.algorithms.base import Strategy
 from lowcomm.data.batches import Batches
-from lowcomm.training.checkpoint import (
+from lowcomm.checkpointing.checkpoint import (
     GLOBAL_MODEL,
     SHARDED_DIRECTORY,
     Checkpointer,
@@ -38,8 +38,8 @@ from lowcomm.training.checkpoint import (
     load_worker_state,
     read_manifest,
 )
-from lowcomm.training.rng import rng_state, seed_everything, set_rng_state
-from lowcomm.training.storage import Storage
+from lowcomm.checkpointing.rng import rng_state, seed_everything, set_rng_state
+from lowcomm.checkpointing.storage import Storage
 
 FORMAT = 2
 """The checkpoint format: 2 keys the strategy's per-parameter state by parameter name (1: by position)."""
@@ -140,7 +140,7 @@ class TrainingState:
         into a DCP checkpoint, its shards described as the DTensors they are parts of."""
         if mesh is None:
             return checkpointer.save(step, self.state_dict(), global_model, manifest={"format": FORMAT})
-        from lowcomm.training.sharded_state import Position, split  # DCP: worker groups only
+        from lowcomm.checkpointing.sharded_state import Position, split  # DCP: worker groups only
 
         skeleton, sharded = split(self.strategy.distributed_state_dict(), Position.of(mesh))
         layout = {"groups": mesh.size(0), "group_size": mesh.size(1), "inner": self.strategy.inner or "ddp"}
@@ -165,7 +165,7 @@ class TrainingState:
         """:meth:`restore` from a sharded checkpoint, whose DTensors DCP reshards for this layout."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        from lowcomm.training.sharded_state import Position, load_sharded
+        from lowcomm.checkpointing.sharded_state import Position, load_sharded
 
         saved = read_manifest(directory).get("layout")
         if saved is None:
