@@ -120,10 +120,9 @@ class Position:
         inner = self.inner if self.inner < saved_group_size else 0
         return Position(group, inner, saved_groups, saved_group_size)
 
-    def key(self, path: str, tensor: torch.Tensor) -> str:
-        if isinstance(tensor, DTensor):
-            return f"group_{self.group}/{path}"
-        return f"group_{self.group}/rank_{self.inner}/{path}"
+    def key(self, path: str, distributed: bool) -> str:
+        """The DCP key of this rank's tensor at ``path``: one per group for a DTensor, else one per rank."""
+        return f"group_{self.group}/{path}" if distributed else f"group_{self.group}/rank_{self.inner}/{path}"
 
 
 def split(state: Any, position: Position, path: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
@@ -136,7 +135,7 @@ def split(state: Any, position: Position, path: str = "") -> tuple[Any, dict[str
             marker["placements"] = [describe(p) for p in state.placements]
         else:
             marker["device"] = state.device.type
-        return marker, {position.key(path, state): state}
+        return marker, {position.key(path, isinstance(state, DTensor)): state}
     tensors: dict[str, torch.Tensor] = {}
     if isinstance(state, dict):
         skeleton = {}
@@ -201,8 +200,8 @@ def load_sharded(
     targets: dict[str, torch.Tensor] = {}
 
     def target(marker: dict[str, Any]) -> torch.Tensor:
-        path, distributed = marker[MARKER], "mesh" in marker
-        key = f"group_{source.group}/{path}" if distributed else f"group_{source.group}/rank_{source.inner}/{path}"
+        distributed = "mesh" in marker
+        key = source.key(marker[MARKER], distributed)
         if key not in saved:
             raise ValueError(f"resume: the checkpoint in {directory} has no {key}")
         size, dtype = saved[key].size, saved[key].properties.dtype
