@@ -37,7 +37,7 @@ from lowcomm.benchmarks.projection import project_all, step_seconds
 from lowcomm.benchmarks.runs import Run
 from lowcomm.cli import usage_error
 from lowcomm.communication.network_model import NetworkModel, parse_rate
-from lowcomm.training.config import as_flags, load_config
+from lowcomm.training.config import as_flags, load_config, resolve
 from lowcomm.training.rundir import CONFIG_FILE
 
 DDP_SHARE_TO_KEEP = 0.10
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         network = NetworkModel(bandwidth, args.latency)
         advice = advise(found, network, workers)
         measured = steps_to_quality(runs, network, workers) if len(runs) > 1 else []
-        load_config(advice.config_file, advice.options)  # the command it prints must be valid
+        resolve(load_config(advice.config_file, advice.options))  # the command it prints must be valid
     except ValueError as error:
         return usage_error("advise", str(error))
     print(f"measured: {advice.compute_s:.4g} s per step besides communication ({found.directory})")

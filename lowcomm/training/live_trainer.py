@@ -22,9 +22,9 @@ class LiveTrainer(Trainer):
         self.live = communicator
         self.joining = False
         peers = process_group_peers()
-        size = config.group_size
+        size = config.layout.group_size
         super().__init__(config, device, communicator, peers,
-                         data_shard=(communicator.rank * size + peers.rank, config.groups * size))
+                         data_shard=(communicator.rank * size + peers.rank, config.layout.groups * size))
         if self.step > 0:
             communicator.resume_at(self.step)
 
@@ -92,7 +92,7 @@ class LiveTrainer(Trainer):
         self.scheduler.load_state_dict(state["scheduler"])
         self.data.train.continue_from(state["data"])  # the peer's shard may differ by one example
         self.progress.tokens = int(state["tokens"])
-        seed_everything(self.config.seed + self.shard_index + self.shard_count * self.step)
+        seed_everything(self.config.run.seed + self.shard_index + self.shard_count * self.step)
 
     def load_data_position(self, state: dict[str, int]) -> None:
         """A live run may resume with another number of groups, which cut the data into shards of
@@ -104,5 +104,5 @@ class LiveTrainer(Trainer):
         keeps what it wrote before."""
         if restart_count() == 0:
             return super().restore()
-        metrics = self.config.out / "metrics.jsonl"
+        metrics = self.config.run.out / "metrics.jsonl"
         return Restored(metrics_offset=metrics.stat().st_size if metrics.exists() else 0)

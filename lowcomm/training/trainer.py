@@ -76,10 +76,10 @@ def network_communicator(communicator: Communicator, config: TrainConfig) -> Com
     """``communicator``, slowed to the modelled link under ``--network model``. With worker groups the
     link is a group's, shared by its G ranks (each sends its shard to its peers in parallel), so each
     rank's traffic is modelled at 1/G of the rate."""
-    if config.network == "none":
+    if config.network.mode == "none":
         return communicator
-    ranks_per_link = config.group_size if config.grouped else 1
-    network = NetworkModel(parse_rate(config.bandwidth) / ranks_per_link, config.latency)
+    ranks_per_link = config.layout.group_size if config.grouped else 1
+    network = NetworkModel(parse_rate(config.network.bandwidth) / ranks_per_link, config.network.latency)
     return ModelledCommunicator(communicator, network)
 
 
@@ -134,11 +134,11 @@ class Trainer:
         self.storage = storage or shared_storage(self.rank, self.world_size)
         self.shard_index, self.shard_count = data_shard or (self.rank, self.world_size)
         self.mesh: DeviceMesh | None = None
-        if config.live and config.group_size > 1:  # a live worker group is a world of its own, one group of G
-            self.mesh = worker_groups(1, config.group_size)
+        if config.live and config.layout.group_size > 1:  # a live worker group is a world of its own, one group of G
+            self.mesh = worker_groups(1, config.layout.group_size)
         elif config.grouped and not config.live:
-            self.mesh = worker_groups(config.groups, config.group_size)
-        if self.mesh is not None and config.inner == "fsdp" and not config.live:  # a live group runs on one machine
+            self.mesh = worker_groups(config.layout.groups, config.layout.group_size)
+        if self.mesh is not None and config.layout.inner == "fsdp" and not config.live:  # a live group runs on one machine
             self.refuse_groups_across_domains()
         with SETUP_LOCK:
             model, optimizer = self.build(config, device)
@@ -153,18 +153,18 @@ class Trainer:
         )
         for stats in (self.strategy.comm_stats, self.strategy.inner_comm_stats):
             stats.wait_s = 0.0  # waiting for the other ranks to start up is not communication
-        seed_everything(config.seed + self.shard_index)
+        seed_everything(config.run.seed + self.shard_index)
         self.progress = Progress()
-        self.checkpoints = checkpoints_of(config.out)
+        self.checkpoints = checkpoints_of(config.run.out)
         restored = self.restore()
-        self.log = MetricsLog(config.out, restored.metrics_offset, self.step) if self.rank == 0 else None
+        self.log = MetricsLog(config.run.out, restored.metrics_offset, self.step) if self.rank == 0 else None
         self.bar: ProgressBar | None = None
         self.clock_start = time.perf_counter() - self.progress.elapsed_s
         self.evaluated_step: int | None = None
         self.stopped: str | None = None
         if self.log is not None:
             if self.data.tokenizer is not None:
-                write_tokenizer(config.out, self.data.tokenizer)
+                write_tokenizer(config.run.out, self.data.tokenizer)
             for checkpoint, problem in restored.skipped:
                 self.report_event("skipped_checkpoint", checkpoint=checkpoint, problem=problem)
             restart = {"restart": restart_count()} if restart_count() else {}
@@ -178,8 +178,8 @@ class Trainer:
     def refuse_groups_across_domains(self) -> None:
         """FSDP2's shards of a group spread over nodes that do not share ``--out`` would split one
         tensor over several DCP checkpoints, which none of them could load: refused."""
-        size = self.config.group_size
-        for group in range(self.config.groups):
+        size = self.config.layout.group_size
+        for group in range(self.config.layout.groups):
             nodes = {self.storage.domain_of(rank) for rank in range(group * size, (group + 1) * size)}
             if len(nodes) > 1:
                 raise ValueError(
@@ -189,35 +189,35 @@ class Trainer:
 
     def build(self, config: TrainConfig, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
         """This rank's data, the model (the same on every rank), its optimizer and LR schedule."""
-        seed_everything(config.seed)
+        seed_everything(config.run.seed)
         self.data = load_data(
-            config.data,
+            config.data.source,
             rank=self.shard_index,
             world_size=self.shard_count,
-            batch_size=config.batch_size,
-            seq_len=config.seq_len,
-            seed=config.seed,
-            tokenizer=config.tokenizer,
-            vocab_size=config.vocab_size,
-            cache_dir=config.cache_dir,
-            eval_batches=config.eval_batches,
+            batch_size=config.data.batch_size,
+            seq_len=config.data.seq_len,
+            seed=config.run.seed,
+            tokenizer=config.data.tokenizer,
+            vocab_size=config.data.vocab_size,
+            cache_dir=config.data.cache_dir,
+            eval_batches=config.eval.eval_batches,
         )
         if self.data.task == "lm":
             sizes = {"vocab_size": self.data.vocab_size}
         else:
             sizes = {"num_classes": self.data.num_classes}
-        model = build_model(config.model, implementation=config.model_impl, **sizes).to(device)
-        if config.compile:
+        model = build_model(config.model.name, implementation=config.model.impl, **sizes).to(device)
+        if config.run.compile:
             model.compile()
         self.eval_model = copy.deepcopy(model).eval() if self.rank == 0 else None
-        if config.inner == "fsdp":
+        if config.layout.inner == "fsdp":
             from lowcomm.communication.fsdp import shard_within_groups  # FSDP2 is loaded only where it is used
 
             model = shard_within_groups(model, self.mesh)
         optimizer = inner_optimizer(config, model, device)
         self.optimizer = optimizer
         self.scheduler = LambdaLR(
-            optimizer, lr_schedule(config.lr_schedule, config.lr_warmup, config.steps, config.min_lr_ratio)
+            optimizer, lr_schedule(config.optimizer.lr_schedule, config.optimizer.lr_warmup, config.run.steps, config.optimizer.min_lr_ratio)
         )
         return model, optimizer
 
@@ -229,19 +229,19 @@ class Trainer:
         return time.perf_counter() - self.clock_start
 
     def train(self) -> None:
-        """Train up to ``config.steps`` or an early stop, evaluating and checkpointing on schedule and at the end."""
+        """Train up to ``config.run.steps`` or an early stop, evaluating and checkpointing on schedule and at the end."""
         config = self.config
         if self.log is not None:
-            self.bar = ProgressBar(config.steps, self.step, f"{config.algo} x{self.world_size}")
-        while self.step < config.steps and self.stopped is None:
+            self.bar = ProgressBar(config.run.steps, self.step, f"{config.algo} x{self.world_size}")
+        while self.step < config.run.steps and self.stopped is None:
             self.train_step()
             self.stopped = stop_reason(config, self.peers, False, None, self.elapsed())
             if self.stopped:
                 self.strategy.finish()  # out of time: the final model holds every step, as at the last step
-            if self.step % config.eval_every == 0 or self.step == config.steps or self.stopped:
+            if self.step % config.eval.eval_every == 0 or self.step == config.run.steps or self.stopped:
                 self.evaluate()
                 self.stopped = self.stopped or stop_reason(config, self.peers, True, self.progress.eval_loss, None)
-            if self.step % config.checkpoint_every == 0 or self.step == config.steps or self.stopped:
+            if self.step % config.checkpoint.checkpoint_every == 0 or self.step == config.run.steps or self.stopped:
                 self.save()
         self.finish()
 
@@ -251,14 +251,14 @@ class Trainer:
         Rank 0 logs the step and the events the strategy recorded (a worker left out of an outer
         step for a non-finite pseudo-gradient, say); every rank then forgets them.
         """
-        micro_batches = [self.to_device(next(self.data.train)) for _ in range(self.config.grad_accum)]
+        micro_batches = [self.to_device(next(self.data.train)) for _ in range(self.config.data.grad_accum)]
         stats = self.strategy.comm_stats
         sent_before, waited_before = stats.bytes_sent, stats.wait_s
         lr = self.optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
-        bf16 = self.config.precision == "bf16"
+        bf16 = self.config.run.precision == "bf16"
         loss = self.strategy.step([partial(self.loss, self.strategy.model, x, y, bf16) for x, y in micro_batches])
-        if self.step == self.config.steps:
+        if self.step == self.config.run.steps:
             self.strategy.finish()  # the global model holds the steps since the last synchronisation
         loss_value = None if loss is None else loss.item()
         self.progress.compute_s += time.perf_counter() - start - (stats.wait_s - waited_before)
@@ -349,23 +349,23 @@ class Trainer:
         state = {
             "strategy": strategy_state,
             "scheduler": self.scheduler.state_dict(),
-            "lr_schedule_steps": self.config.steps,
+            "lr_schedule_steps": self.config.run.steps,
             "data": self.data.train.state_dict(),
             "rng": rng_state(),
             "progress": asdict(self.progress),
             "metrics_offset": self.log.durable_offset() if self.log is not None else 0,
         }
         model = global_model if self.rank == 0 else None
-        save_checkpoint(self.checkpoints, self.step, state, model, self.config.keep_checkpoints, self.peers, sharded,
+        save_checkpoint(self.checkpoints, self.step, state, model, self.config.checkpoint.keep_checkpoints, self.peers, sharded,
                         layout, self.storage)
         if self.log is not None:
             config = self.config
-            write_loss_plot(config.out, f"{config.algo} x{self.world_size}: {config.model} on {config.data}")
+            write_loss_plot(config.run.out, f"{config.algo} x{self.world_size}: {config.model.name} on {config.data.source}")
 
     def restore(self) -> Restored:
         """When resuming (``--resume``, or a restart by the elastic agent), load the newest checkpoint
         that every node holds intact, skipping incomplete or corrupt ones with a warning."""
-        if not (self.config.resume or restart_count()):
+        if not (self.config.run.resume or restart_count()):
             return Restored()
         found, skipped = agreed_checkpoint(self.checkpoints, self.peers, self.storage)
         restored = Restored(skipped=skipped)
@@ -391,7 +391,7 @@ class Trainer:
         except (KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"resume: {found.name} on {self.storage.name} holds a damaged rank file "
                              f"({first_line(error)}); move that checkpoint away to resume from an older one") from None
-        if state.get("lr_schedule_steps", self.config.steps) != self.config.steps:
+        if state.get("lr_schedule_steps", self.config.run.steps) != self.config.run.steps:
             restored.planned_steps = state["lr_schedule_steps"]
             self.replan_schedule()
         return restored
@@ -433,7 +433,7 @@ class Trainer:
             return own
         first = load_rank_file(directory, 0, self.device)
         self.data.train.continue_from(first["data"])
-        seed_everything(self.config.seed + self.rank + self.world_size * self.strategy.step_count)
+        seed_everything(self.config.run.seed + self.rank + self.world_size * self.strategy.step_count)
         return first
 
     def load_data_position(self, state: dict[str, int]) -> None:
@@ -441,7 +441,7 @@ class Trainer:
         self.data.train.load_state_dict(state)
 
     def replan_schedule(self) -> None:
-        """Follow this run's learning-rate schedule (planned for ``config.steps``) from the resumed
+        """Follow this run's learning-rate schedule (planned for ``config.run.steps``) from the resumed
         step on: the learning rate of the next step becomes the new plan's."""
         factor = self.scheduler.lr_lambdas[0]
         for group, base_lr in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
@@ -450,12 +450,12 @@ class Trainer:
     def report_replanned_schedule(self, planned_steps: int) -> None:
         lr = self.optimizer.param_groups[0]["lr"]
         print(
-            f"lowcomm: warning: --steps changed from {planned_steps} to {self.config.steps}: the learning-rate "
-            f"schedule is re-planned for {self.config.steps} steps and followed from step {self.step} "
+            f"lowcomm: warning: --steps changed from {planned_steps} to {self.config.run.steps}: the learning-rate "
+            f"schedule is re-planned for {self.config.run.steps} steps and followed from step {self.step} "
             f"(next lr {lr:.3g})",
             file=sys.stderr,
         )
-        self.report_event("lr_schedule_replanned", from_steps=planned_steps, to_steps=self.config.steps, lr=lr)
+        self.report_event("lr_schedule_replanned", from_steps=planned_steps, to_steps=self.config.run.steps, lr=lr)
 
     def finish(self) -> None:
         """Sum the traffic and times over all workers; rank 0 writes summary.json."""
@@ -471,11 +471,11 @@ class Trainer:
         between, inside, wait_s, overlap_s, overlap_bytes, compute_s = (sum(column) for column in zip(*everyone))
         summary = {
             "algo": self.config.algo,
-            "model": self.config.model,
+            "model": self.config.model.name,
             "parameters": sum(p.numel() for p in self.strategy.params),
             "workers": self.world_size,
             **({} if self.mesh is None else {
-                "groups": self.config.groups, "group_size": self.config.group_size, "inner": self.config.inner}),
+                "groups": self.config.layout.groups, "group_size": self.config.layout.group_size, "inner": self.config.layout.inner}),
             "steps": self.step,
             "final_eval_loss": self.progress.eval_loss,
             **({"stopped": self.stopped} if self.stopped else {}),
@@ -493,10 +493,10 @@ class Trainer:
         if self.device.type == "cuda":
             summary["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated(self.device)
         if self.data.tokenizer is not None and self.evaluated_step == self.step:  # eval_model is the final model
-            prompt = held_out_prompt(self.data.eval_batches, self.config.seq_len)
-            write_samples(self.config.out, self.eval_model, self.data.tokenizer, prompt, self.config.seq_len,
-                          self.config.seed)
-        write_json_atomically(self.config.out / "summary.json", summary)
+            prompt = held_out_prompt(self.data.eval_batches, self.config.data.seq_len)
+            write_samples(self.config.run.out, self.eval_model, self.data.tokenizer, prompt, self.config.data.seq_len,
+                          self.config.run.seed)
+        write_json_atomically(self.config.run.out / "summary.json", summary)
         if self.bar is not None:
             self.bar.close()
         self.log.close()

@@ -29,7 +29,7 @@ def run_worker(config: TrainConfig, store_file: str | None = None) -> None:
     joining the process group in the launcher's ``store_file`` (None: torchrun's ``env://``)."""
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    if config.device == "cuda":
+    if config.run.device == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     else:
@@ -37,7 +37,7 @@ def run_worker(config: TrainConfig, store_file: str | None = None) -> None:
         if "OMP_NUM_THREADS" not in os.environ:  # a user's (or our namespaced launcher's) choice stands
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
     store = None if store_file is None else dist.FileStore(store_file, -1)
-    join_process_group("nccl" if device.type == "cuda" else "gloo", config.hang_timeout, store)
+    join_process_group("nccl" if device.type == "cuda" else "gloo", config.fault_tolerance.hang_timeout, store)
     try:
         train_as_this_rank(config, device, store is not None)
         gc.collect()  # a trainer kept alive by a reference cycle goes while its process groups still exist
@@ -59,7 +59,7 @@ def train_as_this_rank(config: TrainConfig, device: torch.device, launched_here:
         if not launched_here:  # torchrun's: every node has its own --out, shared or not
             # torchrun counts restarts per node: a node restarted for another node's failure counts none
             if any(peers.all_gather(restart_count() > 0)):
-                config = config.model_copy(update={"resume": True, "overwrite": False})
+                config = config.with_run(resume=True, overwrite=False)
             storage = prepare_node_directories(config, peers)
         else:
             storage = shared_storage(peers.rank, peers.world_size)

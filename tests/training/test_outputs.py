@@ -34,7 +34,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     def save_and_look(trainer: Trainer) -> None:
         save(trainer)
-        after_checkpoint[trainer.step] = {p.name: p.read_bytes() for p in config.out.iterdir() if p.is_file()}
+        after_checkpoint[trainer.step] = {p.name: p.read_bytes() for p in config.run.out.iterdir() if p.is_file()}
 
     def worker(communicator) -> Trainer:
         trainer = Trainer(config, torch.device("cpu"), communicator, communicator_peers(communicator))
@@ -44,7 +44,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Trainer, "save", save_and_look)
         (trainer,) = run_simulated(1, worker)
-    return {"out": config.out, "trainer": trainer, "after_checkpoint": after_checkpoint}
+    return {"out": config.run.out, "trainer": trainer, "after_checkpoint": after_checkpoint}
 
 
 def test_loss_png_is_written_at_each_checkpoint(run: dict) -> None:
@@ -81,5 +81,5 @@ def test_image_runs_write_no_samples(tmp_path: Path) -> None:
                                 "out": tmp_path / "out", "cache_dir": tmp_path / "cache"})
     prepare_run_directory(config)
     run_simulated(1, lambda c: Trainer(config, torch.device("cpu"), c, communicator_peers(c)).train())
-    names = {p.name for p in config.out.iterdir()}
+    names = {p.name for p in config.run.out.iterdir()}
     assert "loss.png" in names and not names & {"samples.txt", "tokenizer.json"}
