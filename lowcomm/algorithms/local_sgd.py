@@ -41,7 +41,8 @@ class LocalSGD(PeriodicStrategy):
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, **options: Any) -> None:
         super().__init__(model, optimizer, **options)
-        self.compressed_mean = compressed_mean(self.option_values["compress"], self.option_values["compress_block_size"])
+        chosen = self.option_values
+        self.compressed_mean = compressed_mean(chosen["compress"], chosen["compress_block_size"])
         kept = self.compressed_mean is not None or not self.comm.averages_on_demand
         self.synced = [x.clone() for x in self.shards.local()] if kept else []
 

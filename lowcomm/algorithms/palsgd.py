@@ -64,7 +64,8 @@ class PALSGD(DiLoCo):
         self.pseudo_sync_prob: float = chosen["pseudo_sync_prob"]
         self.eta: float = chosen["eta"]
         self.outer_repeats: int = chosen["outer_repeats"]
-        self.coins = torch.Generator().manual_seed(chosen["seed"] + (self.comm.rank if chosen["independent_coins"] else 0))
+        own_coins = self.comm.rank if chosen["independent_coins"] else 0
+        self.coins = torch.Generator().manual_seed(chosen["seed"] + own_coins)
         self.pulls = False  # this step is a pseudo-synchronisation
         self.index_of = {id(x): i for i, x in enumerate(self.params)}
 

@@ -51,5 +51,6 @@ class StreamingDiLoCo(DiLoCo):
         count = self.option_values["num_fragments"]
         if count > len(self.params):
             raise ValueError(f"num_fragments: {count} is more than the model's {len(self.params)} tensors")
-        self.fragments = split_fragments([p.numel() for p in self.params], count, self.option_values["fragment_pattern"])
+        pattern = self.option_values["fragment_pattern"]
+        self.fragments = split_fragments([p.numel() for p in self.params], count, pattern)
         self.offsets = [f * self.sync_interval // count for f in range(count)]

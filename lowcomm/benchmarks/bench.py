@@ -124,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
     commands, stop = {}, {}
     for algo in sorted(algos, key=lambda name: name != "ddp"):  # the others' stop comes from DDP's run
         if algo != "ddp" and args.budget in STOPPING and not stop:
-            stop = stop_flags(args.budget, read_run(configs["ddp"].run.out) if "ddp" in algos else None, args.target_loss)
+            ddp_run = read_run(configs["ddp"].run.out) if "ddp" in algos else None
+            stop = stop_flags(args.budget, ddp_run, args.target_loss)
         arguments = ["train", *as_flags(run_flags(algo, flags, out) | own[algo] | budgets[algo] | stop)]
         if args.config is not None:
             arguments += ["--config", str(args.config)]
@@ -153,8 +154,8 @@ def run(args: argparse.Namespace) -> int:
                  *(["--config", str(args.config)] if args.config is not None else []),
                  *(["--preset", args.preset] if args.preset is not None else [])],
         run_commands=commands,
-        settings=settings(first, flags.get("network", first.network.mode), args.budget, configs[algos[0]].eval.eval_every,
-                          cap, stop),
+        settings=settings(first, flags.get("network", first.network.mode), args.budget,
+                          configs[algos[0]].eval.eval_every, cap, stop),
         targets=targets,
         table=table,
         plots=plot_bench_curves([(run.algo, run.evaluations) for run in runs], [t.loss for t in targets], out)
@@ -246,20 +247,21 @@ def planned_steps(config: TrainConfig, budget: str, cap: float = DEFAULT_CAP) ->
 def settings(config: TrainConfig, network: str, budget: str, eval_every: int, cap: float | None,
              stop: dict[str, float]) -> str:
     tokens = config.data.batch_size * config.data.grad_accum * config.data.seq_len
+    steps = config.run.steps
     link = "unlimited" if math.isinf(parse_rate(config.network.bandwidth)) else config.network.bandwidth
     how = {"none": "real (tc-tbf in network namespaces)" if link != "unlimited" else "real",
            "model": f"modelled, latency {config.network.latency} s"}[network]
     protocol = {
-        "steps": f"equal steps (the PALSGD paper's protocol): every algorithm runs {config.run.steps} optimizer steps "
+        "steps": f"equal steps (the PALSGD paper's protocol): every algorithm runs {steps} optimizer steps "
         f"of {tokens} tokens per worker, and a PALSGD pseudo-synchronisation step skips its batch",
-        "tokens": f"an equal token budget: {config.run.steps} gradient steps of {tokens} tokens per worker (PALSGD runs "
+        "tokens": f"an equal token budget: {steps} gradient steps of {tokens} tokens per worker (PALSGD runs "
         "more steps, since its pseudo-synchronisation steps train on none)",
-        "target": f"time to quality: DDP runs {config.run.steps} steps of {tokens} tokens per worker; every other "
+        "target": f"time to quality: DDP runs {steps} steps of {tokens} tokens per worker; every other "
         f"algorithm runs until an evaluation's loss is at most {stop.get('stop_at_loss', 0):.4f}, or "
-        f"{config.run.steps} x {cap:g} steps (the cap) if none is, its learning-rate schedule planned for the cap",
-        "time": f"equal wall-clock: DDP runs {config.run.steps} steps of {tokens} tokens per worker, its final "
+        f"{steps} x {cap:g} steps (the cap) if none is, its learning-rate schedule planned for the cap",
+        "time": f"equal wall-clock: DDP runs {steps} steps of {tokens} tokens per worker, its final "
         f"evaluation at {stop.get('stop_after_s', 0):.1f} s on worker 0's clock; every other algorithm runs until "
-        f"its clock passes that (or {config.run.steps} x {cap:g} steps, the cap) and is evaluated there, its "
+        f"its clock passes that (or {steps} x {cap:g} steps, the cap) and is evaluated there, its "
         "learning-rate schedule planned for the cap",
     }[budget]
     if budget in STOPPING and config.optimizer.lr_schedule == "cosine":

@@ -140,7 +140,8 @@ class LayoutSection(Section):
 class ModelSection(Section):
     name: str = Field(
         "gpt-tiny", description=f"one of {', '.join(MODEL_NAMES)}, or hf:DIR: any transformers causal LM from a "
-        "local directory (its weights, or a config.json alone: randomly initialised), never from a hub", **named("model")
+        "local directory (its weights, or a config.json alone: randomly initialised), never from a hub",
+        **named("model"),
     )
     impl: Literal["lowcomm", "hf"] = Field(
         "lowcomm", description="lowcomm's own modules or HF transformers", **named("model_impl")
@@ -315,8 +316,8 @@ class TrainConfig(BaseModel):
         if self.model.impl == "hf" and self.model.name not in GPT_NEO_SHAPES:
             raise ValueError(f"model_impl: hf exists only for {', '.join(GPT_NEO_SHAPES)}")
         faults = self.fault_tolerance
-        if not self.live and (given := [name for name, unset in (("min_groups", 1), ("lighthouse", None),
-                                                                 ("live_group", None)) if getattr(faults, name) != unset]):
+        live_only = {"min_groups": 1, "lighthouse": None, "live_group": None}
+        if not self.live and (given := [name for name, unset in live_only.items() if getattr(faults, name) != unset]):
             raise ValueError(f"{given[0]}: only --fault-tolerance live takes it")
         if self.run.backend == "sim" and faults.max_restarts > 0:
             raise ValueError("max_restarts: the simulation does not restart workers")
@@ -473,12 +474,13 @@ def completed(config: TrainConfig) -> TrainConfig:
     if resolved.data.tokenizer is not None:
         check_tokenizer_source(resolved.data.tokenizer)
     data_task = "image" if source.kind in IMAGE_SOURCES else "lm"
+    model = resolved.model.name
     if data_task != spec.task:
-        raise ValueError(f"data: {resolved.data.source} holds {data_task} data; {resolved.model.name} needs {spec.task} data")
+        raise ValueError(f"data: {resolved.data.source} holds {data_task} data; {model} needs {spec.task} data")
     if spec.vocab_size is not None:
         check_vocabulary(resolved, spec.vocab_size)
     if spec.max_positions is not None and resolved.data.seq_len > spec.max_positions:
-        raise ValueError(f"seq_len: {resolved.data.seq_len} exceeds {resolved.model.name}'s {spec.max_positions} positions")
+        raise ValueError(f"seq_len: {resolved.data.seq_len} exceeds {model}'s {spec.max_positions} positions")
     if source.kind == "text-files":
         check_text_corpus(resolved.data.source, source.paths, resolved.data.seq_len, layout.workers,
                           resolved.data.tokenizer is None)
@@ -521,7 +523,8 @@ def resolve_optimizer(config: TrainConfig, task: str) -> None:
     if not hasattr(torch.optim, "Muon"):
         raise ValueError(f"optimizer: muon needs torch.optim.Muon (torch >= 2.9), not in torch {torch.__version__}")
     if task != "lm":
-        raise ValueError(f"optimizer: muon is for language models; {config.model.name}'s hidden layers are convolutions")
+        raise ValueError(f"optimizer: muon is for language models; {config.model.name}'s hidden layers are "
+                         "convolutions")
     if config.layout.inner == "fsdp":
         raise ValueError("optimizer: muon orthogonalises whole matrices, not FSDP shards; use --inner ddp")
     optimizer.muon_lr = optimizer.muon_lr or MUON_LR

@@ -67,7 +67,8 @@ def train_live(config: TrainConfig) -> None:
             heartbeat_timeout_ms=HEARTBEAT_TIMEOUT_MS,
         )
         address = f"{LOOPBACK}:{lighthouse.address().rsplit(':', 1)[1]}"
-    groups = range(config.layout.groups) if config.fault_tolerance.live_group is None else [config.fault_tolerance.live_group]
+    live_group = config.fault_tolerance.live_group
+    groups = range(config.layout.groups) if live_group is None else [live_group]
     running = {group: GroupProcesses(config, group, 0, f"http://{address}") for group in groups}
     restarts = dict.fromkeys(groups, 0)
     failures: list[str] = []
@@ -80,8 +81,9 @@ def train_live(config: TrainConfig) -> None:
                     continue
                 del running[group]
                 if exit_code == TOO_FEW_GROUPS:
-                    failures.append(f"group {group} stopped: fewer than {config.fault_tolerance.min_groups} groups were live for "
-                                    f"{config.fault_tolerance.hang_timeout:g} s; its checkpoint is in "
+                    faults = config.fault_tolerance
+                    failures.append(f"group {group} stopped: fewer than {faults.min_groups} groups were live for "
+                                    f"{faults.hang_timeout:g} s; its checkpoint is in "
                                     f"{group_directory(config.run.out, group)}")
                 elif exit_code != 0 and restarts[group] < config.fault_tolerance.max_restarts:
                     restarts[group] += 1
@@ -144,11 +146,13 @@ def run_group(
     from lowcomm.training.live_trainer import LiveTrainer  # the launcher that imports this module does not train
     if not config.network.bind_all:
         os.environ["GLOO_SOCKET_IFNAME"] = loopback_interface()
-    os.environ.update(RANK=str(inner_rank), WORLD_SIZE=str(config.layout.group_size), TORCHELASTIC_RESTART_COUNT=str(restart))
+    os.environ.update(RANK=str(inner_rank), WORLD_SIZE=str(config.layout.group_size),
+                      TORCHELASTIC_RESTART_COUNT=str(restart))
     local_groups = config.layout.groups if config.fault_tolerance.live_group is None else 1
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // (local_groups * config.layout.group_size)))
     store_host = LOOPBACK if not config.network.bind_all else socket.gethostname()
-    join_process_group("gloo", config.fault_tolerance.hang_timeout, dist.TCPStore(store_host, store_port, is_master=False))
+    store = dist.TCPStore(store_host, store_port, is_master=False)
+    join_process_group("gloo", config.fault_tolerance.hang_timeout, store)
     group_config = config.with_run(out=group_directory(config.run.out, group))
     group_config.run.out.mkdir(parents=True, exist_ok=True)
     trainer: LiveTrainer | None = None

@@ -37,15 +37,15 @@ RESOLVED_FILE = "resolved.yaml"
 """In ``--out``: what :func:`~lowcomm.training.config.resolve` filled in (``device: auto``, the layout, ...)."""
 TOKEN_FILE = ".storage_token"
 """In ``--out``: the token of the launch whose node prepared it last."""
-RUN_FILES = (CONFIG_FILE, RESOLVED_FILE, "metrics.jsonl", "summary.json", "checkpoints", "tensorboard", "loss.png", "samples.txt",
-             "tokenizer.json", "model.safetensors", TOKEN_FILE, "group_*", ".*.tmp", MARKER)
+RUN_FILES = (CONFIG_FILE, RESOLVED_FILE, "metrics.jsonl", "summary.json", "checkpoints", "tensorboard", "loss.png",
+             "samples.txt", "tokenizer.json", "model.safetensors", TOKEN_FILE, "group_*", ".*.tmp", MARKER)
 """What a run writes into ``--out`` (live mode: ``group_G/``), and so all that ``--overwrite`` deletes."""
 
 
 def prepare_run_directory(config: TrainConfig) -> None:
     """Make ``config.run.out`` ready for the resolved ``config``, locked by this process until it
-    exits, and write ``config.yaml`` and ``resolved.yaml``; raise a one-line ValueError (having written nothing but the lock) if it holds
-    something else or another run uses it."""
+    exits, and write ``config.yaml`` and ``resolved.yaml``; raise a one-line ValueError (having
+    written nothing but the lock) if it holds something else or another run uses it."""
     out = config.run.out
     holds_run = check_run_directory(config)
     try:

@@ -99,9 +99,10 @@ def run(args: argparse.Namespace) -> int:
     if limited:
         return train_limited(config)
     if reports():
+        layout = config.layout
         print(
-            f"lowcomm train: {config.algo} on {config.layout.workers} {config.run.device} workers"
-            f"{f' ({config.layout.groups} groups of {config.layout.group_size}, {config.layout.inner} inside)' if config.grouped else ''}, "
+            f"lowcomm train: {config.algo} on {layout.workers} {config.run.device} workers"
+            f"{f' ({layout.groups} groups of {layout.group_size}, {layout.inner} inside)' if config.grouped else ''}, "
             f"{config.model.name} on "
             f"{config.data.source}, {config.run.steps} steps -> {config.run.out}"
         )
@@ -133,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
     except (SignalException, KeyboardInterrupt):
         return interrupted(config)
     if reports():
-        out = config.run.out / f"group_{config.fault_tolerance.live_group or 0}" if config.live else config.run.out  # live: per group
+        out = config.run.out
+        out = out / f"group_{config.fault_tolerance.live_group or 0}" if config.live else out  # live: per group
         summary = json.loads((out / "summary.json").read_text())
         samples = out / SAMPLES_FILE
         if samples.is_file():
@@ -158,7 +160,8 @@ def interrupted(config: TrainConfig) -> int:
     try:
         lines = (out / "metrics.jsonl").read_text().splitlines()
         step = max((json.loads(line)["step"] for line in lines if line.endswith("}")), default=0)
-        write_loss_plot(out, f"{config.algo} x{config.layout.workers}: {config.model.name} on {config.data.source} (interrupted)")
+        title = f"{config.algo} x{config.layout.workers}: {config.model.name} on {config.data.source} (interrupted)"
+        write_loss_plot(out, title)
     except (OSError, ValueError, KeyError, TypeError):
         pass  # nothing recorded yet, or a torn last record: the one line still tells how to go on
     print(f"\nlowcomm train: interrupted at step {step}; resume with: lowcomm train --out {config.run.out} --resume",

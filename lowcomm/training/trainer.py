@@ -138,7 +138,7 @@ class Trainer:
             self.mesh = worker_groups(1, config.layout.group_size)
         elif config.grouped and not config.live:
             self.mesh = worker_groups(config.layout.groups, config.layout.group_size)
-        if self.mesh is not None and config.layout.inner == "fsdp" and not config.live:  # a live group runs on one machine
+        if self.mesh is not None and config.layout.inner == "fsdp" and not config.live:  # a live group: one machine
             self.refuse_groups_across_domains()
         with SETUP_LOCK:
             model, optimizer = self.build(config, device)
@@ -217,7 +217,8 @@ class Trainer:
         optimizer = inner_optimizer(config, model, device)
         self.optimizer = optimizer
         self.scheduler = LambdaLR(
-            optimizer, lr_schedule(config.optimizer.lr_schedule, config.optimizer.lr_warmup, config.run.steps, config.optimizer.min_lr_ratio)
+            optimizer, lr_schedule(config.optimizer.lr_schedule, config.optimizer.lr_warmup, config.run.steps,
+                                   config.optimizer.min_lr_ratio)
         )
         return model, optimizer
 
@@ -229,7 +230,8 @@ class Trainer:
         return time.perf_counter() - self.clock_start
 
     def train(self) -> None:
-        """Train up to ``config.run.steps`` or an early stop, evaluating and checkpointing on schedule and at the end."""
+        """Train up to ``config.run.steps`` or an early stop, evaluating and checkpointing on schedule and at
+        the end."""
         config = self.config
         if self.log is not None:
             self.bar = ProgressBar(config.run.steps, self.step, f"{config.algo} x{self.world_size}")
@@ -356,11 +358,12 @@ class Trainer:
             "metrics_offset": self.log.durable_offset() if self.log is not None else 0,
         }
         model = global_model if self.rank == 0 else None
-        save_checkpoint(self.checkpoints, self.step, state, model, self.config.checkpoint.keep_checkpoints, self.peers, sharded,
-                        layout, self.storage)
+        save_checkpoint(self.checkpoints, self.step, state, model, self.config.checkpoint.keep_checkpoints, self.peers,
+                        sharded, layout, self.storage)
         if self.log is not None:
             config = self.config
-            write_loss_plot(config.run.out, f"{config.algo} x{self.world_size}: {config.model.name} on {config.data.source}")
+            title = f"{config.algo} x{self.world_size}: {config.model.name} on {config.data.source}"
+            write_loss_plot(config.run.out, title)
 
     def restore(self) -> Restored:
         """When resuming (``--resume``, or a restart by the elastic agent), load the newest checkpoint
@@ -474,8 +477,7 @@ class Trainer:
             "model": self.config.model.name,
             "parameters": sum(p.numel() for p in self.strategy.params),
             "workers": self.world_size,
-            **({} if self.mesh is None else {
-                "groups": self.config.layout.groups, "group_size": self.config.layout.group_size, "inner": self.config.layout.inner}),
+            **({} if self.mesh is None else self.config.layout.model_dump(include={"groups", "group_size", "inner"})),
             "steps": self.step,
             "final_eval_loss": self.progress.eval_loss,
             **({"stopped": self.stopped} if self.stopped else {}),

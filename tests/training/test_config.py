@@ -82,7 +82,8 @@ def test_flags_win_over_the_yaml_file(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump({"steps": 10, "lr": 0.01, "sync-interval": 8, "algo": "diloco"}))
     config = load_config(path, {"steps": "20"})
-    assert (config.run.steps, config.optimizer.lr, config.algorithm.sync_interval, config.algo) == (20, 0.01, 8, "diloco")
+    assert (config.run.steps, config.optimizer.lr, config.algorithm.sync_interval, config.algo) == (
+        20, 0.01, 8, "diloco")
 
 
 @pytest.mark.parametrize("groups", [{}, {"groups": "2", "group_size": "2", "inner": "fsdp"}])
@@ -228,7 +229,8 @@ def test_a_grouped_run_keeps_its_identity_in_another_layout(tmp_path):
     assert two_by_two.run_identity() == loaded(overrides={"out": out, "groups": "4", "workers": "4"}).run_identity()
     assert two_by_two.run_identity() != loaded(overrides={"out": out, "groups": "2", "group_size": "2",
                                                           "inner": "fsdp"}).run_identity()
-    assert loaded(overrides={"out": out}).run_identity() != loaded(overrides={"out": out, "workers": "4"}).run_identity()
+    four = loaded(overrides={"out": out, "workers": "4"})
+    assert loaded(overrides={"out": out}).run_identity() != four.run_identity()
 
 
 def test_launch_fields_do_not_change_the_run_identity(tmp_path):
@@ -296,7 +298,8 @@ def test_the_papers_preset_loads_and_validates(beside_shared_data):
     assert (config.data.grad_accum, config.data.batch_size, config.data.seq_len) == (8, 10, 64)
     # the paper's optimizer: AdamW at 0.01 without a schedule, clipping 1
     optimizer = config.optimizer
-    assert (optimizer.lr, optimizer.lr_schedule, optimizer.lr_warmup, optimizer.max_grad_norm) == (0.01, "constant", 0, 1.0)
+    assert (optimizer.lr, optimizer.lr_schedule, optimizer.lr_warmup, optimizer.max_grad_norm) == (
+        0.01, "constant", 0, 1.0)
     # H, S, p, eta, outer Nesterov SGD lr and momentum
     assert algorithm_fields(config) == (32, 32, 0.2, 1.0, 0.1, 0.9)
     # outer steps after steps 64, 96, ..., 1984: (2000 - 32) // 32 = 61 >= 50 synchronisations
@@ -313,13 +316,15 @@ def test_flags_and_config_files_win_over_the_preset(beside_shared_data):
     own.write_text("sync_interval: 16\noverlap_steps: 2\n")
     config = load_config(own, {"out": out, "outer_lr": "0.7"}, PAPER)
     algorithm = config.algorithm
-    assert (algorithm.sync_interval, algorithm.overlap_steps, algorithm.warmup_steps, algorithm.outer_lr) == (16, 2, 32, 0.7)
+    assert (algorithm.sync_interval, algorithm.overlap_steps, algorithm.warmup_steps, algorithm.outer_lr) == (
+        16, 2, 32, 0.7)
 
 
 def test_a_preset_gives_each_algorithm_only_the_options_it_takes(beside_shared_data):
     ddp = load_config(None, {"algo": "ddp", "out": beside_shared_data / "out"}, PAPER)
     assert algorithm_fields(ddp) == (None,) * 6
-    assert (ddp.optimizer.lr, ddp.optimizer.lr_schedule, ddp.run.steps, ddp.data.batch_size) == (0.01, "constant", 2000, 10)
+    assert (ddp.optimizer.lr, ddp.optimizer.lr_schedule, ddp.run.steps, ddp.data.batch_size) == (
+        0.01, "constant", 2000, 10)
     diloco = load_config(None, {"algo": "diloco", "out": beside_shared_data / "out"}, PAPER)
     assert algorithm_fields(diloco) == (32, 32, None, None, 0.1, 0.9)
     with pytest.raises(ValueError, match="--sync-interval: ddp does not take it"):

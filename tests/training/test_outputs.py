@@ -11,7 +11,7 @@ from PIL import Image
 from lowcomm.communication.simulated import run_simulated
 from lowcomm.data.tokenizer import tokenizer_file
 from lowcomm.models import build_model
-from lowcomm.training.config import load_config
+from lowcomm.training.config import load_config, resolve
 from lowcomm.training.outputs import held_out_prompt, samples_text
 from lowcomm.training.peers import communicator_peers
 from lowcomm.training.rundir import prepare_run_directory
@@ -27,7 +27,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Train 4 steps (checkpoints after steps 2 and 4), noting what the run directory holds after each
     checkpoint."""
     root = tmp_path_factory.mktemp("run")
-    config = load_config(None, {**RUN, "out": root / "out", "cache_dir": root / "cache"})
+    config = resolve(load_config(None, {**RUN, "out": root / "out", "cache_dir": root / "cache"}))
     prepare_run_directory(config)
     after_checkpoint = {}
     save = Trainer.save
@@ -77,8 +77,8 @@ def test_samples_continue_the_held_out_prompt_reproducibly(run: dict) -> None:
 
 
 def test_image_runs_write_no_samples(tmp_path: Path) -> None:
-    config = load_config(None, {**RUN, "model": "resnet18-cifar", "data": "synthetic-images", "steps": 1,
-                                "out": tmp_path / "out", "cache_dir": tmp_path / "cache"})
+    config = resolve(load_config(None, {**RUN, "model": "resnet18-cifar", "data": "synthetic-images", "steps": 1,
+                                        "out": tmp_path / "out", "cache_dir": tmp_path / "cache"}))
     prepare_run_directory(config)
     run_simulated(1, lambda c: Trainer(config, torch.device("cpu"), c, communicator_peers(c)).train())
     names = {p.name for p in config.run.out.iterdir()}
