@@ -6,9 +6,9 @@ that importing a light module of this package, such as the configuration, stays 
 
 from typing import Any
 
-from lowcomm.training.config import TrainConfig, load_config
+from lowcomm.training.config import TrainConfig, load_config, resolve
 
-__all__ = ["TrainConfig", "load_config", "train"]
+__all__ = ["TrainConfig", "load_config", "resolve", "train"]
 
 
 def __getattr__(name: str) -> Any:

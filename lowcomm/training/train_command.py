@@ -27,6 +27,7 @@ from lowcomm.algorithms import ALGORITHMS
 from lowcomm.cli import usage_error
 from lowcomm.launching.limited import real_limit, run_limited
 from lowcomm.training.config import (
+    DEFAULT_ALGORITHM,
     FLAG_ONLY,
     FLAG_PATHS,
     LAYOUT_FIELDS,
@@ -47,8 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", metavar="NAME",
                         help=f"a recipe shipped with lowcomm: {', '.join(preset_names())} (--config and flags win)")
     for name, (section, field) in FLAG_PATHS.items():
-        if section == "algorithm":
-            text = f"one of {', '.join(ALGORITHMS)} (default: palsgd)" if field == "name" else option_help(name)
+        if section == "algorithm" and field == "name":
+            text = f"one of {', '.join(ALGORITHMS)} (default: {DEFAULT_ALGORITHM})"
+        elif section == "algorithm":
+            text = option_help(name)
         else:
             info = SECTIONS[section].model_fields[field]
             if info.annotation is bool:
