@@ -10,8 +10,8 @@ import time
 
 import yaml
 
+from lowcomm.launching.rundir import prepare_run_directory, read_run_config
 from lowcomm.training.config import load_config, resolve
-from lowcomm.training.rundir import prepare_run_directory, read_run_config
 from tests.train_runs import PERIODIC, SHORT
 
 TINY = ["--steps", "4", "--batch-size", "4", "--seq-len", "16", "--eval-every", "4", "--eval-batches", "1"]

@@ -1,4 +1,5 @@
-"""``lowcomm train``: configuration, launcher, per-worker training loop, checkpoints and metrics.
+"""The training loop: configuration, the trainer and live trainer, optimizers, schedule, loss, early
+stop, the strategy's choice and batched replicas.
 
 The launcher (and with it the trainer and TensorBoard) is imported on first use of ``train``, so
 that importing a light module of this package, such as the configuration, stays light.
@@ -13,7 +14,7 @@ __all__ = ["TrainConfig", "load_config", "resolve", "train"]
 
 def __getattr__(name: str) -> Any:
     if name == "train":
-        from lowcomm.training.launch import train
+        from lowcomm.launching.launch import train
 
         return train
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,8 +6,8 @@ stop after the same step.
 
 from __future__ import annotations
 
+from lowcomm.communication.peers import Peers
 from lowcomm.training.config import TrainConfig
-from lowcomm.training.peers import Peers
 
 
 def stop_reason(config: TrainConfig, peers: Peers, evaluated: bool, eval_loss: float | None,

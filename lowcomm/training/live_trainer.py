@@ -1,5 +1,5 @@
 """A worker group's training loop in a live run (``--fault-tolerance live``, see
-:mod:`lowcomm.training.live`)."""
+:mod:`lowcomm.launching.live`)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
+from lowcomm.checkpointing.rng import seed_everything
 from lowcomm.communication.live import LiveCommunicator, TooFewGroups
+from lowcomm.communication.peers import process_group_peers
 from lowcomm.training.config import TrainConfig
-from lowcomm.training.peers import process_group_peers
-from lowcomm.training.rng import seed_everything
 from lowcomm.training.trainer import Restored, Trainer, restart_count
 
 

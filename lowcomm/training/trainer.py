@@ -2,18 +2,18 @@
 
 Every rank runs the same loop and the same collectives; rank 0 alone evaluates (the global model
 is the same on every rank) and reports (metrics, TensorBoard, progress bar, summary, and the
-outputs of :mod:`lowcomm.training.outputs`: ``loss.png`` at every checkpoint, the last step's
+outputs of :mod:`lowcomm.reporting.outputs`: ``loss.png`` at every checkpoint, the last step's
 included, and a language model's tokenizer and text samples). A rank is a
 worker process, or a thread of the simulation (``--backend sim``): building its data and model
 draws from process-wide generators, so ranks take turns at it.
 
 With worker groups (``--groups K --group-size G``) the ranks form a K x G mesh: each group trains one
 model with DistributedDataParallel or FSDP2 inside (every rank on its own batches), and the
-algorithm runs between groups. Checkpoints are then sharded (:mod:`lowcomm.training.sharded_state`)
+algorithm runs between groups. Checkpoints are then sharded (:mod:`lowcomm.checkpointing.sharded_state`)
 and may resume in another layout: each rank's data stream then starts at the position in its
 epoch that rank 0 had reached, its random generators are seeded afresh from (seed, rank, step),
 and a new group starts from the global model with a fresh inner optimizer state. In live mode
-(:mod:`lowcomm.training.live`) each group is a world of its own, a 1 x G mesh, and the communicator
+(:mod:`lowcomm.launching.live`) each group is a world of its own, a 1 x G mesh, and the communicator
 between groups is the one given.
 """
 
@@ -39,13 +39,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.optim.lr_scheduler import LambdaLR
 
 from lowcomm.algorithms.periodic import PeriodicStrategy
-from lowcomm.communication.groups import worker_groups
-from lowcomm.communication.network_model import NetworkModel, parse_rate
-from lowcomm.communication.communicator import Communicator, ProcessGroupCommunicator
-from lowcomm.communication.modelled import ModelledCommunicator
-from lowcomm.data import load_data
-from lowcomm.models import build_model
-from lowcomm.training.checkpoint import (
+from lowcomm.checkpointing.checkpoint import (
     GLOBAL_MODEL,
     SHARDED_DIRECTORY,
     agreed_checkpoint,
@@ -56,16 +50,22 @@ from lowcomm.training.checkpoint import (
     read_manifest,
     save_checkpoint,
 )
+from lowcomm.checkpointing.rng import rng_state, seed_everything, set_rng_state
+from lowcomm.checkpointing.storage import Storage, shared_storage
+from lowcomm.communication.communicator import Communicator, ProcessGroupCommunicator
+from lowcomm.communication.groups import worker_groups
+from lowcomm.communication.modelled import ModelledCommunicator
+from lowcomm.communication.network_model import NetworkModel, parse_rate
+from lowcomm.communication.peers import Peers
+from lowcomm.data import load_data
+from lowcomm.models import build_model
+from lowcomm.reporting.metrics import MetricsLog, ProgressBar, write_json_atomically
+from lowcomm.reporting.outputs import held_out_prompt, write_loss_plot, write_samples, write_tokenizer
 from lowcomm.training.config import TrainConfig
 from lowcomm.training.early_stop import stop_reason
 from lowcomm.training.loss import cross_entropy
-from lowcomm.training.metrics import MetricsLog, ProgressBar, write_json_atomically
 from lowcomm.training.optimizers import inner_optimizer
-from lowcomm.training.outputs import held_out_prompt, write_loss_plot, write_samples, write_tokenizer
-from lowcomm.training.peers import Peers
-from lowcomm.training.rng import rng_state, seed_everything, set_rng_state
 from lowcomm.training.schedule import lr_schedule
-from lowcomm.training.storage import Storage, shared_storage
 from lowcomm.training.strategy_choice import strategy_class
 
 SETUP_LOCK = threading.Lock()
@@ -344,7 +344,7 @@ class Trainer:
         self.progress.elapsed_s = self.elapsed()
         strategy_state, sharded, layout = self.strategy.state_dict(), None, None
         if self.mesh is not None:
-            from lowcomm.training.sharded_state import Position, split  # DCP: worker groups only
+            from lowcomm.checkpointing.sharded_state import Position, split  # DCP: worker groups only
 
             strategy_state, sharded = split(strategy_state, Position.of(self.mesh))
             layout = {"groups": self.mesh.size(0), "group_size": self.mesh.size(1)}
@@ -404,7 +404,7 @@ class Trainer:
         module docstring); return the rest of the state the checkpoint holds for it."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        from lowcomm.training.sharded_state import Position, initialise_state, load_sharded
+        from lowcomm.checkpointing.sharded_state import Position, initialise_state, load_sharded
         saved = read_manifest(directory).get("layout")
         if saved is None:
             raise ValueError(f"resume: {directory} was written without worker groups")

@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 from lowcomm.cli import main
 from lowcomm.data.tokenizer import tokenizer_file, train_byte_level_bpe
+from lowcomm.launching.rundir import read_run_config
 from lowcomm.models import build_model
-from lowcomm.training.rundir import read_run_config
 from tests.train_runs import PERIODIC, SHORT, lowcomm_train, manifest, records, without_timing
 from tests.training.test_bad_input import assert_rejected
 

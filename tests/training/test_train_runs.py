@@ -21,7 +21,7 @@ from lowcomm import ALGORITHMS
 from lowcomm.algorithms.periodic import PeriodicStrategy
 from lowcomm.algorithms import DiLoCo
 from lowcomm.cli import main
-from lowcomm.training.rundir import read_run_config
+from lowcomm.launching.rundir import read_run_config
 from lowcomm.training.schedule import warmup_cosine
 from tests.distributed import free_port
 from tests.train_runs import (
