@@ -157,7 +157,8 @@ class Trainer:
         self.checkpoints = checkpoints_of(config.out)
         restored = self.restore()
         self.log = MetricsLog(config.out, restored.metrics_offset, self.step) if self.rank == 0 else None
-        self.reporter = Reporter(self.log, self.strategy, self.mesh is not None, self.elapsed) if self.rank == 0 else None
+        self.reporter = (Reporter(self.log, self.strategy, self.mesh is not None, self.elapsed)
+                         if self.rank == 0 else None)
         self.clock_start = time.perf_counter() - self.progress.elapsed_s
         self.evaluated_step: int | None = None
         self.stopped: str | None = None
