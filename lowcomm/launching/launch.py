@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -37,10 +36,9 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from lowcomm.communication.peers import communicator_peers
 from lowcomm.communication.simulated import SimulatedCommunicator, run_simulated
-from lowcomm.launching.worker import run_worker
+from lowcomm.launching.worker import LOOPBACK, loopback_interface, run_worker
 from lowcomm.training.config import TrainConfig, under_torchrun
 
-LOOPBACK = "127.0.0.1"
 SHUTDOWN_GRACE_S = 5
 """Seconds the workers get between SIGTERM and SIGKILL when the launcher stops (Ctrl-C, say).
 
@@ -162,8 +160,3 @@ def worker_environment(bind_all: bool) -> Iterator[None]:
                 os.environ.pop(name)
             else:
                 os.environ[name] = value
-
-
-def loopback_interface() -> str:
-    """The loopback network interface's name (``lo`` on Linux, ``lo0`` on macOS)."""
-    return next(name for _, name in socket.if_nameindex() if name.startswith("lo"))

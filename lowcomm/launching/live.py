@@ -27,11 +27,9 @@ import torch.distributed as dist
 
 from lowcomm.communication.communicator import ProcessGroupCommunicator
 from lowcomm.communication.live import LiveCommunicator, LiveSettings, TooFewGroups, injected_fault
-from lowcomm.launching.launch import loopback_interface
-from lowcomm.launching.worker import join_process_group
+from lowcomm.launching.worker import LOOPBACK, join_process_group, loopback_interface
 from lowcomm.training.config import TrainConfig
 
-LOOPBACK = "127.0.0.1"
 HEARTBEAT_TIMEOUT_MS = 2000
 """A group whose heartbeats the lighthouse misses this long is left out of the next quorum."""
 JOIN_TIMEOUT_SHARE = 0.5

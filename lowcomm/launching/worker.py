@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import os
+import socket
 import sys
 from datetime import timedelta
 from typing import NoReturn
@@ -16,11 +17,14 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from lowcomm.checkpointing.checkpoint import CheckpointError
 from lowcomm.checkpointing.storage import shared_storage
-from lowcomm.cli import USAGE_ERROR
 from lowcomm.communication.communicator import ProcessGroupCommunicator
 from lowcomm.communication.peers import process_group_peers
+from lowcomm.exit_codes import USAGE_ERROR
 from lowcomm.launching.rundir import prepare_node_directories
 from lowcomm.training.config import TrainConfig
+
+LOOPBACK = "127.0.0.1"
+"""The address the workers, their stores and the lighthouse listen on, unless ``--bind-all``."""
 
 
 @record
@@ -99,3 +103,8 @@ def join_process_group(backend: str, hang_timeout_s: float, store: dist.Store | 
         world_size=int(os.environ["WORLD_SIZE"]),
         timeout=timeout,
     )
+
+
+def loopback_interface() -> str:
+    """The loopback network interface's name (``lo`` on Linux, ``lo0`` on macOS)."""
+    return next(name for _, name in socket.if_nameindex() if name.startswith("lo"))

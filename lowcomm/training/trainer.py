@@ -19,8 +19,6 @@ between groups is the one given.
 
 from __future__ import annotations
 
-import copy
-import math
 import os
 import pickle
 import sys
@@ -38,7 +36,6 @@ from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.optim.lr_scheduler import LambdaLR
 
-from lowcomm.algorithms.periodic import PeriodicStrategy
 from lowcomm.checkpointing.checkpoint import (
     GLOBAL_MODEL,
     SHARDED_DIRECTORY,
@@ -59,10 +56,12 @@ from lowcomm.communication.network_model import NetworkModel, parse_rate
 from lowcomm.communication.peers import Peers
 from lowcomm.data import load_data
 from lowcomm.models import build_model
-from lowcomm.reporting.metrics import MetricsLog, ProgressBar, write_json_atomically
+from lowcomm.reporting.metrics import MetricsLog
 from lowcomm.reporting.outputs import held_out_prompt, write_loss_plot, write_samples, write_tokenizer
+from lowcomm.reporting.reporter import Reporter
 from lowcomm.training.config import TrainConfig
 from lowcomm.training.early_stop import stop_reason
+from lowcomm.training.evaluation import Evaluator
 from lowcomm.training.loss import cross_entropy
 from lowcomm.training.optimizers import inner_optimizer
 from lowcomm.training.schedule import lr_schedule
@@ -158,22 +157,28 @@ class Trainer:
         self.checkpoints = checkpoints_of(config.run.out)
         restored = self.restore()
         self.log = MetricsLog(config.run.out, restored.metrics_offset, self.step) if self.rank == 0 else None
-        self.bar: ProgressBar | None = None
+        self.reporter = (Reporter(self.log, self.strategy, self.mesh is not None, self.elapsed)
+                         if self.rank == 0 else None)
         self.clock_start = time.perf_counter() - self.progress.elapsed_s
         self.evaluated_step: int | None = None
         self.stopped: str | None = None
-        if self.log is not None:
-            if self.data.tokenizer is not None:
-                write_tokenizer(config.run.out, self.data.tokenizer)
-            for checkpoint, problem in restored.skipped:
-                self.report_event("skipped_checkpoint", checkpoint=checkpoint, problem=problem)
-            restart = {"restart": restart_count()} if restart_count() else {}
-            if restored.checkpoint is None:
-                self.report_event("start", **restart)
-            else:
-                self.report_event("resume", checkpoint=restored.checkpoint, **restart)
-            if restored.planned_steps is not None:
-                self.report_replanned_schedule(restored.planned_steps)
+        if self.reporter is not None:
+            self.report_start(restored)
+
+    def report_start(self, restored: Restored) -> None:
+        """Rank 0 writes the tokenizer and reports how the run started: afresh, or resumed (skipping
+        damaged checkpoints, re-planning the learning-rate schedule)."""
+        if self.data.tokenizer is not None:
+            write_tokenizer(self.config.run.out, self.data.tokenizer)
+        for checkpoint, problem in restored.skipped:
+            self.reporter.event(self.step, "skipped_checkpoint", checkpoint=checkpoint, problem=problem)
+        restart = {"restart": restart_count()} if restart_count() else {}
+        if restored.checkpoint is None:
+            self.reporter.event(self.step, "start", **restart)
+        else:
+            self.reporter.event(self.step, "resume", checkpoint=restored.checkpoint, **restart)
+        if restored.planned_steps is not None:
+            self.report_replanned_schedule(restored.planned_steps)
 
     def refuse_groups_across_domains(self) -> None:
         """FSDP2's shards of a group spread over nodes that do not share ``--out`` would split one
@@ -209,7 +214,7 @@ class Trainer:
         model = build_model(config.model.name, implementation=config.model.impl, **sizes).to(device)
         if config.run.compile:
             model.compile()
-        self.eval_model = copy.deepcopy(model).eval() if self.rank == 0 else None
+        self.evaluator = Evaluator(model, self.data.eval_batches, device) if self.rank == 0 else None
         if config.layout.inner == "fsdp":
             from lowcomm.communication.fsdp import shard_within_groups  # FSDP2 is loaded only where it is used
 
@@ -232,20 +237,31 @@ class Trainer:
     def train(self) -> None:
         """Train up to ``config.run.steps`` or an early stop, evaluating and checkpointing on schedule and at
         the end."""
-        config = self.config
-        if self.log is not None:
-            self.bar = ProgressBar(config.run.steps, self.step, f"{config.algo} x{self.world_size}")
-        while self.step < config.run.steps and self.stopped is None:
+        if self.reporter is not None:
+            self.reporter.start(self.config.run.steps, self.step, f"{self.config.algo} x{self.world_size}")
+        while self.step < self.config.run.steps and self.stopped is None:
             self.train_step()
-            self.stopped = stop_reason(config, self.peers, False, None, self.elapsed())
-            if self.stopped:
-                self.strategy.finish()  # out of time: the final model holds every step, as at the last step
-            if self.step % config.eval.eval_every == 0 or self.step == config.run.steps or self.stopped:
+            self.stop_when_out_of_time()
+            if self.due(self.config.eval.eval_every):
                 self.evaluate()
-                self.stopped = self.stopped or stop_reason(config, self.peers, True, self.progress.eval_loss, None)
-            if self.step % config.checkpoint.checkpoint_every == 0 or self.step == config.run.steps or self.stopped:
+                self.stop_at_loss()
+            if self.due(self.config.checkpoint.checkpoint_every):
                 self.save()
         self.finish()
+
+    def due(self, every: int) -> bool:
+        """Whether a thing done every ``every`` steps is due after this step (the last one included)."""
+        return self.step % every == 0 or self.step == self.config.run.steps or self.stopped is not None
+
+    def stop_when_out_of_time(self) -> None:
+        """Stop after this step if worker 0's clock has reached ``--stop-after-s`` (a collective)."""
+        self.stopped = stop_reason(self.config, self.peers, False, None, self.elapsed())
+        if self.stopped:
+            self.strategy.finish()  # out of time: the final model holds every step, as at the last step
+
+    def stop_at_loss(self) -> None:
+        """Stop after this evaluation if worker 0's is at most ``--stop-at-loss`` (a collective)."""
+        self.stopped = self.stopped or stop_reason(self.config, self.peers, True, self.progress.eval_loss, None)
 
     def train_step(self) -> None:
         """One strategy step on ``grad_accum`` micro-batches (fetched even if PALSGD skips them).
@@ -267,48 +283,18 @@ class Trainer:
         self.scheduler.step()
         if loss_value is not None:
             self.progress.tokens += self.world_size * sum(targets.numel() for _, targets in micro_batches)
-        if self.log is not None:
-            self.report_step(loss_value, lr, stats.bytes_sent - sent_before)
+        if self.reporter is not None:
+            sent = stats.bytes_sent - sent_before
+            self.reporter.step(self.step, loss_value, lr, sent, self.progress.tokens, self.rank)
         self.log_strategy_events()
 
     def log_strategy_events(self) -> None:
         """Rank 0 logs the events the strategy recorded in this step; every rank then forgets them and
         the step's diagnostics."""
-        if self.log is not None:
-            for event in self.strategy.events:
-                self.log.write({"step": self.step, **event})
+        if self.reporter is not None:
+            self.reporter.strategy_events(self.step)
         self.strategy.events.clear()
         self.strategy.sync_diagnostics.clear()
-
-    def report_step(self, loss: float | None, lr: float, sent: int) -> None:
-        stats, elapsed = self.strategy.comm_stats, self.elapsed()
-        if loss is None:
-            self.log.write({"step": self.step, "sync": "pseudo", "bytes": sent})
-        else:
-            self.log.write(
-                {
-                    "step": self.step,
-                    "loss": loss,
-                    "lr": lr,
-                    "elapsed_s": round(elapsed, 4),
-                    "comm_bytes": stats.bytes_sent,
-                    **self.within_groups(),
-                    "tokens": self.progress.tokens,
-                }
-            )
-            if not math.isfinite(loss):
-                self.report_event("nonfinite_loss", rank=self.rank)
-        diagnostics = self.strategy.sync_diagnostics
-        if isinstance(self.strategy, PeriodicStrategy) and not self.strategy.in_warmup and sent > 0 or diagnostics:
-            self.log.write({"step": self.step, "sync": "outer", "bytes": sent, **diagnostics})
-        self.bar.update(loss, self.progress.tokens / elapsed, stats.wait_s / elapsed)
-
-    def within_groups(self) -> dict[str, int]:
-        """With worker groups, the bytes this rank has sent to the ranks of its own group."""
-        return {} if self.mesh is None else {"comm_bytes_within_groups": self.strategy.inner_comm_stats.bytes_sent}
-
-    def report_event(self, event: str, **details: Any) -> None:
-        self.log.write({"step": self.step, "event": event, **details})
 
     def to_device(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         return tuple(t.to(self.device, non_blocking=True) for t in batch)
@@ -316,27 +302,11 @@ class Trainer:
     def evaluate(self) -> None:
         """The global model's mean loss on the held-out batches (a collective; rank 0 computes it)."""
         global_model = self.strategy.global_state_dict()
-        if self.log is None:
+        if self.evaluator is None:
             return
-        self.eval_model.load_state_dict(global_model)
-        total, count = 0.0, 0
-        with torch.no_grad():
-            for batch in self.data.eval_batches:
-                inputs, targets = self.to_device(batch)
-                total += cross_entropy(self.eval_model, inputs, targets).item() * targets.numel()
-                count += targets.numel()
-        self.progress.eval_loss = total / count
+        self.progress.eval_loss = self.evaluator(global_model)
         self.evaluated_step = self.step
-        stats = self.strategy.comm_stats
-        self.log.write({
-            "step": self.step,
-            "eval_loss": self.progress.eval_loss,
-            "elapsed_s": round(self.elapsed(), 4),
-            "tokens": self.progress.tokens,
-            "comm_bytes": stats.bytes_sent,
-            **self.within_groups(),
-            "comm_wait_s": round(stats.wait_s, 4),
-        })
+        self.reporter.evaluation(self.step, self.progress.eval_loss, self.progress.tokens)
 
     def save(self) -> None:
         """Checkpoint every rank's state, the global model and the length of metrics.jsonl (a collective)."""
@@ -458,7 +428,8 @@ class Trainer:
             f"(next lr {lr:.3g})",
             file=sys.stderr,
         )
-        self.report_event("lr_schedule_replanned", from_steps=planned_steps, to_steps=self.config.run.steps, lr=lr)
+        self.reporter.event(self.step, "lr_schedule_replanned", from_steps=planned_steps,
+                            to_steps=self.config.run.steps, lr=lr)
 
     def finish(self) -> None:
         """Sum the traffic and times over all workers; rank 0 writes summary.json."""
@@ -468,7 +439,7 @@ class Trainer:
             (stats.bytes_sent, within.bytes_sent, stats.wait_s, stats.overlap_s, stats.overlap_bytes,
              self.progress.compute_s)
         )
-        if self.log is None:
+        if self.reporter is None:
             return
         wall_time = self.elapsed()
         between, inside, wait_s, overlap_s, overlap_bytes, compute_s = (sum(column) for column in zip(*everyone))
@@ -494,11 +465,8 @@ class Trainer:
         }
         if self.device.type == "cuda":
             summary["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated(self.device)
-        if self.data.tokenizer is not None and self.evaluated_step == self.step:  # eval_model is the final model
+        if self.data.tokenizer is not None and self.evaluated_step == self.step:  # the evaluator holds the final model
             prompt = held_out_prompt(self.data.eval_batches, self.config.data.seq_len)
-            write_samples(self.config.run.out, self.eval_model, self.data.tokenizer, prompt, self.config.data.seq_len,
-                          self.config.run.seed)
-        write_json_atomically(self.config.run.out / "summary.json", summary)
-        if self.bar is not None:
-            self.bar.close()
-        self.log.close()
+            write_samples(self.config.run.out, self.evaluator.model, self.data.tokenizer, prompt,
+                          self.config.data.seq_len, self.config.run.seed)
+        self.reporter.finish(self.config.run.out, summary)

@@ -70,10 +70,10 @@ def test_samples_continue_the_held_out_prompt_reproducibly(run: dict) -> None:
     prompt = held_out_prompt(trainer.data.eval_batches, SEQ_LEN)
     assert prompt == trainer.data.eval_batches[0][0][0, :8].tolist()  # half of a 16-token window
     text = (run["out"] / "samples.txt").read_text()
-    assert text == samples_text(trainer.eval_model, tokenizer, prompt, SEQ_LEN, seed=0)  # the same draws again
+    assert text == samples_text(trainer.evaluator.model, tokenizer, prompt, SEQ_LEN, seed=0)  # the same draws again
     assert text.startswith(f"Prompt (the start of the first held-out document):\n{tokenizer.backend.decode(prompt)}\n")
     assert "Greedy continuation:\n" in text and "Sampled continuation (temperature 0.8, seed 0):\n" in text
-    assert samples_text(trainer.eval_model, tokenizer, prompt, SEQ_LEN, seed=1) != text
+    assert samples_text(trainer.evaluator.model, tokenizer, prompt, SEQ_LEN, seed=1) != text
 
 
 def test_image_runs_write_no_samples(tmp_path: Path) -> None:
