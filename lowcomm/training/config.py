@@ -469,7 +469,10 @@ def completed(config: TrainConfig) -> TrainConfig:
         layout.workers = world_size
         if layout.groups is None and layout.group_size is None and 1 < local_world_size < world_size:
             layout.group_size = local_world_size  # the nodes are the groups
-    spec = model_spec(resolved.model.name)  # an hf: model's: refuses a missing directory or a config no causal LM's
+    try:
+        spec = model_spec(resolved.model.name)  # an hf: model's: refuses a missing directory or a config no causal LM's
+    except ValueError as error:
+        raise ValueError(f"model: {error}") from None
     source = parse_data_spec(resolved.data.source)
     if resolved.data.tokenizer is not None:
         check_tokenizer_source(resolved.data.tokenizer)
