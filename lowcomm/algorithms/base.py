@@ -18,7 +18,8 @@ A strategy wraps the user's model and inner optimizer. Two ways drive it, with t
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+import inspect
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import chain
 from typing import Any, ClassVar, Literal
 
@@ -28,7 +29,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils._pytree import tree_leaves
 
-from lowcomm.algorithms.options import Option
+from lowcomm.algorithms.options import Option, options_docstring
 from lowcomm.communication.communicator import CommStats, Communicator, ProcessGroupCommunicator, payload_bytes
 from lowcomm.communication.ddp_hooks import CountingState, counting_allreduce_hook
 from lowcomm.communication.groups import GroupShards, inner_kind, to_plain
@@ -55,6 +56,7 @@ class Strategy:
             ``mesh["group"]``, say) and defaults to one over ``mesh["group"]``. A mesh of one group
             (a live worker group, a world of its own) takes any communicator between groups.
         max_grad_norm: clip the (averaged, where averaged) gradient norm to this value.
+        options: the algorithm's own (:meth:`options`: declared once, in ``OPTIONS``).
     """
 
     OPTIONS: ClassVar[tuple[Option, ...]] = ()
@@ -75,6 +77,12 @@ class Strategy:
     """The entries of :meth:`state_dict` that each rank holds for its shards as a whole (error-feedback
     residuals): resumed in another group size, they start afresh."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """State the class's options (its declarations, merged along its bases) in its docstring."""
+        super().__init_subclass__(**kwargs)
+        if cls.__doc__ and cls.options():
+            cls.__doc__ = f"{inspect.cleandoc(cls.__doc__)}\n\n{options_docstring(cls.options())}\n"
+
     @classmethod
     def options(cls) -> dict[str, Option]:
         """The keyword arguments of the constructor besides the model, the optimizer, ``mesh``,
@@ -83,20 +91,24 @@ class Strategy:
         return {option.name: option for klass in reversed(cls.__mro__) for option in vars(klass).get("OPTIONS", ())}
 
     @classmethod
-    def check_option(cls, name: str, value: Any) -> Any:
-        """``value`` checked by the rule this class declares for option ``name``."""
-        return cls.options()[name].checked(value)
+    def resolve_options(cls, given: Mapping[str, Any], lrs: Iterable[float] = ()) -> dict[str, Any]:
+        """``given`` with every declared default filled in, each value checked by its declaration and
+        the rules between them (:meth:`check_options`) for each peak inner learning rate of ``lrs``;
+        a one-line error for a keyword the class does not declare (TypeError) or a value it refuses."""
+        declared = cls.options()
+        if unknown := [name for name in given if name not in declared]:
+            takes = ", ".join(declared) or "no options"
+            raise TypeError(f"{cls.__name__}: unknown option {unknown[0]!r}; it takes {takes}")
+        options = {name: option.checked(given.get(name, option.default)) for name, option in declared.items()}
+        for lr in dict.fromkeys(lrs):
+            cls.check_options(lr, options)
+        return options
 
     @classmethod
     def check_options(cls, lr: float, options: dict[str, Any]) -> None:
-        """Reject, before any worker starts, options this algorithm cannot run with: ``lr`` the peak
-        inner learning rate, ``options`` the constructor's keyword arguments with every default filled
-        in. Each declared option meets its own check; a subclass adds the rules between options. The
-        constructor applies the same rules."""
-        declared = cls.options()
-        for name, value in options.items():
-            if name in declared:
-                declared[name].checked(value)
+        """Reject options that cannot run together, before any worker starts: ``lr`` the peak inner
+        learning rate, ``options`` as :meth:`resolve_options` returns them (each already meets its
+        own check). None here; a subclass adds its rules."""
 
     @classmethod
     def skipped_batch_share(cls, options: dict[str, Any]) -> float:
@@ -118,7 +130,10 @@ class Strategy:
         mesh: DeviceMesh | None = None,
         communicator: Communicator | None = None,
         max_grad_norm: float | None = None,
+        **options: Any,
     ) -> None:
+        lrs = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+        self.option_values = self.resolve_options(options, lrs)  # every declared option: given, or its default
         if isinstance(model, DistributedDataParallel):
             raise ValueError("model: it is already wrapped in DistributedDataParallel; pass the plain module "
                              "(model.module): the strategy wraps it where DDP belongs, as strategy.model")

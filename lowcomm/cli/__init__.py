@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from lowcomm.exit_codes import USAGE_ERROR
+
 
 @dataclass(frozen=True)
 class Command:
@@ -31,8 +33,6 @@ COMMANDS: dict[str, Command] = {
     "plot": Command("lowcomm.cli.plot", "plot runs side by side: eval loss against step, time, tokens, bytes"),
     "export": Command("lowcomm.cli.export", "write a run's model as a Hugging Face model directory"),
 }
-
-USAGE_ERROR = 2
 
 
 class OneLineParser(argparse.ArgumentParser):

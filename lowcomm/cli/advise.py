@@ -38,7 +38,7 @@ from lowcomm.cli import usage_error
 from lowcomm.cli.project import read_runs
 from lowcomm.communication.network_model import NetworkModel, parse_rate
 from lowcomm.launching.rundir import CONFIG_FILE
-from lowcomm.training.config import as_flags, load_config
+from lowcomm.training.config import as_flags, load_config, resolve
 
 DDP_SHARE_TO_KEEP = 0.10
 LOCAL_SHARE = 0.05
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         network = NetworkModel(bandwidth, args.latency)
         advice = advise(found, network, workers)
         measured = steps_to_quality(runs, network, workers) if len(runs) > 1 else []
-        load_config(advice.config_file, advice.options)  # the command it prints must be valid
+        resolve(load_config(advice.config_file, advice.options))  # the command it prints must be valid
     except ValueError as error:
         return usage_error("advise", str(error))
     print(f"measured: {advice.compute_s:.4g} s per step besides communication ({found.directory})")

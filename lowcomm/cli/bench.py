@@ -49,7 +49,7 @@ from lowcomm.communication.network_model import NetworkModel, parse_rate
 from lowcomm.launching.limited import real_limit
 from lowcomm.ownership import MARKER, is_empty, mark, owner
 from lowcomm.reporting.plotting import SYNC_PLOT, plot_bench_curves, save_figure, sync_figure
-from lowcomm.training.config import TrainConfig, algorithm_flags, as_flags, load_config
+from lowcomm.training.config import FLAG_PATHS, TrainConfig, algorithm_flags, as_flags, load_config, resolve
 
 DEFAULT_ALGOS = ("ddp", "localsgd", "diloco", "palsgd", "noloco")
 MODEL_CHECK_COLUMNS = ("algo", "measured_wall_time_s", "modelled_wall_time_s", "error")
@@ -95,18 +95,20 @@ def run(args: argparse.Namespace) -> int:
         own = parse_settings(args.settings, algos)
         out = Path(flags.pop("out", Path("lowcomm-runs") / datetime.now().strftime("bench-%Y%m%d-%H%M%S")))
         check_bench_directory(out, flags)
-        requested = {algo: load_config(args.config, run_flags(algo, flags, out) | own[algo], args.preset)
+        requested = {algo: resolve(load_config(args.config, run_flags(algo, flags, out) | own[algo], args.preset))
                      for algo in algos}
         if "ddp" in algos:
-            check_grid(requested["ddp"].steps, fractions, requested["ddp"].eval_every if "eval_every" in flags else 1)
+            ddp = requested["ddp"]
+            check_grid(ddp.run.steps, fractions, ddp.eval.eval_every if "eval_every" in flags else 1)
         if "eval_every" not in flags:
-            steps = requested["ddp"].steps if "ddp" in algos else next(iter(requested.values())).steps
+            steps = (requested["ddp"] if "ddp" in algos else next(iter(requested.values()))).run.steps
             flags["eval_every"] = evaluation_grid(steps, fractions if "ddp" in algos else (1.0,))
         budgets = {algo: {"steps": planned_steps(config, args.budget, cap)} for algo, config in requested.items()}
-        configs = {algo: load_config(args.config, run_flags(algo, flags, out) | own[algo] | budgets[algo], args.preset)
+        configs = {algo: resolve(load_config(args.config, run_flags(algo, flags, out) | own[algo] | budgets[algo],
+                                             args.preset))
                    for algo in algos}
         first = next(iter(requested.values()))
-        limited, warning = real_limit(first.network, first.bandwidth, first.backend)
+        limited, warning = real_limit(first.network.mode, first.network.bandwidth, first.run.backend)
     except ValueError as error:
         return usage_error("bench", str(error))
     notes = []
@@ -122,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
     commands, stop = {}, {}
     for algo in sorted(algos, key=lambda name: name != "ddp"):  # the others' stop comes from DDP's run
         if algo != "ddp" and args.budget in STOPPING and not stop:
-            stop = stop_flags(args.budget, read_run(configs["ddp"].out) if "ddp" in algos else None, args.target_loss)
+            ddp_run = read_run(configs["ddp"].run.out) if "ddp" in algos else None
+            stop = stop_flags(args.budget, ddp_run, args.target_loss)
         arguments = ["train", *as_flags(run_flags(algo, flags, out) | own[algo] | budgets[algo] | stop)]
         if args.config is not None:
             arguments += ["--config", str(args.config)]
@@ -134,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         if code != 0:
             print(f"lowcomm bench: error: the {algo} run failed (exit code {code}); see its output above", file=sys.stderr)
             return 1
-    runs = [read_run(configs[algo].out) for algo in algos]
+    runs = [read_run(configs[algo].run.out) for algo in algos]
     targets = find_targets(runs, fractions if "ddp" in algos else (), args.target_loss)
     rows = results_rows(runs, targets, args.budget)
     write_csv(out / "results.csv", rows, COLUMNS)
@@ -151,8 +154,8 @@ def run(args: argparse.Namespace) -> int:
                  *(["--config", str(args.config)] if args.config is not None else []),
                  *(["--preset", args.preset] if args.preset is not None else [])],
         run_commands=commands,
-        settings=settings(first, flags.get("network", first.network), args.budget, configs[algos[0]].eval_every,
-                          cap, stop),
+        settings=settings(first, flags.get("network", first.network.mode), args.budget,
+                          configs[algos[0]].eval.eval_every, cap, stop),
         targets=targets,
         table=table,
         plots=plot_bench_curves([(run.algo, run.evaluations) for run in runs], [t.loss for t in targets], out)
@@ -185,7 +188,7 @@ def parse_settings(settings: list[str], algos: list[str]) -> dict[str, dict[str,
             raise ValueError(f"--set: expected ALGO.OPTION=VALUE, got {setting!r}")
         if algo not in own:
             raise ValueError(f"--set: {algo!r} is not among --algos")
-        if option not in TrainConfig.model_fields or option in ("algo", "out"):
+        if option not in FLAG_PATHS or option in ("algo", "out"):
             raise ValueError(f"--set: {option!r} is not a train option of one algorithm")
         own[algo][option] = value
     return own
@@ -228,46 +231,47 @@ def check_grid(steps: int, fractions: tuple[float, ...], first: int) -> None:
 
 def planned_steps(config: TrainConfig, budget: str, cap: float = DEFAULT_CAP) -> int:
     """The steps ``config``'s run takes under ``budget`` (at most, where it may stop early). ``steps``:
-    ``config.steps``. ``target`` and ``time``: DDP's ``config.steps``, the others' ``cap`` times that,
-    rounded up. ``tokens``: the expected tokens of ``config.steps`` gradient steps; after its S warm-up
+    ``config.run.steps``. ``target`` and ``time``: DDP's ``config.run.steps``, the others' ``cap`` times that,
+    rounded up. ``tokens``: the expected tokens of ``config.run.steps`` gradient steps; after its S warm-up
     steps, an algorithm whose steps skip their batch with probability q
     (:meth:`~lowcomm.algorithms.Strategy.skipped_batch_share`, PALSGD's p) runs S + (steps - S) / (1 - q) steps."""
     if budget in STOPPING:
-        return config.steps if config.algo == "ddp" else math.ceil(round(cap * config.steps, 9))
+        return config.run.steps if config.algo == "ddp" else math.ceil(round(cap * config.run.steps, 9))
     skipped = ALGORITHMS[config.algo].skipped_batch_share(config.algorithm_kwargs())
     if budget == "steps" or not skipped:
-        return config.steps
-    warmup = min(config.warmup_steps, config.steps)
-    return warmup + math.ceil((config.steps - warmup) / (1 - skipped))
+        return config.run.steps
+    warmup = min(config.algorithm.warmup_steps, config.run.steps)
+    return warmup + math.ceil((config.run.steps - warmup) / (1 - skipped))
 
 
 def settings(config: TrainConfig, network: str, budget: str, eval_every: int, cap: float | None,
              stop: dict[str, float]) -> str:
-    tokens = config.batch_size * config.grad_accum * config.seq_len
-    link = "unlimited" if math.isinf(parse_rate(config.bandwidth)) else config.bandwidth
+    tokens = config.data.batch_size * config.data.grad_accum * config.data.seq_len
+    steps = config.run.steps
+    link = "unlimited" if math.isinf(parse_rate(config.network.bandwidth)) else config.network.bandwidth
     how = {"none": "real (tc-tbf in network namespaces)" if link != "unlimited" else "real",
-           "model": f"modelled, latency {config.latency} s"}[network]
+           "model": f"modelled, latency {config.network.latency} s"}[network]
     protocol = {
-        "steps": f"equal steps (the PALSGD paper's protocol): every algorithm runs {config.steps} optimizer steps "
+        "steps": f"equal steps (the PALSGD paper's protocol): every algorithm runs {steps} optimizer steps "
         f"of {tokens} tokens per worker, and a PALSGD pseudo-synchronisation step skips its batch",
-        "tokens": f"an equal token budget: {config.steps} gradient steps of {tokens} tokens per worker (PALSGD runs "
+        "tokens": f"an equal token budget: {steps} gradient steps of {tokens} tokens per worker (PALSGD runs "
         "more steps, since its pseudo-synchronisation steps train on none)",
-        "target": f"time to quality: DDP runs {config.steps} steps of {tokens} tokens per worker; every other "
+        "target": f"time to quality: DDP runs {steps} steps of {tokens} tokens per worker; every other "
         f"algorithm runs until an evaluation's loss is at most {stop.get('stop_at_loss', 0):.4f}, or "
-        f"{config.steps} x {cap:g} steps (the cap) if none is, its learning-rate schedule planned for the cap",
-        "time": f"equal wall-clock: DDP runs {config.steps} steps of {tokens} tokens per worker, its final "
+        f"{steps} x {cap:g} steps (the cap) if none is, its learning-rate schedule planned for the cap",
+        "time": f"equal wall-clock: DDP runs {steps} steps of {tokens} tokens per worker, its final "
         f"evaluation at {stop.get('stop_after_s', 0):.1f} s on worker 0's clock; every other algorithm runs until "
-        f"its clock passes that (or {config.steps} x {cap:g} steps, the cap) and is evaluated there, its "
+        f"its clock passes that (or {steps} x {cap:g} steps, the cap) and is evaluated there, its "
         "learning-rate schedule planned for the cap",
     }[budget]
-    if budget in STOPPING and config.lr_schedule == "cosine":
+    if budget in STOPPING and config.optimizer.lr_schedule == "cosine":
         protocol += (" (a cosine schedule decays over DDP's steps for DDP and over the cap for the others, so the "
                      "comparison is exact only with --lr-schedule constant)")
-    who = f"{config.workers} workers"
+    who = f"{config.layout.workers} workers"
     if config.grouped:
-        who = f"{config.groups} groups of {config.group_size} workers with {config.inner} inside"
-    return (f"{who} ({config.backend} backend, {config.device}), {config.model} on {config.data}, "
-            f"{protocol}; evaluation every {eval_every} steps, seed {config.seed}; network: {link}, {how}.")
+        who = f"{config.layout.groups} groups of {config.layout.group_size} workers with {config.layout.inner} inside"
+    return (f"{who} ({config.run.backend} backend, {config.run.device}), {config.model.name} on {config.data.source}, "
+            f"{protocol}; evaluation every {eval_every} steps, seed {config.run.seed}; network: {link}, {how}.")
 
 
 def check_protocol(args: argparse.Namespace, algos: list[str], flags: dict[str, Any]) -> float:
@@ -308,7 +312,7 @@ def plot_sync_diagnostics(runs: list[Run], out: Path) -> list[str]:
 
 def model_check(runs: list[Run], config: TrainConfig) -> str:
     """The model's wall time for each run (its own compute, the modelled link) beside the measured one."""
-    network = NetworkModel(parse_rate(config.bandwidth), config.latency)
+    network = NetworkModel(parse_rate(config.network.bandwidth), config.network.latency)
     rows = []
     for run in runs:
         modelled = project(run, network, run.links, target=-math.inf).wall_time_s

@@ -13,13 +13,13 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
+from lowcomm.benchmarks.plots import plot_speedups
 from lowcomm.benchmarks.projection import COLUMNS, project_all
 from lowcomm.benchmarks.report import markdown_table
 from lowcomm.benchmarks.results import check_target_loss, choose_target, write_csv
 from lowcomm.benchmarks.runs import Run, read_run
 from lowcomm.cli import check_out_directory, usage_error
 from lowcomm.communication.network_model import parse_rate
-from lowcomm.reporting.plotting import plot_speedups
 
 DEFAULT_BANDWIDTHS = "10mbit,100mbit,1gbit,10gbit,100gbit"
 

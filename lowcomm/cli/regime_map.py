@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lowcomm.benchmarks.plots import plot_speedup_map, plot_winner_map
 from lowcomm.benchmarks.projection import project_all
 from lowcomm.benchmarks.report import markdown_table
 from lowcomm.benchmarks.results import find_targets, write_csv
@@ -31,7 +32,6 @@ from lowcomm.benchmarks.runs import Run
 from lowcomm.cli import check_out_directory, usage_error
 from lowcomm.cli.project import parse_bandwidths, read_runs
 from lowcomm.launching.rundir import read_run_config
-from lowcomm.reporting.plotting import plot_speedup_map, plot_winner_map
 
 COLUMNS = ("protocol", "tokens_per_step", "algo", "bandwidth_bps", "speedup_vs_ddp", "time_to_target_s",
            "ddp_time_to_target_s")

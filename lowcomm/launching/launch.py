@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -37,10 +36,9 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from lowcomm.communication.peers import communicator_peers
 from lowcomm.communication.simulated import SimulatedCommunicator, run_simulated
-from lowcomm.launching.worker import run_worker
+from lowcomm.launching.worker import LOOPBACK, loopback_interface, run_worker
 from lowcomm.training.config import TrainConfig, under_torchrun
 
-LOOPBACK = "127.0.0.1"
 SHUTDOWN_GRACE_S = 5
 """Seconds the workers get between SIGTERM and SIGKILL when the launcher stops (Ctrl-C, say).
 
@@ -57,7 +55,7 @@ def train(config: TrainConfig) -> None:
     if under_torchrun():
         run_worker(config)
         return
-    if config.backend == "sim":
+    if config.run.backend == "sim":
         train_simulated(config)
         return
     if config.live:
@@ -68,18 +66,18 @@ def train(config: TrainConfig) -> None:
     launch_config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
-        nproc_per_node=config.workers,
+        nproc_per_node=config.layout.workers,
         run_id=f"lowcomm-{uuid.uuid4().hex}",
         rdzv_backend=PrivateRendezvous.BACKEND,
         rdzv_endpoint="",
-        max_restarts=config.max_restarts,
+        max_restarts=config.fault_tolerance.max_restarts,
         start_method="spawn",
         local_addr=LOOPBACK,
         shutdown_timeout=SHUTDOWN_GRACE_S,
     )
     private = tempfile.mkdtemp(prefix="lowcomm-store-")  # mode 0700: only this user's processes open it
     try:
-        with worker_environment(config.bind_all):
+        with worker_environment(config.network.bind_all):
             elastic_launch(launch_config, run_worker)(config, os.path.join(private, "store"))
     finally:
         shutil.rmtree(private, ignore_errors=True)
@@ -130,10 +128,10 @@ def train_simulated(config: TrainConfig) -> None:
     from lowcomm.training.loss import cross_entropy
     from lowcomm.training.trainer import Trainer  # a launcher of worker processes does not import it
 
-    device = torch.device(config.device)
-    batched = config.sim_passes == "batched" or (config.sim_passes == "auto" and device.type == "cuda")
+    device = torch.device(config.run.device)
+    batched = config.run.sim_passes == "batched" or (config.run.sim_passes == "auto" and device.type == "cuda")
     if device.type == "cpu" and not batched:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.workers))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.layout.workers))
 
     def worker(communicator: SimulatedCommunicator) -> None:
         loss = ReplicaBatcher(communicator).loss if batched else cross_entropy
@@ -143,7 +141,7 @@ def train_simulated(config: TrainConfig) -> None:
             raise Refused(str(error)) from None
         trainer.train()
 
-    run_simulated(config.workers, worker, timeout_s=config.hang_timeout)
+    run_simulated(config.layout.workers, worker, timeout_s=config.fault_tolerance.hang_timeout)
 
 
 @contextmanager
@@ -162,8 +160,3 @@ def worker_environment(bind_all: bool) -> Iterator[None]:
                 os.environ.pop(name)
             else:
                 os.environ[name] = value
-
-
-def loopback_interface() -> str:
-    """The loopback network interface's name (``lo`` on Linux, ``lo0`` on macOS)."""
-    return next(name for _, name in socket.if_nameindex() if name.startswith("lo"))

@@ -27,11 +27,9 @@ import torch.distributed as dist
 
 from lowcomm.communication.communicator import ProcessGroupCommunicator
 from lowcomm.communication.live import LiveCommunicator, LiveSettings, TooFewGroups, injected_fault
-from lowcomm.launching.launch import loopback_interface
-from lowcomm.launching.worker import join_process_group
+from lowcomm.launching.worker import LOOPBACK, join_process_group, loopback_interface
 from lowcomm.training.config import TrainConfig
 
-LOOPBACK = "127.0.0.1"
 HEARTBEAT_TIMEOUT_MS = 2000
 """A group whose heartbeats the lighthouse misses this long is left out of the next quorum."""
 JOIN_TIMEOUT_SHARE = 0.5
@@ -58,16 +56,17 @@ def train_live(config: TrainConfig) -> None:
     os.environ.setdefault("RUST_LOG", "warn")  # torchft's log, else a long line per quorum (read by the groups too)
     from torchft.coordination import LighthouseServer
 
-    lighthouse, address = None, config.lighthouse
+    lighthouse, address = None, config.fault_tolerance.lighthouse
     if address is None:
         lighthouse = LighthouseServer(
             bind=f"{LOOPBACK}:0",
-            min_replicas=config.min_groups,
-            join_timeout_ms=int(config.hang_timeout * 1000 * JOIN_TIMEOUT_SHARE),
+            min_replicas=config.fault_tolerance.min_groups,
+            join_timeout_ms=int(config.fault_tolerance.hang_timeout * 1000 * JOIN_TIMEOUT_SHARE),
             heartbeat_timeout_ms=HEARTBEAT_TIMEOUT_MS,
         )
         address = f"{LOOPBACK}:{lighthouse.address().rsplit(':', 1)[1]}"
-    groups = range(config.groups) if config.live_group is None else [config.live_group]
+    live_group = config.fault_tolerance.live_group
+    groups = range(config.layout.groups) if live_group is None else [live_group]
     running = {group: GroupProcesses(config, group, 0, f"http://{address}") for group in groups}
     restarts = dict.fromkeys(groups, 0)
     failures: list[str] = []
@@ -80,13 +79,14 @@ def train_live(config: TrainConfig) -> None:
                     continue
                 del running[group]
                 if exit_code == TOO_FEW_GROUPS:
-                    failures.append(f"group {group} stopped: fewer than {config.min_groups} groups were live for "
-                                    f"{config.hang_timeout:g} s; its checkpoint is in "
-                                    f"{group_directory(config.out, group)}")
-                elif exit_code != 0 and restarts[group] < config.max_restarts:
+                    faults = config.fault_tolerance
+                    failures.append(f"group {group} stopped: fewer than {faults.min_groups} groups were live for "
+                                    f"{faults.hang_timeout:g} s; its checkpoint is in "
+                                    f"{group_directory(config.run.out, group)}")
+                elif exit_code != 0 and restarts[group] < config.fault_tolerance.max_restarts:
                     restarts[group] += 1
                     print(f"lowcomm train: group {group} failed (exit code {exit_code}); restarting it "
-                          f"({restarts[group]} of {config.max_restarts})", file=sys.stderr)
+                          f"({restarts[group]} of {config.fault_tolerance.max_restarts})", file=sys.stderr)
                     running[group] = GroupProcesses(config, group, restarts[group], f"http://{address}")
                 elif exit_code != 0:
                     failures.append(f"group {group} failed (exit code {exit_code}); see its log above")
@@ -105,14 +105,14 @@ class GroupProcesses:
     others are killed."""
 
     def __init__(self, config: TrainConfig, group: int, restart: int, lighthouse: str) -> None:
-        listener = socket.create_server(("" if config.bind_all else LOOPBACK, 0))
+        listener = socket.create_server(("" if config.network.bind_all else LOOPBACK, 0))
         port = listener.getsockname()[1]
         self.store = dist.TCPStore(LOOPBACK, port, is_master=True, wait_for_workers=False,
                                    master_listen_fd=listener.detach())
         context = multiprocessing.get_context("spawn")
         self.processes = [
             context.Process(target=run_group, args=(config, group, inner_rank, restart, lighthouse, port))
-            for inner_rank in range(config.group_size)
+            for inner_rank in range(config.layout.group_size)
         ]
         for process in self.processes:
             process.start()
@@ -142,32 +142,34 @@ def run_group(
     """One process of a worker group: rank ``inner_rank`` of the group's own world (a process group
     in the group's store), its live communicator to rank ``inner_rank`` of the other groups, training."""
     from lowcomm.training.live_trainer import LiveTrainer  # the launcher that imports this module does not train
-    if not config.bind_all:
+    if not config.network.bind_all:
         os.environ["GLOO_SOCKET_IFNAME"] = loopback_interface()
-    os.environ.update(RANK=str(inner_rank), WORLD_SIZE=str(config.group_size), TORCHELASTIC_RESTART_COUNT=str(restart))
-    local_groups = config.groups if config.live_group is None else 1
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // (local_groups * config.group_size)))
-    store_host = LOOPBACK if not config.bind_all else socket.gethostname()
-    join_process_group("gloo", config.hang_timeout, dist.TCPStore(store_host, store_port, is_master=False))
-    group_config = config.model_copy(update={"out": group_directory(config.out, group)})
-    group_config.out.mkdir(parents=True, exist_ok=True)
+    os.environ.update(RANK=str(inner_rank), WORLD_SIZE=str(config.layout.group_size),
+                      TORCHELASTIC_RESTART_COUNT=str(restart))
+    local_groups = config.layout.groups if config.fault_tolerance.live_group is None else 1
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // (local_groups * config.layout.group_size)))
+    store_host = LOOPBACK if not config.network.bind_all else socket.gethostname()
+    store = dist.TCPStore(store_host, store_port, is_master=False)
+    join_process_group("gloo", config.fault_tolerance.hang_timeout, store)
+    group_config = config.with_run(out=group_directory(config.run.out, group))
+    group_config.run.out.mkdir(parents=True, exist_ok=True)
     trainer: LiveTrainer | None = None
     settings = LiveSettings(
         lighthouse=lighthouse,
         group=group,
-        groups=config.groups,
-        min_groups=config.min_groups,
+        groups=config.layout.groups,
+        min_groups=config.fault_tolerance.min_groups,
         store_host=store_host,
         store_port=store_port,
         inner_rank=inner_rank,
-        group_size=config.group_size,
+        group_size=config.layout.group_size,
         hostname=store_host,
-        quorum_timeout_s=config.hang_timeout,
+        quorum_timeout_s=config.fault_tolerance.hang_timeout,
         collective_timeout_s=COLLECTIVE_TIMEOUT_S,
         fault=injected_fault(group) if restart == 0 and inner_rank == 0 else None,
-        manager_bind=None if config.bind_all else LOOPBACK,
+        manager_bind=None if config.network.bind_all else LOOPBACK,
     )
-    within = ProcessGroupCommunicator() if config.group_size > 1 else None
+    within = ProcessGroupCommunicator() if config.layout.group_size > 1 else None
     communicator = LiveCommunicator(settings, lambda: trainer.live_state(),
                                     lambda state: trainer.load_live_state(state), within)
     if restart == 0:

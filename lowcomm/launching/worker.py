@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import os
+import socket
 import sys
 from datetime import timedelta
 from typing import NoReturn
@@ -16,11 +17,14 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from lowcomm.checkpointing.checkpoint import CheckpointError
 from lowcomm.checkpointing.storage import shared_storage
-from lowcomm.cli import USAGE_ERROR
 from lowcomm.communication.communicator import ProcessGroupCommunicator
 from lowcomm.communication.peers import process_group_peers
+from lowcomm.exit_codes import USAGE_ERROR
 from lowcomm.launching.rundir import prepare_node_directories
 from lowcomm.training.config import TrainConfig
+
+LOOPBACK = "127.0.0.1"
+"""The address the workers, their stores and the lighthouse listen on, unless ``--bind-all``."""
 
 
 @record
@@ -29,7 +33,7 @@ def run_worker(config: TrainConfig, store_file: str | None = None) -> None:
     joining the process group in the launcher's ``store_file`` (None: torchrun's ``env://``)."""
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    if config.device == "cuda":
+    if config.run.device == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     else:
@@ -37,7 +41,7 @@ def run_worker(config: TrainConfig, store_file: str | None = None) -> None:
         if "OMP_NUM_THREADS" not in os.environ:  # a user's (or our namespaced launcher's) choice stands
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
     store = None if store_file is None else dist.FileStore(store_file, -1)
-    join_process_group("nccl" if device.type == "cuda" else "gloo", config.hang_timeout, store)
+    join_process_group("nccl" if device.type == "cuda" else "gloo", config.fault_tolerance.hang_timeout, store)
     try:
         train_as_this_rank(config, device, store is not None)
         gc.collect()  # a trainer kept alive by a reference cycle goes while its process groups still exist
@@ -59,7 +63,7 @@ def train_as_this_rank(config: TrainConfig, device: torch.device, launched_here:
         if not launched_here:  # torchrun's: every node has its own --out, shared or not
             # torchrun counts restarts per node: a node restarted for another node's failure counts none
             if any(peers.all_gather(restart_count() > 0)):
-                config = config.model_copy(update={"resume": True, "overwrite": False})
+                config = config.with_run(resume=True, overwrite=False)
             storage = prepare_node_directories(config, peers)
         else:
             storage = shared_storage(peers.rank, peers.world_size)
@@ -99,3 +103,8 @@ def join_process_group(backend: str, hang_timeout_s: float, store: dist.Store | 
         world_size=int(os.environ["WORLD_SIZE"]),
         timeout=timeout,
     )
+
+
+def loopback_interface() -> str:
+    """The loopback network interface's name (``lo`` on Linux, ``lo0`` on macOS)."""
+    return next(name for _, name in socket.if_nameindex() if name.startswith("lo"))

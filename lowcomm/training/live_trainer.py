@@ -21,9 +21,9 @@ class LiveTrainer(Trainer):
         self.live = communicator
         self.joining = False
         peers = process_group_peers()
-        size = config.group_size
+        size = config.layout.group_size
         super().__init__(config, device, communicator, peers,
-                         data_shard=(communicator.rank * size + peers.rank, config.groups * size))
+                         data_shard=(communicator.rank * size + peers.rank, config.layout.groups * size))
         if self.step > 0:
             communicator.resume_at(self.step)
 
@@ -84,5 +84,5 @@ class LiveTrainer(Trainer):
         keeps what it wrote before."""
         if restart_count() == 0:
             return super().restore()
-        metrics = self.config.out / "metrics.jsonl"
+        metrics = self.config.run.out / "metrics.jsonl"
         return Restored(metrics_offset=metrics.stat().st_size if metrics.exists() else 0)

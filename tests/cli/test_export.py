@@ -103,7 +103,7 @@ BAD = {
 
 def rewrite_model(run: Path, model: str) -> Path:
     config = run / "config.yaml"
-    config.write_text(config.read_text().replace("model: gpt-tiny", f"model: {model}"))
+    config.write_text(config.read_text().replace("name: gpt-tiny", f"name: {model}"))
     return run
 
 
