@@ -3,13 +3,16 @@
 Worker ``i`` runs in namespace ``{prefix}{pid}w{i}`` whose only interface, ``eth0``, has the address
 ``10.213.0.{i+1}/24`` and is one end of a veth pair. The other ends hang on a bridge in a namespace of
 its own, ``{prefix}{pid}br``, so the host's network is untouched and the workers have no route to
-anything but each other. A token bucket filter (tc-tbf) on both ends of every pair caps what a
+anything but each other and the bridge's own address, :data:`HUB` (where a launcher listens for them,
+its listening sockets opened :func:`entered` the bridge's namespace). A token bucket filter (tc-tbf) on both ends of every pair caps what a
 worker sends and what it receives at the rate, like a full-duplex link. Needs root and iproute2.
-Deleting a namespace deletes its interfaces, so teardown is deleting the namespaces.
+Deleting a namespace deletes its interfaces, so teardown is deleting the namespaces. :func:`set_link`
+takes a worker's link down (a site cut off) and up again.
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import re
@@ -18,7 +21,8 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import FrameType, TracebackType
 
 from lowcomm.communication.network_model import parse_rate
@@ -26,12 +30,15 @@ from lowcomm.communication.network_model import parse_rate
 SUBNET = "10.213.0"
 INTERFACE = "eth0"
 MAX_WORKERS = 253
+HUB = f"{SUBNET}.254"
+"""The bridge's address, in the bridge's namespace: reachable from every worker."""
 _BRIDGE = "br0"
 _TICKS_PER_S = 250  # the bucket must hold a timer tick's worth of traffic (HZ=250)
 _MIN_BURST_BYTES = 4096
 _QUEUE_LATENCY = "50ms"  # longest a packet may wait in the bucket's queue before it is dropped
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _PREFIX = re.compile(r"[A-Za-z_-]+")
+_CLONE_NEWNET = 0x40000000
 
 
 class LimitedNetwork:
@@ -62,6 +69,11 @@ class LimitedNetwork:
 
     def address(self, i: int) -> str:
         return f"{SUBNET}.{self._check_worker(i) + 1}"
+
+    @property
+    def hub_namespace(self) -> str:
+        """The bridge's namespace, where :data:`HUB` is."""
+        return self._bridge_namespace
 
     def command_prefix(self, i: int) -> list[str]:
         """Prepend to a command to run it as worker ``i``."""
@@ -95,6 +107,7 @@ class LimitedNetwork:
         bridge_link = ["ip", "-n", self._bridge_namespace, "link"]
         _run(*bridge_link, "add", _BRIDGE, "type", "bridge")
         _run(*bridge_link, "set", _BRIDGE, "up")
+        _run("ip", "-n", self._bridge_namespace, "addr", "add", f"{HUB}/24", "dev", _BRIDGE)
         for i in range(self.num_workers):
             namespace, port = self.namespace(i), f"w{i}"
             self._add_namespace(namespace)
@@ -143,6 +156,43 @@ class LimitedNetwork:
             previous(signum, frame)
         else:  # SIG_DFL, now restored: die of the signal as if it had never been caught
             os.kill(os.getpid(), signum)
+
+
+def set_link(owner_pid: int, worker: int, up: bool, prefix: str = "lc") -> None:
+    """Take worker ``worker``'s link in the network of process ``owner_pid`` down, or up again, at the
+    bridge's end of its pair: while it is down the worker reaches nothing and nothing reaches it, and
+    its open connections wait (TCP retransmits) rather than break."""
+    _check_prefix(prefix)
+    _run("ip", "-n", f"{prefix}{owner_pid}br", "link", "set", f"w{worker}", "up" if up else "down")
+
+
+def enter(namespace: str) -> None:
+    """Move the calling thread into network namespace ``namespace`` (a process's first thread: the
+    process, as the threads it starts afterwards inherit it)."""
+    target = os.open(f"/run/netns/{namespace}", os.O_RDONLY)
+    try:
+        _setns(target)
+    finally:
+        os.close(target)
+
+
+@contextmanager
+def entered(namespace: str) -> Iterator[None]:
+    """Inside, the calling thread is in network namespace ``namespace``; the sockets it opens there stay
+    there after it leaves."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        enter(namespace)
+        yield
+    finally:
+        _setns(own)
+        os.close(own)
+
+
+def _setns(descriptor: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(descriptor, _CLONE_NEWNET) != 0:
+        raise RuntimeError(f"setns: {os.strerror(ctypes.get_errno())}")
 
 
 def cleanup_stale(prefix: str = "lc") -> list[str]:

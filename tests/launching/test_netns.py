@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from lowcomm.launching.netns import LimitedNetwork, available, cleanup_stale
+from lowcomm.launching.netns import HUB, LimitedNetwork, available, cleanup_stale, entered, set_link
 from lowcomm.communication.network_model import NetworkModel
 
 PREFIX = "lctest"
@@ -51,6 +52,16 @@ SENDER = """
 import socket, sys
 with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20) as connection:
     connection.sendall(bytes(int(sys.argv[3])))
+"""
+
+CONNECT = """
+import socket, sys, time
+start = time.perf_counter()
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1).close()
+    print("connected", time.perf_counter() - start)
+except OSError:
+    print("failed", time.perf_counter() - start)
 """
 
 HOLDER = f"""
@@ -236,3 +247,28 @@ def test_entering_removes_stale_namespaces_and_spares_live_ones() -> None:
 def test_bad_arguments_are_named(arguments: tuple, argument: str) -> None:
     with pytest.raises(ValueError, match=argument):
         LimitedNetwork(*arguments)
+
+
+def connects(network: LimitedNetwork, worker: int, port: int) -> tuple[str, float]:
+    """Whether worker ``worker`` connects to ``HUB:port`` within a second, and how long it took to know."""
+    outcome, seconds = finish(python_in(network, worker, CONNECT, HUB, port)).split()
+    return outcome, float(seconds)
+
+
+def test_a_cut_link_reaches_nothing_until_it_is_up_again() -> None:
+    """The hook of the live cut-off test: worker 1's link down, its connects to the hub (a launcher's
+    server) fail within the second they may take while worker 0's succeed; up again, they succeed."""
+    with LimitedNetwork(2, "unlimited", prefix=PREFIX) as network:
+        with entered(network.hub_namespace):
+            server = socket.create_server((HUB, 0), backlog=16)
+        with server:
+            port = server.getsockname()[1]
+            assert [connects(network, i, port)[0] for i in range(2)] == ["connected", "connected"]
+            set_link(os.getpid(), 1, up=False, prefix=PREFIX)
+            outcome, seconds = connects(network, 1, port)
+            assert outcome == "failed" and seconds < 1.5
+            assert connects(network, 0, port)[0] == "connected"
+            set_link(os.getpid(), 1, up=True, prefix=PREFIX)
+            assert connects(network, 1, port)[0] == "connected"
+        with pytest.raises(OSError):  # back in its own namespace, which has no such address
+            socket.create_server((HUB, 0))
