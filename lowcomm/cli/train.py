@@ -7,8 +7,9 @@ bad input exits with code 2 and one line on stderr, leaving ``--out`` untouched.
 
 With a ``--bandwidth`` limit and the real network (``--network none``), every worker runs in a
 network namespace of its own behind a link of that rate (see
-:mod:`lowcomm.launching.limited`); where that is impossible, a warning says so and the link
-is modelled instead (``--network model``).
+:mod:`lowcomm.launching.limited`; live groups: each group in one, :mod:`lowcomm.launching.live`);
+where that is impossible, a warning says so and the link is modelled instead (``--network model``),
+or, for live groups, the run is refused.
 """
 
 from __future__ import annotations
@@ -92,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
         limited, warning = (False, None) if under_torchrun() else real_limit(
             config.network.mode, config.network.bandwidth, config.run.backend
         )
+        if warning is not None and config.live:
+            raise ValueError("bandwidth: live groups behind a limit need network namespaces (Linux, root, "
+                             "iproute2); or give --bandwidth unlimited")
         if warning is not None:
             print(f"lowcomm train: warning: {warning}", file=sys.stderr)
             config.network.mode = "model"
@@ -99,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             prepare_run_directory(config)
     except ValueError as error:
         return usage_error("train", str(error))
-    if limited:
+    if limited and not config.live:  # live groups go into namespaces of their own (lowcomm.launching.live)
         return train_limited(config)
     if reports():
         layout = config.layout

@@ -108,6 +108,7 @@ class LimitedNetwork:
         _run(*bridge_link, "add", _BRIDGE, "type", "bridge")
         _run(*bridge_link, "set", _BRIDGE, "up")
         _run("ip", "-n", self._bridge_namespace, "addr", "add", f"{HUB}/24", "dev", _BRIDGE)
+        _run(*bridge_link, "set", "lo", "up")  # the launcher's connections to its own servers at HUB
         for i in range(self.num_workers):
             namespace, port = self.namespace(i), f"w{i}"
             self._add_namespace(namespace)

@@ -567,8 +567,8 @@ def check_live(config: TrainConfig) -> None:
         raise ValueError("fault_tolerance: live needs --groups K (the worker groups that may fail and rejoin)")
     if layout.group_size is None and "workers" not in layout.model_fields_set:
         layout.group_size = 1
-    if run.backend != "dist" or network.mode != "none" or network.bandwidth != "unlimited" or under_torchrun():
-        raise ValueError("fault_tolerance: live runs on lowcomm's own launcher with the real, unlimited network")
+    if run.backend != "dist" or network.mode != "none" or under_torchrun():
+        raise ValueError("fault_tolerance: live runs on lowcomm's own launcher with the real network")
     options = config.algorithm_options()
     for name in ("overlap_steps", "compress"):
         if options.get(name) not in (None, 0, "none"):
@@ -581,6 +581,8 @@ def check_live(config: TrainConfig) -> None:
     if (faults.lighthouse is None) != (faults.live_group is None):
         raise ValueError("lighthouse: give --lighthouse HOST:PORT and --live-group G together (several "
                          "machines), or neither (one machine, which starts its own lighthouse)")
+    if faults.lighthouse is not None and network.bandwidth != "unlimited":
+        raise ValueError("bandwidth: live groups behind limited links run on one machine, not with --lighthouse")
     if faults.live_group is not None and faults.live_group >= layout.groups:
         raise ValueError(f"live_group: {faults.live_group} is not one of the {layout.groups} groups")
     if faults.lighthouse is not None:

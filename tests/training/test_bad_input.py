@@ -137,6 +137,9 @@ if importlib.util.find_spec("torchft") is not None:
         "lighthouse without port": ([*LIVE, "--groups", "2", "--live-group", "0", "--lighthouse", "h"],
                                     "--lighthouse: expected HOST:PORT"),
         "negative min groups": ([*LIVE, "--groups", "2", "--min-groups", "0"], "--min-groups: Input should be"),
+        "limited live groups on several machines": (
+            [*LIVE, "--groups", "2", "--live-group", "0", "--lighthouse", "h:1", "--bandwidth", "1gbit"],
+            "--bandwidth: live groups behind limited links run on one machine, not with --lighthouse"),
     }
 if not torch.cuda.is_available():
     FLAG_CASES["cuda without a GPU"] = (["--device", "cuda"], "--device: cuda requested but no GPU is available")

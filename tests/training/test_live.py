@@ -3,8 +3,9 @@ with SIGKILL, in its local phase or inside an all-reduce (NoLoCo: exchange), is 
 others train on, rejoins healed, and every group ends with the same global model; without faults a
 live run ends as the restart mode's; a group of two processes, one of them killed, is restarted
 whole and rejoins healed; a group that alone failed a step is healed in place; too few live groups
-stop the run with one line and a checkpoint; a lighthouse that restarts does not stop training;
-without torchft the option is refused."""
+stop the run with one line and a checkpoint; a lighthouse that restarts does not stop training; a
+group whose link goes down for 30 s is left out and rejoins healed; without torchft the option is
+refused."""
 
 import contextlib
 import importlib.util
@@ -23,6 +24,7 @@ from safetensors.torch import load_file
 
 from lowcomm.checkpointing.checkpoint import load_worker_state, newest_complete_checkpoint
 from lowcomm.launching.live import COLLECTIVE_TIMEOUT_S
+from lowcomm.launching.netns import HUB, set_link
 
 from tests.train_runs import listening_addresses, live_records, wait_for, worker_pids
 
@@ -365,6 +367,49 @@ def test_training_survives_a_restarted_lighthouse(size, cache_dir, tmp_path):
     models = [load_file(tmp_path / f"machine{g}" / f"group_{g}" / "checkpoints" / "step_00000800" /
                         "model.safetensors") for g in range(2)]
     assert all((models[0][k] == models[1][k]).all() for k in models[0])
+
+
+CUT_S = 30
+
+
+@needs_torchft
+def test_a_group_cut_off_for_30_s_is_left_out_and_rejoins_healed(cache_dir, tmp_path):
+    """3 DiLoCo groups, each in a network namespace of its own behind a 1 Gbit/s link; group 1's link
+    goes down for 30 s mid-run (its processes live on; its collectives and quorums fail). The others
+    wait for it at most the collective timeout, train on without it, and take it back healed once its
+    link is up; every group ends with the same global model."""
+    steps = 2400  # the others train on through the cut, and group 1 rejoins well before they finish
+    out = tmp_path / "cut"
+    args = ["--algo", "diloco", "--groups", str(GROUPS), "--bandwidth", "1gbit", "--steps", str(steps),
+            "--eval-every", str(steps), "--checkpoint-every", str(steps)]
+    with (tmp_path / "stderr.txt").open("w") as stderr:
+        launcher = subprocess.Popen(train_command(out, *args, cache_dir=cache_dir),
+                                    stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            wait_for(lambda: any(r["step"] >= 40 for r in group_records(out, KILLED, "train")), launcher, 240)
+            hub = ["ip", "netns", "exec", f"lc{launcher.pid}br", "ss", "-ltnH"]
+            listening = subprocess.run(hub, capture_output=True, text=True, check=True).stdout.splitlines()
+            assert {line.split()[3].rsplit(":", 1)[0] for line in listening} == {HUB}  # lighthouse, stores
+            set_link(launcher.pid, KILLED, up=False)
+            time.sleep(CUT_S)
+            set_link(launcher.pid, KILLED, up=True)
+            assert group_records(out, 0, "train")[-1]["step"] < steps - 400, "too fast a run to rejoin in"
+            assert launcher.wait(timeout=800) == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
+        finally:
+            stop(launcher)
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert f"lc{launcher.pid}" not in namespaces
+    for group in range(GROUPS):
+        assert group_records(out, group, "train")[-1]["step"] == steps
+    for group in set(range(GROUPS)) - {KILLED}:
+        assert longest_pause(group_records(out, group, "train")) < MAX_STALL_S
+        events = group_records(out, group, "event")
+        assert all(r["stalled_s"] < MAX_STALL_S for r in events if r["event"] == "step_failed")
+        membership = [(r["event"], r["group"]) for r in events if r["event"] in ("group_left", "group_joined")]
+        assert membership == [("group_left", KILLED), ("group_joined", KILLED)]
+    healed = [r for r in group_records(out, KILLED, "event") if r["event"] == "group_healed"]
+    assert len(healed) == 1 and healed[0]["group"] == KILLED
+    assert_same_models(final_models(out, GROUPS, steps), "diloco")
 
 
 def free_port():
