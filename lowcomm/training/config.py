@@ -160,6 +160,10 @@ class TrainConfig(BaseModel):
         None, description="PALSGD: outer-optimizer steps per outer step, the others on a zero pseudo-gradient "
         "(16: the official code's is_intended_impl False)"
     )
+    diagnostics: bool | None = Field(
+        None, description="DiLoCo, PALSGD, Streaming DiLoCo: also log the workers' spread at each outer step "
+        "(one more blocking all-reduce)"
+    )
     eval_every: Int = Field(64, ge=1, le=10**9, description="steps between evaluations of the global model")
     eval_batches: Int = Field(8, ge=1, le=2**16, description="held-out batches per evaluation")
     stop_at_loss: Float | None = Field(
@@ -346,11 +350,12 @@ class TrainConfig(BaseModel):
         """Live fault tolerance: torchft installed, worker groups (of one process by default), an
         algorithm whose traffic between groups is blocking and belongs to training steps, a sound
         quorum size."""
-        from lowcomm.communication.live import LIVE_ALGORITHMS, require_torchft
+        from lowcomm.communication.live import require_torchft
 
         require_torchft()
-        if self.algo not in LIVE_ALGORITHMS:
-            raise ValueError(f"fault_tolerance: live supports {', '.join(LIVE_ALGORITHMS)}, not {self.algo}")
+        if not ALGORITHMS[self.algo].runs_live:
+            live = ", ".join(name for name, cls in ALGORITHMS.items() if cls.runs_live)
+            raise ValueError(f"fault_tolerance: live supports {live}, not {self.algo}")
         if self.groups is None:
             raise ValueError("fault_tolerance: live needs --groups K (the worker groups that may fail and rejoin)")
         if self.group_size is None and "workers" not in self.model_fields_set:

@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", metavar="NAME",
                         help=f"a recipe shipped with lowcomm: {', '.join(preset_names())} (--config and flags win)")
     for name, field in TrainConfig.model_fields.items():
-        if field.annotation is bool:
+        if field.annotation in (bool, bool | None):
             parser.add_argument(flag(name), action="store_true", default=argparse.SUPPRESS, help=field.description)
             continue
         if name in ALGORITHM_PARAMETERS:
