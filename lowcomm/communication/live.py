@@ -8,10 +8,10 @@ live group, and healing sends rank i's state to rank i. Every training step that
 one torchft step (a quorum from the lighthouse at its first communication, all its all-reduces
 and NoLoCo's exchanges over torchft's reconfigurable gloo process group, a commit at
 :meth:`LiveCommunicator.end_step`). One quorum per step, not per all-reduce: a DiLoCo
-synchronisation may be two all-reduces (the pseudo-gradient, then the workers' spread), and a group that
-joined at the second quorum would run the first one's collective against the others' second (gloo
-aborts on the mismatched sizes). The mean is over the groups in the quorum; NoLoCo's pairs are drawn
-among them. A group that has died is left out of the next quorum once the lighthouse misses its
+synchronisation with ``diagnostics`` is two all-reduces (the pseudo-gradient, then the workers'
+spread), and a group that joined at the second quorum would run the first one's collective against
+the others' second (gloo aborts on the mismatched sizes). The mean is over the groups in the
+quorum; NoLoCo's pairs are drawn among them. A group that has died is left out of the next quorum once the lighthouse misses its
 heartbeats; a group that is behind the others is healed: at its quorum a live peer sends it the
 state lowcomm registered (z, the outer optimizer, coins, error-feedback residuals, step, schedule,
 data position) over the same process group, and it sits out that step's all-reduces (its

@@ -38,6 +38,7 @@ def install(group: int, step: int, kind: str) -> None:
         return comm.settings.group == group and comm.settings.inner_rank == 0 and restart == "0"
 
     def take(comm: LiveCommunicator, now: str) -> bool:
+        """Whether to inject the fault of kind ``now`` here (once, in its torchft step)."""
         if not (armed["fault"] and kind == now and targeted(comm) and comm.manager.current_step() == step):
             return False
         armed["fault"] = False
@@ -45,6 +46,8 @@ def install(group: int, step: int, kind: str) -> None:
 
     def connect_faulty(comm: LiveCommunicator) -> None:
         connect(comm)
+        if not targeted(comm):
+            return
         manager_allreduce, send = comm.manager.allreduce, comm.process_group.send
 
         def allreduce_faulty(tensor: Any, *args: Any, **kwargs: Any) -> Any:
@@ -55,10 +58,10 @@ def install(group: int, step: int, kind: str) -> None:
             works.append(manager_allreduce(tensor, *args, **kwargs))
             return works[-1]
 
-        def send_faulty(*args: Any) -> Any:
+        def send_faulty(*args: Any, **kwargs: Any) -> Any:
             if armed["in_exchange"] and take(comm, "stop_exchange"):  # the receives are posted
                 os.kill(os.getpid(), signal.SIGSTOP)
-            return send(*args)
+            return send(*args, **kwargs)
 
         comm.manager.allreduce, comm.process_group.send = allreduce_faulty, send_faulty
 
