@@ -10,8 +10,8 @@ import time
 
 import yaml
 
-from lowcomm.training.config import load_config
-from lowcomm.training.rundir import prepare_run_directory
+from lowcomm.launching.rundir import prepare_run_directory, read_run_config
+from lowcomm.training.config import load_config, resolve
 from tests.train_runs import PERIODIC, SHORT
 
 TINY = ["--steps", "4", "--batch-size", "4", "--seq-len", "16", "--eval-every", "4", "--eval-batches", "1"]
@@ -41,20 +41,21 @@ def test_overwrite_refuses_a_directory_lowcomm_did_not_mark(run_cli, tmp_path):
 
 def test_overwrite_of_a_run_deletes_only_lowcomms_files(tmp_path):
     run = tmp_path / "run"
-    prepare_run_directory(load_config(overrides={"out": str(run)}))
+    prepare_run_directory(resolve(load_config(overrides={"out": str(run)})))
     (run / "metrics.jsonl").write_text("{}\n")
     (run / "analysis.md").write_text("# my notes\n")
-    prepare_run_directory(load_config(overrides={"out": str(run), "overwrite": True, "seed": "7"}))
-    assert sorted(p.name for p in run.iterdir()) == [".lowcomm", ".lowcomm.lock", "analysis.md", "config.yaml"]
+    prepare_run_directory(resolve(load_config(overrides={"out": str(run), "overwrite": True, "seed": "7"})))
+    assert sorted(p.name for p in run.iterdir()) == [".lowcomm", ".lowcomm.lock", "analysis.md", "config.yaml",
+                                                     "resolved.yaml"]
     assert (run / "analysis.md").read_text() == "# my notes\n"
 
 
 def test_no_yaml_can_ask_for_overwrite(run_cli, tmp_path):
     run = tmp_path / "run"
-    prepare_run_directory(load_config(overrides={"out": str(run), "overwrite": True}))
+    prepare_run_directory(resolve(load_config(overrides={"out": str(run), "overwrite": True})))
     (run / "analysis.md").write_text("# my notes\n")
     recorded = yaml.safe_load((run / "config.yaml").read_text())
-    assert "overwrite" not in recorded and "resume" not in recorded
+    assert "overwrite" not in recorded["run"] and "resume" not in recorded["run"]
     before = snapshot(run)
     one_line_refusal(run_cli(["train", "--config", str(run / "config.yaml")]), "already holds a run")
     foreign = tmp_path / "theirs.yaml"
@@ -101,7 +102,7 @@ def test_resume_refuses_without_a_run_or_an_intact_checkpoint(run_cli, tmp_path)
                      "holds no run to resume; start one without --resume")
     assert not (tmp_path / "absent").exists()
     run = tmp_path / "run"
-    prepare_run_directory(load_config(overrides={"out": str(run)}))
+    prepare_run_directory(resolve(load_config(overrides={"out": str(run)})))
     (run / "checkpoints" / "step_00000004").mkdir(parents=True)
     (run / "metrics.jsonl").write_text('{"step": 4, "loss": 1.0}\n')
     before = snapshot(run)
@@ -117,7 +118,7 @@ def test_resume_takes_every_option_not_given_from_the_runs_config(run_cli, tmp_p
     code, stdout, stderr = run_cli(["train", "--out", str(out), "--resume", "--steps", "12"])
     assert code == 0, stderr
     assert f"lowcomm train: resuming from step 8 ({out / 'checkpoints' / 'step_00000008'})" in stdout
-    recorded = yaml.safe_load((out / "config.yaml").read_text())
+    recorded = read_run_config(out)
     assert (recorded["algo"], recorded["seed"], recorded["steps"], recorded["batch_size"]) == ("ddp", 3, 12, 4)
 
 

@@ -43,26 +43,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.distributed.device_mesh import DeviceMesh
 
-from lowcomm.algorithms.options import COMPRESSION, Option, at_least, check_fraction, check_positive
+from lowcomm.algorithms.base import load_optimizer_state_by_name, optimizer_state_by_name
+from lowcomm.algorithms.options import COMPRESSION, Option, integer, number
 from lowcomm.algorithms.periodic import PeriodicStrategy
-from lowcomm.communication.communicator import Communicator, Handle
+from lowcomm.communication.communicator import Handle
 from lowcomm.communication.compression import compressed_mean, mean_compressing
 
 OuterOptimizerFactory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
 DEFAULT_MERGE_ALPHA = 0.5
-
-
-def check_merge_alpha(name: str, merge_alpha: float | None) -> float | None:
-    """None (the default, 0.5 where there is an overlap) or a weight in [0, 1]."""
-    if merge_alpha is not None and not (isinstance(merge_alpha, (int, float)) and 0 <= merge_alpha <= 1):
-        raise ValueError(f"{name}: must be in [0, 1], got {merge_alpha!r}")
-    return merge_alpha
 
 
 def check_overlap(overlap_steps: int, sync_interval: int, merge_alpha: float | None) -> tuple[int, float]:
@@ -75,12 +68,6 @@ def check_overlap(overlap_steps: int, sync_interval: int, merge_alpha: float | N
     if overlap_steps == 0:
         raise ValueError("merge_alpha: only an overlapped outer step merges; give overlap_steps > 0 or no merge_alpha")
     return overlap_steps, float(merge_alpha)
-
-
-def check_flag(name: str, value: bool) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name}: must be true or false, got {value!r}")
-    return value
 
 
 def nesterov_sgd(lr: float, momentum: float) -> OuterOptimizerFactory:
@@ -105,74 +92,40 @@ class PendingSync:
 
 
 class DiLoCo(PeriodicStrategy):
-    """Local steps, then an outer optimizer step on the averaged pseudo-gradient every H steps.
-
-    Args:
-        outer_optimizer: builds the outer optimizer from the outer parameters; overrides
-            ``outer_lr`` and ``outer_momentum``.
-        outer_device: where z and the outer optimizer's state live (e.g. ``"cpu"`` to keep them in
-            pinned host memory); defaults to the model's device.
-        overlap_steps: tau, inner steps taken while the outer all-reduce is in flight (< H).
-        merge_alpha: alpha, the weight of the local model when merging after an overlapped step
-            (only with ``overlap_steps`` > 0; default 0.5).
-        compress: how pseudo-gradients are encoded on the wire (``none``, ``bf16``, ``int8``,
-            ``int4``, ``topk:FRACTION``); ``compress_block_size`` values share one scale or one
-            top-k selection (default 256 for int8/int4, 4096 for top-k).
-        diagnostics: also measure the workers' spread at each outer step (one more all-reduce).
-    """
+    """Local steps, then an outer optimizer step on the averaged pseudo-gradient every H steps."""
 
     OPTIONS = (
-        Option("outer_lr", 0.7, check_positive),
-        Option("outer_momentum", 0.9, check_fraction),
-        Option("outer_optimizer", None, flag=False),
-        Option("outer_device", None),
-        Option("overlap_steps", 0, at_least(0)),
-        Option("merge_alpha", None, check_merge_alpha),
+        Option("outer_lr", 0.7, "outer learning rate", number(gt=0)),
+        Option("outer_momentum", 0.9, "outer (Nesterov) momentum, in [0, 1)", number(ge=0, lt=1)),
+        Option("outer_optimizer", None, "builds the outer optimizer from the outer parameters (overrides outer_lr "
+               "and outer_momentum)", flag=False),
+        Option("outer_device", None, "where z and the outer optimizer's state live: cpu keeps them in pinned host "
+               "memory (default: the model's device)", Literal["cpu"] | None),
+        Option("overlap_steps", 0, "tau: inner steps taken while the outer all-reduce is in flight (< H)",
+               integer(ge=0)),
+        Option("merge_alpha", None, "alpha: the weight of the local model in the merge after an overlapped outer "
+               "step (only with overlap_steps > 0; default 0.5)", number(ge=0, le=1) | None),
         *COMPRESSION,
-        Option("diagnostics", False, check_flag),
+        Option("diagnostics", False, "also log the workers' spread at each outer step (one more blocking "
+               "all-reduce)", bool),
     )
+    SHARDED_STATE = ("outer_params", "outer_optimizer", "previous_delta", "pending")
+    RANK_STATE = ("residuals",)
 
     averages_on_demand = False  # the global model is z
 
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        *,
-        sync_interval: int = 32,
-        warmup_steps: int = 0,
-        outer_lr: float = 0.7,
-        outer_momentum: float = 0.9,
-        outer_optimizer: OuterOptimizerFactory | None = None,
-        outer_device: torch.device | str | None = None,
-        overlap_steps: int = 0,
-        merge_alpha: float | None = None,
-        compress: str = "none",
-        compress_block_size: int | None = None,
-        diagnostics: bool = False,
-        mesh: DeviceMesh | None = None,
-        communicator: Communicator | None = None,
-        max_grad_norm: float | None = None,
-    ) -> None:
-        self.diagnostics = self.check_option("diagnostics", diagnostics)
-        outer_lr = self.check_option("outer_lr", outer_lr)
-        outer_momentum = self.check_option("outer_momentum", outer_momentum)
-        factory = outer_optimizer or nesterov_sgd(outer_lr, outer_momentum)
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, **options: Any) -> None:
+        super().__init__(model, optimizer, **options)
+        chosen = self.option_values
+        self.diagnostics: bool = chosen["diagnostics"]
         self.overlap_steps, self.merge_alpha = check_overlap(
-            self.check_option("overlap_steps", overlap_steps),
-            self.check_option("sync_interval", sync_interval),
-            self.check_option("merge_alpha", merge_alpha),
+            chosen["overlap_steps"], chosen["sync_interval"], chosen["merge_alpha"]
         )
-        self.compressed_mean = compressed_mean(compress, compress_block_size)
-        super().__init__(
-            model,
-            optimizer,
-            sync_interval=sync_interval,
-            warmup_steps=warmup_steps,
-            mesh=mesh,
-            communicator=communicator,
-            max_grad_norm=max_grad_norm,
+        self.compressed_mean = compressed_mean(chosen["compress"], chosen["compress_block_size"])
+        factory: OuterOptimizerFactory = chosen["outer_optimizer"] or nesterov_sgd(
+            chosen["outer_lr"], chosen["outer_momentum"]
         )
+        outer_device = chosen["outer_device"]
         device = torch.device(outer_device) if outer_device is not None else None
         pin = device is not None and device.type == "cpu" and self.params[0].is_cuda
         for x in self.shards.local():
@@ -294,28 +247,38 @@ class DiLoCo(PeriodicStrategy):
             pending.wait()
 
     def state_dict(self) -> dict[str, Any]:
+        """Besides the base state: z, the outer optimizer's state, the previous pseudo-gradients (for
+        the cosine) and the outer steps in flight, each pseudo-gradient keyed by its parameter's name;
+        the error-feedback residuals, keyed by fragment (a fragment's tensors travel in one payload)."""
         self.wait()
         return {
             **super().state_dict(),
-            "outer_params": [z.detach().clone() for z in self.outer_params],
-            "outer_optimizer": self.outer_optimizer.state_dict(),
+            "outer_params": self.named([z.detach().clone() for z in self.outer_params]),
+            "outer_optimizer": optimizer_state_by_name(self.outer_optimizer, self.named(self.outer_params)),
             "residuals": {} if self.compressed_mean is None else self.compressed_mean.state_dict(),
-            "previous_delta": {str(i): d.clone() for i, d in self.previous_delta.items()},
-            "pending": [
-                {"fragment": p.fragment, "payload": [t.clone() for t in p.payload], "apply_at": p.apply_at,
-                 "locally_finite": p.locally_finite}
-                for p in self.pending
-            ],
+            "previous_delta": {self.param_names[i]: d.clone() for i, d in self.previous_delta.items()},
+            "pending": [self.pending_state(p) for p in self.pending],
         }
+
+    def pending_state(self, pending: PendingSync) -> dict[str, Any]:
+        """An outer step in flight: its pseudo-gradients by name, then the buffers and the finite flag."""
+        names = [self.param_names[i] for i in self.fragments[pending.fragment]]
+        return {"fragment": pending.fragment, "apply_at": pending.apply_at, "locally_finite": pending.locally_finite,
+                "pseudo_gradients": {name: t.clone() for name, t in zip(names, pending.payload)},
+                "buffers_and_flag": [t.clone() for t in pending.payload[len(names):]]}
+
+    def loaded_pending(self, state: dict[str, Any]) -> PendingSync:
+        """The outer step in flight that :meth:`pending_state` saved."""
+        names = [self.param_names[i] for i in self.fragments[state["fragment"]]]
+        payload = [state["pseudo_gradients"][name] for name in names] + list(state["buffers_and_flag"])
+        return PendingSync(state["fragment"], payload, state["apply_at"], state["locally_finite"])
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        for z, saved in zip(self.outer_params, state["outer_params"]):
-            z.copy_(saved)
-        self.outer_optimizer.load_state_dict(state["outer_optimizer"])
-        self.pending = [PendingSync(**p) for p in state["pending"]]
-        # resumed in another group layout, the saved shards no longer fit: the next cosine is None
-        self.previous_delta = {int(i): d.clone() for i, d in state.get("previous_delta", {}).items()
-                               if d.shape == self.outer_params[int(i)].shape}
+        self.load_named(self.outer_params, state["outer_params"])
+        load_optimizer_state_by_name(self.outer_optimizer, self.named(self.outer_params), state["outer_optimizer"])
+        self.pending = [self.loaded_pending(p) for p in state["pending"]]
+        index = {name: i for i, name in enumerate(self.param_names)}
+        self.previous_delta = {index[name]: d.clone() for name, d in state["previous_delta"].items()}
         if self.compressed_mean is not None:
             self.compressed_mean.load_state_dict(state["residuals"])

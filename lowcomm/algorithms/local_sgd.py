@@ -27,47 +27,24 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed.device_mesh import DeviceMesh
 
 from lowcomm.algorithms.options import COMPRESSION
 from lowcomm.algorithms.periodic import Members, PeriodicStrategy
-from lowcomm.communication.communicator import Communicator
 from lowcomm.communication.compression import compressed_mean, mean_compressing
 
 
 class LocalSGD(PeriodicStrategy):
-    """Average the workers' parameters (and floating-point buffers) every ``sync_interval`` steps.
-
-    Args:
-        compress: how the moves since the last synchronisation are encoded on the wire (``none``,
-            ``bf16``, ``int8``, ``int4``, ``topk:FRACTION``); ``compress_block_size`` as in DiLoCo.
-    """
+    """Average the workers' parameters (and floating-point buffers) every ``sync_interval`` steps;
+    ``compress`` encodes the moves since the last synchronisation on the wire."""
 
     OPTIONS = COMPRESSION
+    SHARDED_STATE = ("synced",)
+    RANK_STATE = ("residuals",)
 
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        *,
-        sync_interval: int = 32,
-        warmup_steps: int = 0,
-        mesh: DeviceMesh | None = None,
-        compress: str = "none",
-        compress_block_size: int | None = None,
-        communicator: Communicator | None = None,
-        max_grad_norm: float | None = None,
-    ) -> None:
-        self.compressed_mean = compressed_mean(compress, compress_block_size)
-        super().__init__(
-            model,
-            optimizer,
-            sync_interval=sync_interval,
-            warmup_steps=warmup_steps,
-            mesh=mesh,
-            communicator=communicator,
-            max_grad_norm=max_grad_norm,
-        )
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, **options: Any) -> None:
+        super().__init__(model, optimizer, **options)
+        chosen = self.option_values
+        self.compressed_mean = compressed_mean(chosen["compress"], chosen["compress_block_size"])
         self.synced = [x.clone() for x in self.shards.local()] if self.compressed_mean is not None else []
 
     def begin_local_phase(self) -> None:
@@ -114,14 +91,14 @@ class LocalSGD(PeriodicStrategy):
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         if self.synced:
-            state["synced"] = [x0.clone() for x0 in self.synced]
+            state["synced"] = self.named([x0.clone() for x0 in self.synced])
         if self.compressed_mean is not None:
             state["residuals"] = self.compressed_mean.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        for x0, saved in zip(self.synced, state.get("synced", self.shards.local())):
-            x0.copy_(saved)
+        if self.synced:
+            self.load_named(self.synced, state.get("synced", self.named(self.shards.local())))
         if self.compressed_mean is not None:
             self.compressed_mean.load_state_dict(state["residuals"])

@@ -30,11 +30,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed.device_mesh import DeviceMesh
 
-from lowcomm.algorithms.options import Option, at_least, check_fraction, check_positive
+from lowcomm.algorithms.options import Option, integer, number
 from lowcomm.algorithms.periodic import PeriodicStrategy
-from lowcomm.communication.communicator import Communicator
 
 
 def gossip_groups(world_size: int, step: int) -> list[list[int]]:
@@ -50,44 +48,21 @@ def gossip_groups(world_size: int, step: int) -> list[list[int]]:
 
 
 class NoLoCo(PeriodicStrategy):
-    """Pairwise outer steps with a momentum pulled towards the partners' outer models.
-
-    Args:
-        outer_lr: alpha. outer_momentum: mu.
-    """
+    """Pairwise outer steps with a momentum pulled towards the partners' outer models."""
 
     OPTIONS = (
-        Option("sync_interval", 50, at_least(1)),
-        Option("outer_lr", 0.7, check_positive),
-        Option("outer_momentum", 0.5, check_fraction),
+        Option("sync_interval", 50, "H: steps between synchronisations", integer(ge=1)),
+        Option("outer_lr", 0.7, "alpha: the outer learning rate", number(gt=0)),
+        Option("outer_momentum", 0.5, "mu: the outer momentum, in [0, 1)", number(ge=0, lt=1)),
     )
+    SHARDED_STATE = ("outer_params", "momentum")
     min_workers = 2
     traffic = "gossip"
 
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        *,
-        sync_interval: int = 50,
-        warmup_steps: int = 0,
-        outer_lr: float = 0.7,
-        outer_momentum: float = 0.5,
-        mesh: DeviceMesh | None = None,
-        communicator: Communicator | None = None,
-        max_grad_norm: float | None = None,
-    ) -> None:
-        self.alpha = self.check_option("outer_lr", outer_lr)
-        self.mu = self.check_option("outer_momentum", outer_momentum)
-        super().__init__(
-            model,
-            optimizer,
-            sync_interval=sync_interval,
-            warmup_steps=warmup_steps,
-            mesh=mesh,
-            communicator=communicator,
-            max_grad_norm=max_grad_norm,
-        )
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, **options: Any) -> None:
+        super().__init__(model, optimizer, **options)
+        self.alpha: float = self.option_values["outer_lr"]
+        self.mu: float = self.option_values["outer_momentum"]
         self.outer_params = [x.clone() for x in self.shards.local()]
         self.momentum = [torch.zeros_like(z) for z in self.outer_params]
 
@@ -126,11 +101,11 @@ class NoLoCo(PeriodicStrategy):
     def state_dict(self) -> dict[str, Any]:
         return {
             **super().state_dict(),
-            "outer_params": [z.clone() for z in self.outer_params],
-            "momentum": [m.clone() for m in self.momentum],
+            "outer_params": self.named([z.clone() for z in self.outer_params]),
+            "momentum": self.named([m.clone() for m in self.momentum]),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        for mine, saved in zip(self.outer_params + self.momentum, state["outer_params"] + state["momentum"]):
-            mine.copy_(saved)
+        self.load_named(self.outer_params, state["outer_params"])
+        self.load_named(self.momentum, state["momentum"])

@@ -40,65 +40,32 @@ import torch
 from torch import nn
 
 from lowcomm.algorithms.diloco import DiLoCo
-from lowcomm.algorithms.options import Option, at_least, check_fraction, check_positive
+from lowcomm.algorithms.options import Option, integer, number
 
 
 class PALSGD(DiLoCo):
-    """DiLoCo whose workers, with probability p per step, pull towards z instead of computing a gradient.
-
-    Args:
-        pseudo_sync_prob: p, the probability of a pseudo-synchronisation step, in [0, 1).
-        eta: the strength of the pull towards z.
-        independent_coins: draw each worker's coins from its own generator.
-        seed: seeds the coin generator.
-        outer_repeats: R, outer-optimizer steps per outer step: the first on the averaged
-            pseudo-gradient, the R - 1 others on a zero one (16: the official code's
-            ``is_intended_impl False``; see the module's docstring).
-        diloco_options: the rest of :class:`DiLoCo`'s options (outer optimizer and device, overlap,
-            communicator, clipping).
-    """
+    """DiLoCo whose workers, with probability p per step, pull towards z instead of computing a gradient."""
 
     OPTIONS = (
-        Option("warmup_steps", 32, at_least(0)),
-        Option("pseudo_sync_prob", 0.2, check_fraction),
-        Option("eta", 1.0, check_positive),
-        Option("outer_lr", 0.1, check_positive),
-        Option("independent_coins", False, flag=False),
-        Option("seed", 0, flag=False),
-        Option("outer_repeats", 1, at_least(1)),
+        Option("warmup_steps", 32, "S: synchronous steps (averaged gradients) before the local ones", integer(ge=0)),
+        Option("pseudo_sync_prob", 0.2, "p: the probability of a pseudo-synchronisation step, in [0, 1)",
+               number(ge=0, lt=1)),
+        Option("eta", 1.0, "the strength of the pull towards z", number(gt=0)),
+        Option("outer_lr", 0.1, "outer learning rate", number(gt=0)),
+        Option("independent_coins", False, "draw each worker's coins from its own generator", bool, flag=False),
+        Option("seed", 0, "seeds the coin generator (lowcomm train: the run's --seed)", integer(ge=0), flag=False),
+        Option("outer_repeats", 1, "R: outer-optimizer steps per outer step, the R - 1 after the first on a zero "
+               "pseudo-gradient (16: the official code's is_intended_impl False)", integer(ge=1)),
     )
 
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        *,
-        sync_interval: int = 32,
-        warmup_steps: int = 32,
-        pseudo_sync_prob: float = 0.2,
-        eta: float = 1.0,
-        outer_lr: float = 0.1,
-        outer_momentum: float = 0.9,
-        independent_coins: bool = False,
-        seed: int = 0,
-        outer_repeats: int = 1,
-        **diloco_options: Any,
-    ) -> None:
-        self.pseudo_sync_prob = self.check_option("pseudo_sync_prob", pseudo_sync_prob)
-        self.eta = self.check_option("eta", eta)
-        self.outer_repeats = self.check_option("outer_repeats", outer_repeats)
-        for group in optimizer.param_groups:
-            self.pull_strength(group.get("initial_lr", group["lr"]), self.eta, self.pseudo_sync_prob)
-        super().__init__(
-            model,
-            optimizer,
-            sync_interval=sync_interval,
-            warmup_steps=warmup_steps,
-            outer_lr=outer_lr,
-            outer_momentum=outer_momentum,
-            **diloco_options,
-        )
-        self.coins = torch.Generator().manual_seed(seed + (self.comm.rank if independent_coins else 0))
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, **options: Any) -> None:
+        super().__init__(model, optimizer, **options)
+        chosen = self.option_values
+        self.pseudo_sync_prob: float = chosen["pseudo_sync_prob"]
+        self.eta: float = chosen["eta"]
+        self.outer_repeats: int = chosen["outer_repeats"]
+        own_coins = self.comm.rank if chosen["independent_coins"] else 0
+        self.coins = torch.Generator().manual_seed(chosen["seed"] + own_coins)
         self.pulls = False  # this step is a pseudo-synchronisation
         self.index_of = {id(x): i for i, x in enumerate(self.params)}
 

@@ -28,11 +28,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed.device_mesh import DeviceMesh
 
 from lowcomm.algorithms.base import Strategy
-from lowcomm.algorithms.options import Option, at_least
-from lowcomm.communication.communicator import Communicator
+from lowcomm.algorithms.options import Option, integer
 
 Members = Callable[[], tuple[int | None, int]]
 
@@ -40,27 +38,20 @@ Members = Callable[[], tuple[int | None, int]]
 class PeriodicStrategy(Strategy):
     """Optional synchronous warm-up, then local steps with a synchronisation every H steps."""
 
-    OPTIONS = (Option("sync_interval", 32, at_least(1)), Option("warmup_steps", 0, at_least(0)))
+    OPTIONS = (
+        Option("sync_interval", 32, "H: steps between synchronisations", integer(ge=1)),
+        Option("warmup_steps", 0, "S: synchronous steps (averaged gradients) before the local ones", integer(ge=0)),
+    )
     runs_live = True
 
     averages_on_demand = True
     """Whether the global model is the workers' mean, asked for on demand (a collective); else the
     model of the last synchronisation (:meth:`synchronised_model`)."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        *,
-        sync_interval: int = 32,
-        warmup_steps: int = 0,
-        mesh: DeviceMesh | None = None,
-        communicator: Communicator | None = None,
-        max_grad_norm: float | None = None,
-    ) -> None:
-        self.sync_interval = self.check_option("sync_interval", sync_interval)
-        self.warmup_steps = self.check_option("warmup_steps", warmup_steps)
-        super().__init__(model, optimizer, mesh=mesh, communicator=communicator, max_grad_norm=max_grad_norm)
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, **options: Any) -> None:
+        super().__init__(model, optimizer, **options)
+        self.sync_interval: int = self.option_values["sync_interval"]
+        self.warmup_steps: int = self.option_values["warmup_steps"]
         self.finished_step = 0  # the last step finish() synchronised
         self.outer_params: list[torch.Tensor] = []  # z, this rank's shards, for algorithms with an outer model
         # this worker's index among those in a synchronisation (None: it sits it out), and their number

@@ -7,41 +7,12 @@ since the last.
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-from torch.distributed.device_mesh import DeviceMesh
-
 from lowcomm.algorithms.local_sgd import LocalSGD
-from lowcomm.algorithms.options import Option, at_least
-from lowcomm.communication.communicator import Communicator
+from lowcomm.algorithms.options import Option, integer
 
 
 class PostLocalSGD(LocalSGD):
     """Local SGD after ``warmup_steps`` (at least one) synchronous steps."""
 
-    OPTIONS = (Option("warmup_steps", 32, at_least(1)),)
-
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        *,
-        sync_interval: int = 32,
-        warmup_steps: int = 32,
-        mesh: DeviceMesh | None = None,
-        compress: str = "none",
-        compress_block_size: int | None = None,
-        communicator: Communicator | None = None,
-        max_grad_norm: float | None = None,
-    ) -> None:
-        super().__init__(
-            model,
-            optimizer,
-            sync_interval=sync_interval,
-            warmup_steps=warmup_steps,
-            mesh=mesh,
-            compress=compress,
-            compress_block_size=compress_block_size,
-            communicator=communicator,
-            max_grad_norm=max_grad_norm,
-        )
+    OPTIONS = (Option("warmup_steps", 32, "S: synchronous steps (averaged gradients) before the local ones",
+                      integer(ge=1)),)

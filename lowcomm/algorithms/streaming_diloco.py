@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from lowcomm.algorithms.diloco import DiLoCo
-from lowcomm.algorithms.options import Option, at_least
+from lowcomm.algorithms.options import Option, integer
 
 
 def split_fragments(sizes: list[int], count: int, pattern: Literal["sequential", "strided"]) -> list[list[int]]:
@@ -40,20 +40,17 @@ def split_fragments(sizes: list[int], count: int, pattern: Literal["sequential",
 class StreamingDiLoCo(DiLoCo):
     """DiLoCo whose outer steps are staggered over ``num_fragments`` pieces of the model."""
 
-    OPTIONS = (Option("num_fragments", 4, at_least(1)), Option("fragment_pattern", "sequential"))
+    OPTIONS = (
+        Option("num_fragments", 4, "P: the pieces of the model whose outer steps are staggered", integer(ge=1)),
+        Option("fragment_pattern", "sequential", "how fragments split the model: sequential (contiguous runs of "
+               "layers) or strided (every P-th tensor)", Literal["sequential", "strided"]),
+    )
 
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        *,
-        num_fragments: int = 4,
-        fragment_pattern: Literal["sequential", "strided"] = "sequential",
-        **diloco_options: Any,
-    ) -> None:
-        super().__init__(model, optimizer, **diloco_options)
-        count = self.check_option("num_fragments", num_fragments)
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, **options: Any) -> None:
+        super().__init__(model, optimizer, **options)
+        count = self.option_values["num_fragments"]
         if count > len(self.params):
             raise ValueError(f"num_fragments: {count} is more than the model's {len(self.params)} tensors")
-        self.fragments = split_fragments([p.numel() for p in self.params], count, fragment_pattern)
+        pattern = self.option_values["fragment_pattern"]
+        self.fragments = split_fragments([p.numel() for p in self.params], count, pattern)
         self.offsets = [f * self.sync_interval // count for f in range(count)]

@@ -1,5 +1,5 @@
 """What a benchmark reports in ``report.md``: the command, the machine, the table and the plots
-(drawn by :mod:`lowcomm.plotting`)."""
+(drawn by :mod:`lowcomm.reporting.plotting`)."""
 
 from __future__ import annotations
 

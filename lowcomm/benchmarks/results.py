@@ -7,7 +7,7 @@ tokens at an algorithm's first evaluation at or below the target (so their resol
 ``--eval-every`` steps: the loss crossed the target after the evaluation before), and
 ``speedup_vs_ddp`` is DDP's time to the target over the algorithm's. ``results.csv`` has one row
 per algorithm and target and names the budget (``steps``, ``tokens``, ``target`` or ``time``, see
-:mod:`lowcomm.benchmarks.bench`) and why each run ended (``ended``: ``steps`` when it ran all it was
+:mod:`lowcomm.cli.bench`) and why each run ended (``ended``: ``steps`` when it ran all it was
 given, ``stop_at_loss`` at the target, ``stop_after_s`` at DDP's clock).
 """
 

@@ -1,6 +1,6 @@
 """A finished ``lowcomm train`` run, read back from its directory for comparison and projection.
 
-From ``summary.json`` the totals; from ``metrics.jsonl`` (see :mod:`lowcomm.training.records`) the
+From ``summary.json`` the totals; from ``metrics.jsonl`` (see :mod:`lowcomm.reporting.records`) the
 evaluations of the global model, with worker 0's clock and counters at each, and the bytes worker 0
 sent in each step.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lowcomm.training.records import Evaluation, SyncDiagnostics, read_records
+from lowcomm.reporting.records import Evaluation, SyncDiagnostics, read_records
 
 REQUIRED_FIELDS = ("algo", "workers", "steps", "final_eval_loss", "wall_time_s", "comm_wait_s")
 FIELD_KINDS = {

@@ -1,19 +1,6 @@
-"""``lowcomm train``: configuration, launcher, per-worker training loop, checkpoints and metrics.
+"""The training loop: configuration, the trainer and live trainer, optimizers, schedule, loss, early
+stop, the strategy's choice and batched replicas. Launching a run is :mod:`lowcomm.launching`'s."""
 
-The launcher (and with it the trainer and TensorBoard) is imported on first use of ``train``, so
-that importing a light module of this package, such as the configuration, stays light.
-"""
+from lowcomm.training.config import TrainConfig, load_config, resolve
 
-from typing import Any
-
-from lowcomm.training.config import TrainConfig, load_config
-
-__all__ = ["TrainConfig", "load_config", "train"]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "train":
-        from lowcomm.training.launch import train
-
-        return train
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["TrainConfig", "load_config", "resolve"]

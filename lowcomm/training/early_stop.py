@@ -6,25 +6,25 @@ stop after the same step.
 
 from __future__ import annotations
 
+from lowcomm.communication.peers import Peers
 from lowcomm.training.config import TrainConfig
-from lowcomm.training.peers import Peers
 
 
 def stop_reason(config: TrainConfig, peers: Peers, evaluated: bool, eval_loss: float | None,
                 elapsed_s: float | None) -> str | None:
     """Why the run stops after this step, as worker 0 says: ``stop_at_loss`` when this step's
-    evaluation (``evaluated``, ``eval_loss``: worker 0's) is at most ``config.stop_at_loss``,
+    evaluation (``evaluated``, ``eval_loss``: worker 0's) is at most ``config.run.stop_at_loss``,
     ``stop_after_s`` when worker 0's clock ``elapsed_s`` (None: not asked) has reached
-    ``config.stop_after_s``; else None. A collective wherever either may apply (with a clock limit
+    ``config.run.stop_after_s``; else None. A collective wherever either may apply (with a clock limit
     wherever the clock is asked, with a loss limit after an evaluation), so every worker must call
     it at the same points."""
-    by_loss = evaluated and config.stop_at_loss is not None
-    by_clock = elapsed_s is not None and config.stop_after_s is not None
+    by_loss = evaluated and config.run.stop_at_loss is not None
+    by_clock = elapsed_s is not None and config.run.stop_after_s is not None
     if not (by_loss or by_clock):
         return None
     reason = None
-    if by_loss and eval_loss is not None and eval_loss <= config.stop_at_loss:
+    if by_loss and eval_loss is not None and eval_loss <= config.run.stop_at_loss:
         reason = "stop_at_loss"
-    elif by_clock and elapsed_s >= config.stop_after_s:
+    elif by_clock and elapsed_s >= config.run.stop_after_s:
         reason = "stop_after_s"
     return peers.all_gather(reason)[0]

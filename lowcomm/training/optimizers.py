@@ -77,13 +77,15 @@ class MuonWithAdamW(torch.optim.Optimizer):
 def inner_optimizer(config: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
     """The ``--optimizer`` over all of ``model``'s parameters, at ``--lr`` (Muon's at ``--muon-lr``)."""
     fused = device.type == "cuda"
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=SGD_MOMENTUM, weight_decay=config.weight_decay)
-    if config.optimizer == "muon":
+    chosen = config.optimizer
+    if chosen.name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=chosen.lr, momentum=SGD_MOMENTUM,
+                               weight_decay=chosen.weight_decay)
+    if chosen.name == "muon":
         hidden = {id(p) for p in hidden_matrices(model)}
         return MuonWithAdamW(
             [p for p in model.parameters() if id(p) in hidden],
             [p for p in model.parameters() if id(p) not in hidden],
-            lr=config.lr, muon_lr=config.muon_lr, weight_decay=config.weight_decay, fused=fused,
+            lr=chosen.lr, muon_lr=chosen.muon_lr, weight_decay=chosen.weight_decay, fused=fused,
         )
-    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused)
+    return torch.optim.AdamW(model.parameters(), lr=chosen.lr, weight_decay=chosen.weight_decay, fused=fused)

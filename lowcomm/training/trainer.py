@@ -2,70 +2,56 @@
 
 Every rank runs the same loop and the same collectives; rank 0 alone evaluates (the global model
 is the same on every rank) and reports (metrics, TensorBoard, progress bar, summary, and the
-outputs of :mod:`lowcomm.training.outputs`: ``loss.png`` at every checkpoint, the last step's
+outputs of :mod:`lowcomm.reporting.outputs`: ``loss.png`` at every checkpoint, the last step's
 included, and a language model's tokenizer and text samples). A rank is a
 worker process, or a thread of the simulation (``--backend sim``): building its data and model
 draws from process-wide generators, so ranks take turns at it.
 
 With worker groups (``--groups K --group-size G``) the ranks form a K x G mesh: each group trains one
 model with DistributedDataParallel or FSDP2 inside (every rank on its own batches), and the
-algorithm runs between groups. Checkpoints are then sharded (:mod:`lowcomm.training.sharded_state`)
-and may resume in another layout: each rank's data stream then starts at the position in its
-epoch that rank 0 had reached, its random generators are seeded afresh from (seed, rank, step),
-and a new group starts from the global model with a fresh inner optimizer state. In live mode
-(:mod:`lowcomm.training.live`) each group is a world of its own, a 1 x G mesh, and the communicator
+algorithm runs between groups. Checkpoints are then sharded (:mod:`lowcomm.checkpointing.sharded_state`)
+and may resume in another layout (see :mod:`lowcomm.training.state`, what a worker resumes from). In live mode
+(:mod:`lowcomm.launching.live`) each group is a world of its own, a 1 x G mesh, and the communicator
 between groups is the one given.
 """
 
 from __future__ import annotations
 
-import copy
-import math
 import os
 import pickle
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.optim.lr_scheduler import LambdaLR
 
-from lowcomm.algorithms.periodic import PeriodicStrategy
-from lowcomm.communication.groups import worker_groups
-from lowcomm.communication.network_model import NetworkModel, parse_rate
+from lowcomm.checkpointing.checkpoint import Checkpointer, agreed_checkpoint, checkpoints_of, first_line
+from lowcomm.checkpointing.rng import seed_everything
+from lowcomm.checkpointing.storage import Storage, shared_storage
 from lowcomm.communication.communicator import Communicator, ProcessGroupCommunicator
+from lowcomm.communication.groups import worker_groups
 from lowcomm.communication.modelled import ModelledCommunicator
+from lowcomm.communication.network_model import NetworkModel, parse_rate
+from lowcomm.communication.peers import Peers
 from lowcomm.data import load_data
 from lowcomm.models import build_model
-from lowcomm.training.checkpoint import (
-    GLOBAL_MODEL,
-    SHARDED_DIRECTORY,
-    agreed_checkpoint,
-    checkpoints_of,
-    first_line,
-    load_rank_file,
-    load_worker_state,
-    read_manifest,
-    save_checkpoint,
-)
+from lowcomm.reporting.metrics import MetricsLog
+from lowcomm.reporting.outputs import held_out_prompt, write_loss_plot, write_samples, write_tokenizer
+from lowcomm.reporting.reporter import Reporter
 from lowcomm.training.config import TrainConfig
 from lowcomm.training.early_stop import stop_reason
+from lowcomm.training.evaluation import Evaluator
 from lowcomm.training.loss import cross_entropy
-from lowcomm.training.metrics import MetricsLog, ProgressBar, write_json_atomically
 from lowcomm.training.optimizers import inner_optimizer
-from lowcomm.training.outputs import held_out_prompt, write_loss_plot, write_samples, write_tokenizer
-from lowcomm.training.peers import Peers
-from lowcomm.training.rng import rng_state, seed_everything, set_rng_state
 from lowcomm.training.schedule import lr_schedule
-from lowcomm.training.storage import Storage, shared_storage
+from lowcomm.training.state import Progress, TrainingState
 from lowcomm.training.strategy_choice import strategy_class
 
 SETUP_LOCK = threading.Lock()
@@ -76,26 +62,16 @@ def network_communicator(communicator: Communicator, config: TrainConfig) -> Com
     """``communicator``, slowed to the modelled link under ``--network model``. With worker groups the
     link is a group's, shared by its G ranks (each sends its shard to its peers in parallel), so each
     rank's traffic is modelled at 1/G of the rate."""
-    if config.network == "none":
+    if config.network.mode == "none":
         return communicator
-    ranks_per_link = config.group_size if config.grouped else 1
-    network = NetworkModel(parse_rate(config.bandwidth) / ranks_per_link, config.latency)
+    ranks_per_link = config.layout.group_size if config.grouped else 1
+    network = NetworkModel(parse_rate(config.network.bandwidth) / ranks_per_link, config.network.latency)
     return ModelledCommunicator(communicator, network)
 
 
 def restart_count() -> int:
     """How many times the elastic agent has restarted this worker's group (0 outside an agent)."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-
-
-@dataclass
-class Progress:
-    """Running totals a checkpoint carries over to the resumed run."""
-
-    tokens: int = 0
-    elapsed_s: float = 0.0
-    compute_s: float = 0.0
-    eval_loss: float | None = None
 
 
 @dataclass
@@ -134,11 +110,11 @@ class Trainer:
         self.storage = storage or shared_storage(self.rank, self.world_size)
         self.shard_index, self.shard_count = data_shard or (self.rank, self.world_size)
         self.mesh: DeviceMesh | None = None
-        if config.live and config.group_size > 1:  # a live worker group is a world of its own, one group of G
-            self.mesh = worker_groups(1, config.group_size)
+        if config.live and config.layout.group_size > 1:  # a live worker group is a world of its own, one group of G
+            self.mesh = worker_groups(1, config.layout.group_size)
         elif config.grouped and not config.live:
-            self.mesh = worker_groups(config.groups, config.group_size)
-        if self.mesh is not None and config.inner == "fsdp" and not config.live:  # a live group runs on one machine
+            self.mesh = worker_groups(config.layout.groups, config.layout.group_size)
+        if self.mesh is not None and config.layout.inner == "fsdp" and not config.live:  # a live group: one machine
             self.refuse_groups_across_domains()
         with SETUP_LOCK:
             model, optimizer = self.build(config, device)
@@ -153,33 +129,42 @@ class Trainer:
         )
         for stats in (self.strategy.comm_stats, self.strategy.inner_comm_stats):
             stats.wait_s = 0.0  # waiting for the other ranks to start up is not communication
-        seed_everything(config.seed + self.shard_index)
+        seed_everything(config.run.seed + self.shard_index)
         self.progress = Progress()
-        self.checkpoints = checkpoints_of(config.out)
+        self.state = TrainingState(self.strategy, self.scheduler, self.data.train, self.progress, config.run.steps,
+                                   config.run.seed, continue_data=config.live)
+        self.checkpointer = Checkpointer(checkpoints_of(config.run.out), peers, self.storage,
+                                         config.checkpoint.keep_checkpoints)
         restored = self.restore()
-        self.log = MetricsLog(config.out, restored.metrics_offset, self.step) if self.rank == 0 else None
-        self.bar: ProgressBar | None = None
+        self.log = MetricsLog(config.run.out, restored.metrics_offset, self.step) if self.rank == 0 else None
+        self.reporter = (Reporter(self.log, self.strategy, self.mesh is not None, self.elapsed)
+                         if self.rank == 0 else None)
         self.clock_start = time.perf_counter() - self.progress.elapsed_s
         self.evaluated_step: int | None = None
         self.stopped: str | None = None
-        if self.log is not None:
-            if self.data.tokenizer is not None:
-                write_tokenizer(config.out, self.data.tokenizer)
-            for checkpoint, problem in restored.skipped:
-                self.report_event("skipped_checkpoint", checkpoint=checkpoint, problem=problem)
-            restart = {"restart": restart_count()} if restart_count() else {}
-            if restored.checkpoint is None:
-                self.report_event("start", **restart)
-            else:
-                self.report_event("resume", checkpoint=restored.checkpoint, **restart)
-            if restored.planned_steps is not None:
-                self.report_replanned_schedule(restored.planned_steps)
+        if self.reporter is not None:
+            self.report_start(restored)
+
+    def report_start(self, restored: Restored) -> None:
+        """Rank 0 writes the tokenizer and reports how the run started: afresh, or resumed (skipping
+        damaged checkpoints, re-planning the learning-rate schedule)."""
+        if self.data.tokenizer is not None:
+            write_tokenizer(self.config.run.out, self.data.tokenizer)
+        for checkpoint, problem in restored.skipped:
+            self.reporter.event(self.step, "skipped_checkpoint", checkpoint=checkpoint, problem=problem)
+        restart = {"restart": restart_count()} if restart_count() else {}
+        if restored.checkpoint is None:
+            self.reporter.event(self.step, "start", **restart)
+        else:
+            self.reporter.event(self.step, "resume", checkpoint=restored.checkpoint, **restart)
+        if restored.planned_steps is not None:
+            self.report_replanned_schedule(restored.planned_steps)
 
     def refuse_groups_across_domains(self) -> None:
         """FSDP2's shards of a group spread over nodes that do not share ``--out`` would split one
         tensor over several DCP checkpoints, which none of them could load: refused."""
-        size = self.config.group_size
-        for group in range(self.config.groups):
+        size = self.config.layout.group_size
+        for group in range(self.config.layout.groups):
             nodes = {self.storage.domain_of(rank) for rank in range(group * size, (group + 1) * size)}
             if len(nodes) > 1:
                 raise ValueError(
@@ -189,35 +174,36 @@ class Trainer:
 
     def build(self, config: TrainConfig, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
         """This rank's data, the model (the same on every rank), its optimizer and LR schedule."""
-        seed_everything(config.seed)
+        seed_everything(config.run.seed)
         self.data = load_data(
-            config.data,
+            config.data.source,
             rank=self.shard_index,
             world_size=self.shard_count,
-            batch_size=config.batch_size,
-            seq_len=config.seq_len,
-            seed=config.seed,
-            tokenizer=config.tokenizer,
-            vocab_size=config.vocab_size,
-            cache_dir=config.cache_dir,
-            eval_batches=config.eval_batches,
+            batch_size=config.data.batch_size,
+            seq_len=config.data.seq_len,
+            seed=config.run.seed,
+            tokenizer=config.data.tokenizer,
+            vocab_size=config.data.vocab_size,
+            cache_dir=config.data.cache_dir,
+            eval_batches=config.eval.eval_batches,
         )
         if self.data.task == "lm":
             sizes = {"vocab_size": self.data.vocab_size}
         else:
             sizes = {"num_classes": self.data.num_classes}
-        model = build_model(config.model, implementation=config.model_impl, **sizes).to(device)
-        if config.compile:
+        model = build_model(config.model.name, implementation=config.model.impl, **sizes).to(device)
+        if config.run.compile:
             model.compile()
-        self.eval_model = copy.deepcopy(model).eval() if self.rank == 0 else None
-        if config.inner == "fsdp":
+        self.evaluator = Evaluator(model, self.data.eval_batches, device) if self.rank == 0 else None
+        if config.layout.inner == "fsdp":
             from lowcomm.communication.fsdp import shard_within_groups  # FSDP2 is loaded only where it is used
 
             model = shard_within_groups(model, self.mesh)
         optimizer = inner_optimizer(config, model, device)
         self.optimizer = optimizer
         self.scheduler = LambdaLR(
-            optimizer, lr_schedule(config.lr_schedule, config.lr_warmup, config.steps, config.min_lr_ratio)
+            optimizer, lr_schedule(config.optimizer.lr_schedule, config.optimizer.lr_warmup, config.run.steps,
+                                   config.optimizer.min_lr_ratio)
         )
         return model, optimizer
 
@@ -229,21 +215,33 @@ class Trainer:
         return time.perf_counter() - self.clock_start
 
     def train(self) -> None:
-        """Train up to ``config.steps`` or an early stop, evaluating and checkpointing on schedule and at the end."""
-        config = self.config
-        if self.log is not None:
-            self.bar = ProgressBar(config.steps, self.step, f"{config.algo} x{self.world_size}")
-        while self.step < config.steps and self.stopped is None:
+        """Train up to ``config.run.steps`` or an early stop, evaluating and checkpointing on schedule and at
+        the end."""
+        if self.reporter is not None:
+            self.reporter.start(self.config.run.steps, self.step, f"{self.config.algo} x{self.world_size}")
+        while self.step < self.config.run.steps and self.stopped is None:
             self.train_step()
-            self.stopped = stop_reason(config, self.peers, False, None, self.elapsed())
-            if self.stopped:
-                self.strategy.finish()  # out of time: the final model holds every step, as at the last step
-            if self.step % config.eval_every == 0 or self.step == config.steps or self.stopped:
+            self.stop_when_out_of_time()
+            if self.due(self.config.eval.eval_every):
                 self.evaluate()
-                self.stopped = self.stopped or stop_reason(config, self.peers, True, self.progress.eval_loss, None)
-            if self.step % config.checkpoint_every == 0 or self.step == config.steps or self.stopped:
+                self.stop_at_loss()
+            if self.due(self.config.checkpoint.checkpoint_every):
                 self.save()
         self.finish()
+
+    def due(self, every: int) -> bool:
+        """Whether a thing done every ``every`` steps is due after this step (the last one included)."""
+        return self.step % every == 0 or self.step == self.config.run.steps or self.stopped is not None
+
+    def stop_when_out_of_time(self) -> None:
+        """Stop after this step if worker 0's clock has reached ``--stop-after-s`` (a collective)."""
+        self.stopped = stop_reason(self.config, self.peers, False, None, self.elapsed())
+        if self.stopped:
+            self.strategy.finish()  # out of time: the final model holds every step, as at the last step
+
+    def stop_at_loss(self) -> None:
+        """Stop after this evaluation if worker 0's is at most ``--stop-at-loss`` (a collective)."""
+        self.stopped = self.stopped or stop_reason(self.config, self.peers, True, self.progress.eval_loss, None)
 
     def train_step(self) -> None:
         """One strategy step on ``grad_accum`` micro-batches (fetched even if PALSGD skips them).
@@ -251,62 +249,32 @@ class Trainer:
         Rank 0 logs the step and the events the strategy recorded (a worker left out of an outer
         step for a non-finite pseudo-gradient, say); every rank then forgets them.
         """
-        micro_batches = [self.to_device(next(self.data.train)) for _ in range(self.config.grad_accum)]
+        micro_batches = [self.to_device(next(self.data.train)) for _ in range(self.config.data.grad_accum)]
         stats = self.strategy.comm_stats
         sent_before, waited_before = stats.bytes_sent, stats.wait_s
         lr = self.optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
-        bf16 = self.config.precision == "bf16"
+        bf16 = self.config.run.precision == "bf16"
         loss = self.strategy.step([partial(self.loss, self.strategy.model, x, y, bf16) for x, y in micro_batches])
-        if self.step == self.config.steps:
+        if self.step == self.config.run.steps:
             self.strategy.finish()  # the global model holds the steps since the last synchronisation
         loss_value = None if loss is None else loss.item()
         self.progress.compute_s += time.perf_counter() - start - (stats.wait_s - waited_before)
         self.scheduler.step()
         if loss_value is not None:
             self.progress.tokens += self.world_size * sum(targets.numel() for _, targets in micro_batches)
-        if self.log is not None:
-            self.report_step(loss_value, lr, stats.bytes_sent - sent_before)
+        if self.reporter is not None:
+            sent = stats.bytes_sent - sent_before
+            self.reporter.step(self.step, loss_value, lr, sent, self.progress.tokens, self.rank)
         self.log_strategy_events()
 
     def log_strategy_events(self) -> None:
         """Rank 0 logs the events the strategy recorded in this step; every rank then forgets them and
         the step's diagnostics."""
-        if self.log is not None:
-            for event in self.strategy.events:
-                self.log.write({"step": self.step, **event})
+        if self.reporter is not None:
+            self.reporter.strategy_events(self.step)
         self.strategy.events.clear()
         self.strategy.sync_diagnostics.clear()
-
-    def report_step(self, loss: float | None, lr: float, sent: int) -> None:
-        stats, elapsed = self.strategy.comm_stats, self.elapsed()
-        if loss is None:
-            self.log.write({"step": self.step, "sync": "pseudo", "bytes": sent})
-        else:
-            self.log.write(
-                {
-                    "step": self.step,
-                    "loss": loss,
-                    "lr": lr,
-                    "elapsed_s": round(elapsed, 4),
-                    "comm_bytes": stats.bytes_sent,
-                    **self.within_groups(),
-                    "tokens": self.progress.tokens,
-                }
-            )
-            if not math.isfinite(loss):
-                self.report_event("nonfinite_loss", rank=self.rank)
-        diagnostics = self.strategy.sync_diagnostics
-        if isinstance(self.strategy, PeriodicStrategy) and not self.strategy.in_warmup and sent > 0 or diagnostics:
-            self.log.write({"step": self.step, "sync": "outer", "bytes": sent, **diagnostics})
-        self.bar.update(loss, self.progress.tokens / elapsed, stats.wait_s / elapsed)
-
-    def within_groups(self) -> dict[str, int]:
-        """With worker groups, the bytes this rank has sent to the ranks of its own group."""
-        return {} if self.mesh is None else {"comm_bytes_within_groups": self.strategy.inner_comm_stats.bytes_sent}
-
-    def report_event(self, event: str, **details: Any) -> None:
-        self.log.write({"step": self.step, "event": event, **details})
 
     def to_device(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         return tuple(t.to(self.device, non_blocking=True) for t in batch)
@@ -314,60 +282,29 @@ class Trainer:
     def evaluate(self) -> None:
         """The global model's mean loss on the held-out batches (a collective; rank 0 computes it)."""
         global_model = self.strategy.global_state_dict()
-        if self.log is None:
+        if self.evaluator is None:
             return
-        self.eval_model.load_state_dict(global_model)
-        total, count = 0.0, 0
-        with torch.no_grad():
-            for batch in self.data.eval_batches:
-                inputs, targets = self.to_device(batch)
-                total += cross_entropy(self.eval_model, inputs, targets).item() * targets.numel()
-                count += targets.numel()
-        self.progress.eval_loss = total / count
+        self.progress.eval_loss = self.evaluator(global_model)
         self.evaluated_step = self.step
-        stats = self.strategy.comm_stats
-        self.log.write({
-            "step": self.step,
-            "eval_loss": self.progress.eval_loss,
-            "elapsed_s": round(self.elapsed(), 4),
-            "tokens": self.progress.tokens,
-            "comm_bytes": stats.bytes_sent,
-            **self.within_groups(),
-            "comm_wait_s": round(stats.wait_s, 4),
-        })
+        self.reporter.evaluation(self.step, self.progress.eval_loss, self.progress.tokens)
 
     def save(self) -> None:
-        """Checkpoint every rank's state, the global model and the length of metrics.jsonl (a collective)."""
+        """Checkpoint the training state and the global model (a collective)."""
         global_model = self.strategy.global_state_dict()
         self.progress.elapsed_s = self.elapsed()
-        strategy_state, sharded, layout = self.strategy.state_dict(), None, None
-        if self.mesh is not None:
-            from lowcomm.training.sharded_state import Position, split  # DCP: worker groups only
-
-            strategy_state, sharded = split(strategy_state, Position.of(self.mesh))
-            layout = {"groups": self.mesh.size(0), "group_size": self.mesh.size(1)}
-        state = {
-            "strategy": strategy_state,
-            "scheduler": self.scheduler.state_dict(),
-            "lr_schedule_steps": self.config.steps,
-            "data": self.data.train.state_dict(),
-            "rng": rng_state(),
-            "progress": asdict(self.progress),
-            "metrics_offset": self.log.durable_offset() if self.log is not None else 0,
-        }
-        model = global_model if self.rank == 0 else None
-        save_checkpoint(self.checkpoints, self.step, state, model, self.config.keep_checkpoints, self.peers, sharded,
-                        layout, self.storage)
+        self.progress.metrics_offset = self.log.durable_offset() if self.log is not None else 0
+        self.state.save(self.checkpointer, self.step, global_model if self.rank == 0 else None, self.mesh)
         if self.log is not None:
             config = self.config
-            write_loss_plot(config.out, f"{config.algo} x{self.world_size}: {config.model} on {config.data}")
+            title = f"{config.algo} x{self.world_size}: {config.model.name} on {config.data.source}"
+            write_loss_plot(config.run.out, title)
 
     def restore(self) -> Restored:
         """When resuming (``--resume``, or a restart by the elastic agent), load the newest checkpoint
         that every node holds intact, skipping incomplete or corrupt ones with a warning."""
-        if not (self.config.resume or restart_count()):
+        if not (self.config.run.resume or restart_count()):
             return Restored()
-        found, skipped = agreed_checkpoint(self.checkpoints, self.peers, self.storage)
+        found, skipped = agreed_checkpoint(self.checkpointer.root, self.peers, self.storage)
         restored = Restored(skipped=skipped)
         if self.rank == 0:
             for name, problem in skipped:
@@ -376,72 +313,20 @@ class Trainer:
             return restored
         restored.checkpoint = found.name
         try:
-            if self.mesh is None:
-                state = load_worker_state(found, self.rank, self.world_size, self.device)
-                self.strategy.load_state_dict(state["strategy"])
-                self.load_data_position(state["data"])
-                set_rng_state(state["rng"])
-            else:
-                state = self.load_grouped(found)
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.progress = Progress(**state["progress"])
-            restored.metrics_offset = int(state["metrics_offset"])
+            planned_steps = self.state.restore(found, self.rank, self.world_size, self.device, self.mesh, self.storage)
         except (OSError, RuntimeError, pickle.UnpicklingError) as error:
             raise ValueError(f"resume: {found.name} on {self.storage.name}: {first_line(error)}") from None
         except (KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"resume: {found.name} on {self.storage.name} holds a damaged rank file "
                              f"({first_line(error)}); move that checkpoint away to resume from an older one") from None
-        if state.get("lr_schedule_steps", self.config.steps) != self.config.steps:
-            restored.planned_steps = state["lr_schedule_steps"]
+        restored.metrics_offset = self.progress.metrics_offset
+        if planned_steps != self.config.run.steps:
+            restored.planned_steps = planned_steps
             self.replan_schedule()
         return restored
 
-    def load_grouped(self, directory: Path) -> dict[str, Any]:
-        """This rank's state from a sharded checkpoint, saved in this layout or another (see the
-        module docstring); return the rest of the state the checkpoint holds for it."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-        from lowcomm.training.sharded_state import Position, initialise_state, load_sharded
-        saved = read_manifest(directory).get("layout")
-        if saved is None:
-            raise ValueError(f"resume: {directory} was written without worker groups")
-        position = Position.of(self.mesh)
-        source = position.source(saved["groups"], saved["group_size"])
-        same_layout = (saved["groups"], saved["group_size"]) == (position.groups, position.group_size)
-        if not (same_layout or self.storage.shared):
-            raise ValueError(
-                f"resume: {directory.name} was saved as {saved['groups']} x {saved['group_size']} on nodes without a "
-                f"shared --out, and resumes only in that layout: resharding to {position.groups} x "
-                f"{position.group_size} would read other nodes' checkpoint files")
-        own = load_rank_file(directory, source.group * source.group_size + source.inner, self.device)
-        for value in vars(self.strategy).values():
-            if isinstance(value, torch.optim.Optimizer):
-                initialise_state(value)
-        template = self.strategy.state_dict()
-        sharded = directory / SHARDED_DIRECTORY
-        strategy_state = load_sharded(
-            sharded, own["strategy"], template, position, source, self.mesh, self.device, self.storage.group
-        )
-        self.strategy.load_state_dict(strategy_state)
-        if position.group >= saved["groups"]:  # a new group starts from the global model
-            global_model = load_file(directory / GLOBAL_MODEL, device=str(self.device))
-            set_model_state_dict(self.strategy.local_model, global_model, options=StateDictOptions(full_state_dict=True))
-            self.strategy.optimizer.state.clear()
-        if same_layout:
-            self.load_data_position(own["data"])
-            set_rng_state(own["rng"])
-            return own
-        first = load_rank_file(directory, 0, self.device)
-        self.data.train.continue_from(first["data"])
-        seed_everything(self.config.seed + self.rank + self.world_size * self.strategy.step_count)
-        return first
-
-    def load_data_position(self, state: dict[str, int]) -> None:
-        """Continue the training data where a checkpoint saved in this layout left it."""
-        self.data.train.load_state_dict(state)
-
     def replan_schedule(self) -> None:
-        """Follow this run's learning-rate schedule (planned for ``config.steps``) from the resumed
+        """Follow this run's learning-rate schedule (planned for ``config.run.steps``) from the resumed
         step on: the learning rate of the next step becomes the new plan's."""
         factor = self.scheduler.lr_lambdas[0]
         for group, base_lr in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
@@ -450,12 +335,13 @@ class Trainer:
     def report_replanned_schedule(self, planned_steps: int) -> None:
         lr = self.optimizer.param_groups[0]["lr"]
         print(
-            f"lowcomm: warning: --steps changed from {planned_steps} to {self.config.steps}: the learning-rate "
-            f"schedule is re-planned for {self.config.steps} steps and followed from step {self.step} "
+            f"lowcomm: warning: --steps changed from {planned_steps} to {self.config.run.steps}: the learning-rate "
+            f"schedule is re-planned for {self.config.run.steps} steps and followed from step {self.step} "
             f"(next lr {lr:.3g})",
             file=sys.stderr,
         )
-        self.report_event("lr_schedule_replanned", from_steps=planned_steps, to_steps=self.config.steps, lr=lr)
+        self.reporter.event(self.step, "lr_schedule_replanned", from_steps=planned_steps,
+                            to_steps=self.config.run.steps, lr=lr)
 
     def finish(self) -> None:
         """Sum the traffic and times over all workers; rank 0 writes summary.json."""
@@ -465,17 +351,16 @@ class Trainer:
             (stats.bytes_sent, within.bytes_sent, stats.wait_s, stats.overlap_s, stats.overlap_bytes,
              self.progress.compute_s)
         )
-        if self.log is None:
+        if self.reporter is None:
             return
         wall_time = self.elapsed()
         between, inside, wait_s, overlap_s, overlap_bytes, compute_s = (sum(column) for column in zip(*everyone))
         summary = {
             "algo": self.config.algo,
-            "model": self.config.model,
+            "model": self.config.model.name,
             "parameters": sum(p.numel() for p in self.strategy.params),
             "workers": self.world_size,
-            **({} if self.mesh is None else {
-                "groups": self.config.groups, "group_size": self.config.group_size, "inner": self.config.inner}),
+            **({} if self.mesh is None else self.config.layout.model_dump(include={"groups", "group_size", "inner"})),
             "steps": self.step,
             "final_eval_loss": self.progress.eval_loss,
             **({"stopped": self.stopped} if self.stopped else {}),
@@ -492,11 +377,8 @@ class Trainer:
         }
         if self.device.type == "cuda":
             summary["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated(self.device)
-        if self.data.tokenizer is not None and self.evaluated_step == self.step:  # eval_model is the final model
-            prompt = held_out_prompt(self.data.eval_batches, self.config.seq_len)
-            write_samples(self.config.out, self.eval_model, self.data.tokenizer, prompt, self.config.seq_len,
-                          self.config.seed)
-        write_json_atomically(self.config.out / "summary.json", summary)
-        if self.bar is not None:
-            self.bar.close()
-        self.log.close()
+        if self.data.tokenizer is not None and self.evaluated_step == self.step:  # the evaluator holds the final model
+            prompt = held_out_prompt(self.data.eval_batches, self.config.data.seq_len)
+            write_samples(self.config.run.out, self.evaluator.model, self.data.tokenizer, prompt,
+                          self.config.data.seq_len, self.config.run.seed)
+        self.reporter.finish(self.config.run.out, summary)

@@ -1,76 +1,77 @@
-"""Each algorithm's declared options: they match its constructor, merge along its bases, and check values."""
+"""Each algorithm's declared options: they merge along its bases, fill in the constructor's defaults,
+check values, and give the docstring and the options reference."""
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
+import torch
+from torch import nn
 
-from lowcomm import ALGORITHMS, LocalSGD, PostLocalSGD
-from lowcomm.algorithms.options import Option
-
-STRATEGY_ARGUMENTS = {"self", "model", "optimizer", "mesh", "communicator", "max_grad_norm"}
-
-
-def constructor_keywords(cls: type) -> dict[str, object]:
-    """The keyword parameters of ``cls``'s constructor and their defaults, following ``**kwargs``
-    into its bases' constructors, without the arguments every strategy takes."""
-    keywords: dict[str, object] = {}
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        parameters = inspect.signature(klass.__init__).parameters.values()
-        for parameter in parameters:
-            if parameter.kind is parameter.KEYWORD_ONLY and parameter.name not in STRATEGY_ARGUMENTS:
-                keywords.setdefault(parameter.name, parameter.default)
-        if all(parameter.kind is not parameter.VAR_KEYWORD for parameter in parameters):
-            break
-    return keywords
-
-
-@pytest.mark.parametrize("algo", sorted(ALGORITHMS))
-def test_the_declared_options_are_the_constructors_keywords(algo: str) -> None:
-    declared = {name: option.default for name, option in ALGORITHMS[algo].options().items()}
-    assert declared == constructor_keywords(ALGORITHMS[algo])
+from lowcomm import ALGORITHMS, DiLoCo, LocalSGD, PALSGD, PostLocalSGD
+from lowcomm.algorithms.options import Option, integer
+from lowcomm.algorithms.reference import REFERENCE, options_reference
+from tests.distributed import run_workers
 
 
 def test_a_subclass_declaration_replaces_its_bases() -> None:
-    assert LocalSGD.options()["warmup_steps"].default == 0 and LocalSGD.check_option("warmup_steps", 0) == 0
+    assert LocalSGD.options()["warmup_steps"].default == 0 and LocalSGD.resolve_options({})["warmup_steps"] == 0
     assert PostLocalSGD.options()["warmup_steps"].default == 32
-    with pytest.raises(ValueError, match=r"^warmup_steps: must be an integer >= 1, got 0$"):
-        PostLocalSGD.check_option("warmup_steps", 0)
+    with pytest.raises(ValueError, match=r"^warmup_steps: Input should be greater than or equal to 1 \(got 0\)$"):
+        PostLocalSGD.resolve_options({"warmup_steps": 0})
     assert list(PostLocalSGD.options()) == ["sync_interval", "warmup_steps", "compress", "compress_block_size"]
 
 
 @pytest.mark.parametrize("algo, name, value, message", [
-    ("localsgd", "sync_interval", 0, "sync_interval: must be an integer >= 1, got 0"),
-    ("localsgd", "sync_interval", True, "sync_interval: must be an integer >= 1, got True"),
+    ("localsgd", "sync_interval", 0, "sync_interval: Input should be greater than or equal to 1 (got 0)"),
+    ("localsgd", "sync_interval", True, "sync_interval: Input should be a number, not a boolean"),
     ("localsgd", "compress", "int2", "compress: must be none, bf16, int8, int4 or topk:FRACTION with 0 < FRACTION <= 1, "
                                      "got 'int2'"),
-    ("diloco", "outer_lr", float("inf"), "outer_lr: must be a finite number > 0, got inf"),
-    ("diloco", "outer_momentum", 1.0, "outer_momentum: must be in [0, 1), got 1.0"),
-    ("diloco", "merge_alpha", 1.5, "merge_alpha: must be in [0, 1], got 1.5"),
-    ("palsgd", "pseudo_sync_prob", -0.1, "pseudo_sync_prob: must be in [0, 1), got -0.1"),
-    ("palsgd", "eta", 0, "eta: must be a finite number > 0, got 0"),
-    ("palsgd", "outer_repeats", 0, "outer_repeats: must be an integer >= 1, got 0"),
-    ("noloco", "outer_momentum", -0.5, "outer_momentum: must be in [0, 1), got -0.5"),
-    ("streamingdiloco", "num_fragments", 0, "num_fragments: must be an integer >= 1, got 0"),
+    ("diloco", "outer_lr", float("inf"), "outer_lr: Input should be a finite number"),
+    ("diloco", "outer_momentum", 1.0, "outer_momentum: Input should be less than 1 (got 1.0)"),
+    ("diloco", "merge_alpha", 1.5, "merge_alpha: Input should be less than or equal to 1 (got 1.5)"),
+    ("diloco", "outer_device", "cuda", "outer_device: Input should be 'cpu' (got 'cuda')"),
+    ("palsgd", "pseudo_sync_prob", -0.1, "pseudo_sync_prob: Input should be greater than or equal to 0 (got -0.1)"),
+    ("palsgd", "eta", 0, "eta: Input should be greater than 0 (got 0)"),
+    ("palsgd", "outer_repeats", 0, "outer_repeats: Input should be greater than or equal to 1 (got 0)"),
+    ("noloco", "outer_momentum", -0.5, "outer_momentum: Input should be greater than or equal to 0 (got -0.5)"),
+    ("streamingdiloco", "num_fragments", 0, "num_fragments: Input should be greater than or equal to 1 (got 0)"),
+    ("streamingdiloco", "fragment_pattern", "random", "fragment_pattern: Input should be 'sequential' or 'strided' "
+                                                      "(got 'random')"),
 ])
 def test_a_declared_check_rejects_a_bad_value_with_one_line(algo: str, name: str, value: object, message: str) -> None:
     with pytest.raises(ValueError) as raised:
-        ALGORITHMS[algo].check_option(name, value)
+        ALGORITHMS[algo].resolve_options({name: value})
     assert str(raised.value) == message
-    with pytest.raises(ValueError) as raised:  # the configuration's check, before any worker starts
-        options = {option.name: option.default for option in ALGORITHMS[algo].options().values()}
-        ALGORITHMS[algo].check_options(1e-3, options | {name: value})
-    assert str(raised.value) == message
+
+
+def test_the_constructor_takes_the_declared_keywords_with_their_defaults() -> None:
+    model = nn.Linear(2, 1)
+    with pytest.raises(TypeError) as raised:
+        DiLoCo(model, torch.optim.SGD(model.parameters(), lr=0.1), eta=1.0)
+    assert str(raised.value) == ("DiLoCo: unknown option 'eta'; it takes sync_interval, warmup_steps, outer_lr, "
+                                 "outer_momentum, outer_optimizer, outer_device, overlap_steps, merge_alpha, compress, "
+                                 "compress_block_size")
+    assert PALSGD.resolve_options({"outer_lr": 1}) == {name: option.default for name, option in PALSGD.options().items()
+                                                       } | {"outer_lr": 1.0}
+
+
+def build(algo: str, options: dict) -> dict:
+    model = nn.Linear(2, 1)
+    strategy = ALGORITHMS[algo](model, torch.optim.SGD(model.parameters(), lr=0.01), **options)
+    return {"values": strategy.option_values, "sync_interval": getattr(strategy, "sync_interval", None)}
+
+
+def test_a_library_call_gets_the_given_options_and_the_declared_defaults() -> None:
+    built = run_workers(build, 1, "diloco", {"sync_interval": 8, "outer_lr": 0.5})[0]
+    assert built["sync_interval"] == 8
+    assert built["values"] == {name: option.default for name, option in DiLoCo.options().items()} | {
+        "sync_interval": 8, "outer_lr": 0.5}
 
 
 @pytest.mark.parametrize("algo", sorted(ALGORITHMS))
 def test_every_declared_default_meets_its_check(algo: str) -> None:
-    options = {name: option.default for name, option in ALGORITHMS[algo].options().items()}
-    ALGORITHMS[algo].check_options(1e-3, options)
-    assert all(option.checked(option.default) == option.default for option in ALGORITHMS[algo].options().values())
+    options = ALGORITHMS[algo].resolve_options({}, [1e-3])
+    assert options == {name: option.default for name, option in ALGORITHMS[algo].options().items()}
 
 
 def test_only_palsgd_steps_skip_their_batch() -> None:
@@ -86,5 +87,18 @@ def test_only_noloco_gossips() -> None:
     }
 
 
-def test_an_option_without_a_check_takes_any_value() -> None:
-    assert Option("outer_device", None).checked("meta") == "meta"
+def test_an_option_without_a_type_takes_any_value() -> None:
+    assert Option("outer_optimizer", None, "a factory").checked("anything") == "anything"
+    assert Option("count", 1, "a count", integer(ge=1)).checked("3") == 3  # as a flag gives it
+
+
+def test_each_class_docstring_states_its_options() -> None:
+    for cls in ALGORITHMS.values():
+        for name, option in cls.options().items():
+            assert f"    {name}: {option.describe()}" in cls.__doc__
+
+
+def test_the_options_reference_is_current() -> None:
+    assert REFERENCE.read_text(encoding="utf-8") == options_reference(), (
+        "docs/options.md is stale: run python -m lowcomm.algorithms.reference"
+    )

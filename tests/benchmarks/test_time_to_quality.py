@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 
 from lowcomm.algorithms import ALGORITHMS
-from lowcomm.benchmarks.bench import planned_steps, stop_flags
 from lowcomm.benchmarks.report import quality_table, time_table
 from lowcomm.benchmarks.results import find_targets, results_rows
 from lowcomm.benchmarks.runs import read_run
+from lowcomm.cli.bench import planned_steps, stop_flags
+from lowcomm.communication.peers import Peers
 from lowcomm.training.config import load_config
 from lowcomm.training.early_stop import stop_reason
-from lowcomm.training.peers import Peers
 from tests.benchmarks import recorded
 
 

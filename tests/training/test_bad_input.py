@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from lowcomm.training.config import TrainConfig, flag
+from lowcomm.training.config import FLAG_PATHS, SECTIONS, flag
 
 FLAG_CASES = {
     "unknown algorithm": (["--algo", "adam"], "--algo: unknown algorithm 'adam'"),
@@ -43,14 +43,14 @@ FLAG_CASES = {
     "p of one": (["--pseudo-sync-prob", "1"], "--pseudo-sync-prob: Input should be less than 1"),
     "negative p": (["--pseudo-sync-prob", "-0.1"], "--pseudo-sync-prob: Input should be greater than or equal to 0"),
     "p of two": (["--pseudo-sync-prob", "2"], "--pseudo-sync-prob: Input should be less than 1"),
-    "momentum of one": (["--outer-momentum", "1"], "--outer-momentum: must be in [0, 1), got 1.0"),
-    "negative momentum": (["--outer-momentum", "-0.5"], "--outer-momentum: must be in [0, 1), got -0.5"),
+    "momentum of one": (["--outer-momentum", "1"], "--outer-momentum: Input should be less than 1"),
+    "negative momentum": (["--outer-momentum", "-0.5"], "--outer-momentum: Input should be greater than or equal to 0"),
     "zero eta": (["--eta", "0"], "--eta: Input should be greater than 0"),
     "overshooting pull": (["--lr", "0.5"], "--eta: lr * eta / pseudo_sync_prob = 2.5 >= 1 would overshoot z"),
     "zero outer lr": (["--outer-lr", "0"], "--outer-lr: Input should be greater than 0"),
     "zero sync interval": (["--sync-interval", "0"], "--sync-interval: Input should be greater than or equal to 1"),
     "negative warm-up": (["--warmup-steps", "-1"], "--warmup-steps: Input should be greater than or equal to 0"),
-    "zero outer repeats": (["--outer-repeats", "0"], "--outer-repeats: must be an integer >= 1, got 0"),
+    "zero outer repeats": (["--outer-repeats", "0"], "--outer-repeats: Input should be greater than or equal to 1"),
     "outer repeats in words": (["--outer-repeats", "many"], "--outer-repeats: Input should be a valid integer"),
     "zero eval interval": (["--eval-every", "0"], "--eval-every: Input should be greater than or equal to 1"),
     "zero eval batches": (["--eval-batches", "0"], "--eval-batches: Input should be greater than or equal to 1"),
@@ -285,7 +285,8 @@ def test_bad_groups_under_torchrun(case, tmp_path, run_cli, monkeypatch):
 def test_every_option_that_takes_a_value_has_a_malformed_case():
     named = {word for argv, _ in FLAG_CASES.values() for word in argv if word.startswith("--")}
     named |= {flag(key) for values, _ in YAML_CASES.values() for key in values}
-    options = [name for name, field in TrainConfig.model_fields.items() if field.annotation is not bool]
+    options = [name for name, (section, field) in FLAG_PATHS.items()
+               if section == "algorithm" or SECTIONS[section].model_fields[field].annotation is not bool]
     assert [name for name in options if flag(name) not in named and name not in CHECKED_ELSEWHERE] == []
 
 

@@ -7,20 +7,30 @@ import yaml
 
 from lowcomm import ALGORITHMS
 from lowcomm.models import MODEL_NAMES
-from lowcomm.training.config import ALGORITHM_PARAMETERS, LAUNCH_FIELDS, TrainConfig, load_config
+from lowcomm.training.config import FLAG_PATHS, LAUNCH_FIELDS, SECTIONS, TrainConfig, load_config, resolve
 
 COMPRESS_RULE = "--compress: must be none, bf16, int8, int4 or topk:FRACTION with 0 < FRACTION <= 1"
 ALGORITHM_FIELDS = ("sync_interval", "warmup_steps", "pseudo_sync_prob", "eta", "outer_lr", "outer_momentum")
 
 
+def loaded(*args, **kwargs) -> TrainConfig:
+    """The config as ``lowcomm train`` runs it: validated, then resolved for this machine."""
+    return resolve(load_config(*args, **kwargs))
+
+
+def algorithm_fields(config: TrainConfig) -> tuple:
+    return tuple(getattr(config.algorithm, name, None) for name in ALGORITHM_FIELDS)
+
+
 def test_the_defaults_are_the_embedded_quick_start():
-    config = load_config()
-    assert (config.algo, config.model, config.data, config.workers) == ("palsgd", "gpt-tiny", "synthetic-stories", 2)
-    assert config.device == ("cuda" if torch.cuda.is_available() else "cpu")  # "auto": a GPU if there is one
-    assert config.out.parent == Path("lowcomm-runs")
+    config = loaded()
+    assert (config.algo, config.model.name, config.data.source, config.layout.workers) == (
+        "palsgd", "gpt-tiny", "synthetic-stories", 2)
+    assert config.run.device == ("cuda" if torch.cuda.is_available() else "cpu")  # "auto": a GPU if there is one
+    assert config.run.out.parent == Path("lowcomm-runs")
     # PALSGD's paper values, but DiLoCo's outer lr: z must keep up in a 384-step run.
-    assert tuple(getattr(config, name) for name in ALGORITHM_FIELDS) == (32, 32, 0.2, 1.0, 0.7, 0.9)
-    assert load_config(overrides={"outer_lr": "0.5"}).outer_lr == 0.5
+    assert algorithm_fields(config) == (32, 32, 0.2, 1.0, 0.7, 0.9)
+    assert load_config(overrides={"outer_lr": "0.5"}).algorithm.outer_lr == 0.5
 
 
 @pytest.mark.parametrize(
@@ -39,8 +49,7 @@ def test_the_defaults_are_the_embedded_quick_start():
     ],
 )
 def test_each_algorithm_gets_its_papers_defaults(algo, expected):
-    config = load_config(overrides={"algo": algo})
-    assert tuple(getattr(config, name) for name in ALGORITHM_FIELDS) == expected
+    assert algorithm_fields(load_config(overrides={"algo": algo})) == expected
 
 
 def test_algorithm_kwargs_hold_exactly_what_the_strategy_takes():
@@ -63,12 +72,6 @@ def test_algorithm_kwargs_hold_exactly_what_the_strategy_takes():
     }
 
 
-def test_the_algorithm_fields_are_the_declared_flags():
-    declared = {name for cls in ALGORITHMS.values() for name, option in cls.options().items() if option.flag}
-    assert set(ALGORITHM_PARAMETERS) == declared and declared <= set(TrainConfig.model_fields)
-    assert "seed" not in declared and "outer_optimizer" not in declared  # the run's seed; library only
-
-
 @pytest.mark.parametrize("algo", ["localsgd", "postlocalsgd", "diloco", "palsgd", "streamingdiloco"])
 def test_every_averaging_algorithm_takes_compression(algo):
     config = load_config(overrides={"algo": algo, "compress": "topk:0.01"})
@@ -80,7 +83,8 @@ def test_flags_win_over_the_yaml_file(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump({"steps": 10, "lr": 0.01, "sync-interval": 8, "algo": "diloco"}))
     config = load_config(path, {"steps": "20"})
-    assert (config.steps, config.lr, config.sync_interval, config.algo) == (20, 0.01, 8, "diloco")
+    assert (config.run.steps, config.optimizer.lr, config.algorithm.sync_interval, config.algo) == (
+        20, 0.01, 8, "diloco")
 
 
 @pytest.mark.parametrize("groups", [{}, {"groups": "2", "group_size": "2", "inner": "fsdp"}])
@@ -89,6 +93,7 @@ def test_a_written_config_reads_back_as_the_same_config(groups, tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(config.to_yaml())
     assert load_config(path) == config
+    assert set(yaml.safe_load(path.read_text())) == {*SECTIONS, "algorithm"}  # in sections
 
 
 @pytest.mark.parametrize(
@@ -104,8 +109,8 @@ def test_a_written_config_reads_back_as_the_same_config(groups, tmp_path):
         ({"lr": "nan"}, "--lr: Input should be a finite number"),
         ({"lr": True}, "--lr: Input should be a number, not a boolean"),
         ({"pseudo_sync_prob": "1"}, "--pseudo-sync-prob: Input should be less than 1 (got '1')"),
-        ({"outer_momentum": "-0.1"}, "--outer-momentum: must be in [0, 1), got -0.1"),
-        ({"algo": "noloco", "outer_momentum": "1"}, "--outer-momentum: must be in [0, 1), got 1.0"),
+        ({"outer_momentum": "-0.1"}, "--outer-momentum: Input should be greater than or equal to 0 (got '-0.1')"),
+        ({"algo": "noloco", "outer_momentum": "1"}, "--outer-momentum: Input should be less than 1 (got '1')"),
         ({"algo": "diloco", "merge_alpha": "0.3"},
          "--merge-alpha: only an overlapped outer step merges; give overlap_steps > 0 or no merge_alpha"),
         ({"tokenizer": "/nonexistent/tok.json"}, "--tokenizer: no such file '/nonexistent/tok.json'"),
@@ -126,20 +131,23 @@ def test_a_written_config_reads_back_as_the_same_config(groups, tmp_path):
         ({"compress": "int2"}, f"{COMPRESS_RULE}, got 'int2'"),
         ({"algo": "noloco", "compress": "int8"}, "--compress: noloco does not take it"),
         ({"algo": "ddp", "compress": "topk:0.01"}, "--compress: ddp does not take it"),
-        ({"outer_repeats": "0"}, "--outer-repeats: must be an integer >= 1, got 0"),
+        ({"outer_repeats": "0"}, "--outer-repeats: Input should be greater than or equal to 1 (got '0')"),
         ({"algo": "diloco", "outer_repeats": "16"}, "--outer-repeats: diloco does not take it"),
-        ({"algo": "postlocalsgd", "warmup_steps": "0"}, "--warmup-steps: must be an integer >= 1, got 0"),
+        ({"algo": "postlocalsgd", "warmup_steps": "0"},
+         "--warmup-steps: Input should be greater than or equal to 1 (got '0')"),
+        ({"run": {"stepz": 3}}, "--config: unknown key 'run.stepz'"),
+        ({"algorithm": {"name": "diloco", "eta": 1}}, "--eta: diloco does not take it"),
     ],
 )
 def test_bad_values_raise_one_line_naming_the_flag(overrides, message):
     with pytest.raises(ValueError) as raised:
-        load_config(overrides=overrides)
+        loaded(overrides=overrides)
     assert str(raised.value) == message
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
 def test_cuda_is_accepted_where_there_is_a_gpu():
-    assert load_config(overrides={"device": "cuda"}).device == "cuda"
+    assert loaded(overrides={"device": "cuda"}).run.device == "cuda"
 
 
 def test_yaml_problems_name_the_config_file(tmp_path):
@@ -157,13 +165,14 @@ def test_yaml_problems_name_the_config_file(tmp_path):
 def test_under_torchrun_the_worker_count_is_its_world_size(monkeypatch):
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
     monkeypatch.setenv("WORLD_SIZE", "3")
-    assert load_config().workers == 3
+    assert load_config().layout.workers == 2  # validation does not look at the environment
+    assert loaded().layout.workers == 3
     with pytest.raises(ValueError, match="^--workers: 2 differs from torchrun's WORLD_SIZE 3$"):
-        load_config(overrides={"workers": "2"})
+        loaded(overrides={"workers": "2"})
 
 
 def layout(config):
-    return config.workers, config.groups, config.group_size, config.inner
+    return config.layout.workers, config.layout.groups, config.layout.group_size, config.layout.inner
 
 
 @pytest.mark.parametrize(
@@ -179,7 +188,7 @@ def layout(config):
     ],
 )
 def test_any_two_of_workers_groups_and_group_size_give_the_third(overrides, expected):
-    assert layout(load_config(overrides=overrides)) == expected
+    assert layout(loaded(overrides=overrides)) == expected
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torchft") is None, reason="needs the ft extra (pip install 'lowcomm[ft]')")
@@ -193,7 +202,7 @@ def test_any_two_of_workers_groups_and_group_size_give_the_third(overrides, expe
     ],
 )
 def test_live_worker_groups_take_any_group_size(overrides, expected):
-    config = load_config(overrides={"fault_tolerance": "live", "algo": "diloco", **overrides})
+    config = loaded(overrides={"fault_tolerance": "live", "algo": "diloco", **overrides})
     assert layout(config) == expected
 
 
@@ -212,17 +221,17 @@ def test_under_torchrun_the_nodes_are_the_groups(local_world_size, overrides, ex
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world_size)
-    assert layout(load_config(overrides=overrides)) == expected
+    assert layout(loaded(overrides=overrides)) == expected
 
 
 def test_a_grouped_run_keeps_its_identity_in_another_layout(tmp_path):
     out = str(tmp_path)
-    two_by_two = load_config(overrides={"out": out, "groups": "2", "group_size": "2"})
-    assert two_by_two.run_identity() == load_config(overrides={"out": out, "groups": "4", "workers": "4"}).run_identity()
-    assert two_by_two.run_identity() != load_config(overrides={"out": out, "groups": "2", "group_size": "2",
-                                                               "inner": "fsdp"}).run_identity()
-    assert load_config(overrides={"out": out}).run_identity() != load_config(
-        overrides={"out": out, "workers": "4"}).run_identity()
+    two_by_two = loaded(overrides={"out": out, "groups": "2", "group_size": "2"})
+    assert two_by_two.run_identity() == loaded(overrides={"out": out, "groups": "4", "workers": "4"}).run_identity()
+    assert two_by_two.run_identity() != loaded(overrides={"out": out, "groups": "2", "group_size": "2",
+                                                          "inner": "fsdp"}).run_identity()
+    four = loaded(overrides={"out": out, "workers": "4"})
+    assert loaded(overrides={"out": out}).run_identity() != four.run_identity()
 
 
 def test_launch_fields_do_not_change_the_run_identity(tmp_path):
@@ -235,8 +244,38 @@ def test_launch_fields_do_not_change_the_run_identity(tmp_path):
     assert plain.run_identity() != load_config(overrides={"out": str(tmp_path / "a"), "steps": "7"}).run_identity()
 
 
-def test_model_fields_are_all_flags_with_descriptions():
-    assert all(field.description for field in TrainConfig.model_fields.values())
+def test_every_field_is_a_flag_with_a_description():
+    fields = {(section, field) for section, cls in SECTIONS.items() for field in cls.model_fields}
+    assert fields <= set(FLAG_PATHS.values())
+    assert all(cls.model_fields[field].description for section, cls in SECTIONS.items() for field in cls.model_fields)
+    assert FLAG_PATHS["algo"] == ("algorithm", "name") and FLAG_PATHS["sync_interval"] == ("algorithm", "sync_interval")
+
+
+def test_validation_does_not_look_at_the_machine(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    config = load_config(overrides={"data": str(tmp_path / "absent.txt"), "groups": "2", "out": str(tmp_path)})
+    assert (config.run.device, config.layout.workers, config.layout.group_size) == ("auto", 2, None)
+    with pytest.raises(ValueError, match="^--data: no such file"):
+        resolve(config)
+
+
+def test_the_resolved_values_are_recorded_apart(tmp_path):
+    config = load_config(overrides={"groups": "2", "out": str(tmp_path)})
+    resolved = resolve(config)
+    assert resolved.to_yaml() == config.to_yaml()  # the config as given
+    assert yaml.safe_load(resolved.resolved_yaml()) == {
+        "run": {"device": resolved.run.device}, "layout": {"group_size": 1, "inner": "ddp"}}
+    assert config.run.device == "auto" and config.layout.group_size is None  # resolve changes a copy
+
+
+def test_a_flat_yaml_file_reads_as_its_sections(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({"algo": "diloco", "steps": 5, "outer_lr": 0.5, "model": "gpt-tiny"}))
+    nested = tmp_path / "new.yaml"
+    nested.write_text(yaml.safe_dump({"algorithm": {"name": "diloco", "outer_lr": 0.5}, "run": {"steps": 5},
+                                      "model": {"name": "gpt-tiny"}}))
+    assert load_config(path, {"out": str(tmp_path)}) == load_config(nested, {"out": str(tmp_path)})
 
 
 PAPER = "palsgd-paper-gpt-neo-8m"
@@ -254,35 +293,41 @@ def beside_shared_data(tmp_path, monkeypatch):
 
 
 def test_the_papers_preset_loads_and_validates(beside_shared_data):
-    config = load_config(None, {"out": beside_shared_data / "out"}, PAPER)
-    assert (config.algo, config.data, config.workers) == ("palsgd", "../shared/data/linux-docs.txt", 4)
+    config = loaded(None, {"out": beside_shared_data / "out"}, PAPER)
+    assert (config.algo, config.data.source, config.layout.workers) == ("palsgd", "../shared/data/linux-docs.txt", 4)
     # step-bound: 4 workers x 8 micro-batches x 10 sequences x 64 tokens a step
-    assert (config.grad_accum, config.batch_size, config.seq_len) == (8, 10, 64)
+    assert (config.data.grad_accum, config.data.batch_size, config.data.seq_len) == (8, 10, 64)
     # the paper's optimizer: AdamW at 0.01 without a schedule, clipping 1
-    assert (config.lr, config.lr_schedule, config.lr_warmup, config.max_grad_norm) == (0.01, "constant", 0, 1.0)
+    optimizer = config.optimizer
+    assert (optimizer.lr, optimizer.lr_schedule, optimizer.lr_warmup, optimizer.max_grad_norm) == (
+        0.01, "constant", 0, 1.0)
     # H, S, p, eta, outer Nesterov SGD lr and momentum
-    assert tuple(getattr(config, name) for name in ALGORITHM_FIELDS) == (32, 32, 0.2, 1.0, 0.1, 0.9)
+    assert algorithm_fields(config) == (32, 32, 0.2, 1.0, 0.1, 0.9)
     # outer steps after steps 64, 96, ..., 1984: (2000 - 32) // 32 = 61 >= 50 synchronisations
-    assert (config.steps - config.warmup_steps) // config.sync_interval == 61
-    assert config.eval_every == 50  # bench's grid for 2000 steps: the divisor of 100 up to 2000 // 40
+    assert (config.run.steps - config.algorithm.warmup_steps) // config.algorithm.sync_interval == 61
+    assert config.eval.eval_every == 50  # bench's grid for 2000 steps: the divisor of 100 up to 2000 // 40
 
 
 def test_flags_and_config_files_win_over_the_preset(beside_shared_data):
     out = beside_shared_data / "out"
     config = load_config(None, {"out": out, "lr": "0.005", "steps": "64"}, PAPER)
-    assert (config.lr, config.steps, config.lr_schedule, config.outer_lr) == (0.005, 64, "constant", 0.1)
+    assert (config.optimizer.lr, config.run.steps, config.optimizer.lr_schedule, config.algorithm.outer_lr) == (
+        0.005, 64, "constant", 0.1)
     own = beside_shared_data / "own.yaml"
     own.write_text("sync_interval: 16\noverlap_steps: 2\n")
     config = load_config(own, {"out": out, "outer_lr": "0.7"}, PAPER)
-    assert (config.sync_interval, config.overlap_steps, config.warmup_steps, config.outer_lr) == (16, 2, 32, 0.7)
+    algorithm = config.algorithm
+    assert (algorithm.sync_interval, algorithm.overlap_steps, algorithm.warmup_steps, algorithm.outer_lr) == (
+        16, 2, 32, 0.7)
 
 
 def test_a_preset_gives_each_algorithm_only_the_options_it_takes(beside_shared_data):
     ddp = load_config(None, {"algo": "ddp", "out": beside_shared_data / "out"}, PAPER)
-    assert tuple(getattr(ddp, name) for name in ALGORITHM_FIELDS) == (None,) * 6
-    assert (ddp.lr, ddp.lr_schedule, ddp.steps, ddp.batch_size) == (0.01, "constant", 2000, 10)
+    assert algorithm_fields(ddp) == (None,) * 6
+    assert (ddp.optimizer.lr, ddp.optimizer.lr_schedule, ddp.run.steps, ddp.data.batch_size) == (
+        0.01, "constant", 2000, 10)
     diloco = load_config(None, {"algo": "diloco", "out": beside_shared_data / "out"}, PAPER)
-    assert tuple(getattr(diloco, name) for name in ALGORITHM_FIELDS) == (32, 32, None, None, 0.1, 0.9)
+    assert algorithm_fields(diloco) == (32, 32, None, None, 0.1, 0.9)
     with pytest.raises(ValueError, match="--sync-interval: ddp does not take it"):
         load_config(None, {"algo": "ddp", "sync_interval": "8", "out": beside_shared_data / "out"}, PAPER)
 

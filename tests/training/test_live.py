@@ -21,8 +21,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lowcomm.training.checkpoint import load_worker_state, newest_complete_checkpoint
-from lowcomm.training.live import COLLECTIVE_TIMEOUT_S
+from lowcomm.checkpointing.checkpoint import load_worker_state, newest_complete_checkpoint
+from lowcomm.launching.live import COLLECTIVE_TIMEOUT_S
 
 from tests.train_runs import listening_addresses, live_records, wait_for, worker_pids
 

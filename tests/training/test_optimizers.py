@@ -8,7 +8,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from lowcomm.models import build_model
-from lowcomm.training.config import load_config
+from lowcomm.training.config import load_config, resolve
 from lowcomm.training.optimizers import MuonWithAdamW, hidden_matrices, inner_optimizer
 
 CPU = torch.device("cpu")
@@ -23,7 +23,7 @@ def test_muon_takes_gpt_tinys_hidden_matrices_and_adamw_the_rest():
     model = build_model("gpt-tiny", vocab_size=300)
     per_layer = ["attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj", "mlp.c_fc", "mlp.c_proj"]
     assert names(model, hidden_matrices(model)) == [f"h.{i}.{m}.weight" for i in range(2) for m in per_layer]
-    optimizer = inner_optimizer(load_config(overrides={"optimizer": "muon"}), model, CPU)
+    optimizer = inner_optimizer(resolve(load_config(overrides={"optimizer": "muon"})), model, CPU)
     adamw, muon = optimizer.param_groups
     assert (adamw["muon"], muon["muon"]) == (False, True)
     assert names(model, muon["params"]) == names(model, hidden_matrices(model))
@@ -112,10 +112,10 @@ def test_its_state_dict_resumes_exactly_and_schedules_scale_both_groups():
 @pytest.mark.parametrize("choice", ["adamw", "sgd"])
 def test_adamw_is_the_default_and_sgd_has_momentum(choice):
     model = build_model("gpt-tiny", vocab_size=300)
-    optimizer = inner_optimizer(load_config(overrides={"optimizer": choice, "lr": "0.05"}), model, CPU)
+    optimizer = inner_optimizer(resolve(load_config(overrides={"optimizer": choice, "lr": "0.05"})), model, CPU)
     if choice == "adamw":
         expected = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.01, fused=False)
     else:
         expected = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=0.01)
     assert type(optimizer) is type(expected) and optimizer.state_dict() == expected.state_dict()
-    assert load_config().optimizer == "adamw" and load_config().muon_lr is None
+    assert load_config().optimizer.name == "adamw" and resolve(load_config()).optimizer.muon_lr is None

@@ -21,6 +21,7 @@ from lowcomm import ALGORITHMS
 from lowcomm.algorithms.periodic import PeriodicStrategy
 from lowcomm.algorithms import DiLoCo
 from lowcomm.cli import main
+from lowcomm.launching.rundir import read_run_config
 from lowcomm.training.schedule import warmup_cosine
 from tests.distributed import free_port
 from tests.train_runs import (
@@ -142,6 +143,7 @@ def test_the_embedded_default_writes_the_documented_layout(runs):
         "config.yaml",
         "loss.png",
         "metrics.jsonl",
+        "resolved.yaml",
         "samples.txt",
         "summary.json",
         "tensorboard",
@@ -154,9 +156,9 @@ def test_the_embedded_default_writes_the_documented_layout(runs):
     stdout = runs.stdout("palsgd")
     assert f"-> lowcomm-runs/{out.name}" in stdout and f"results in lowcomm-runs/{out.name}/: loss.png" in stdout
     assert (out / "samples.txt").read_text() in stdout  # the story is shown
-    config = (out / "config.yaml").read_text()
+    config = read_run_config(out)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the default device is auto
-    assert "algo: palsgd\n" in config and "outer_lr: 0.7\n" in config and f"device: {device}\n" in config
+    assert (config["algo"], config["outer_lr"], config["device"]) == ("palsgd", 0.7, device)
 
 
 def test_the_last_steps_after_the_last_synchronisation_reach_the_final_model(cache_dir, tmp_path):
