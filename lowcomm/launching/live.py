@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 
 from lowcomm.communication.communicator import ProcessGroupCommunicator
-from lowcomm.communication.live import LiveCommunicator, LiveSettings, TooFewGroups, injected_fault
+from lowcomm.communication.live import LiveCommunicator, LiveSettings, TooFewGroups
 from lowcomm.communication.network_model import parse_rate
 from lowcomm.launching.netns import HUB, INTERFACE, LimitedNetwork, enter, entered
 from lowcomm.launching.worker import LOOPBACK, join_process_group, loopback_interface
@@ -230,7 +230,6 @@ def run_group(
         hostname=place.address,
         quorum_timeout_s=config.fault_tolerance.hang_timeout,
         collective_timeout_s=COLLECTIVE_TIMEOUT_S,
-        fault=injected_fault(group) if restart == 0 and inner_rank == 0 else None,
         manager_bind=None if config.network.bind_all else place.address,
     )
     within = ProcessGroupCommunicator() if config.layout.group_size > 1 else None
