@@ -385,21 +385,23 @@ CUT_S = 30
 
 
 @needs_torchft
-@pytest.mark.parametrize(("phase", "bandwidth", "steps"), [("local", "1gbit", 2400), ("all_reduce", "10mbit", 1200)])
-def test_a_group_cut_off_for_30_s_is_left_out_and_rejoins_healed(phase, bandwidth, steps, cache_dir, tmp_path):
-    """3 DiLoCo groups, each in a network namespace of its own behind a link of ``bandwidth``; group
-    1's link goes down for 30 s mid-run (its processes live on; its collectives and quorums fail), in
-    its local phase, or inside the all-reduce of its synchronisation at STOPPED_SYNC (0.5 s long at 10
-    Mbit/s; cut 0.15 s into it). The others wait for it at most the collective timeout, train on
-    without it, and take it back healed once its link is up; every group ends with the same model."""
-    out = tmp_path / "cut"
-    args = ["--algo", "diloco", "--groups", str(GROUPS), "--bandwidth", bandwidth, "--steps", str(steps),
+@pytest.mark.parametrize("phase", ["local", "all_reduce"])
+def test_a_group_cut_off_for_30_s_is_left_out_and_rejoins_healed(phase, cache_dir, tmp_path):
+    """3 DiLoCo groups, each in a network namespace of its own behind a 10 Mbit/s link (a
+    synchronisation's all-reduce takes 0.4-0.5 s, so that the others, however fast the machine, are
+    far from the end when the link is back); group 1's link goes down for 30 s mid-run (its
+    processes live on; its collectives and quorums fail), in its local phase, or inside the
+    all-reduce of its synchronisation at STOPPED_SYNC (cut 0.15 s into it). The others wait for it
+    at most the collective timeout, train on without it, and take it back healed once its link is
+    up; every group ends with the same model."""
+    steps, out = 1600, tmp_path / "cut"
+    args = ["--algo", "diloco", "--groups", str(GROUPS), "--bandwidth", "10mbit", "--steps", str(steps),
             "--eval-every", str(steps), "--checkpoint-every", str(steps)]
     with (tmp_path / "stderr.txt").open("w") as stderr:
         launcher = subprocess.Popen(train_command(out, *args, cache_dir=cache_dir),
                                     stdout=subprocess.DEVNULL, stderr=stderr)
         try:
-            last = STOPPED_SYNC - 1 if phase == "all_reduce" else 40
+            last = STOPPED_SYNC - 1 if phase == "all_reduce" else STOPPED_SYNC + 3  # before its sync, or mid-way
             wait_for(lambda: any(r["step"] >= last for r in group_records(out, KILLED, "train")), launcher, 240)
             time.sleep(0.15 if phase == "all_reduce" else 0)
             hub = ["ip", "netns", "exec", f"lc{launcher.pid}br", "ss", "-ltnH"]
@@ -416,17 +418,18 @@ def test_a_group_cut_off_for_30_s_is_left_out_and_rejoins_healed(phase, bandwidt
     assert f"lc{launcher.pid}" not in namespaces
     for group in range(GROUPS):
         assert group_records(out, group, "train")[-1]["step"] == steps
+    failed = []
     for group in set(range(GROUPS)) - {KILLED}:
         assert longest_pause(group_records(out, group, "train")) < MAX_STALL_S
         events = group_records(out, group, "event")
-        failed = [(r["step"], r["stalled_s"]) for r in events if r["event"] == "step_failed"]
-        if phase == "all_reduce":  # held the collective timeout, then on without group 1
-            assert [step for step, _ in failed] == [STOPPED_SYNC]
-            assert COLLECTIVE_TIMEOUT_S <= failed[0][1] < MAX_STALL_S
-        else:
-            assert failed == []
-        membership = [(r["event"], r["group"]) for r in events if r["event"] in ("group_left", "group_joined")]
-        assert membership == [("group_left", KILLED), ("group_joined", KILLED)]
+        failed += [(r["step"], r["stalled_s"]) for r in events if r["event"] == "step_failed"]
+        membership = [r["event"] for r in events if r["event"] in ("group_left", "group_joined") and r["group"] == KILLED]
+        assert membership == ["group_left", "group_joined"]
+    if phase == "all_reduce":  # held up to the collective timeout (a ring's neighbours of the cut group wait it out)
+        assert {step for step, _ in failed} == {STOPPED_SYNC}
+        assert max(waited for _, waited in failed) >= COLLECTIVE_TIMEOUT_S and all(w < MAX_STALL_S for _, w in failed)
+    else:
+        assert failed == []
     healed = [r for r in group_records(out, KILLED, "event") if r["event"] == "group_healed"]
     assert len(healed) == 1 and healed[0]["group"] == KILLED
     assert_same_models(final_models(out, GROUPS, steps), "diloco")
