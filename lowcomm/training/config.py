@@ -325,6 +325,12 @@ class TrainConfig(BaseModel):
             raise ValueError("sim_passes: only --backend sim takes it")
         if self.optimizer.name != "muon" and self.optimizer.muon_lr is not None:
             raise ValueError("muon_lr: only --optimizer muon takes it")
+        if self.algorithm_options().get("local_steps") == "adaptive":
+            if self.live:
+                raise ValueError("local_steps: adaptive runs without --fault-tolerance live")
+            if self.run.backend == "sim" and self.run.sim_passes != "threads":
+                raise ValueError("local_steps: adaptive with --backend sim needs --sim-passes threads (batched passes "
+                                 "take every worker's step together)")
         muon_lr = self.optimizer.muon_lr or MUON_LR if self.optimizer.name == "muon" else self.optimizer.lr
         for lr in {self.optimizer.lr, muon_lr}:
             ALGORITHMS[self.algo].check_options(lr, self.algorithm_options())

@@ -127,6 +127,7 @@ class Trainer:
         self.strategy = strategy_class(config.algo, communicator)(
             model, optimizer, communicator=communicator, **on_mesh, **config.algorithm_kwargs()
         )
+        self.strategy.run_steps = config.run.steps
         for stats in (self.strategy.comm_stats, self.strategy.inner_comm_stats):
             stats.wait_s = 0.0  # waiting for the other ranks to start up is not communication
         seed_everything(config.run.seed + self.shard_index)
@@ -136,6 +137,7 @@ class Trainer:
         self.checkpointer = Checkpointer(checkpoints_of(config.run.out), peers, self.storage,
                                          config.checkpoint.keep_checkpoints)
         restored = self.restore()
+        self.aligned_step = self.step  # the last step after which every worker was at the same step
         self.log = MetricsLog(config.run.out, restored.metrics_offset, self.step) if self.rank == 0 else None
         self.reporter = (Reporter(self.log, self.strategy, self.mesh is not None, self.elapsed)
                          if self.rank == 0 else None)
@@ -221,17 +223,23 @@ class Trainer:
             self.reporter.start(self.config.run.steps, self.step, f"{self.config.algo} x{self.world_size}")
         while self.step < self.config.run.steps and self.stopped is None:
             self.train_step()
+            if not self.strategy.aligned:  # inside an uneven round of adaptive local steps: at its end
+                continue
             self.stop_when_out_of_time()
             if self.due(self.config.eval.eval_every):
                 self.evaluate()
                 self.stop_at_loss()
             if self.due(self.config.checkpoint.checkpoint_every):
                 self.save()
+            self.aligned_step = self.step
         self.finish()
 
     def due(self, every: int) -> bool:
-        """Whether a thing done every ``every`` steps is due after this step (the last one included)."""
-        return self.step % every == 0 or self.step == self.config.run.steps or self.stopped is not None
+        """Whether a thing done every ``every`` steps is due after this step, where every worker is at
+        this step: a multiple of ``every`` reached since the last such step (with fixed local steps,
+        the step before), the last step, or a stop."""
+        return (self.step // every > self.aligned_step // every or self.step == self.config.run.steps
+                or self.stopped is not None)
 
     def stop_when_out_of_time(self) -> None:
         """Stop after this step if worker 0's clock has reached ``--stop-after-s`` (a collective)."""
@@ -250,6 +258,7 @@ class Trainer:
         step for a non-finite pseudo-gradient, say); every rank then forgets them.
         """
         micro_batches = [self.to_device(next(self.data.train)) for _ in range(self.config.data.grad_accum)]
+        previous_step = self.step
         stats = self.strategy.comm_stats
         sent_before, waited_before = stats.bytes_sent, stats.wait_s
         lr = self.optimizer.param_groups[0]["lr"]
@@ -260,7 +269,8 @@ class Trainer:
             self.strategy.finish()  # the global model holds the steps since the last synchronisation
         loss_value = None if loss is None else loss.item()
         self.progress.compute_s += time.perf_counter() - start - (stats.wait_s - waited_before)
-        self.scheduler.step()
+        for _ in range(self.step - previous_step):  # the schedule follows the step count (adaptive: nominal)
+            self.scheduler.step()
         if loss_value is not None:
             self.progress.tokens += self.world_size * sum(targets.numel() for _, targets in micro_batches)
         if self.reporter is not None:
