@@ -41,7 +41,7 @@ class LocalSGD(PeriodicStrategy):
     """Average the workers' parameters (and floating-point buffers) every ``sync_interval`` steps;
     ``compress`` encodes the moves since the last synchronisation on the wire."""
 
-    OPTIONS = (LOCAL_STEPS, *COMPRESSION)
+    OPTIONS = (*COMPRESSION, LOCAL_STEPS)
     SHARDED_STATE = ("synced",)
     RANK_STATE = ("residuals",)
 
