@@ -203,7 +203,8 @@ def test_the_evaluation_grid_holds_every_target_step(steps: int, fractions: tupl
 
 OPTION_VALUES = {"sync_interval": "8", "warmup_steps": "4", "pseudo_sync_prob": "0.1", "eta": "0.5", "outer_lr": "0.5",
                  "outer_momentum": "0.5", "outer_device": "cpu", "overlap_steps": "2", "merge_alpha": "0.3",
-                 "compress": "int8", "num_fragments": "2", "fragment_pattern": "strided", "outer_repeats": "16"}
+                 "compress": "int8", "num_fragments": "2", "fragment_pattern": "strided", "outer_repeats": "16",
+                 "local_steps": "adaptive"}
 
 
 @pytest.mark.parametrize("option", sorted(OPTION_VALUES))
