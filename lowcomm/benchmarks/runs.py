@@ -66,6 +66,17 @@ class Run:
         return {step: round(per_link / steps) for step in range(1, steps + 1)} if per_link else {}
 
     @property
+    def tokens_per_s(self) -> float:
+        """Tokens all workers trained on per second of the run's wall-clock."""
+        return int(self.summary["tokens"]) / self.wall_time_s
+
+    @property
+    def idle_shares(self) -> list[float]:
+        """Each worker's share of its time in steps spent blocked in synchronisations (none recorded
+        by a lowcomm older than ``worker_times``)."""
+        return [float(worker["idle_share"]) for worker in self.summary.get("worker_times", [])]
+
+    @property
     def final_eval_loss(self) -> float:
         return float(self.summary["final_eval_loss"])
 
