@@ -24,6 +24,7 @@ FIELD_KINDS = {
     **dict.fromkeys(("wall_time_s", "compute_s", "comm_wait_s", "comm_overlap_s", "comm_overlap_bytes",
                      "tokens_per_s"), "a finite number >= 0"),
     "final_eval_loss": "a number",  # NaN: a run that diverged
+    "worker_times": "a list of objects with an idle_share in [0, 1]",
 }
 """What each field of ``summary.json`` that lowcomm reads holds; others are not checked."""
 
@@ -146,4 +147,7 @@ KIND_CHECKS = {
     "a finite number >= 0": lambda value: is_number(value) and math.isfinite(value) and value >= 0,
     "a whole number >= 0": lambda value: is_number(value) and isinstance(value, int) and value >= 0,
     "a whole number >= 1": lambda value: is_number(value) and isinstance(value, int) and value >= 1,
+    "a list of objects with an idle_share in [0, 1]": lambda value: isinstance(value, list) and all(
+        isinstance(worker, dict) and is_number(worker.get("idle_share")) and 0 <= worker["idle_share"] <= 1
+        for worker in value),
 }

@@ -149,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"lowcomm bench: {commands[name]}", flush=True)
         code = subprocess.run([sys.executable, "-m", "lowcomm", *arguments]).returncode
         if code != 0:
-            print(f"lowcomm bench: error: the {name} run failed (exit code {code}); see its output above", file=sys.stderr)
+            print(f"lowcomm bench: error: the {name} run failed (exit code {code}); see its output above",
+                  file=sys.stderr)
             return 1
     runs = [read_run(configs[algo].run.out) for algo in algos]
     full_speed = {name.removesuffix(FULL_SPEED): read_run(configs[name].run.out) for name in runs_at_full_speed}

@@ -244,7 +244,8 @@ class FaultToleranceSection(Section):
 
 
 class ConditionsSection(Section):
-    """The conditions the workers train under (:mod:`lowcomm.training.conditions`, :mod:`lowcomm.training.cpu_share`)."""
+    """The conditions the workers train under: their speeds (:mod:`lowcomm.training.conditions`) and CPU
+    shares (:mod:`lowcomm.training.cpu_share`)."""
 
     worker_speeds: list[float] | None = Field(
         None, description="each worker's speed in (0, 1], comma-separated (with --groups: each group's): its steps "
