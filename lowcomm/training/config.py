@@ -1,8 +1,8 @@
 """The configuration of one training run: defaults, preset, YAML file and flags, in sections.
 
 A config is a few sections (torchtitan's style): ``run``, ``layout``, ``model``, ``data``,
-``optimizer``, ``algorithm``, ``eval``, ``checkpoint``, ``network``, ``fault_tolerance``. The
-``algorithm`` section is ``{name: ..., <its options>}``: the options the chosen algorithm's class
+``optimizer``, ``algorithm``, ``eval``, ``checkpoint``, ``network``, ``fault_tolerance``,
+``conditions``. The ``algorithm`` section is ``{name: ..., <its options>}``: the options the chosen algorithm's class
 declares (:meth:`lowcomm.algorithms.Strategy.options`), with their declared defaults and checks; an
 option it does not declare is an error. Every field is also a flat ``lowcomm train`` flag
 (:data:`FLAG_PATHS`: ``--sync-interval`` is ``algorithm.sync_interval``, ``--algo`` is
