@@ -69,6 +69,14 @@ class Strategy:
     """How its traffic between workers travels, for the network model: ring all-reduces among all
     workers, or exchanges within the pairs of :func:`~lowcomm.algorithms.noloco.gossip_groups`."""
 
+    SHARDED_STATE: ClassVar[tuple[str, ...]] = ()
+    """The entries of :meth:`state_dict` that hold per-parameter state keyed by the parameter's name,
+    each value this rank's shard of it (with worker groups: :attr:`shards`)."""
+
+    RANK_STATE: ClassVar[tuple[str, ...]] = ()
+    """The entries of :meth:`state_dict` that each rank holds for its shards as a whole (error-feedback
+    residuals): resumed in another group size, they start afresh."""
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """State the class's options (its declarations, merged along its bases) in its docstring."""
         super().__init_subclass__(**kwargs)
@@ -129,6 +137,7 @@ class Strategy:
         if isinstance(model, DistributedDataParallel):
             raise ValueError("model: it is already wrapped in DistributedDataParallel; pass the plain module "
                              "(model.module): the strategy wraps it where DDP belongs, as strategy.model")
+        self.param_names = [name for name, p in model.named_parameters() if p.requires_grad]
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("model: it has no trainable parameters")
@@ -431,11 +440,12 @@ class Strategy:
         dropping the strategy or leaving the process group; results not yet due stay unapplied)."""
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume this worker exactly: model, optimizers, counters, RNG."""
+        """Everything needed to resume this worker exactly: model, optimizers, counters. Tensors held
+        per trainable parameter (and optimizer state) are keyed by the parameter's name."""
         return {
             "step": self.step_count,
             "model": self.local_model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer_state_by_name(self.optimizer, self.named(self.params)),
             "comm_stats": self.comm.stats.as_dict(),
             "inner_comm_stats": self.inner_comm_stats.as_dict(),
         }
@@ -443,10 +453,70 @@ class Strategy:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step_count = int(state["step"])
         self.local_model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state_by_name(self.optimizer, self.named(self.params), state["optimizer"])
         self.comm.stats.load(state["comm_stats"])
         if self.inner_comm is not None and "inner_comm_stats" in state:
             self.inner_comm.stats.load(state["inner_comm_stats"])
+
+    def distributed_state_dict(self) -> dict[str, Any]:
+        """:meth:`state_dict` with a mesh, each shard in ``SHARDED_STATE`` described as a part of the
+        DTensor it is a shard of (see :meth:`GroupShards.described`), for DCP to reshard."""
+        return self.map_shards(self.state_dict(), lambda t, i: self.shards.described(t, i, self.mesh))
+
+    def load_distributed_state_dict(self, state: dict[str, Any]) -> None:
+        """Load a state shaped as :meth:`distributed_state_dict`'s (this rank's parts of its DTensors)."""
+        shapes = [shard.shape for shard in self.shards.local()]
+        self.load_state_dict(self.map_shards(state, lambda t, i: t.to_local().reshape(shapes[i])))
+
+    def map_shards(self, state: dict[str, Any],
+                   function: Callable[[torch.Tensor, int], torch.Tensor]) -> dict[str, Any]:
+        """``state`` with each shard of the entries in ``SHARDED_STATE`` replaced by ``function(shard,
+        index of its parameter)``; a shard is a tensor of at least one dimension under a parameter's name."""
+        index_of = {name: i for i, name in enumerate(self.param_names)}
+
+        def walk(node: Any, index: int | None) -> Any:
+            if isinstance(node, dict):
+                return {key: walk(value, index_of.get(key, index)) for key, value in node.items()}
+            if isinstance(node, list):
+                return [walk(value, index) for value in node]
+            if isinstance(node, torch.Tensor) and index is not None and node.dim() > 0:
+                return function(node, index)
+            return node
+
+        return {key: walk(value, None) if key in self.SHARDED_STATE else value for key, value in state.items()}
+
+    def named(self, tensors: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``tensors``, one per trainable parameter in order (this rank's shards of z, say), keyed by
+        the parameter's name."""
+        return dict(zip(self.param_names, tensors))
+
+    def load_named(self, tensors: Sequence[torch.Tensor], saved: dict[str, torch.Tensor]) -> None:
+        """Copy ``saved`` (as :meth:`named` keys it) into ``tensors``, one per trainable parameter."""
+        for name, tensor in zip(self.param_names, tensors):
+            tensor.copy_(saved[name])
+
+
+def optimizer_state_by_name(optimizer: torch.optim.Optimizer, names: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """``optimizer.state_dict()`` with each parameter's index replaced by its name in ``names``."""
+    name_of = {id(tensor): name for name, tensor in names.items()}
+    order = [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    state = optimizer.state_dict()
+    return {
+        "state": {order[index]: value for index, value in state["state"].items()},
+        "param_groups": [{**group, "params": [order[i] for i in group["params"]]} for group in state["param_groups"]],
+    }
+
+
+def load_optimizer_state_by_name(optimizer: torch.optim.Optimizer, names: dict[str, torch.Tensor],
+                                 state: dict[str, Any]) -> None:
+    """Load a state :func:`optimizer_state_by_name` returned into ``optimizer`` (over the same names)."""
+    name_of = {id(tensor): name for name, tensor in names.items()}
+    index = {name_of[id(p)]: i for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"])}
+    optimizer.load_state_dict({
+        "state": {index[name]: value for name, value in state["state"].items()},
+        "param_groups": [{**group, "params": [index[name] for name in group["params"]]}
+                         for group in state["param_groups"]],
+    })
 
 
 def checked_closures(closure: Closure | Sequence[Closure]) -> list[Closure]:

@@ -47,6 +47,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from lowcomm.algorithms.base import load_optimizer_state_by_name, optimizer_state_by_name
 from lowcomm.algorithms.options import COMPRESSION, Option, integer, number
 from lowcomm.algorithms.periodic import PeriodicStrategy
 from lowcomm.communication.communicator import Handle
@@ -105,6 +106,8 @@ class DiLoCo(PeriodicStrategy):
                "step (only with overlap_steps > 0; default 0.5)", number(ge=0, le=1) | None),
         *COMPRESSION,
     )
+    SHARDED_STATE = ("outer_params", "outer_optimizer", "previous_delta", "pending")
+    RANK_STATE = ("residuals",)
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, **options: Any) -> None:
         super().__init__(model, optimizer, **options)
@@ -235,28 +238,38 @@ class DiLoCo(PeriodicStrategy):
             pending.wait()
 
     def state_dict(self) -> dict[str, Any]:
+        """Besides the base state: z, the outer optimizer's state, the previous pseudo-gradients (for
+        the cosine) and the outer steps in flight, each pseudo-gradient keyed by its parameter's name;
+        the error-feedback residuals, keyed by fragment (a fragment's tensors travel in one payload)."""
         self.wait()
         return {
             **super().state_dict(),
-            "outer_params": [z.detach().clone() for z in self.outer_params],
-            "outer_optimizer": self.outer_optimizer.state_dict(),
+            "outer_params": self.named([z.detach().clone() for z in self.outer_params]),
+            "outer_optimizer": optimizer_state_by_name(self.outer_optimizer, self.named(self.outer_params)),
             "residuals": {} if self.compressed_mean is None else self.compressed_mean.state_dict(),
-            "previous_delta": {str(i): d.clone() for i, d in self.previous_delta.items()},
-            "pending": [
-                {"fragment": p.fragment, "payload": [t.clone() for t in p.payload], "apply_at": p.apply_at,
-                 "locally_finite": p.locally_finite}
-                for p in self.pending
-            ],
+            "previous_delta": {self.param_names[i]: d.clone() for i, d in self.previous_delta.items()},
+            "pending": [self.pending_state(p) for p in self.pending],
         }
+
+    def pending_state(self, pending: PendingSync) -> dict[str, Any]:
+        """An outer step in flight: its pseudo-gradients by name, then the buffers and the finite flag."""
+        names = [self.param_names[i] for i in self.fragments[pending.fragment]]
+        return {"fragment": pending.fragment, "apply_at": pending.apply_at, "locally_finite": pending.locally_finite,
+                "pseudo_gradients": {name: t.clone() for name, t in zip(names, pending.payload)},
+                "buffers_and_flag": [t.clone() for t in pending.payload[len(names):]]}
+
+    def loaded_pending(self, state: dict[str, Any]) -> PendingSync:
+        """The outer step in flight that :meth:`pending_state` saved."""
+        names = [self.param_names[i] for i in self.fragments[state["fragment"]]]
+        payload = [state["pseudo_gradients"][name] for name in names] + list(state["buffers_and_flag"])
+        return PendingSync(state["fragment"], payload, state["apply_at"], state["locally_finite"])
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        for z, saved in zip(self.outer_params, state["outer_params"]):
-            z.copy_(saved)
-        self.outer_optimizer.load_state_dict(state["outer_optimizer"])
-        self.pending = [PendingSync(**p) for p in state["pending"]]
-        # resumed in another group layout, the saved shards no longer fit: the next cosine is None
-        self.previous_delta = {int(i): d.clone() for i, d in state.get("previous_delta", {}).items()
-                               if d.shape == self.outer_params[int(i)].shape}
+        self.load_named(self.outer_params, state["outer_params"])
+        load_optimizer_state_by_name(self.outer_optimizer, self.named(self.outer_params), state["outer_optimizer"])
+        self.pending = [self.loaded_pending(p) for p in state["pending"]]
+        index = {name: i for i, name in enumerate(self.param_names)}
+        self.previous_delta = {index[name]: d.clone() for name, d in state["previous_delta"].items()}
         if self.compressed_mean is not None:
             self.compressed_mean.load_state_dict(state["residuals"])

@@ -38,6 +38,8 @@ class LocalSGD(PeriodicStrategy):
     ``compress`` encodes the moves since the last synchronisation on the wire."""
 
     OPTIONS = COMPRESSION
+    SHARDED_STATE = ("synced",)
+    RANK_STATE = ("residuals",)
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, **options: Any) -> None:
         super().__init__(model, optimizer, **options)
@@ -88,14 +90,14 @@ class LocalSGD(PeriodicStrategy):
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         if self.synced:
-            state["synced"] = [x0.clone() for x0 in self.synced]
+            state["synced"] = self.named([x0.clone() for x0 in self.synced])
         if self.compressed_mean is not None:
             state["residuals"] = self.compressed_mean.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        for x0, saved in zip(self.synced, state.get("synced", self.shards.local())):
-            x0.copy_(saved)
+        if self.synced:
+            self.load_named(self.synced, state.get("synced", self.named(self.shards.local())))
         if self.compressed_mean is not None:
             self.compressed_mean.load_state_dict(state["residuals"])

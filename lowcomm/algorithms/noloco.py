@@ -54,6 +54,7 @@ class NoLoCo(PeriodicStrategy):
         Option("outer_lr", 0.7, "alpha: the outer learning rate", number(gt=0)),
         Option("outer_momentum", 0.5, "mu: the outer momentum, in [0, 1)", number(ge=0, lt=1)),
     )
+    SHARDED_STATE = ("outer_params", "momentum")
     min_workers = 2
     traffic = "gossip"
 
@@ -106,11 +107,11 @@ class NoLoCo(PeriodicStrategy):
     def state_dict(self) -> dict[str, Any]:
         return {
             **super().state_dict(),
-            "outer_params": [z.clone() for z in self.outer_params],
-            "momentum": [m.clone() for m in self.momentum],
+            "outer_params": self.named([z.clone() for z in self.outer_params]),
+            "momentum": self.named([m.clone() for m in self.momentum]),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        for mine, saved in zip(self.outer_params + self.momentum, state["outer_params"] + state["momentum"]):
-            mine.copy_(saved)
+        self.load_named(self.outer_params, state["outer_params"])
+        self.load_named(self.momentum, state["momentum"])

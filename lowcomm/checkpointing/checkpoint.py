@@ -1,12 +1,12 @@
 """Checkpoints: one directory per step, written atomically and verified before use.
 
     OUT/checkpoints/step_00000128/
-        rank_00000.pt ...   one per worker: strategy, LR scheduler, data position, RNG, progress
+        rank_00000.pt ...   one per worker: its training state (:mod:`lowcomm.training.state`)
         sharded/            with worker groups: the strategies' tensors, one DCP checkpoint
                             (see :mod:`lowcomm.checkpointing.sharded_state`); the rank files hold the rest
         model.safetensors   the global model, for evaluation and export
-        manifest.json       the step, the world size (and layout), the ranks whose files the directory
-                            holds, and every file's size and SHA-256
+        manifest.json       the step, the world size, the state's format (and layout), the ranks whose
+                            files the directory holds, and every file's size and SHA-256
 
 Nodes without a shared filesystem (several storage domains, :mod:`lowcomm.checkpointing.storage`) each
 hold their own ranks' rank files and a DCP checkpoint of their ranks' tensors (``sharded/``, with its
@@ -90,99 +90,111 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be written; raised on every rank alike, with one line naming the node."""
 
 
-def save_checkpoint(
-    root: Path,
-    step: int,
-    worker_state: dict[str, Any],
-    global_model: dict[str, torch.Tensor] | None,
-    keep: int | None = None,
-    peers: Peers | None = None,
-    sharded: dict[str, torch.Tensor] | None = None,
-    layout: dict[str, int] | None = None,
-    storage: Storage | None = None,
-) -> Path:
-    """Collective: every rank saves its ``worker_state`` (and its ``sharded`` tensors into one DCP
-    checkpoint per storage domain, with worker groups); rank 0 adds ``global_model``; each domain's
-    leader records ``layout`` and commits its directory.
+class Checkpointer:
+    """Collective checkpoint writes into ``root``, and their pruning.
 
-    Once every domain has committed, each leader deletes all but its newest ``keep`` checkpoints.
-    ``peers`` defaults to the ``torch.distributed`` process group's, ``storage`` to one domain.
+    Each step of a save runs on every rank and is agreed: if it failed on any rank (an ``OSError``),
+    every rank raises the same :class:`CheckpointError`. ``peers`` defaults to the
+    ``torch.distributed`` process group's, ``storage`` to one domain; after a save each domain keeps
+    its newest ``keep`` checkpoints (all when ``None``).
     """
-    peers = peers or process_group_peers()
-    storage = storage or shared_storage(peers.rank, peers.world_size)
-    rank, world_size = peers.rank, peers.world_size
-    staging = root / (STAGING_PREFIX + checkpoint_name(step))
-    final = root / checkpoint_name(step)
 
-    def agree(action: Callable[[], Any]) -> list[Any]:
+    def __init__(self, root: Path, peers: Peers | None = None, storage: Storage | None = None,
+                 keep: int | None = None) -> None:
+        self.root = root
+        self.peers = peers or process_group_peers()
+        self.storage = storage or shared_storage(self.peers.rank, self.peers.world_size)
+        self.keep = keep
+
+    def save(self, step: int, rank_state: dict[str, Any], global_model: dict[str, torch.Tensor] | None,
+             sharded: dict[str, torch.Tensor] | None = None, manifest: dict[str, Any] | None = None) -> Path:
+        """Collective: every rank writes its ``rank_state`` (and its ``sharded`` tensors into one DCP
+        checkpoint per storage domain); rank 0 adds ``global_model``; each domain's leader adds
+        ``manifest``'s entries to its manifest and commits its directory. Once every domain has
+        committed, each leader prunes. Return the checkpoint's directory."""
+        staging = self.root / (STAGING_PREFIX + checkpoint_name(step))
+        final = self.root / checkpoint_name(step)
+        self.agree(final, lambda: self.start(staging))
+        written = self.agree(final, lambda: self.write(staging, rank_state, global_model))
+        if sharded is not None:
+            self.write_sharded(staging, final, sharded)
+            for leader, files in enumerate(self.agree(final, lambda: self.sharded_files(staging))):
+                written[leader] |= files
+        self.agree(final, lambda: self.commit(step, staging, final, written, manifest or {}))
+        self.agree(final, self.prune)  # only once every domain holds this checkpoint
+        return final
+
+    def agree(self, final: Path, action: Callable[[], Any]) -> list[Any]:
         """Every rank's result of ``action``; if it failed on any rank, CheckpointError on all."""
         try:
             outcome = (action(), None)
         except OSError as error:
-            outcome = (None, f"checkpoint {final.name}: cannot write {error.filename or root} on "
-                             f"{storage.name}: {error.strerror}")
-        gathered = peers.all_gather(outcome)
+            outcome = (None, f"checkpoint {final.name}: cannot write {error.filename or self.root} on "
+                             f"{self.storage.name}: {error.strerror}")
+        gathered = self.peers.all_gather(outcome)
         failure = next((error for _, error in gathered if error is not None), None)
         if failure is not None:
             raise CheckpointError(failure)
         return [result for result, _ in gathered]
 
-    def start() -> None:
-        if storage.leader:
+    def start(self, staging: Path) -> None:
+        """The domain's leader makes an empty staging directory."""
+        if self.storage.leader:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
 
-    def write() -> FileRecord:
-        files = write_durably(staging / rank_file(rank), lambda file: torch.save(worker_state, file))
-        if rank == 0:
+    def write(self, staging: Path, rank_state: dict[str, Any],
+              global_model: dict[str, torch.Tensor] | None) -> FileRecord:
+        """This rank's file (and rank 0's global model), durably; their manifest entries."""
+        files = write_durably(staging / rank_file(self.peers.rank), lambda file: torch.save(rank_state, file))
+        if self.peers.rank == 0:
             tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in global_model.items()}
             files |= write_durably(staging / GLOBAL_MODEL, lambda file: file.write(safetensors_bytes(tensors)))
         return files
 
-    def list_sharded() -> FileRecord:
-        if not storage.leader:
+    def write_sharded(self, staging: Path, final: Path, sharded: dict[str, torch.Tensor]) -> None:
+        """Collective within the domain: its ranks' tensors into one DCP checkpoint."""
+        from lowcomm.checkpointing.sharded_state import ShardedStateError, save_sharded  # DCP: worker groups only
+
+        try:
+            save_sharded(staging / SHARDED_DIRECTORY, sharded, self.storage.group)
+        except ShardedStateError as error:
+            raise CheckpointError(f"checkpoint {final.name}: the sharded state could not be written on "
+                                  f"{self.storage.name}: {first_line(error)}") from None
+
+    def sharded_files(self, staging: Path) -> FileRecord:
+        """The leader's manifest entries for the DCP checkpoint's files, once they are durable."""
+        if not self.storage.leader:
             return {}
         fsync_path(staging / SHARDED_DIRECTORY)
         return {path.relative_to(staging).as_posix(): {"bytes": path.stat().st_size, "sha256": sha256(path)}
                 for path in sorted((staging / SHARDED_DIRECTORY).iterdir())}
 
-    def commit_domain() -> None:
-        if storage.leader:
-            domain_files = {k: v for d, f in enumerate(written) if storage.domain_of(d) == storage.domain
-                            for k, v in f.items()}
-            manifest = {"step": step, "world_size": world_size, "ranks": list(storage.domains[storage.domain]),
-                        "files": domain_files}
-            if layout is not None:
-                manifest["layout"] = layout
-            if rank == 0 and not storage.shared:  # every other node's files, as they reported them
-                manifest["other_nodes"] = {
-                    storage.names[domain]: {"ranks": list(ranks), "files": {
-                        k: v for r in ranks for k, v in written[r].items()}}
-                    for domain, ranks in enumerate(storage.domains) if domain != storage.domain}
-            write_durably(staging / MANIFEST, lambda file: file.write(json.dumps(manifest, indent=1).encode()))
-            shutil.rmtree(final, ignore_errors=True)
-            commit(staging, final)
+    def commit(self, step: int, staging: Path, final: Path, written: list[FileRecord],
+               extra: dict[str, Any]) -> None:
+        """The leader writes its domain's manifest (rank 0's, without a shared filesystem, lists
+        every other node's files too) and renames the staging directory into place."""
+        storage = self.storage
+        if not storage.leader:
+            return
+        files = {k: v for rank, f in enumerate(written) if storage.domain_of(rank) == storage.domain
+                 for k, v in f.items()}
+        manifest = {"step": step, "world_size": self.peers.world_size, "ranks": list(storage.domains[storage.domain]),
+                    "files": files, **extra}
+        if self.peers.rank == 0 and not storage.shared:  # every other node's files, as they reported them
+            manifest["other_nodes"] = {
+                storage.names[domain]: {"ranks": list(ranks), "files": {
+                    k: v for r in ranks for k, v in written[r].items()}}
+                for domain, ranks in enumerate(storage.domains) if domain != storage.domain}
+        write_durably(staging / MANIFEST, lambda file: file.write(json.dumps(manifest, indent=1).encode()))
+        shutil.rmtree(final, ignore_errors=True)
+        commit(staging, final)
 
-    def prune() -> None:
-        if storage.leader and keep is not None:
-            for old in checkpoint_directories(root)[:-keep]:
+    def prune(self) -> None:
+        """The leader deletes all but the newest ``keep`` checkpoints of its domain."""
+        if self.storage.leader and self.keep is not None:
+            for old in checkpoint_directories(self.root)[:-self.keep]:
                 shutil.rmtree(old)
-
-    agree(start)
-    written = agree(write)
-    if sharded is not None:
-        from lowcomm.checkpointing.sharded_state import ShardedStateError, save_sharded  # DCP: worker groups only
-
-        try:
-            save_sharded(staging / SHARDED_DIRECTORY, sharded, storage.group)
-        except ShardedStateError as error:
-            raise CheckpointError(f"checkpoint {final.name}: the sharded state could not be written on "
-                                  f"{storage.name}: {first_line(error)}") from None
-        for leader, files in enumerate(agree(list_sharded)):
-            written[leader] |= files
-    agree(commit_domain)
-    agree(prune)  # only once every domain holds this checkpoint
-    return final
 
 
 def checkpoint_directories(root: Path) -> list[Path]:

@@ -1,25 +1,22 @@
 """A run with worker groups checkpointed with ``torch.distributed.checkpoint`` (DCP), resharded on load.
 
-A rank's strategy state splits into its tensors, which DCP saves, and a skeleton (everything else,
-with a marker where each tensor was), which the rank's own file keeps and ``torch.load(...,
-weights_only=True)`` reads back, so DCP never unpickles anything but its metadata, and that is read by
-:class:`MetadataReader`, whose unpickler admits only DCP's metadata types. Tensors are keyed by
-the group and, unless they are ``DTensor``s, by the rank inside it:
+A rank's strategy state (:meth:`~lowcomm.algorithms.base.Strategy.distributed_state_dict`) splits
+into its tensors, which DCP saves, and a skeleton (everything else, with a marker where each tensor
+was), which the rank's own file keeps and ``torch.load(..., weights_only=True)`` reads back, so DCP
+never unpickles anything but its metadata, and that is read by :class:`MetadataReader`, whose
+unpickler admits only DCP's metadata types. Tensors are keyed by the group and, unless they are
+``DTensor``s, by the rank inside it:
 
-- a ``DTensor`` (an FSDP2 parameter or its optimizer state, sharded over the group's ranks) is one
-  tensor per group, ``group_{g}/{path}``, which DCP reassembles and reshards for any group size;
-- a plain tensor is one per rank, ``group_{g}/rank_{i}/{path}``: the same layout restores it exactly.
-  In another group size, a plain tensor is taken to be either the same on every rank of a group
-  (DistributedDataParallel's replicas and their optimizer state) or the rank's chunk along dim 0,
-  in ``torch.chunk``'s sizes with empty trailing chunks (``DTensor``'s ``Shard(0)``), of the tensor
-  or of it flattened (the shards of z and the outer optimizer state). Where every rank of the saved
-  group holds a tensor of this rank's shape, it is a replica and taken as it is; otherwise the saved
-  group's chunks are joined and this rank's chunk is cut out (flattened where the tensor here is
-  flat, reshaped where it is whole). Chunks that all had this rank's shape start where its chunk
-  starts, so taking them as they are is right too.
+- a ``DTensor`` is one tensor per group, ``group_{g}/{path}``, which DCP reassembles and reshards
+  for any group size: an FSDP2 parameter or its optimizer state, and every shard of per-parameter
+  state (z, the outer optimizer's state, ...), described as its part of a ``Shard(0)`` DTensor;
+- a plain tensor is one per rank, ``group_{g}/rank_{i}/{path}``: the same on every rank of a group
+  (DistributedDataParallel's replicas and their optimizer state, the coins) or the rank's own (the
+  error-feedback residuals, which resume only in the same group size).
 
 Resuming K x G as K' x G': group g' < K loads group g's state; a new group g' >= K loads group 0's
-and then starts from the global model (``z``) with a fresh inner optimizer state.
+(and then starts from the global model with a fresh inner optimizer state); a plain tensor comes
+from rank i of the saved group, or its rank 0 where the saved group has no rank i.
 """
 
 from __future__ import annotations
@@ -123,20 +120,22 @@ class Position:
         inner = self.inner if self.inner < saved_group_size else 0
         return Position(group, inner, saved_groups, saved_group_size)
 
-    def key(self, path: str, tensor: torch.Tensor) -> str:
-        if isinstance(tensor, DTensor):
-            return f"group_{self.group}/{path}"
-        return f"group_{self.group}/rank_{self.inner}/{path}"
+    def key(self, path: str, distributed: bool) -> str:
+        """The DCP key of this rank's tensor at ``path``: one per group for a DTensor, else one per rank."""
+        return f"group_{self.group}/{path}" if distributed else f"group_{self.group}/rank_{self.inner}/{path}"
 
 
 def split(state: Any, position: Position, path: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
-    """``state`` as (its skeleton, its tensors keyed for DCP); the skeleton holds a marker per tensor."""
+    """``state`` as (its skeleton, its tensors keyed for DCP); the skeleton holds a marker per tensor
+    (with a DTensor's mesh dimensions and placements, or where a plain tensor lives)."""
     if isinstance(state, torch.Tensor):
-        marker = {MARKER: path}
+        marker: dict[str, Any] = {MARKER: path}
         if isinstance(state, DTensor):
             marker["mesh"] = list(state.device_mesh.mesh_dim_names)
             marker["placements"] = [describe(p) for p in state.placements]
-        return marker, {position.key(path, state): state}
+        else:
+            marker["device"] = state.device.type
+        return marker, {position.key(path, isinstance(state, DTensor)): state}
     tensors: dict[str, torch.Tensor] = {}
     if isinstance(state, dict):
         skeleton = {}
@@ -178,23 +177,6 @@ def placement(described: list[Any]) -> Placement:
     return Shard(described[1]) if described[0] == "shard" else Replicate()
 
 
-def initialise_state(optimizer: torch.optim.Optimizer) -> None:
-    """Give an optimizer without state its state tensors (zeros), leaving the parameters unchanged:
-    a step on zero gradients with the learning rates set to 0. Loading a checkpoint needs them as
-    templates of the layout here (what ``torch.distributed.checkpoint.state_dict`` does too)."""
-    if optimizer.state:
-        return
-    saved_lrs = [group["lr"] for group in optimizer.param_groups]
-    for group in optimizer.param_groups:
-        group["lr"] = 0.0
-        for p in group["params"]:
-            p.grad = torch.zeros_like(p)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    for group, lr in zip(optimizer.param_groups, saved_lrs):
-        group["lr"] = lr
-
-
 def save_sharded(directory: Path, tensors: dict[str, torch.Tensor], group: ProcessGroup | None = None) -> None:
     """Collective over ``group`` (default: every rank): its ranks' ``tensors`` into one DCP
     checkpoint in ``directory``, whose metadata its first rank writes."""
@@ -205,71 +187,33 @@ def save_sharded(directory: Path, tensors: dict[str, torch.Tensor], group: Proce
 def load_sharded(
     directory: Path,
     skeleton: Any,
-    template: Any,
-    position: Position,
     source: Position,
     mesh: DeviceMesh,
     device: torch.device,
     group: ProcessGroup | None = None,
 ) -> Any:
     """Collective over ``group`` (the ranks that saved ``directory``; default: every rank): the state
-    ``skeleton`` describes, its tensors read from the DCP checkpoint in ``directory`` as saved by
-    rank ``source``, resharded onto this rank, at ``position``.
-
-    A tensor lands in the matching tensor of ``template`` (this rank's current state, which gives
-    the layout here); one the template lacks (optimizer state before the first step, say) is made
-    with the saved placements, or whole.
-    """
-    _, here = split(template, source)
+    ``skeleton`` describes, its tensors read from the DCP checkpoint in ``directory``: a DTensor
+    resharded onto this rank's part of ``mesh``, a plain tensor as rank ``source`` saved it (on
+    ``device``, or the CPU where it was saved from the CPU)."""
     saved = MetadataReader(directory).read_metadata().state_dict_metadata
     targets: dict[str, torch.Tensor] = {}
-    rechunked: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
-
-    def saved_tensor(key: str) -> torch.Tensor:
-        if key not in saved:
-            raise ValueError(f"resume: the checkpoint in {directory} has no {key}")
-        targets[key] = torch.empty(saved[key].size, dtype=saved[key].properties.dtype, device=device)
-        return targets[key]
 
     def target(marker: dict[str, Any]) -> torch.Tensor:
-        path = marker[MARKER]
-        if "mesh" in marker:
-            key = f"group_{source.group}/{path}"
-            if key not in here:
-                tensor = saved_tensor(key)
-                placements = [placement(p) for p in marker["placements"]]
-                targets[key] = torch.distributed.tensor.empty(
-                    tensor.shape, dtype=tensor.dtype, device_mesh=mesh[tuple(marker["mesh"])], placements=placements
-                )
-                return targets[key]
-            targets[key] = here[key]
-            return here[key]
-        key = f"group_{source.group}/rank_{source.inner}/{path}"
-        tensor = here.get(key)
-        if tensor is None:
-            return saved_tensor(key)
-        group_keys = [f"group_{source.group}/rank_{i}/{path}" for i in range(source.group_size)]
-        if source.group_size == position.group_size or all(
-            key in saved and tuple(saved[key].size) == tuple(tensor.shape) for key in group_keys
-        ):
-            targets[key] = tensor
-            return tensor
-        chunks = [saved_tensor(key) for key in group_keys]
-        rechunked.append((tensor, chunks))
-        return tensor
+        distributed = "mesh" in marker
+        key = source.key(marker[MARKER], distributed)
+        if key not in saved:
+            raise ValueError(f"resume: the checkpoint in {directory} has no {key}")
+        size, dtype = saved[key].size, saved[key].properties.dtype
+        if distributed:
+            placements = [placement(p) for p in marker["placements"]]
+            targets[key] = torch.distributed.tensor.empty(size, dtype=dtype, device_mesh=mesh[tuple(marker["mesh"])],
+                                                          placements=placements)
+        else:
+            targets[key] = torch.empty(size, dtype=dtype, device="cpu" if marker["device"] == "cpu" else device)
+        return targets[key]
 
     state = join(skeleton, target)
     with dcp_errors():
         dcp.load(targets, storage_reader=MetadataReader(directory), process_group=group)
-    for tensor, chunks in rechunked:
-        whole = torch.cat([chunk.reshape(-1) if tensor.dim() == 1 else chunk for chunk in chunks])
-        size = -(-whole.shape[0] // position.group_size)
-        start = min(position.inner * size, whole.shape[0])
-        mine = whole[start : start + size]
-        if mine.numel() == tensor.numel():  # chunks of the flattened tensor, or the whole of it
-            mine = mine.reshape(tensor.shape)
-        if mine.shape != tensor.shape:
-            raise ValueError(f"resume: a saved tensor of shape {tuple(whole.shape)} cannot be resharded into this "
-                             f"rank's {tuple(tensor.shape)}")
-        tensor.copy_(mine)
     return state

@@ -149,6 +149,20 @@ class GroupShards:
             return whole
         return [v.detach() for v in values]
 
+    def described(self, value: torch.Tensor, index: int, mesh: DeviceMesh) -> torch.Tensor:
+        """``value``, this rank's shard of parameter ``index`` (z's, say), as a part of the DTensor it
+        is a shard of over the group's ranks, so that ``torch.distributed.checkpoint`` reshards it for
+        another group size: ``Shard(0)`` of the parameter's shape under FSDP, of the flattened
+        parameter otherwise (a group of one rank holds all of it)."""
+        from torch.distributed.tensor import DTensor, Shard
+
+        p = self.params[index]
+        if self.kind == "fsdp":
+            return DTensor.from_local(value, p.device_mesh, p.placements, shape=p.shape, stride=p.stride(),
+                                      run_check=False)
+        return DTensor.from_local(value.reshape(-1), mesh["inner"], [Shard(0)], shape=(p.numel(),), stride=(1,),
+                                  run_check=False)
+
     def group_finite(self, tensors: Sequence[torch.Tensor]) -> bool:
         """Whether ``tensors`` are finite on every rank of the group (all ranks get the same answer)."""
         finite = all(bool(torch.isfinite(t).all()) for t in tensors)

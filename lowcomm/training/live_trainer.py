@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 
-from lowcomm.checkpointing.rng import seed_everything
 from lowcomm.communication.live import LiveCommunicator, TooFewGroups
 from lowcomm.communication.peers import process_group_peers
 from lowcomm.training.config import TrainConfig
@@ -71,33 +70,14 @@ class LiveTrainer(Trainer):
         self.live.events.clear()
 
     def live_state(self) -> dict[str, Any]:
-        """What a group that is behind receives: the strategy (z, outer optimizer, coins, residuals,
-        step), the learning-rate schedule, the position in the data and the tokens seen."""
-        return {
-            "strategy": self.strategy.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "data": self.data.train.state_dict(),
-            "tokens": self.progress.tokens,
-            "joining": self.joining,  # at the end of its step (resumed), not inside a step's communication
-        }
+        """What a group that is behind receives (:meth:`~lowcomm.training.state.TrainingState.healing_state`)."""
+        return self.state.healing_state(self.joining)
 
     def load_live_state(self, state: dict[str, Any]) -> None:
         """Take a peer's state (at this group's first quorum, or inside a step: the peer's at that
-        step), keeping this group's own byte counters; its data stream continues at the peer's
-        position (the same fraction of the epoch) in its own shard, its generators seeded afresh from
-        (seed, group, step)."""
-        own_counters = self.strategy.comm_stats.as_dict()
-        self.strategy.load_state_dict(state["strategy"])
-        self.strategy.comm_stats.load(own_counters)
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.data.train.continue_from(state["data"])  # the peer's shard may differ by one example
-        self.progress.tokens = int(state["tokens"])
-        seed_everything(self.config.run.seed + self.shard_index + self.shard_count * self.step)
-
-    def load_data_position(self, state: dict[str, int]) -> None:
-        """A live run may resume with another number of groups, which cut the data into shards of
-        another size: go on at the same share of the epoch."""
-        self.data.train.continue_from(state)
+        step); its data stream continues at the peer's position (the same fraction of the epoch) in
+        its own shard, its generators seeded afresh from (seed, group, step)."""
+        self.state.load_healing_state(state, (self.shard_index, self.shard_count))
 
     def restore(self) -> Restored:
         """A restarted group is healed from a live peer, not from a checkpoint; its metrics.jsonl

@@ -10,9 +10,7 @@ draws from process-wide generators, so ranks take turns at it.
 With worker groups (``--groups K --group-size G``) the ranks form a K x G mesh: each group trains one
 model with DistributedDataParallel or FSDP2 inside (every rank on its own batches), and the
 algorithm runs between groups. Checkpoints are then sharded (:mod:`lowcomm.checkpointing.sharded_state`)
-and may resume in another layout: each rank's data stream then starts at the position in its
-epoch that rank 0 had reached, its random generators are seeded afresh from (seed, rank, step),
-and a new group starts from the global model with a fresh inner optimizer state. In live mode
+and may resume in another layout (see :mod:`lowcomm.training.state`, what a worker resumes from). In live mode
 (:mod:`lowcomm.launching.live`) each group is a world of its own, a 1 x G mesh, and the communicator
 between groups is the one given.
 """
@@ -25,29 +23,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.optim.lr_scheduler import LambdaLR
 
-from lowcomm.checkpointing.checkpoint import (
-    GLOBAL_MODEL,
-    SHARDED_DIRECTORY,
-    agreed_checkpoint,
-    checkpoints_of,
-    first_line,
-    load_rank_file,
-    load_worker_state,
-    read_manifest,
-    save_checkpoint,
-)
-from lowcomm.checkpointing.rng import rng_state, seed_everything, set_rng_state
+from lowcomm.checkpointing.checkpoint import Checkpointer, agreed_checkpoint, checkpoints_of, first_line
+from lowcomm.checkpointing.rng import seed_everything
 from lowcomm.checkpointing.storage import Storage, shared_storage
 from lowcomm.communication.communicator import Communicator, ProcessGroupCommunicator
 from lowcomm.communication.groups import worker_groups
@@ -66,6 +52,7 @@ from lowcomm.training.evaluation import Evaluator
 from lowcomm.training.loss import cross_entropy
 from lowcomm.training.optimizers import inner_optimizer
 from lowcomm.training.schedule import lr_schedule
+from lowcomm.training.state import Progress, TrainingState
 from lowcomm.training.strategy_choice import strategy_class
 
 SETUP_LOCK = threading.Lock()
@@ -86,21 +73,6 @@ def network_communicator(communicator: Communicator, config: TrainConfig) -> Com
 def restart_count() -> int:
     """How many times the elastic agent has restarted this worker's group (0 outside an agent)."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-
-
-@dataclass
-class Progress:
-    """Running totals a checkpoint carries over to the resumed run."""
-
-    tokens: int = 0
-    elapsed_s: float = 0.0
-    compute_s: float = 0.0
-    eval_loss: float | None = None
-    step_s: float = 0.0
-    slowdown_s: float = 0.0
-    sync_wait_s: float = 0.0
-    """This worker's seconds in steps, and those it waited for its speed and in the strategy's
-    communication (:class:`~lowcomm.training.conditions.StepTimes`)."""
 
 
 @dataclass
@@ -160,7 +132,10 @@ class Trainer:
             stats.wait_s = 0.0  # waiting for the other ranks to start up is not communication
         seed_everything(config.run.seed + self.shard_index)
         self.progress = Progress()
-        self.checkpoints = checkpoints_of(config.run.out)
+        self.state = TrainingState(self.strategy, self.scheduler, self.data.train, self.progress, config.run.steps,
+                                   config.run.seed, continue_data=config.live)
+        self.checkpointer = Checkpointer(checkpoints_of(config.run.out), peers, self.storage,
+                                         config.checkpoint.keep_checkpoints)
         restored = self.restore()
         self.speed = speed_of(config.conditions.worker_speeds, self.rank, config.layout.group_size)
         self.step_times = StepTimes(self.progress.step_s, self.progress.slowdown_s, self.progress.sync_wait_s)
@@ -323,28 +298,12 @@ class Trainer:
         self.reporter.evaluation(self.step, self.progress.eval_loss, self.progress.tokens)
 
     def save(self) -> None:
-        """Checkpoint every rank's state, the global model and the length of metrics.jsonl (a collective)."""
+        """Checkpoint the training state and the global model (a collective)."""
         global_model = self.strategy.global_state_dict()
         self.progress.elapsed_s = self.elapsed()
-        strategy_state, sharded, layout = self.strategy.state_dict(), None, None
-        if self.mesh is not None:
-            from lowcomm.checkpointing.sharded_state import Position, split  # DCP: worker groups only
-
-            strategy_state, sharded = split(strategy_state, Position.of(self.mesh))
-            layout = {"groups": self.mesh.size(0), "group_size": self.mesh.size(1)}
         self.keep_step_times()
-        state = {
-            "strategy": strategy_state,
-            "scheduler": self.scheduler.state_dict(),
-            "lr_schedule_steps": self.config.run.steps,
-            "data": self.data.train.state_dict(),
-            "rng": rng_state(),
-            "progress": asdict(self.progress),
-            "metrics_offset": self.log.durable_offset() if self.log is not None else 0,
-        }
-        model = global_model if self.rank == 0 else None
-        save_checkpoint(self.checkpoints, self.step, state, model, self.config.checkpoint.keep_checkpoints, self.peers,
-                        sharded, layout, self.storage)
+        self.progress.metrics_offset = self.log.durable_offset() if self.log is not None else 0
+        self.state.save(self.checkpointer, self.step, global_model if self.rank == 0 else None, self.mesh)
         if self.log is not None:
             config = self.config
             title = f"{config.algo} x{self.world_size}: {config.model.name} on {config.data.source}"
@@ -361,7 +320,7 @@ class Trainer:
         that every node holds intact, skipping incomplete or corrupt ones with a warning."""
         if not (self.config.run.resume or restart_count()):
             return Restored()
-        found, skipped = agreed_checkpoint(self.checkpoints, self.peers, self.storage)
+        found, skipped = agreed_checkpoint(self.checkpointer.root, self.peers, self.storage)
         restored = Restored(skipped=skipped)
         if self.rank == 0:
             for name, problem in skipped:
@@ -370,69 +329,17 @@ class Trainer:
             return restored
         restored.checkpoint = found.name
         try:
-            if self.mesh is None:
-                state = load_worker_state(found, self.rank, self.world_size, self.device)
-                self.strategy.load_state_dict(state["strategy"])
-                self.load_data_position(state["data"])
-                set_rng_state(state["rng"])
-            else:
-                state = self.load_grouped(found)
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.progress = Progress(**state["progress"])
-            restored.metrics_offset = int(state["metrics_offset"])
+            planned_steps = self.state.restore(found, self.rank, self.world_size, self.device, self.mesh, self.storage)
         except (OSError, RuntimeError, pickle.UnpicklingError) as error:
             raise ValueError(f"resume: {found.name} on {self.storage.name}: {first_line(error)}") from None
         except (KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"resume: {found.name} on {self.storage.name} holds a damaged rank file "
                              f"({first_line(error)}); move that checkpoint away to resume from an older one") from None
-        if state.get("lr_schedule_steps", self.config.run.steps) != self.config.run.steps:
-            restored.planned_steps = state["lr_schedule_steps"]
+        restored.metrics_offset = self.progress.metrics_offset
+        if planned_steps != self.config.run.steps:
+            restored.planned_steps = planned_steps
             self.replan_schedule()
         return restored
-
-    def load_grouped(self, directory: Path) -> dict[str, Any]:
-        """This rank's state from a sharded checkpoint, saved in this layout or another (see the
-        module docstring); return the rest of the state the checkpoint holds for it."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-        from lowcomm.checkpointing.sharded_state import Position, initialise_state, load_sharded
-        saved = read_manifest(directory).get("layout")
-        if saved is None:
-            raise ValueError(f"resume: {directory} was written without worker groups")
-        position = Position.of(self.mesh)
-        source = position.source(saved["groups"], saved["group_size"])
-        same_layout = (saved["groups"], saved["group_size"]) == (position.groups, position.group_size)
-        if not (same_layout or self.storage.shared):
-            raise ValueError(
-                f"resume: {directory.name} was saved as {saved['groups']} x {saved['group_size']} on nodes without a "
-                f"shared --out, and resumes only in that layout: resharding to {position.groups} x "
-                f"{position.group_size} would read other nodes' checkpoint files")
-        own = load_rank_file(directory, source.group * source.group_size + source.inner, self.device)
-        for value in vars(self.strategy).values():
-            if isinstance(value, torch.optim.Optimizer):
-                initialise_state(value)
-        template = self.strategy.state_dict()
-        sharded = directory / SHARDED_DIRECTORY
-        strategy_state = load_sharded(
-            sharded, own["strategy"], template, position, source, self.mesh, self.device, self.storage.group
-        )
-        self.strategy.load_state_dict(strategy_state)
-        if position.group >= saved["groups"]:  # a new group starts from the global model
-            global_model = load_file(directory / GLOBAL_MODEL, device=str(self.device))
-            set_model_state_dict(self.strategy.local_model, global_model, options=StateDictOptions(full_state_dict=True))
-            self.strategy.optimizer.state.clear()
-        if same_layout:
-            self.load_data_position(own["data"])
-            set_rng_state(own["rng"])
-            return own
-        first = load_rank_file(directory, 0, self.device)
-        self.data.train.continue_from(first["data"])
-        seed_everything(self.config.run.seed + self.rank + self.world_size * self.strategy.step_count)
-        return first
-
-    def load_data_position(self, state: dict[str, int]) -> None:
-        """Continue the training data where a checkpoint saved in this layout left it."""
-        self.data.train.load_state_dict(state)
 
     def replan_schedule(self) -> None:
         """Follow this run's learning-rate schedule (planned for ``config.run.steps``) from the resumed

@@ -156,7 +156,8 @@ def ddp_slowed(root: Path) -> Path:
     (idle share 0.4), worker 3, which waits 2.0 s for its speed, 0.3 s (0.05)."""
     def worker(rank: int, speed: float, slowdown_s: float, sync_wait_s: float) -> dict[str, Any]:
         return {"rank": rank, "speed": speed, "mean_step_s": 1.5, "step_s": 6.0,
-                "compute_s": 6.0 - slowdown_s - sync_wait_s, "slowdown_s": slowdown_s, "sync_wait_s": sync_wait_s, "idle_share": sync_wait_s / 6.0}
+                "compute_s": 6.0 - slowdown_s - sync_wait_s, "slowdown_s": slowdown_s, "sync_wait_s": sync_wait_s,
+                "idle_share": sync_wait_s / 6.0}
 
     return write_run(root / "ddp_slowed", {
         "algo": "ddp", "parameters": 250_000, "final_eval_loss": 2.0, "wall_time_s": 7.0,

@@ -10,11 +10,11 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from lowcomm.checkpointing.checkpoint import (
+    Checkpointer,
     agreed_checkpoint,
     checkpoint_directories,
     load_worker_state,
     problem_with,
-    save_checkpoint,
 )
 from lowcomm.checkpointing.storage import Storage, shared_storage
 from lowcomm.cli import main
@@ -33,7 +33,7 @@ def process_group():
 
 
 def save(root, step, state=STATE, keep=None):
-    return save_checkpoint(root, step, state, MODEL, keep)
+    return Checkpointer(root, keep=keep).save(step, state, MODEL)
 
 
 def newest(root):
@@ -148,7 +148,7 @@ def test_sharded_metadata_that_would_run_code_is_skipped_like_a_corrupt_checkpoi
     """An attacker who can write the run directory replaces a DCP ``.metadata`` with a pickled
     payload and rewrites the manifest to match: resuming skips that checkpoint and runs nothing."""
     for step in (1, 2):
-        save_checkpoint(tmp_path, step, STATE, MODEL, sharded={"group_0/rank_0/w": torch.arange(4.0)})
+        Checkpointer(tmp_path).save(step, STATE, MODEL, sharded={"group_0/rank_0/w": torch.arange(4.0)})
     directory, ran = tmp_path / "step_00000002", tmp_path / "payload_ran"
     metadata = directory / "sharded" / ".metadata"
     metadata.write_bytes(pickle.dumps(MetadataPayload(ran)))
@@ -176,7 +176,7 @@ def on_two_nodes(tmp_path, then, steps=(1, 2), ranks=((0,), (1,)), keep=None):
         storage = Storage(peers.rank, ranks, ("node 0 (a)", "node 1 (b)"))
         root = tmp_path / f"node{peers.rank}"
         for step in steps:
-            save_checkpoint(root, step, STATE, MODEL if peers.rank == 0 else None, keep, peers, storage=storage)
+            Checkpointer(root, peers, storage, keep).save(step, STATE, MODEL if peers.rank == 0 else None)
         peers.barrier()
         then(peers.rank, root)
         peers.barrier()
@@ -278,6 +278,11 @@ def damage(out, case):
         listed = json.loads((rank.parent / "manifest.json").read_text())
         listed["files"][rank.name] = {"bytes": rank.stat().st_size, "sha256": hashlib.sha256(rank.read_bytes()).hexdigest()}
         (rank.parent / "manifest.json").write_text(json.dumps(listed))
+    elif case == "format 1":  # written before the state was keyed by parameter name
+        manifest = checkpoints / "step_00000004" / "manifest.json"
+        listed = json.loads(manifest.read_text())
+        del listed["format"]
+        manifest.write_text(json.dumps(listed))
     else:  # staging names that are not lowcomm's directories
         (checkpoints / ".staging_file").write_text("mine")
         (checkpoints / ".staging_link").symlink_to(out / "checkpoints" / "step_00000002")
@@ -288,6 +293,8 @@ RESUME_CASES = {
     "rank file of {}": (2, "lowcomm train: error: resume: step_00000004 on node 0 holds a damaged rank file "
                            "(KeyError: 'strategy'); move that checkpoint away to resume from an older one\n"),
     "staging file and symlink": (0, None),
+    "format 1": (2, "lowcomm train: error: resume: step_00000004 has checkpoint format 1, this lowcomm reads "
+                    "format 2; resume it with the lowcomm that wrote it, or start afresh\n"),
 }
 
 

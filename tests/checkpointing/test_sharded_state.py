@@ -1,5 +1,5 @@
 """Sharded checkpoints of worker groups on 4 real gloo processes: saved as 2 x 2, loaded as 2 x 2
-(exactly), 1 x 4 and 4 x 1 (resharded; a new group loads group 0's)."""
+(exactly), 1 x 4 and 4 x 1 (resharded by DCP; a new group loads group 0's)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
-from lowcomm.checkpointing.sharded_state import Position, initialise_state, load_sharded, save_sharded, split
+from lowcomm.checkpointing.sharded_state import Position, load_sharded, save_sharded, split
 from tests.distributed import run_workers
 
 ROWS, COLUMNS = 5, 3  # 5 rows split in 2: chunks of 3 and 2; in 4: 2, 2, 1, 0
@@ -30,47 +30,45 @@ def chunk(tensor: torch.Tensor, rank: int, size: int) -> torch.Tensor:
 
 
 def state_of(position: Position, mesh) -> dict:
-    """Every kind of state a strategy holds with groups, for this rank at ``position``."""
+    """Every kind of state a strategy holds with groups, for this rank at ``position``: a replica, an
+    FSDP parameter, a shard of z (a chunk of the flattened parameter, described as a DTensor), and
+    optimizer state."""
     values = group_tensor(position.group)
+    flat = chunk(values.flatten(), position.inner, position.group_size).clone()
     return {
         "step": 7,
         "model": {"replica": values.clone(), "sharded": distribute_tensor(values, mesh["inner"], [Shard(0)])},
-        "outer_params": [chunk(values, position.inner, position.group_size).clone(),
-                         chunk(values.flatten(), position.inner, position.group_size).clone()],
-        "optimizer": {"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 0.1, "params": [0]}]},
+        "outer_params": {"w": DTensor.from_local(flat, mesh["inner"], [Shard(0)], shape=(ROWS * COLUMNS,),
+                                                 stride=(1,), run_check=False)},
+        "optimizer": {"state": {"w": {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 0.1, "params": ["w"]}]},
     }
 
 
 def save_then_load() -> dict:
-    """Save the state of a 2 x 2 layout; load it into 2 x 2, 1 x 4 and 4 x 1 templates; return what
-    each layout loaded, as plain tensors."""
+    """Save the state of a 2 x 2 layout; load it as 2 x 2, 1 x 4 and 4 x 1; return what each layout
+    loaded, as plain tensors."""
     names = [tempfile.mkdtemp(prefix="lowcomm-sharded-") if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(names, src=0)
     directory = Path(names[0]) / "sharded"
     saved_mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("group", "inner"))
-    saved = Position.of(saved_mesh)
-    skeleton, tensors = split(state_of(saved, saved_mesh), saved)
+    skeleton, tensors = split(state_of(Position.of(saved_mesh), saved_mesh), Position.of(saved_mesh))
     save_sharded(directory, tensors)
     gathered = [None] * 4
     dist.all_gather_object(gathered, skeleton)
     loaded = {}
     for layout in ((2, 2), (1, 4), (4, 1)):
         mesh = init_device_mesh("cpu", layout, mesh_dim_names=("group", "inner"))
-        position = Position.of(mesh)
-        source = position.source(2, 2)
-        template = state_of(Position(0, position.inner, *layout), mesh)
-        template["outer_params"] = [torch.zeros_like(t) for t in template["outer_params"]]
-        state = load_sharded(directory, gathered[source.group * 2 + source.inner], template, position, source, mesh,
-                             torch.device("cpu"))
-        sharded = state["model"]["sharded"]
+        source = Position.of(mesh).source(2, 2)
+        state = load_sharded(directory, gathered[source.group * 2 + source.inner], source, mesh, torch.device("cpu"))
+        sharded, z = state["model"]["sharded"], state["outer_params"]["w"]
         loaded[layout] = {
             "step": state["step"],
             "replica": state["model"]["replica"],
             "sharded": sharded.full_tensor(),
             "sharded_local": sharded.to_local(),
-            "outer_params": state["outer_params"],
-            "optimizer_step": state["optimizer"]["state"][0]["step"],
-            "is_dtensor": isinstance(sharded, DTensor),
+            "z_local": z.to_local(),
+            "optimizer_step": state["optimizer"]["state"]["w"]["step"],
+            "is_dtensor": isinstance(sharded, DTensor) and isinstance(z, DTensor),
         }
     return loaded
 
@@ -86,23 +84,4 @@ def test_a_2x2_state_loads_exactly_and_reshards_into_1x4_and_4x1():
             assert torch.equal(state["replica"], values)
             assert torch.equal(state["sharded"], values)
             assert torch.equal(state["sharded_local"], chunk(values, inner, size))
-            rows, flat = state["outer_params"]
-            assert torch.equal(rows, chunk(values, inner, size))
-            assert torch.equal(flat, chunk(values.flatten(), inner, size))
-
-
-def prime() -> list:
-    """An SGD with momentum and an AdamW, given their state by ``initialise_state``."""
-    parameter = torch.nn.Parameter(torch.ones(3))
-    optimizers = [torch.optim.SGD([parameter], lr=0.1, momentum=0.9), torch.optim.AdamW([parameter], lr=0.1)]
-    for optimizer in optimizers:
-        initialise_state(optimizer)
-    return [parameter.detach(), *(optimizer.state_dict() for optimizer in optimizers)]
-
-
-def test_initialising_optimizer_state_changes_no_parameter_and_no_learning_rate():
-    parameter, sgd, adamw = prime()
-    assert torch.equal(parameter, torch.ones(3))
-    assert torch.equal(sgd["state"][0]["momentum_buffer"], torch.zeros(3))
-    assert torch.equal(adamw["state"][0]["exp_avg"], torch.zeros(3))
-    assert sgd["param_groups"][0]["lr"] == adamw["param_groups"][0]["lr"] == 0.1
+            assert torch.equal(state["z_local"], chunk(values.flatten(), inner, size))

@@ -135,7 +135,7 @@ def test_worker_groups_on_nodes_without_a_shared_out(cache_dir, tmp_path):
     # DCP names a node's files by the rank inside the node
     assert files(second, 16) == ["manifest.json", "rank_00002.pt", "rank_00003.pt",
                                  "sharded/.metadata", "sharded/__0_0.distcp", "sharded/__1_0.distcp"]
-    assert manifest(second, 16)["layout"] == {"groups": 2, "group_size": 2}
+    assert manifest(second, 16)["layout"] == {"groups": 2, "group_size": 2, "inner": "ddp"}
     straight = (first / FINAL).read_bytes()
     for out in outs:
         for step in (24, 32):

@@ -2,7 +2,7 @@ import pytest
 import torch
 import yaml
 
-from lowcomm.checkpointing.checkpoint import checkpoints_of, save_checkpoint
+from lowcomm.checkpointing.checkpoint import Checkpointer, checkpoints_of
 from lowcomm.communication.peers import Peers
 from lowcomm.launching.rundir import prepare_run_directory, read_run_config
 from lowcomm.training.config import load_config, resolve
@@ -14,7 +14,7 @@ def config_for(out, **overrides):
 
 def checkpointed(out, step=1):
     """Give the run in ``out`` a checkpoint of ``step`` (``--resume`` needs one)."""
-    save_checkpoint(checkpoints_of(out), step, {"step": step}, {"w": torch.zeros(1)}, peers=Peers(0, 1, lambda v: [v]))
+    Checkpointer(checkpoints_of(out), Peers(0, 1, lambda v: [v])).save(step, {"step": step}, {"w": torch.zeros(1)})
 
 
 RUN_FILES = [".lowcomm", ".lowcomm.lock", "config.yaml", "resolved.yaml"]
