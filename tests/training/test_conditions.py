@@ -61,7 +61,8 @@ def test_a_slow_worker_takes_twice_its_time_and_the_other_waits_for_it(tmp_path:
     cgroups_before = own_cgroups()
     out = tmp_path / "run"
     lowcomm_train("--algo", "ddp", "--workers", "2", "--steps", "30", "--batch-size", "8", "--seq-len", "32",
-                  "--eval-every", "30", "--checkpoint-every", "30", "--eval-batches", "1", "--worker-speeds", "1,0.5", *share, "--cache-dir", cache_dir, "--out", str(out))
+                  "--eval-every", "30", "--checkpoint-every", "30", "--eval-batches", "1", "--worker-speeds", "1,0.5",
+                  *share, "--cache-dir", cache_dir, "--out", str(out))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["worker_speeds"] == [1.0, 0.5]
     fast, slow = summary["worker_times"]
