@@ -30,7 +30,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils._pytree import tree_leaves
 
 from lowcomm.algorithms.options import Option, options_docstring
-from lowcomm.communication.communicator import CommStats, Communicator, ProcessGroupCommunicator, payload_bytes
+from lowcomm.communication.communicator import (
+    CommStats, Communicator, Handle, ProcessGroupCommunicator, payload_bytes,
+)
 from lowcomm.communication.ddp_hooks import CountingState, counting_allreduce_hook
 from lowcomm.communication.groups import GroupShards, inner_kind, to_plain
 
@@ -64,6 +66,10 @@ class Strategy:
 
     min_workers: ClassVar[int] = 1
     """The fewest workers the algorithm runs with."""
+
+    runs_live: ClassVar[bool] = False
+    """Whether it runs with live fault tolerance (``--fault-tolerance live``): its traffic between
+    workers is blocking and belongs to training steps, and a failed synchronisation has a rule."""
 
     traffic: ClassVar[Literal["all_reduce", "gossip"]] = "all_reduce"
     """How its traffic between workers travels, for the network model: ring all-reduces among all
@@ -342,11 +348,19 @@ class Strategy:
 
     def before_update(self) -> float | None:
         """Called once the step is counted: the factor of the inner learning rates for this step's
-        update, or None for no update. A synchronous step whose average failed (live fault
-        tolerance) takes none."""
-        if self.averages_gradients(self.step_count) and self.comm.step_failed():
+        update, or None for no update. A synchronous step whose average did not commit takes none."""
+        if self.averages_gradients(self.step_count) and not self.committed():
             return None
         return 1.0
+
+    def committed(self, handle: Handle | None = None) -> bool:
+        """Complete a synchronisation's communication (``handle``, where it is still in flight) and
+        tell whether it took effect (:meth:`Communicator.should_commit`): every algorithm asks here,
+        once per synchronisation. One that did not (live fault tolerance: a peer died during it) left
+        its tensors as they were."""
+        if handle is not None:
+            handle.wait()
+        return self.comm.should_commit()
 
     def after_update(self) -> None:
         """Called after the inner optimizer's update (or in its place): the algorithm's own work."""
@@ -378,15 +392,6 @@ class Strategy:
         """Synchronise what was trained since the last synchronisation, so that the global model
         holds every step (a collective: call it on every rank). Leaving ``with strategy:`` calls it."""
         self.wait()
-
-    def averaged_step(self) -> None:
-        """Average the gradients over all workers and step; a failed average (live fault tolerance)
-        takes no step."""
-        self.average_gradients()
-        if not self.comm.step_failed():
-            if self.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
-            self.optimizer.step()
 
     def global_values(self) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
         """The global model as this rank's shards of the trainable parameters and the floating-point

@@ -22,11 +22,12 @@ trained since its last outer step began takes one more, blocking (``x <- z``), o
 pseudo-gradient of those steps: the global model z holds every step.
 
 Diagnostics: each outer step leaves in ``sync_diagnostics`` the averaged pseudo-gradient's norm
-``||Delta||``, the workers' spread (the mean over workers of ``||x_k - mean_k x_k||``, each worker's
-``||(z - x_k) - Delta||`` averaged by a one-number all-reduce not counted as training traffic) and
-the cosine between Delta and the previous outer step's Delta of the same parameters (None at the
-first). With overlap, x_k is the model when the step is applied; under FSDP groups, this rank's
-shard.
+``||Delta||`` and the cosine between Delta and the previous outer step's Delta of the same
+parameters (None at the first), both computed from the mean the step received; with
+``diagnostics=True`` also the workers' spread (the mean over workers of ``||x_k - mean_k x_k||``,
+each worker's ``||(z - x_k) - Delta||`` averaged by one more blocking all-reduce of one number, not
+counted as training traffic: a round trip per outer step, so off by default, ``worker_spread``
+None). With overlap, x_k is the model when the step is applied; under FSDP groups, this rank's shard.
 
 A worker whose pseudo-gradient (or a floating-point buffer) is not finite is left out of that outer
 step (the others' mean is used; with none left the step is skipped), restarts from z with a fresh
@@ -105,13 +106,18 @@ class DiLoCo(PeriodicStrategy):
         Option("merge_alpha", None, "alpha: the weight of the local model in the merge after an overlapped outer "
                "step (only with overlap_steps > 0; default 0.5)", number(ge=0, le=1) | None),
         *COMPRESSION,
+        Option("diagnostics", False, "also log the workers' spread at each outer step (one more blocking "
+               "all-reduce)", bool),
     )
     SHARDED_STATE = ("outer_params", "outer_optimizer", "previous_delta", "pending")
     RANK_STATE = ("residuals",)
 
+    averages_on_demand = False  # the global model is z
+
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, **options: Any) -> None:
         super().__init__(model, optimizer, **options)
         chosen = self.option_values
+        self.diagnostics: bool = chosen["diagnostics"]
         self.overlap_steps, self.merge_alpha = check_overlap(
             chosen["overlap_steps"], chosen["sync_interval"], chosen["merge_alpha"]
         )
@@ -175,9 +181,8 @@ class DiLoCo(PeriodicStrategy):
 
     def apply(self, pending: PendingSync) -> None:
         """With the mean Delta: the outer step of z, then ``x <- z`` (or the merge after an overlap)."""
-        pending.wait()
         indices = self.fragments[pending.fragment]
-        if not self.comm.step_failed():  # live fault tolerance: after a failed mean z stays as it was
+        if self.committed(pending.handle):  # else z stays as it was
             self.step_outer_model(pending)
         xs = self.shards.local()
         for i in indices:
@@ -204,11 +209,7 @@ class DiLoCo(PeriodicStrategy):
 
     def diagnose(self, indices: list[int], means: list[torch.Tensor], locally_finite: bool, finite_share: float) -> None:
         """Fill ``sync_diagnostics`` for the outer step of ``indices`` with averaged pseudo-gradients ``means``."""
-        xs = self.shards.local()
-        squares = [(self.outer_params[i].to(xs[i].device) - xs[i] - m).double().square().sum()
-                   for i, m in zip(indices, means)]
-        spread = torch.stack(squares).sum().sqrt().reshape(1) if locally_finite else squares[0].new_zeros(1)
-        self.comm.all_reduce_mean([spread], accounted=False)
+        spread = self.worker_spread(indices, means, locally_finite, finite_share) if self.diagnostics else None
         norm = float(torch.stack([m.double().square().sum() for m in means]).sum().sqrt())
         cosine = None
         if all(i in self.previous_delta for i in indices):
@@ -219,8 +220,19 @@ class DiLoCo(PeriodicStrategy):
         for i, mean in zip(indices, means):
             self.previous_delta[i] = mean.detach().to(self.outer_params[i].device, copy=True)
         self.sync_diagnostics = {"pseudo_grad_norm": norm,
-                                 "worker_spread": float(spread) / finite_share if finite_share > 0 else None,
-                                 "pseudo_grad_cosine": cosine}
+                                 "worker_spread": spread, "pseudo_grad_cosine": cosine}
+
+    def worker_spread(
+        self, indices: list[int], means: list[torch.Tensor], locally_finite: bool, finite_share: float
+    ) -> float | None:
+        """The mean over the finite workers of ``||(z - x_k) - Delta||`` over ``indices`` (None if
+        there is none), by a one-number all-reduce not counted as training traffic."""
+        xs = self.shards.local()
+        squares = [(self.outer_params[i].to(xs[i].device) - xs[i] - m).double().square().sum()
+                   for i, m in zip(indices, means)]
+        spread = torch.stack(squares).sum().sqrt().reshape(1) if locally_finite else squares[0].new_zeros(1)
+        self.comm.all_reduce_mean([spread], accounted=False)
+        return float(spread) / finite_share if finite_share > 0 else None
 
     def outer_step(self, indices: list[int], deltas: list[torch.Tensor]) -> None:
         """Step the outer optimizer on the given tensors of z with ``deltas`` as their gradients."""
@@ -229,9 +241,6 @@ class DiLoCo(PeriodicStrategy):
             self.outer_params[i].grad = delta.to(self.outer_params[i].device)
         self.outer_optimizer.step()
         self.outer_optimizer.zero_grad(set_to_none=True)
-
-    def global_values(self) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
-        return self.synchronised_values(self.outer_params)
 
     def wait(self) -> None:
         for pending in self.pending:

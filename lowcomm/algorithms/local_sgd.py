@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from lowcomm.algorithms.options import COMPRESSION
-from lowcomm.algorithms.periodic import PeriodicStrategy
+from lowcomm.algorithms.periodic import Members, PeriodicStrategy
 from lowcomm.communication.compression import compressed_mean, mean_compressing
 
 
@@ -45,8 +45,7 @@ class LocalSGD(PeriodicStrategy):
         super().__init__(model, optimizer, **options)
         chosen = self.option_values
         self.compressed_mean = compressed_mean(chosen["compress"], chosen["compress_block_size"])
-        kept = self.compressed_mean is not None or not self.comm.averages_on_demand
-        self.synced = [x.clone() for x in self.shards.local()] if kept else []
+        self.synced = [x.clone() for x in self.shards.local()] if self.compressed_mean is not None else []
 
     def begin_local_phase(self) -> None:
         """After the warm-up every worker holds the model of the last synchronisation."""
@@ -60,8 +59,8 @@ class LocalSGD(PeriodicStrategy):
         tensors = averaged + self.group_buffers()
         flag = self.zero_unless_finite(tensors)
         locally_finite = bool(flag)
-        mean_compressing(self.comm, self.compressed_mean, 0, averaged, self.buffers + [flag])
-        if self.comm.step_failed():  # live fault tolerance: the worker keeps its model (if finite)
+        handle = mean_compressing(self.comm, self.compressed_mean, 0, averaged, self.buffers + [flag])
+        if not self.committed(handle):  # the worker keeps its model (if finite)
             if not locally_finite:
                 self.restart_from(self.synced)
             return
@@ -80,12 +79,14 @@ class LocalSGD(PeriodicStrategy):
                 x0.copy_(x)
         self.shards.complete()
 
-    def global_values(self) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
-        """The workers' mean model; where a mean is not on demand (live fault tolerance), the model of
-        the last synchronisation (during the warm-up every worker holds it)."""
-        if self.comm.averages_on_demand:
-            return self.averaged_values()
-        return self.synchronised_values(self.synced)
+    def make_elastic(self, members: Members) -> None:
+        """The global model becomes x0, kept from now on."""
+        super().make_elastic(members)
+        if not self.synced:
+            self.synced = [x.clone() for x in self.shards.local()]
+
+    def synchronised_model(self) -> list[torch.Tensor]:
+        return self.synced
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

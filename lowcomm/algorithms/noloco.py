@@ -15,7 +15,8 @@ sets ``x_i <- z_i`` and starts a fresh inner optimizer state. The exclusion is r
 
 Finish: if steps were trained since the last exchange, one more, with the pairs of the current step.
 
-Live fault tolerance: the pairs are drawn among the groups in the step's quorum; a group being
+Live fault tolerance: the pairs are drawn among the synchronisation's members (the groups in the
+step's quorum, :meth:`~lowcomm.algorithms.periodic.PeriodicStrategy.make_elastic`); a group being
 healed sits the synchronisation out, and a failed exchange (a partner died during it) leaves x, z
 and m as they were.
 
@@ -66,15 +67,15 @@ class NoLoCo(PeriodicStrategy):
         self.momentum = [torch.zeros_like(z) for z in self.outer_params]
 
     def synchronize(self) -> None:
-        rank, count = self.comm.participants()
-        if rank is None:  # live fault tolerance: healed from a peer in this step, the worker sits it out
+        rank, count = self.members()
+        if rank is None:  # healed from a peer in this step (live fault tolerance), the worker sits it out
             return
         group = next(g for g in gossip_groups(count, self.step_count) if rank in g)
         peers = [j for j in group if j != rank]
         xs = self.shards.local()
         own = [x - z for x, z in zip(xs, self.outer_params)] + self.outer_params
         received = self.comm.exchange(own, peers)
-        if self.comm.step_failed():  # live fault tolerance: a partner died during it; x, z and m stay
+        if not self.committed():  # a partner died during it: x, z and m stay
             return
         sent_by = dict(zip(peers, received))
         sent_by[rank] = own
@@ -96,13 +97,6 @@ class NoLoCo(PeriodicStrategy):
         self.shards.complete()
         if rank not in finite:
             self.optimizer.state.clear()
-
-    def global_values(self) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
-        """The workers' mean model; where a mean is not on demand (live fault tolerance), this
-        worker's outer model z (during the warm-up every worker holds the same model)."""
-        if self.comm.averages_on_demand:
-            return self.averaged_values()
-        return self.synchronised_values(self.outer_params)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -23,7 +23,7 @@ when any of its ranks is non-finite.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -31,6 +31,8 @@ from torch import nn
 
 from lowcomm.algorithms.base import Strategy
 from lowcomm.algorithms.options import Option, integer
+
+Members = Callable[[], tuple[int | None, int]]
 
 
 class PeriodicStrategy(Strategy):
@@ -40,6 +42,11 @@ class PeriodicStrategy(Strategy):
         Option("sync_interval", 32, "H: steps between synchronisations", integer(ge=1)),
         Option("warmup_steps", 0, "S: synchronous steps (averaged gradients) before the local ones", integer(ge=0)),
     )
+    runs_live = True
+
+    averages_on_demand = True
+    """Whether the global model is the workers' mean, asked for on demand (a collective); else the
+    model of the last synchronisation (:meth:`synchronised_model`)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, **options: Any) -> None:
         super().__init__(model, optimizer, **options)
@@ -47,6 +54,8 @@ class PeriodicStrategy(Strategy):
         self.warmup_steps: int = self.option_values["warmup_steps"]
         self.finished_step = 0  # the last step finish() synchronised
         self.outer_params: list[torch.Tensor] = []  # z, this rank's shards, for algorithms with an outer model
+        # this worker's index among those in a synchronisation (None: it sits it out), and their number
+        self.members: Members = lambda: (self.comm.rank, self.comm.world_size)
 
     @property
     def in_warmup(self) -> bool:
@@ -66,17 +75,12 @@ class PeriodicStrategy(Strategy):
         for x, z in zip(self.shards.local(), self.outer_params):
             z.copy_(x)
 
-    def complete_joined_step(self) -> None:
-        """Finish the current step as a worker that has just taken a peer's state, captured when the
-        peer began this step's communication: the gradient average at the end of a warm-up step's
-        backward pass (before that step is counted), then the step; or the synchronisation after a
-        local step. The worker's own contribution is left out by the communicator."""
-        if not self.averages_gradients(self.step_count + 1):
-            self.after_local_step()
-            return
-        self.step_count += 1
-        self.averaged_step()
-        self.after_update()
+    def make_elastic(self, members: Members) -> None:
+        """Let the workers change from one synchronisation to the next (live fault tolerance):
+        ``members`` tells each synchronisation's, and the global model is the model of the last
+        synchronisation, as no mean can be asked for outside one. Call it before loading a state."""
+        self.members = members
+        self.averages_on_demand = False
 
     def after_local_step(self) -> None:
         """Called after every local step: :meth:`synchronize` when the step is a multiple of H."""
@@ -138,16 +142,22 @@ class PeriodicStrategy(Strategy):
         self.events.append({"event": "nonfinite_worker_excluded", "step": self.step_count, "what": what, **details,
                             "finite_workers": finite_workers})
 
+    def global_values(self) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+        """The workers' mean model where it is asked for on demand; else the model of the last
+        synchronisation (during the warm-up every worker holds it)."""
+        if self.averages_on_demand:
+            return self.averaged_values()
+        return None if self.in_warmup else (self.synchronised_model(), self.buffers)
+
+    def synchronised_model(self) -> list[torch.Tensor]:
+        """The model of the last synchronisation, this rank's shards (by default z)."""
+        return self.outer_params
+
     def averaged_values(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The workers' mean model (a collective: every worker must call it)."""
         averaged = [t.clone() for t in self.shards.local() + self.buffers]
         self.comm.all_reduce_mean(averaged, accounted=False)
         return averaged[: len(self.params)], averaged[len(self.params) :]
-
-    def synchronised_values(self, model: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
-        """The model of the last synchronisation, ``model`` (this rank's shards: z, or Local SGD's x0)
-        with the current buffers; None during the warm-up, when every worker holds the same model."""
-        return None if self.in_warmup else (model, self.buffers)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "finished_step": self.finished_step}

@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             text = f"one of {', '.join(ALGORITHMS)} (default: {DEFAULT_ALGORITHM})"
         elif section == "algorithm":
             text = option_help(name)
+            if {cls.options()[name].type for cls in ALGORITHMS.values() if name in cls.options()} == {bool}:
+                parser.add_argument(flag(name), action="store_true", default=argparse.SUPPRESS, help=text)
+                continue
         else:
             info = SECTIONS[section].model_fields[field]
             if info.annotation is bool:

@@ -155,20 +155,11 @@ class Communicator(ABC):
         bookkeeping (which checkpoint to resume, the final totals), so nothing is counted."""
         return self._all_gather_object(value)
 
-    averages_on_demand = True
-    """Whether a mean may be asked for outside a training step's synchronisation (Local SGD's global
-    model, for an evaluation or a checkpoint). Live fault tolerance's collectives belong to training
-    steps: there strategies keep the model of their last synchronisation instead."""
-
-    def participants(self) -> tuple[int | None, int]:
-        """This worker's index among the workers that take part in this step's exchanges, and their
-        number: every worker here (live: the groups in the step's quorum; None for one being healed)."""
-        return self.rank, self.world_size
-
-    def step_failed(self) -> bool:
-        """Whether this step's communication failed (live fault tolerance: a peer died during it). A
-        failed mean or exchange leaves the tensors it was given as they were. Never here."""
-        return False
+    def should_commit(self) -> bool:
+        """Whether this step's synchronisation took effect, asked once after its communication. False
+        only where a peer died during it (live fault tolerance): a failed mean or exchange leaves the
+        tensors it was given as they were, and the algorithm keeps what its docstring says. Always True here."""
+        return True
 
     @abstractmethod
     def _all_reduce_mean(self, tensors: list[torch.Tensor]) -> Callable[[], None]:

@@ -8,10 +8,10 @@ live group, and healing sends rank i's state to rank i. Every training step that
 one torchft step (a quorum from the lighthouse at its first communication, all its all-reduces
 and NoLoCo's exchanges over torchft's reconfigurable gloo process group, a commit at
 :meth:`LiveCommunicator.end_step`). One quorum per step, not per all-reduce: a DiLoCo
-synchronisation is two all-reduces (the pseudo-gradient, then the workers' spread), and a group that
-joined at the second quorum would run the first one's collective against the others' second (gloo
-aborts on the mismatched sizes). The mean is over the groups in the quorum; NoLoCo's pairs are drawn
-among them. A group that has died is left out of the next quorum once the lighthouse misses its
+synchronisation with ``diagnostics`` is two all-reduces (the pseudo-gradient, then the workers'
+spread), and a group that joined at the second quorum would run the first one's collective against
+the others' second (gloo aborts on the mismatched sizes). The mean is over the groups in the
+quorum; NoLoCo's pairs are drawn among them. A group that has died is left out of the next quorum once the lighthouse misses its
 heartbeats; a group that is behind the others is healed: at its quorum a live peer sends it the
 state lowcomm registered (z, the outer optimizer, coins, error-feedback residuals, step, schedule,
 data position) over the same process group, and it sits out that step's all-reduces (its
@@ -20,7 +20,7 @@ or when its last step failed where a peer's succeeded.
 
 An all-reduce or exchange that failed (a peer died during it, or did not answer within the
 collective timeout) leaves its tensors as they were, the step is not committed, and
-:meth:`LiveCommunicator.step_failed` says so to the strategy: DiLoCo (and PALSGD, Streaming
+:meth:`LiveCommunicator.should_commit` says so to the strategy: DiLoCo (and PALSGD, Streaming
 DiLoCo) takes no outer step and goes back to z, Local SGD and NoLoCo keep their models, a warm-up
 step takes no optimizer step (the trainer logs ``step_failed``); the next quorum goes on without the
 dead peer. The ranks of a group agree on whether a step failed (a collective within the group), so
@@ -30,8 +30,6 @@ that they all skip it alike.
 from __future__ import annotations
 
 import importlib.util
-import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -47,9 +45,6 @@ from lowcomm.communication.communicator import (
 )
 
 EXTRA = "pip install 'lowcomm[ft]'"
-LIVE_ALGORITHMS = ("diloco", "palsgd", "localsgd", "postlocalsgd", "noloco", "streamingdiloco")
-"""The algorithms whose traffic between groups is blocking (mean all-reduces, NoLoCo's exchanges) and
-belongs to training steps."""
 
 
 def require_torchft() -> None:
@@ -60,30 +55,6 @@ def require_torchft() -> None:
         found = False
     if not found:
         raise ValueError(f"fault_tolerance: live needs torchft, which is not installed: {EXTRA}")
-
-
-FAULT_VARIABLE = "LOWCOMM_LIVE_TEST_FAULT"
-"""A test hook, ``GROUP:STEP:KIND``, for that group's first process in its torchft step STEP:
-``stop``, it stops itself (SIGSTOP) inside the all-reduce, after its first bucket and before the
-rest, so that the others wait in the collective while a test kills it; ``stop_exchange``, the same
-inside an exchange, its receives posted and its sends not (so that its peers wait for it);
-``error``, it reports an error at the end of the step (as the last receive of an all-reduce a peer
-died in may on one group only) and alone fails the step."""
-FAULT_KINDS = ("stop", "stop_exchange", "error")
-
-
-@dataclass(frozen=True)
-class InjectedFault:
-    """The fault :data:`FAULT_VARIABLE` asks for."""
-
-    step: int
-    kind: str
-
-
-def injected_fault(group: int) -> InjectedFault | None:
-    """The fault this group is asked to inject (:data:`FAULT_VARIABLE`), if any."""
-    target, step, kind = (os.environ.get(FAULT_VARIABLE, "").split(":") + ["", ""])[:3]
-    return InjectedFault(int(step), kind) if target == str(group) and kind in FAULT_KINDS else None
 
 
 class TooFewGroups(RuntimeError):
@@ -107,7 +78,6 @@ class LiveSettings:
     collective_timeout_s: float = 10.0
     quorum_retries: int = 20
     heartbeat_ms: int = 100
-    fault: InjectedFault | None = None  # the test hook of FAULT_VARIABLE
     manager_bind: str | None = None
     """The address group rank 0's torchft manager server listens on; None: every interface."""
 
@@ -169,12 +139,11 @@ class LiveCommunicator(Communicator):
     when this group is found behind inside a step (at its first quorum :meth:`join` returns it).
     ``rank`` is this group's index among the groups it was started with and ``world_size`` the
     number of groups in the current quorum (what the byte counters price a ring with). Its
-    collectives belong to training steps: no mean on demand (:attr:`averages_on_demand`).
+    collectives belong to training steps: the strategy is made elastic
+    (:meth:`~lowcomm.algorithms.periodic.PeriodicStrategy.make_elastic`) with :meth:`participants`.
     :attr:`events` collects ``group_left``, ``group_joined``, ``group_healed`` and ``step_failed``
     records for the trainer to log.
     """
-
-    averages_on_demand = False
 
     def __init__(
         self,
@@ -191,7 +160,6 @@ class LiveCommunicator(Communicator):
         self.manager: Any = None
         self.resumed_step: int | None = None
         self.failed_in_step = False
-        self.fault = settings.fault
         self.members: set[int] | None = None
         self.step_membership: tuple[torch.Tensor, int] | None = None
         self.quorum_started = False
@@ -292,8 +260,6 @@ class LiveCommunicator(Communicator):
         if not self.quorum_started:
             return
         self.quorum_started = False
-        if self.take_fault("error"):
-            self.manager.report_error(RuntimeError(f"{FAULT_VARIABLE}: injected"))
         committed = self.manager.should_commit()
         membership, self.step_membership = self.step_membership, None
         if committed and membership is not None:
@@ -332,16 +298,9 @@ class LiveCommunicator(Communicator):
             return None, len(self.quorum_ranks)
         return self.quorum_ranks.index(ranks[self.rank] - 1), len(self.quorum_ranks)
 
-    def step_failed(self) -> bool:
-        return self.failed_in_step
-
-    def take_fault(self, kind: str) -> bool:
-        """Whether to inject the test hook's fault of ``kind`` now (once, in its torchft step)."""
-        fault = self.fault
-        if fault is None or fault.kind != kind or fault.step != self.manager.current_step():
-            return False
-        self.fault = None
-        return True
+    def should_commit(self) -> bool:
+        """False once a collective of this step has failed on any rank of this group."""
+        return not self.failed_in_step
 
     def failed(self) -> bool:
         """Whether a collective of this step has failed on any rank of this group (torchft then skips
@@ -362,9 +321,6 @@ class LiveCommunicator(Communicator):
         buckets = dtype_buckets(tensors) + [[membership]]
         pending = []
         for bucket in buckets:
-            if pending and self.take_fault("stop"):
-                pending[0][2].wait()
-                os.kill(os.getpid(), signal.SIGSTOP)
             flat = flatten(bucket)
             pending.append((bucket, flat, self.manager.allreduce(flat)))
 
@@ -403,8 +359,6 @@ class LiveCommunicator(Communicator):
             try:
                 works = [self.process_group.recv([inbox], self.quorum_ranks[peer], 0)
                          for peer, inbox in zip(peers, inboxes)]
-                if self.take_fault("stop_exchange"):
-                    os.kill(os.getpid(), signal.SIGSTOP)
                 works += [self.process_group.send([flat], self.quorum_ranks[peer], 0) for peer in peers]
                 for work in works:
                     work.wait()

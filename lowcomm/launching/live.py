@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from lowcomm.communication.communicator import ProcessGroupCommunicator
-from lowcomm.communication.live import LiveCommunicator, LiveSettings, TooFewGroups, injected_fault
+from lowcomm.communication.live import LiveCommunicator, LiveSettings, TooFewGroups
 from lowcomm.launching.worker import LOOPBACK, join_process_group, loopback_interface
 from lowcomm.training.config import TrainConfig
 
@@ -166,7 +166,6 @@ def run_group(
         hostname=store_host,
         quorum_timeout_s=config.fault_tolerance.hang_timeout,
         collective_timeout_s=COLLECTIVE_TIMEOUT_S,
-        fault=injected_fault(group) if restart == 0 and inner_rank == 0 else None,
         manager_bind=None if config.network.bind_all else LOOPBACK,
     )
     within = ProcessGroupCommunicator() if config.layout.group_size > 1 else None

@@ -9,8 +9,8 @@
   communication) at that point;
 - sync: ``step``, ``sync`` (``"outer"``, or ``"pseudo"`` for a PALSGD pseudo-synchronisation step),
   ``bytes`` (sent by this worker during the step); for DiLoCo, PALSGD and Streaming DiLoCo, the
-  step that applies an outer step also carries ``pseudo_grad_norm``, ``worker_spread`` and
-  ``pseudo_grad_cosine`` (see :class:`~lowcomm.algorithms.DiLoCo`; with overlap that is a record
+  step that applies an outer step also carries ``pseudo_grad_norm``, ``worker_spread`` (null
+  without ``--diagnostics``) and ``pseudo_grad_cosine`` (see :class:`~lowcomm.algorithms.DiLoCo`; with overlap that is a record
   of its own, ``bytes`` 0, tau steps after the one that sent);
 - event: ``step``, ``event`` and its details: ``start``, ``resume``, ``skipped_checkpoint``,
   ``lr_schedule_replanned`` (a resumed run with another ``--steps``: ``from_steps``, ``to_steps``

@@ -597,12 +597,13 @@ def check_live(config: TrainConfig) -> None:
     """Live fault tolerance: torchft installed, worker groups (of one process by default), an
     algorithm whose traffic between groups is blocking and belongs to training steps, a sound
     quorum size."""
-    from lowcomm.communication.live import LIVE_ALGORITHMS, require_torchft
+    from lowcomm.communication.live import require_torchft
 
     require_torchft()
     layout, faults, run, network = config.layout, config.fault_tolerance, config.run, config.network
-    if config.algo not in LIVE_ALGORITHMS:
-        raise ValueError(f"fault_tolerance: live supports {', '.join(LIVE_ALGORITHMS)}, not {config.algo}")
+    if not ALGORITHMS[config.algo].runs_live:
+        live = ", ".join(name for name, cls in ALGORITHMS.items() if cls.runs_live)
+        raise ValueError(f"fault_tolerance: live supports {live}, not {config.algo}")
     if layout.groups is None:
         raise ValueError("fault_tolerance: live needs --groups K (the worker groups that may fail and rejoin)")
     if layout.group_size is None and "workers" not in layout.model_fields_set:

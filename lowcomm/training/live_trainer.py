@@ -52,11 +52,27 @@ class LiveTrainer(Trainer):
         if state is not None:
             self.load_live_state(state)
         if state is not None and not state["joining"] and self.step > 0:
-            self.strategy.complete_joined_step()
+            self.complete_joined_step()
             self.scheduler.step()
         self.log_strategy_events()
         self.live.end_step()
         self.log_live_events()
+
+    def complete_joined_step(self) -> None:
+        """Finish the others' current step as a group that has just taken a peer's state, captured
+        when the peer began this step's communication: the warm-up step whose gradients it was
+        averaging (not yet counted), run through the strategy's optimizer hooks; or the
+        synchronisation after a local step. The communicator leaves this group's contribution out."""
+        strategy = self.strategy
+        if not strategy.averages_gradients(strategy.step_count + 1):
+            strategy.after_local_step()
+            return
+        attached = strategy.attach()
+        try:
+            strategy.optimizer.step()
+        finally:
+            if attached:
+                strategy.detach()
 
     def train_step(self) -> None:
         super().train_step()
@@ -80,8 +96,10 @@ class LiveTrainer(Trainer):
         self.state.load_healing_state(state, (self.shard_index, self.shard_count))
 
     def restore(self) -> Restored:
-        """A restarted group is healed from a live peer, not from a checkpoint; its metrics.jsonl
-        keeps what it wrote before."""
+        """The strategy is first made elastic (its state loaded then holds what that needs); a
+        restarted group is healed from a live peer, not from a checkpoint; its metrics.jsonl keeps
+        what it wrote before."""
+        self.strategy.make_elastic(self.live.participants)
         if restart_count() == 0:
             return super().restore()
         metrics = self.config.run.out / "metrics.jsonl"

@@ -22,7 +22,7 @@ def test_overlapped_outer_step_by_hand() -> None:
 
 
 def test_sync_diagnostics_by_hand() -> None:
-    options = dict(sync_interval=2, outer_lr=0.7, outer_momentum=0.9)
+    options = dict(sync_interval=2, outer_lr=0.7, outer_momentum=0.9, diagnostics=True)
     results = run_workers(scalar_trajectory, 2, "diloco", options, 6, 0.1)
     # t = 2: x = 1.19 and 0.68, Delta = mean(1 - 1.19, 1 - 0.68) = 0.065; each worker is 0.255 from
     # the mean; z = 1 - 0.7 * 1.9 * 0.065 = 0.91355. t = 4: x = 1.1199755 and 0.648878, Delta =
@@ -38,6 +38,11 @@ def test_sync_diagnostics_by_hand() -> None:
                             "worker_spread": pytest.approx(0.23554875, abs=1e-12),
                             "pseudo_grad_cosine": pytest.approx(1.0, abs=1e-12)}
         assert steps[6]["pseudo_grad_cosine"] == pytest.approx(-1.0, abs=1e-12)
+
+
+def test_the_workers_spread_is_measured_only_with_diagnostics() -> None:
+    results = run_workers(scalar_trajectory, 2, "diloco", dict(sync_interval=2), 2, 0.1)
+    assert [d["worker_spread"] for r in results for d in r["diagnostics"] if d] == [None, None]
 
 
 def variants() -> dict[str, list[torch.Tensor]]:

@@ -1,5 +1,5 @@
 """A synchronisation whose communication failed (live fault tolerance: a peer died during it) leaves
-its tensors as they were and ``step_failed()`` true: DiLoCo goes back to z without an outer step,
+its tensors as they were and ``should_commit()`` false: DiLoCo goes back to z without an outer step,
 Local SGD and NoLoCo keep their models, a warm-up step takes no optimizer step; nothing is recorded
 as a non-finite worker. One worker of two, scalar SGD (lr 0.1) on ``0.5 * (w - 2) ** 2``, worked out
 by hand: w = 1 -> 1.1 -> 1.19."""
@@ -18,16 +18,14 @@ from tests.algorithms.scalar import EXAMPLES, scalar_model
 
 
 class FailingCommunicator(Communicator):
-    """Worker 0 of 2, every communication of which fails as a live one does: nothing arrives, the
-    tensors stay as they were, and no mean is on demand."""
-
-    averages_on_demand = False
+    """Worker 0 of 2, every communication of which fails as a live one does: nothing arrives and the
+    tensors stay as they were."""
 
     def __init__(self) -> None:
         super().__init__(0, 2)
 
-    def step_failed(self) -> bool:
-        return True
+    def should_commit(self) -> bool:
+        return False
 
     def _all_reduce_mean(self, tensors: list[torch.Tensor]) -> Callable[[], None]:
         return lambda: None
@@ -46,8 +44,10 @@ def two_steps(algo: str, **options: Any) -> tuple[list[float], Any, float]:
     """w after each of two steps (a synchronisation or a warm-up average at each), the strategy, and
     its global w."""
     model = scalar_model(0)
+    communicator = FailingCommunicator()
     strategy = ALGORITHMS[algo](model, torch.optim.SGD(model.parameters(), lr=0.1),
-                                communicator=FailingCommunicator(), **options)
+                                communicator=communicator, **options)
+    strategy.make_elastic(lambda: (communicator.rank, communicator.world_size))  # no mean on demand, as live
     a, b = EXAMPLES[0]
     x = torch.tensor([[a]], dtype=torch.float64)
     weights = []

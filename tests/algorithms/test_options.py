@@ -50,7 +50,7 @@ def test_the_constructor_takes_the_declared_keywords_with_their_defaults() -> No
         DiLoCo(model, torch.optim.SGD(model.parameters(), lr=0.1), eta=1.0)
     assert str(raised.value) == ("DiLoCo: unknown option 'eta'; it takes sync_interval, warmup_steps, outer_lr, "
                                  "outer_momentum, outer_optimizer, outer_device, overlap_steps, merge_alpha, compress, "
-                                 "compress_block_size")
+                                 "compress_block_size, diagnostics")
     assert PALSGD.resolve_options({"outer_lr": 1}) == {name: option.default for name, option in PALSGD.options().items()
                                                        } | {"outer_lr": 1.0}
 

@@ -70,6 +70,7 @@ FLAG_CASES = {
     "unknown device": (["--device", "tpu"], "--device: Input should be 'auto', 'cpu' or 'cuda'"),
     "noloco alone": (["--algo", "noloco", "--workers", "1"], "--workers: noloco needs at least 2 workers"),
     "ddp with an interval": (["--algo", "ddp", "--sync-interval", "4"], "--sync-interval: ddp does not take it"),
+    "diagnostics for local sgd": (["--algo", "localsgd", "--diagnostics"], "--diagnostics: localsgd does not take it"),
     "unknown preset": (["--preset", "nope"], "--preset: unknown preset 'nope'; choose one of palsgd-paper-gpt-neo-8m"),
     "unknown schedule": (["--lr-schedule", "linear"], "--lr-schedule: Input should be 'cosine' or 'constant'"),
     "unknown synthetic data": (["--data", "synthetic-poems"], "--data: unknown synthetic dataset 'synthetic-poems'"),
@@ -142,7 +143,7 @@ if importlib.util.find_spec("torchft") is not None:
     FLAG_CASES |= {
         "live without groups": (LIVE, "--fault-tolerance: live needs --groups K"),
         "live with ddp": ([*LIVE, "--groups", "2", "--algo", "ddp"],
-                          "live supports diloco, palsgd, localsgd, postlocalsgd, noloco, streamingdiloco, not ddp"),
+                          "live supports localsgd, postlocalsgd, diloco, palsgd, noloco, streamingdiloco, not ddp"),
         "live overlapped": ([*LIVE, "--groups", "2", "--overlap-steps", "1"], "--overlap-steps: live fault"),
         "live early stop": ([*LIVE, "--groups", "2", "--stop-at-loss", "3"], "--stop-at-loss: a live run's groups"),
         "min groups above groups": ([*LIVE, "--groups", "2", "--min-groups", "3"], "--min-groups: 3 exceeds"),
@@ -186,6 +187,7 @@ DATA_CASES = {
 YAML_CASES = {
     "unknown key": ({"learning_rate": 0.1}, "--config: unknown key 'learning_rate'"),
     "count as text": ({"steps": "ten"}, "--steps: Input should be a valid integer"),
+    "diagnostics as text": ({"algo": "diloco", "diagnostics": "maybe"}, "--diagnostics: Input should be a valid boolean"),
     "boolean count": ({"workers": True}, "--workers: Input should be a number, not a boolean"),
     "list for a count": ({"steps": [1, 2]}, "--steps: Input should be a valid integer"),
     "number for a name": ({"algo": 5}, "--algo: Input should be a valid string"),

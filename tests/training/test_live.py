@@ -93,10 +93,24 @@ def longest_pause(records):
 
 
 STOPPED_SYNC = 40
-"""The synchronisation inside whose all-reduce the killed group stops itself (the hook's torchft step
+"""The synchronisation inside whose all-reduce the killed group stops itself (the injected fault's torchft step
 12: the first quorum, 8 warm-up steps, then the syncs at steps 16, 24, 32 are steps 0 to 11)."""
-STOP_HOOK = {"LOWCOMM_LIVE_TEST_FAULT": f"{KILLED}:12:stop"}
-EXCHANGE_STOP_HOOK = {"LOWCOMM_LIVE_TEST_FAULT": f"{KILLED}:12:stop_exchange"}
+FAULT_INJECTION = Path(__file__).parent / "fault_injection"
+
+
+def with_fault(fault):
+    """The environment of a live run whose processes load the fault injection, asked for ``fault``
+    (``GROUP:STEP:KIND``, see fault_injection/sitecustomize.py); None: no fault."""
+    if fault is None:
+        return dict(os.environ)
+    path = os.pathsep.join(filter(None, [str(FAULT_INJECTION), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "LOWCOMM_LIVE_TEST_FAULT": fault}
+
+
+def phase_fault(phase):
+    """The fault of a kill in ``phase``: none in the local phase, else group KILLED stops itself in its
+    torchft step 12 (the synchronisation at STOPPED_SYNC), in its exchange (NoLoCo) or all-reduce."""
+    return {"local": None, "exchange": f"{KILLED}:12:stop_exchange"}.get(phase, f"{KILLED}:12:stop")
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +137,7 @@ def process_state(pid):
 
 def group_to_kill(out, launcher, phase):
     """Group KILLED's process, once it is mid local phase (after its step 40 record), or stopped inside
-    the all-reduce (NoLoCo: the exchange) of its synchronisation at STOPPED_SYNC (the stop hook) while
+    the all-reduce (NoLoCo: the exchange) of its synchronisation at STOPPED_SYNC (the injected stop) while
     the others wait in it, or ("hung") once they have given up waiting (the collective timeout)."""
     if phase == "local":
         wait_for(lambda: any(r["step"] >= 40 for r in group_records(out, KILLED, "train")), launcher, 240)
@@ -147,8 +161,7 @@ def test_a_killed_group_is_left_out_and_rejoins_healed(algo, phase, cache_dir, t
             "--checkpoint-every", steps]
     killed = tmp_path / "killed"
     inside_sync = phase != "local"
-    hook = {"local": {}, "exchange": EXCHANGE_STOP_HOOK}.get(phase, STOP_HOOK)
-    environment = {**os.environ, **hook}
+    environment = with_fault(phase_fault(phase))
     with (tmp_path / "stderr.txt").open("w") as stderr:
         launcher = subprocess.Popen(train_command(killed, *args, "--max-restarts", "1", cache_dir=cache_dir),
                                     stdout=subprocess.DEVNULL, stderr=stderr, env=environment)
@@ -220,7 +233,7 @@ def test_without_faults_a_live_run_trains_as_the_restart_mode(algo, cache_dir, t
 def test_a_group_of_two_processes_is_the_unit_that_fails_and_rejoins(algo, inner, phase, cache_dir, tmp_path,
                                                                      uninterrupted_eval_loss):
     """3 groups of 2 processes (DDP or FSDP2 inside): one process of group 1 killed, rank 1 in its
-    local phase, or rank 0 inside its synchronisation's all-reduce (NoLoCo: exchange; the stop hook;
+    local phase, or rank 0 inside its synchronisation's all-reduce (NoLoCo: exchange; the injected stop;
     rank 1's half of it, with the others' ranks 1, may succeed: the survivors' ranks agree that the
     step failed), killed at once or ("hung") once the survivors have given up waiting. The launcher
     kills the group's other process and starts both again; the survivors train on, the restarted
@@ -232,8 +245,7 @@ def test_a_group_of_two_processes_is_the_unit_that_fails_and_rejoins(algo, inner
             "--steps", steps, "--eval-every", steps, "--checkpoint-every", steps]
     out = tmp_path / "killed"
     with (tmp_path / "stderr.txt").open("w") as stderr:
-        hook = {"local": {}, "exchange": EXCHANGE_STOP_HOOK}.get(phase, STOP_HOOK)
-        environment = {**os.environ, **hook}
+        environment = with_fault(phase_fault(phase))
         launcher = subprocess.Popen(train_command(out, *args, "--max-restarts", "1", cache_dir=cache_dir),
                                     stdout=subprocess.DEVNULL, stderr=stderr, env=environment)
         try:
@@ -269,7 +281,7 @@ def test_a_group_of_two_processes_is_the_unit_that_fails_and_rejoins(algo, inner
 
 @needs_torchft
 def test_a_group_that_alone_failed_a_step_is_healed_in_place(cache_dir, tmp_path):
-    """Group 1's all-reduce of the synchronisation at step 40 reports an error (the fault hook) while
+    """Group 1's all-reduce of the synchronisation at step 40 reports an error (an injected fault) while
     the others' succeed: it skips that outer step, so at the next synchronisation it is behind, takes a
     peer's state inside the step and sits out its all-reduce; nothing restarts and every group ends
     with the same z (PALSGD: the coins too, or the groups would drift apart)."""
@@ -277,7 +289,7 @@ def test_a_group_that_alone_failed_a_step_is_healed_in_place(cache_dir, tmp_path
     out = tmp_path / "run"
     args = ["--algo", "palsgd", "--groups", str(GROUPS), "--steps", str(steps), "--eval-every", str(steps),
             "--checkpoint-every", str(steps)]
-    environment = {**os.environ, "LOWCOMM_LIVE_TEST_FAULT": "1:12:error"}
+    environment = with_fault("1:12:error")
     result = subprocess.run(train_command(out, *args, cache_dir=cache_dir), capture_output=True, text=True,
                             timeout=800, env=environment)
     assert result.returncode == 0, result.stderr[-3000:]

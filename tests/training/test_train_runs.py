@@ -60,6 +60,7 @@ def runs(tmp_path_factory, cache_dir):
             else:
                 out = root / "out"
                 extra = PERIODIC if issubclass(ALGORITHMS[algo], PeriodicStrategy) else []
+                extra += ["--diagnostics"] if algo == "streamingdiloco" else []
                 result = lowcomm_train("--algo", algo, *SHORT, *extra, "--cache-dir", cache_dir, "--out", str(out))
             finished[algo] = (out, result.stdout)
         return finished[algo][0]
@@ -109,7 +110,9 @@ def test_every_algorithm_trains_and_reports(algo, runs):
     diagnosed = [r for r in syncs if "pseudo_grad_norm" in r]
     if issubclass(ALGORITHMS[algo], DiLoCo):  # every outer step carries its diagnostics
         assert [r["step"] for r in diagnosed] == outer
-        assert all(r["pseudo_grad_norm"] > 0 and r["worker_spread"] > 0 for r in diagnosed)
+        assert all(r["pseudo_grad_norm"] > 0 for r in diagnosed)
+        spreads = [r["worker_spread"] for r in diagnosed]  # measured with --diagnostics only
+        assert all(s > 0 for s in spreads) if algo == "streamingdiloco" else spreads == [None] * len(diagnosed)
         cosines = [r["pseudo_grad_cosine"] for r in diagnosed]  # None at each fragment's first outer step
         assert cosines[0] is None and all(-1 <= c <= 1 for c in cosines if c is not None) and cosines[-1] is not None
     else:
