@@ -45,6 +45,7 @@ from lowcomm.models import build_model
 from lowcomm.reporting.metrics import MetricsLog
 from lowcomm.reporting.outputs import held_out_prompt, write_loss_plot, write_samples, write_tokenizer
 from lowcomm.reporting.reporter import Reporter
+from lowcomm.training.conditions import StepClock, StepTimes, speed_of, worker_times
 from lowcomm.training.config import TrainConfig
 from lowcomm.training.early_stop import stop_reason
 from lowcomm.training.evaluation import Evaluator
@@ -138,6 +139,12 @@ class Trainer:
                                          config.checkpoint.keep_checkpoints)
         restored = self.restore()
         self.aligned_step = self.step  # the last step after which every worker was at the same step
+        self.speed = speed_of(config.conditions.worker_speeds, self.rank, config.layout.group_size)
+        self.step_times = StepTimes(self.progress.step_s, self.progress.slowdown_s, self.progress.sync_wait_s)
+        self.clock = StepClock(self.speed, lambda: (self.strategy.comm_stats, self.strategy.inner_comm_stats),
+                               self.step_times)
+        if self.speed < 1:  # registered before the strategy's hooks: it waits before the step's synchronisation
+            self.optimizer.register_step_post_hook(self.clock.pace)
         self.log = MetricsLog(config.run.out, restored.metrics_offset, self.step) if self.rank == 0 else None
         self.reporter = (Reporter(self.log, self.strategy, self.mesh is not None, self.elapsed)
                          if self.rank == 0 else None)
@@ -264,10 +271,12 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
         bf16 = self.config.run.precision == "bf16"
+        self.clock.start()
         loss = self.strategy.step([partial(self.loss, self.strategy.model, x, y, bf16) for x, y in micro_batches])
         if self.step == self.config.run.steps:
             self.strategy.finish()  # the global model holds the steps since the last synchronisation
         loss_value = None if loss is None else loss.item()
+        self.clock.stop()
         self.progress.compute_s += time.perf_counter() - start - (stats.wait_s - waited_before)
         for _ in range(self.step - previous_step):  # the schedule follows the step count (adaptive: nominal)
             self.scheduler.step()
@@ -302,12 +311,19 @@ class Trainer:
         """Checkpoint the training state and the global model (a collective)."""
         global_model = self.strategy.global_state_dict()
         self.progress.elapsed_s = self.elapsed()
+        self.keep_step_times()
         self.progress.metrics_offset = self.log.durable_offset() if self.log is not None else 0
         self.state.save(self.checkpointer, self.step, global_model if self.rank == 0 else None, self.mesh)
         if self.log is not None:
             config = self.config
             title = f"{config.algo} x{self.world_size}: {config.model.name} on {config.data.source}"
             write_loss_plot(config.run.out, title)
+
+    def keep_step_times(self) -> None:
+        """Copy this worker's step times into the progress a checkpoint carries."""
+        times = self.step_times
+        self.progress.step_s, self.progress.slowdown_s, self.progress.sync_wait_s = (
+            times.step_s, times.slowdown_s, times.sync_wait_s)
 
     def restore(self) -> Restored:
         """When resuming (``--resume``, or a restart by the elastic agent), load the newest checkpoint
@@ -354,17 +370,21 @@ class Trainer:
                             to_steps=self.config.run.steps, lr=lr)
 
     def finish(self) -> None:
-        """Sum the traffic and times over all workers; rank 0 writes summary.json."""
+        """Sum the traffic and times over all workers; rank 0 writes summary.json, with every worker's
+        step times (:func:`~lowcomm.training.conditions.worker_times`)."""
         self.strategy.wait()
         stats, within = self.strategy.comm_stats, self.strategy.inner_comm_stats
+        own_times = worker_times(self.rank, self.speed, self.step, self.step_times)
         everyone = self.peers.all_gather(
             (stats.bytes_sent, within.bytes_sent, stats.wait_s, stats.overlap_s, stats.overlap_bytes,
-             self.progress.compute_s)
+             self.progress.compute_s, own_times)
         )
         if self.reporter is None:
             return
         wall_time = self.elapsed()
-        between, inside, wait_s, overlap_s, overlap_bytes, compute_s = (sum(column) for column in zip(*everyone))
+        times = [gathered[-1] for gathered in everyone]
+        between, inside, wait_s, overlap_s, overlap_bytes, compute_s = (
+            sum(column) for column in zip(*(gathered[:-1] for gathered in everyone)))
         summary = {
             "algo": self.config.algo,
             "model": self.config.model.name,
@@ -384,6 +404,8 @@ class Trainer:
             "comm_overlap_bytes": overlap_bytes / self.world_size,
             "tokens": self.progress.tokens,
             "tokens_per_s": self.progress.tokens / wall_time,
+            **({"worker_speeds": self.config.conditions.worker_speeds} if self.config.conditions.worker_speeds else {}),
+            "worker_times": times,
         }
         if self.device.type == "cuda":
             summary["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated(self.device)
