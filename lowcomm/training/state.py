@@ -60,6 +60,9 @@ class Progress:
     sync_wait_s: float = 0.0
     """This worker's seconds in steps, and those it waited for its speed and in the strategy's
     communication (:class:`~lowcomm.training.conditions.StepTimes`)."""
+    local_steps: int = 0
+    own_tokens: int = 0
+    """This worker's own steps and tokens trained (with adaptive local steps, fewer on a slower worker)."""
 
 
 @dataclass

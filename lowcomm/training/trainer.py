@@ -280,8 +280,11 @@ class Trainer:
         self.progress.compute_s += time.perf_counter() - start - (stats.wait_s - waited_before)
         for _ in range(self.step - previous_step):  # the schedule follows the step count (adaptive: nominal)
             self.scheduler.step()
+        self.progress.local_steps += 1
         if loss_value is not None:
-            self.progress.tokens += self.world_size * sum(targets.numel() for _, targets in micro_batches)
+            own_tokens = sum(targets.numel() for _, targets in micro_batches)
+            self.progress.own_tokens += own_tokens
+            self.progress.tokens += self.world_size * own_tokens
         if self.reporter is not None:
             sent = stats.bytes_sent - sent_before
             self.reporter.step(self.step, loss_value, lr, sent, self.progress.tokens, self.rank)
@@ -374,17 +377,20 @@ class Trainer:
         step times (:func:`~lowcomm.training.conditions.worker_times`)."""
         self.strategy.wait()
         stats, within = self.strategy.comm_stats, self.strategy.inner_comm_stats
-        own_times = worker_times(self.rank, self.speed, self.step, self.step_times)
+        adaptive = self.config.algorithm_options().get("local_steps") == "adaptive"
+        local_steps = self.progress.local_steps if adaptive else self.step  # adaptive: a slower worker takes fewer
+        own_times = worker_times(self.rank, self.speed, local_steps, self.step_times)
         everyone = self.peers.all_gather(
             (stats.bytes_sent, within.bytes_sent, stats.wait_s, stats.overlap_s, stats.overlap_bytes,
-             self.progress.compute_s, own_times)
+             self.progress.compute_s, self.progress.own_tokens, own_times)
         )
         if self.reporter is None:
             return
         wall_time = self.elapsed()
         times = [gathered[-1] for gathered in everyone]
-        between, inside, wait_s, overlap_s, overlap_bytes, compute_s = (
+        between, inside, wait_s, overlap_s, overlap_bytes, compute_s, own_tokens = (
             sum(column) for column in zip(*(gathered[:-1] for gathered in everyone)))
+        tokens = own_tokens if adaptive else self.progress.tokens  # fixed: every worker trains as many
         summary = {
             "algo": self.config.algo,
             "model": self.config.model.name,
@@ -402,8 +408,8 @@ class Trainer:
             "comm_wait_s": wait_s / self.world_size,
             "comm_overlap_s": overlap_s / self.world_size,
             "comm_overlap_bytes": overlap_bytes / self.world_size,
-            "tokens": self.progress.tokens,
-            "tokens_per_s": self.progress.tokens / wall_time,
+            "tokens": tokens,
+            "tokens_per_s": tokens / wall_time,
             **({"worker_speeds": self.config.conditions.worker_speeds} if self.config.conditions.worker_speeds else {}),
             "worker_times": times,
         }
