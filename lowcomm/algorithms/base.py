@@ -178,6 +178,8 @@ class Strategy:
         self.max_grad_norm = max_grad_norm
         self.buffers = [b for b in model.buffers() if b.is_floating_point()]
         self.step_count = 0
+        self.previous_step_count = 0  # before the last step
+        self.run_steps: int | None = None  # the loop's last step, where it tells (adaptive local steps end there)
         self.hooks: list[Any] = []  # hook mode's, while attached
         self.sync_gradients = True  # False inside no_sync()
         self.averaging_queued = False  # a gradient average waits for the end of this backward pass
@@ -286,6 +288,17 @@ class Strategy:
         """Whether step ``step`` averages the gradients over all workers before the inner update."""
         return False
 
+    def next_step_count(self) -> int:
+        """The step count after the step about to be taken: one more (adaptive local steps may count more)."""
+        return self.step_count + 1
+
+    @property
+    def aligned(self) -> bool:
+        """Whether every worker's step count is this one now, so that a loop may run a collective of its
+        own (an evaluation, a checkpoint, a clock check): always, but inside an uneven round of
+        adaptive local steps."""
+        return True
+
     def next_step_needs_batch(self) -> bool:
         """Whether the next ``optimizer.step()`` uses a gradient. Where it does not (a PALSGD
         pseudo-synchronisation), a loop may skip the batch and call ``optimizer.step()`` directly."""
@@ -322,7 +335,7 @@ class Strategy:
         if any(a is not None for a in args[1:]) or kwargs.get("closure") is not None:  # args[0]: the optimizer
             raise ValueError("optimizer.step(): in lowcomm's hook mode call it without a closure, after the "
                              "backward pass (run closure() first)")
-        self.step_count += 1
+        self.previous_step_count, self.step_count = self.step_count, self.next_step_count()
         if self.counting is not None:
             self.counting.end_step()
         if self.averages_gradients(self.step_count) and not self.gradients_averaged:
@@ -456,7 +469,7 @@ class Strategy:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step_count = int(state["step"])
+        self.step_count = self.previous_step_count = int(state["step"])
         self.local_model.load_state_dict(state["model"])
         load_optimizer_state_by_name(self.optimizer, self.named(self.params), state["optimizer"])
         self.comm.stats.load(state["comm_stats"])

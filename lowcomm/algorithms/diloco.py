@@ -35,6 +35,12 @@ inner optimizer state, and the step is recorded in ``events`` (``what``: ``pseud
 When the mean itself fails (live fault tolerance: a peer died during it), z takes no step and
 ``x <- z``, as torchft's DiLoCo restores its global model.
 
+Adaptive local steps (``local_steps="adaptive"``, see :mod:`lowcomm.algorithms.periodic`): where the
+workers took unequal local steps since the last outer step of the same parameters, ``Delta =
+sum_k n_k (z - x_k) / sum_k n_k``, n_k the tokens worker k trained since then (compressed: the
+weighted pseudo-gradients are encoded). An outer step's point (and an overlapped one's ``tau``
+steps later) is nominal: a worker whose count jumps over it takes it after the step that crosses it.
+
 With worker groups, x, z, the outer optimizer's state and the error-feedback residuals are this
 rank's shards (``self.shards``), and each outer step ends with the group completing its model.
 """
@@ -50,7 +56,7 @@ from torch import nn
 
 from lowcomm.algorithms.base import load_optimizer_state_by_name, optimizer_state_by_name
 from lowcomm.algorithms.options import COMPRESSION, Option, integer, number
-from lowcomm.algorithms.periodic import PeriodicStrategy
+from lowcomm.algorithms.periodic import LOCAL_STEPS, PeriodicStrategy
 from lowcomm.communication.communicator import Handle
 from lowcomm.communication.compression import compressed_mean, mean_compressing
 
@@ -108,6 +114,7 @@ class DiLoCo(PeriodicStrategy):
         *COMPRESSION,
         Option("diagnostics", False, "also log the workers' spread at each outer step (one more blocking "
                "all-reduce)", bool),
+        LOCAL_STEPS,
     )
     SHARDED_STATE = ("outer_params", "outer_optimizer", "previous_delta", "pending")
     RANK_STATE = ("residuals",)
@@ -143,13 +150,16 @@ class DiLoCo(PeriodicStrategy):
         check_overlap(options["overlap_steps"], options["sync_interval"], options["merge_alpha"])
 
     def after_local_step(self) -> None:
-        """Apply the outer steps whose tau steps are over, then start those whose turn it is."""
-        for pending in [p for p in self.pending if p.apply_at == self.step_count]:
-            self.pending.remove(pending)
-            self.apply(pending)
-        for fragment, offset in enumerate(self.offsets):
-            if (self.step_count - offset) % self.sync_interval == 0:
-                self.start(fragment, self.overlap_steps)
+        """At each step crossed since the last local step (this one; with adaptive local steps maybe
+        more), in order: apply the outer steps whose tau steps are over, then start those whose turn it is."""
+        first = self.previous_step_count + 1 if self.adaptive else self.step_count
+        for point in range(first, self.step_count + 1):
+            for pending in [p for p in self.pending if p.apply_at == point]:
+                self.pending.remove(pending)
+                self.apply(pending)
+            for fragment, offset in enumerate(self.offsets):
+                if (point - offset) % self.sync_interval == 0:
+                    self.start(fragment, self.overlap_steps, point)
 
     def finish(self) -> None:
         """Apply the outer steps in flight, then a blocking outer step (``x <- z``) of every fragment
@@ -160,17 +170,17 @@ class DiLoCo(PeriodicStrategy):
         self.pending = []
         for fragment, offset in enumerate(self.offsets):
             if self.step_count > self.last_synchronised(offset):
-                self.start(fragment, overlap_steps=0)
+                self.start(fragment, 0, self.step_count)
         self.finished_step = self.step_count
 
-    def start(self, fragment: int, overlap_steps: int) -> None:
+    def start(self, fragment: int, overlap_steps: int, point: int) -> None:
         """Launch the mean of this fragment's pseudo-gradient ``Delta = z - x`` (and of the buffers),
-        to apply after ``overlap_steps`` more steps (at once, ``x <- z``, for 0)."""
+        the outer step of step ``point``, to apply ``overlap_steps`` steps later (at once, ``x <- z``, for 0)."""
         xs = self.shards.local()
         deltas = [self.outer_params[i].to(xs[i].device) - xs[i] for i in self.fragments[fragment]]
         buffers = [b.clone() for b in self.group_buffers()] if fragment == 0 else []
-        flag = self.zero_unless_finite(deltas + buffers)
-        pending = PendingSync(fragment, deltas + buffers + [flag], self.step_count + overlap_steps, bool(flag),
+        flag = self.zero_unless_finite(deltas + buffers, self.merge_weight(point, fragment))
+        pending = PendingSync(fragment, deltas + buffers + [flag], point + overlap_steps, bool(flag[0]),
                               merge=overlap_steps > 0)
         exact = buffers + [flag]
         pending.handle = mean_compressing(self.comm, self.compressed_mean, fragment, deltas, exact, async_op=True)
@@ -200,11 +210,12 @@ class DiLoCo(PeriodicStrategy):
         indices = self.fragments[pending.fragment]
         deltas, buffers, flag = pending.payload[: len(indices)], pending.payload[len(indices) : -1], pending.payload[-1]
         share = self.finite_share(flag, "pseudo_gradient", fragment=pending.fragment)
-        means = [delta / share for delta in deltas] if share > 0 else deltas
+        divisor = self.merged_divisor(flag)
+        means = [delta / divisor for delta in deltas] if share > 0 else deltas
         self.diagnose(indices, means, pending.locally_finite, share)
         if share > 0:
             for buffer, mean in zip(self.buffers, buffers):
-                buffer.copy_(mean / share)
+                buffer.copy_(mean / divisor)
             self.outer_step(indices, means)
 
     def diagnose(self, indices: list[int], means: list[torch.Tensor], locally_finite: bool, finite_share: float) -> None:

@@ -15,6 +15,10 @@ if no worker is finite, training stops with an error.
 Finish (:meth:`~lowcomm.algorithms.periodic.PeriodicStrategy.finish`): if steps were trained since
 the last synchronisation, one more mean.
 
+Adaptive local steps (``local_steps="adaptive"``, see :mod:`lowcomm.algorithms.periodic`): where a
+round's workers took unequal local steps, ``x_k <- sum_k n_k x_k / sum_k n_k``, n_k the tokens
+worker k trained in the round (compressed: the weighted moves ``n_k (x_k - x0)`` are encoded).
+
 Live fault tolerance: a mean that fails (a peer died during it) leaves each worker its own model;
 the global model (evaluated, saved) is x0, the model of the last synchronisation, kept for it.
 With worker groups each rank averages its shard (compressed: its shard of the move) across groups,
@@ -29,7 +33,7 @@ import torch
 from torch import nn
 
 from lowcomm.algorithms.options import COMPRESSION
-from lowcomm.algorithms.periodic import Members, PeriodicStrategy
+from lowcomm.algorithms.periodic import LOCAL_STEPS, Members, PeriodicStrategy
 from lowcomm.communication.compression import compressed_mean, mean_compressing
 
 
@@ -37,7 +41,7 @@ class LocalSGD(PeriodicStrategy):
     """Average the workers' parameters (and floating-point buffers) every ``sync_interval`` steps;
     ``compress`` encodes the moves since the last synchronisation on the wire."""
 
-    OPTIONS = COMPRESSION
+    OPTIONS = (*COMPRESSION, LOCAL_STEPS)
     SHARDED_STATE = ("synced",)
     RANK_STATE = ("residuals",)
 
@@ -57,21 +61,22 @@ class LocalSGD(PeriodicStrategy):
         xs = self.shards.local()
         averaged = [x - x0 for x, x0 in zip(xs, self.synced)] if compressing else xs
         tensors = averaged + self.group_buffers()
-        flag = self.zero_unless_finite(tensors)
-        locally_finite = bool(flag)
+        flag = self.zero_unless_finite(tensors, self.merge_weight(self.step_count))
+        locally_finite = bool(flag[0])
         handle = mean_compressing(self.comm, self.compressed_mean, 0, averaged, self.buffers + [flag])
         if not self.committed(handle):  # the worker keeps its model (if finite)
             if not locally_finite:
                 self.restart_from(self.synced)
             return
         finite_share = self.finite_share(flag, "parameters")
-        if finite_share < 1:
-            if finite_share == 0:
-                raise FloatingPointError(f"step {self.step_count}: every worker's model is non-finite")
+        if finite_share == 0:
+            raise FloatingPointError(f"step {self.step_count}: every worker's model is non-finite")
+        divisor = self.merged_divisor(flag)
+        if divisor != 1:
             for t in tensors:
-                t.div_(finite_share)
-            if not locally_finite:
-                self.optimizer.state.clear()
+                t.div_(divisor)
+        if not locally_finite:
+            self.optimizer.state.clear()
         for x, x0, move in zip(xs, self.synced, averaged):
             if compressing:
                 x.copy_(x0.add_(move))

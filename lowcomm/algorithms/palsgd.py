@@ -95,6 +95,10 @@ class PALSGD(DiLoCo):
             self.pseudo_synchronize()
         super().after_update()
 
+    def trained_batch(self) -> bool:
+        """A pseudo-synchronisation trains no batch (adaptive local steps weight the merge by batches)."""
+        return not self.pulls
+
     def pseudo_synchronize(self) -> None:
         """``x <- x - (gamma / p) * eta * (x - z)`` for every parameter group."""
         xs = self.shards.local()

@@ -10,12 +10,13 @@ from typing import Any
 
 import torch
 
-from lowcomm.benchmarks.results import Target, cell
+from lowcomm.benchmarks.results import Target, cell, goodput, idle_share_cell
 from lowcomm.benchmarks.runs import Run
 
 RUN_COLUMNS = ("algo", "steps", "tokens", "final_eval_loss", "wall_time_s", "comm_share")
 QUALITY_COLUMNS = ("algo", "steps", "ended", "steps to target", "time to target (s)", "speedup vs DDP",
                    "tokens to target")
+SPEED_COLUMNS = ("algo", "tokens/s", "tokens/s at full speed", "goodput", "idle share by worker")
 TIME_COLUMNS = ("algo", "steps", "ended", "eval loss at DDP's time", "vs DDP", "evaluated at (s)", "tokens")
 
 
@@ -63,6 +64,18 @@ def protocol_table(budget: str, runs: list[Run], rows: list[dict[str, Any]], tar
                 "final evaluation on worker 0's clock, and was evaluated there (`ended` is `steps` where it ran "
                 "out of the cap first).\n\n")
     return ""
+
+
+def speeds_table(runs: list[Run], full_speed: dict[str, Run], speeds: str) -> str:
+    """One line per algorithm: its tokens per second at ``speeds`` against its run at full speed (the
+    goodput) and each worker's share of its step time spent blocked in synchronisations; a caption."""
+    lines = [{
+        "algo": run.algo, "tokens/s": run.tokens_per_s, "tokens/s at full speed": full_speed[run.algo].tokens_per_s,
+        "goodput": goodput(run, full_speed[run.algo]), "idle share by worker": idle_share_cell(run),
+    } for run in runs]
+    return (markdown_table(lines, SPEED_COLUMNS) + f"\n\nWorker speeds {speeds}: goodput is the tokens per second "
+            "over those of the same algorithm with every worker at full speed (`runs/ALGO-full`); a worker's idle "
+            "share is the part of its time in steps it was blocked in synchronisations.")
 
 
 def quality_table(rows: list[dict[str, Any]], target: Target) -> str:

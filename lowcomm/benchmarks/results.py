@@ -9,6 +9,11 @@ tokens at an algorithm's first evaluation at or below the target (so their resol
 per algorithm and target and names the budget (``steps``, ``tokens``, ``target`` or ``time``, see
 :mod:`lowcomm.cli.bench`) and why each run ended (``ended``: ``steps`` when it ran all it was
 given, ``stop_at_loss`` at the target, ``stop_after_s`` at DDP's clock).
+
+Under ``--worker-speeds``, ``goodput`` is a run's tokens per second over those of the same
+algorithm's run with every worker at full speed (its reference run), and ``idle_share_by_worker``
+each worker's share of its time in steps spent blocked in synchronisations, ``;``-separated in rank
+order.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from lowcomm.benchmarks.runs import Run
 
 COLUMNS = ("algo", "budget", "steps", "ended", "target", "target_loss", "steps_to_target", "time_to_target_s",
            "tokens_to_target", "speedup_vs_ddp", "final_eval_loss", "wall_time_s", "comm_bytes_total",
-           "comm_bytes_between_groups", "comm_share", "tokens")
+           "comm_bytes_between_groups", "comm_share", "tokens", "tokens_per_s", "goodput", "idle_share_by_worker")
 DEFAULT_FRACTIONS = (0.5, 0.75, 0.9, 1.0)
 
 
@@ -91,8 +96,21 @@ def speedup(baseline_s: float | None, algorithm_s: float | None) -> float | None
     return baseline_s / algorithm_s
 
 
-def results_rows(runs: list[Run], targets: list[Target], budget: str) -> list[dict[str, Any]]:
-    """One row per run and target, with the columns of :data:`COLUMNS` (None where there is no value)."""
+def goodput(run: Run, full_speed: Run | None) -> float | None:
+    """``run``'s tokens per second over ``full_speed``'s (the same algorithm, every worker at speed 1)."""
+    return None if full_speed is None else run.tokens_per_s / full_speed.tokens_per_s
+
+
+def idle_share_cell(run: Run) -> str | None:
+    """Each worker's idle share, 3 decimals, ``;``-separated in rank order (None where not recorded)."""
+    return ";".join(f"{share:.3f}" for share in run.idle_shares) or None
+
+
+def results_rows(runs: list[Run], targets: list[Target], budget: str,
+                 full_speed: dict[str, Run] | None = None) -> list[dict[str, Any]]:
+    """One row per run and target, with the columns of :data:`COLUMNS` (None where there is no value);
+    ``full_speed`` holds each algorithm's reference run at full speed, where there is one."""
+    full_speed = full_speed or {}
     rows = []
     for run in runs:
         for target in targets:
@@ -117,6 +135,9 @@ def results_rows(runs: list[Run], targets: list[Target], budget: str) -> list[di
                                                                  run.summary["comm_bytes_total"])),
                 "comm_share": run.summary["comm_wait_s"] / run.wall_time_s,
                 "tokens": int(run.summary["tokens"]),
+                "tokens_per_s": run.tokens_per_s,
+                "goodput": goodput(run, full_speed.get(run.algo)),
+                "idle_share_by_worker": idle_share_cell(run),
             })
     return rows
 

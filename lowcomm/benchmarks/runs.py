@@ -24,6 +24,7 @@ FIELD_KINDS = {
     **dict.fromkeys(("wall_time_s", "compute_s", "comm_wait_s", "comm_overlap_s", "comm_overlap_bytes",
                      "tokens_per_s"), "a finite number >= 0"),
     "final_eval_loss": "a number",  # NaN: a run that diverged
+    "worker_times": "a list of objects with an idle_share in [0, 1]",
 }
 """What each field of ``summary.json`` that lowcomm reads holds; others are not checked."""
 
@@ -64,6 +65,17 @@ class Run:
             return {step: round(count * per_link / sent) for step, count in self.step_bytes.items()}
         steps = self.summary["steps"]
         return {step: round(per_link / steps) for step in range(1, steps + 1)} if per_link else {}
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Tokens all workers trained on per second of the run's wall-clock."""
+        return int(self.summary["tokens"]) / self.wall_time_s
+
+    @property
+    def idle_shares(self) -> list[float]:
+        """Each worker's share of its time in steps spent blocked in synchronisations (none recorded
+        by a lowcomm older than ``worker_times``)."""
+        return [float(worker["idle_share"]) for worker in self.summary.get("worker_times", [])]
 
     @property
     def final_eval_loss(self) -> float:
@@ -135,4 +147,7 @@ KIND_CHECKS = {
     "a finite number >= 0": lambda value: is_number(value) and math.isfinite(value) and value >= 0,
     "a whole number >= 0": lambda value: is_number(value) and isinstance(value, int) and value >= 0,
     "a whole number >= 1": lambda value: is_number(value) and isinstance(value, int) and value >= 1,
+    "a list of objects with an idle_share in [0, 1]": lambda value: isinstance(value, list) and all(
+        isinstance(worker, dict) and is_number(worker.get("idle_share")) and 0 <= worker["idle_share"] <= 1
+        for worker in value),
 }

@@ -23,6 +23,11 @@ resolves at least 1/40 of the run: the largest divisor of the target steps' grea
 that is at most ``steps // 40`` (at least 1). Then ``OUT/results.csv``, three plots and
 ``OUT/report.md`` compare the runs. Under a real bandwidth limit the report also sets the network
 model's predicted wall time beside each measured one.
+
+With ``--worker-speeds`` every algorithm also runs with every worker at full speed, in
+``OUT/runs/ALGO-full`` (the same flags, its stop under ``target`` and ``time`` the same): the
+report's goodput is a run's tokens per second over its full-speed run's, beside each worker's idle
+share (see :mod:`lowcomm.benchmarks.results`).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from typing import Any
 
 from lowcomm.algorithms import ALGORITHMS
 from lowcomm.benchmarks.projection import project
-from lowcomm.benchmarks.report import markdown_table, protocol_table, targets_table, write_report
+from lowcomm.benchmarks.report import markdown_table, protocol_table, speeds_table, targets_table, write_report
 from lowcomm.benchmarks.results import (
     COLUMNS, DEFAULT_FRACTIONS, check_target_loss, find_targets, parse_fractions, results_rows, target_step,
     write_csv,
@@ -59,6 +64,8 @@ STOPPING = ("target", "time")
 DEFAULT_CAP = 3.0
 MIN_EVALUATIONS = 40
 """The automatic evaluation grid resolves at least 1/MIN_EVALUATIONS of the run."""
+FULL_SPEED = "-full"
+"""The suffix of an algorithm's reference run at full speed, under ``--worker-speeds``."""
 BENCH_OPTIONS = ("command", "config", "preset", "algos", "target_loss", "settings", "budget", "targets", "cap")
 
 
@@ -107,6 +114,11 @@ def run(args: argparse.Namespace) -> int:
         configs = {algo: resolve(load_config(args.config, run_flags(algo, flags, out) | own[algo] | budgets[algo],
                                              args.preset))
                    for algo in algos}
+        runs_at_full_speed = [f"{algo}{FULL_SPEED}" for algo in algos] if "worker_speeds" in flags else []
+        for name in runs_at_full_speed:
+            algo = name.removesuffix(FULL_SPEED)
+            configs[name] = resolve(load_config(args.config, full_speed_flags(algo, flags, out) | own[algo] |
+                                                budgets[algo], args.preset))
         first = next(iter(requested.values()))
         limited, warning = real_limit(first.network.mode, first.network.bandwidth, first.run.backend)
     except ValueError as error:
@@ -122,26 +134,32 @@ def run(args: argparse.Namespace) -> int:
     except OSError as error:
         return usage_error("bench", f"--out: cannot write to {out}: {error.strerror}")
     commands, stop = {}, {}
-    for algo in sorted(algos, key=lambda name: name != "ddp"):  # the others' stop comes from DDP's run
-        if algo != "ddp" and args.budget in STOPPING and not stop:
+    for name in sorted(algos, key=lambda name: name != "ddp") + runs_at_full_speed:  # the stop comes from DDP's run
+        algo = name.removesuffix(FULL_SPEED)
+        if name != "ddp" and args.budget in STOPPING and not stop:
             ddp_run = read_run(configs["ddp"].run.out) if "ddp" in algos else None
             stop = stop_flags(args.budget, ddp_run, args.target_loss)
-        arguments = ["train", *as_flags(run_flags(algo, flags, out) | own[algo] | budgets[algo] | stop)]
+        given = full_speed_flags(algo, flags, out) if name in runs_at_full_speed else run_flags(algo, flags, out)
+        arguments = ["train", *as_flags(given | own[algo] | budgets[algo] | ({} if algo == "ddp" else stop))]
         if args.config is not None:
             arguments += ["--config", str(args.config)]
         if args.preset is not None:
             arguments += ["--preset", args.preset]
-        commands[algo] = " ".join(["lowcomm", *arguments])
-        print(f"lowcomm bench: {commands[algo]}", flush=True)
+        commands[name] = " ".join(["lowcomm", *arguments])
+        print(f"lowcomm bench: {commands[name]}", flush=True)
         code = subprocess.run([sys.executable, "-m", "lowcomm", *arguments]).returncode
         if code != 0:
-            print(f"lowcomm bench: error: the {algo} run failed (exit code {code}); see its output above", file=sys.stderr)
+            print(f"lowcomm bench: error: the {name} run failed (exit code {code}); see its output above",
+                  file=sys.stderr)
             return 1
     runs = [read_run(configs[algo].run.out) for algo in algos]
+    full_speed = {name.removesuffix(FULL_SPEED): read_run(configs[name].run.out) for name in runs_at_full_speed}
     targets = find_targets(runs, fractions if "ddp" in algos else (), args.target_loss)
-    rows = results_rows(runs, targets, args.budget)
+    rows = results_rows(runs, targets, args.budget, full_speed)
     write_csv(out / "results.csv", rows, COLUMNS)
     table = protocol_table(args.budget, runs, rows, targets) + targets_table(rows, targets)
+    if full_speed:
+        table += "\n\n" + speeds_table(runs, full_speed, flags["worker_speeds"])
     if limited:
         table += "\n\nThe network model against this real limit:\n\n" + model_check(runs, first)
     report = write_report(
@@ -211,6 +229,12 @@ def check_bench_directory(out: Path, flags: dict[str, Any]) -> None:
 def run_flags(algo: str, flags: dict[str, Any], out: Path) -> dict[str, Any]:
     """The train flags of ``algo``'s run: the shared ones, the options its class declares, its own --out."""
     return {"algo": algo, **algorithm_flags(algo, flags), "out": out / "runs" / algo}
+
+
+def full_speed_flags(algo: str, flags: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The train flags of ``algo``'s reference run: every worker at full speed, in ``OUT/runs/ALGO-full``."""
+    given = {key: value for key, value in flags.items() if key != "worker_speeds"}
+    return run_flags(algo, given, out) | {"out": out / "runs" / f"{algo}{FULL_SPEED}"}
 
 
 def evaluation_grid(steps: int, fractions: tuple[float, ...]) -> int:

@@ -4,6 +4,7 @@ on stderr and a non-zero exit code."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import socket
@@ -22,6 +23,7 @@ from lowcomm.communication.peers import process_group_peers
 from lowcomm.exit_codes import USAGE_ERROR
 from lowcomm.launching.rundir import prepare_node_directories
 from lowcomm.training.config import TrainConfig
+from lowcomm.training.cpu_share import cpu_share
 
 LOOPBACK = "127.0.0.1"
 """The address the workers, their stores and the lighthouse listen on, unless ``--bind-all``."""
@@ -30,7 +32,8 @@ LOOPBACK = "127.0.0.1"
 @record
 def run_worker(config: TrainConfig, store_file: str | None = None) -> None:
     """Train as the rank the elastic agent (ours or torchrun's) assigned through the environment,
-    joining the process group in the launcher's ``store_file`` (None: torchrun's ``env://``)."""
+    joining the process group in the launcher's ``store_file`` (None: torchrun's ``env://``), within its
+    CPU share where ``--cpu-share`` gives one."""
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     if config.run.device == "cuda":
@@ -40,13 +43,15 @@ def run_worker(config: TrainConfig, store_file: str | None = None) -> None:
         device = torch.device("cpu")
         if "OMP_NUM_THREADS" not in os.environ:  # a user's (or our namespaced launcher's) choice stands
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
-    store = None if store_file is None else dist.FileStore(store_file, -1)
-    join_process_group("nccl" if device.type == "cuda" else "gloo", config.fault_tolerance.hang_timeout, store)
-    try:
-        train_as_this_rank(config, device, store is not None)
-        gc.collect()  # a trainer kept alive by a reference cycle goes while its process groups still exist
-    finally:
-        dist.destroy_process_group()
+    share = config.conditions.cpu_share
+    with contextlib.nullcontext() if share is None else cpu_share(share):
+        store = None if store_file is None else dist.FileStore(store_file, -1)
+        join_process_group("nccl" if device.type == "cuda" else "gloo", config.fault_tolerance.hang_timeout, store)
+        try:
+            train_as_this_rank(config, device, store is not None)
+            gc.collect()  # a trainer kept alive by a reference cycle goes while its process groups still exist
+        finally:
+            dist.destroy_process_group()
 
 
 def train_as_this_rank(config: TrainConfig, device: torch.device, launched_here: bool) -> None:

@@ -1,8 +1,8 @@
 """The configuration of one training run: defaults, preset, YAML file and flags, in sections.
 
 A config is a few sections (torchtitan's style): ``run``, ``layout``, ``model``, ``data``,
-``optimizer``, ``algorithm``, ``eval``, ``checkpoint``, ``network``, ``fault_tolerance``. The
-``algorithm`` section is ``{name: ..., <its options>}``: the options the chosen algorithm's class
+``optimizer``, ``algorithm``, ``eval``, ``checkpoint``, ``network``, ``fault_tolerance``,
+``conditions``. The ``algorithm`` section is ``{name: ..., <its options>}``: the options the chosen algorithm's class
 declares (:meth:`lowcomm.algorithms.Strategy.options`), with their declared defaults and checks; an
 option it does not declare is an error. Every field is also a flat ``lowcomm train`` flag
 (:data:`FLAG_PATHS`: ``--sync-interval`` is ``algorithm.sync_interval``, ``--algo`` is
@@ -18,6 +18,7 @@ rate); a run records the config as given (``config.yaml``) and the values resolv
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from datetime import datetime
@@ -45,6 +46,8 @@ from lowcomm.data.spec import check_text_corpus, parse_data_spec
 from lowcomm.data.tokenizer import check_tokenizer_source, load_tokenizer
 from lowcomm.models import GPT_NEO_SHAPES, MODEL_NAMES, build_model, model_spec
 from lowcomm.models.hf_local import absolute_hf_name, is_hf_name
+from lowcomm.training.conditions import parse_speeds
+from lowcomm.training.cpu_share import resolve_share
 
 MIN_VOCABULARY = 257
 """The fewest tokens lowcomm's byte-level BPE has: the 256 bytes and end-of-text."""
@@ -63,7 +66,7 @@ MUON_LR = 1e-3
 
 LAUNCH_FIELDS = frozenset(
     {"out", "resume", "overwrite", "max_restarts", "hang_timeout", "keep_checkpoints", "bind_all", "cache_dir",
-     "network", "bandwidth", "latency", "min_groups", "lighthouse", "live_group"}
+     "network", "bandwidth", "latency", "min_groups", "lighthouse", "live_group", "cpu_share"}
 )
 """Flags that say how a run is launched, not what it computes: they may change when it resumes."""
 
@@ -240,6 +243,38 @@ class FaultToleranceSection(Section):
     )
 
 
+class ConditionsSection(Section):
+    """The conditions the workers train under: their speeds (:mod:`lowcomm.training.conditions`) and CPU
+    shares (:mod:`lowcomm.training.cpu_share`)."""
+
+    worker_speeds: list[float] | None = Field(
+        None, description="each worker's speed in (0, 1], comma-separated (with --groups: each group's): its steps "
+        "take 1/speed of their natural time, by waiting after its compute (1 is the natural speed, the fastest)"
+    )
+    cpu_share: Literal["auto"] | float | None = Field(
+        None, description="cores per worker process: floor(F) threads (at least 1) and a CPU cgroup quota of F "
+        "cores, so that a worker's speed does not depend on the others' (auto: the cores over the workers here)"
+    )
+
+    @field_validator("worker_speeds", mode="before")
+    @classmethod
+    def valid_speeds(cls, speeds: Any) -> list[float] | None:
+        return parse_speeds(speeds)
+
+    @field_validator("cpu_share", mode="before")
+    @classmethod
+    def valid_share(cls, share: Any) -> str | float | None:
+        if share is None or share == "auto":
+            return share
+        try:
+            cores = float(share) if not isinstance(share, bool) else math.nan
+        except (TypeError, ValueError):
+            cores = math.nan
+        if not (math.isfinite(cores) and cores > 0):
+            raise ValueError(f"expected auto or a number of cores above 0, got {share!r}")
+        return cores
+
+
 def algorithm_section(algo: str) -> type[Section]:
     """The ``algorithm:`` section of ``algo``: its name and the options its class declares as flags."""
     options = {
@@ -258,7 +293,7 @@ AlgorithmSection = Annotated[Union[tuple(ALGORITHM_SECTIONS.values())], Field(di
 SECTIONS: dict[str, type[Section]] = {
     "run": RunSection, "layout": LayoutSection, "model": ModelSection, "data": DataSection,
     "optimizer": OptimizerSection, "eval": EvalSection, "checkpoint": CheckpointSection,
-    "network": NetworkSection, "fault_tolerance": FaultToleranceSection,
+    "network": NetworkSection, "fault_tolerance": FaultToleranceSection, "conditions": ConditionsSection,
 }
 """The sections besides ``algorithm``, whose fields depend on the algorithm chosen."""
 
@@ -297,6 +332,7 @@ class TrainConfig(BaseModel):
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     network: NetworkSection = Field(default_factory=NetworkSection)
     fault_tolerance: FaultToleranceSection = Field(default_factory=FaultToleranceSection)
+    conditions: ConditionsSection = Field(default_factory=ConditionsSection)
     _given: TrainConfig | None = PrivateAttr(None)  # resolved: the config it was resolved from
 
     @field_validator("algorithm", mode="before")
@@ -321,10 +357,19 @@ class TrainConfig(BaseModel):
             raise ValueError(f"{given[0]}: only --fault-tolerance live takes it")
         if self.run.backend == "sim" and faults.max_restarts > 0:
             raise ValueError("max_restarts: the simulation does not restart workers")
+        for name, value in self.conditions:
+            if value is not None and (self.run.backend == "sim" or self.live):
+                raise ValueError(f"{name}: only a --backend dist run in --fault-tolerance restart mode takes it")
         if self.run.sim_passes != "auto" and self.run.backend != "sim":
             raise ValueError("sim_passes: only --backend sim takes it")
         if self.optimizer.name != "muon" and self.optimizer.muon_lr is not None:
             raise ValueError("muon_lr: only --optimizer muon takes it")
+        if self.algorithm_options().get("local_steps") == "adaptive":
+            if self.live:
+                raise ValueError("local_steps: adaptive runs without --fault-tolerance live")
+            if self.run.backend == "sim" and self.run.sim_passes != "threads":
+                raise ValueError("local_steps: adaptive with --backend sim needs --sim-passes threads (batched passes "
+                                 "take every worker's step together)")
         muon_lr = self.optimizer.muon_lr or MUON_LR if self.optimizer.name == "muon" else self.optimizer.lr
         for lr in {self.optimizer.lr, muon_lr}:
             ALGORITHMS[self.algo].check_options(lr, self.algorithm_options())
@@ -492,6 +537,7 @@ def completed(config: TrainConfig) -> TrainConfig:
     if resolved.live:
         check_live(resolved)
     resolve_groups(resolved)
+    resolve_conditions(resolved)
     resolve_optimizer(resolved, spec.task)
     algorithm = ALGORITHMS[resolved.algo]
     algorithm.check_workers("workers", layout.workers)
@@ -590,6 +636,18 @@ def check_live(config: TrainConfig) -> None:
         host, _, port = faults.lighthouse.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"lighthouse: expected HOST:PORT, got {faults.lighthouse!r}")
+
+
+def resolve_conditions(config: TrainConfig) -> None:
+    """One speed per worker (with groups: per group); the CPU share in cores, where this machine can give it."""
+    conditions, layout = config.conditions, config.layout
+    speeds = conditions.worker_speeds
+    count, unit = (layout.groups, "group") if config.grouped else (layout.workers, "worker")
+    if speeds is not None and len(speeds) != count:
+        raise ValueError(f"worker_speeds: {len(speeds)} speeds for {count} {unit}s; give one per {unit}")
+    if conditions.cpu_share is not None:
+        local_workers = int(os.environ.get("LOCAL_WORLD_SIZE", layout.workers)) if under_torchrun() else layout.workers
+        conditions.cpu_share = resolve_share(conditions.cpu_share, local_workers)
 
 
 def resolve_groups(config: TrainConfig) -> None:

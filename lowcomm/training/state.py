@@ -55,6 +55,14 @@ class Progress:
     eval_loss: float | None = None
     metrics_offset: int = 0
     """Where metrics.jsonl ended (durably) when the checkpoint was written."""
+    step_s: float = 0.0
+    slowdown_s: float = 0.0
+    sync_wait_s: float = 0.0
+    """This worker's seconds in steps, and those it waited for its speed and in the strategy's
+    communication (:class:`~lowcomm.training.conditions.StepTimes`)."""
+    local_steps: int = 0
+    own_tokens: int = 0
+    """This worker's own steps and tokens trained (with adaptive local steps, fewer on a slower worker)."""
 
 
 @dataclass

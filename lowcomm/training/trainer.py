@@ -45,6 +45,7 @@ from lowcomm.models import build_model
 from lowcomm.reporting.metrics import MetricsLog
 from lowcomm.reporting.outputs import held_out_prompt, write_loss_plot, write_samples, write_tokenizer
 from lowcomm.reporting.reporter import Reporter
+from lowcomm.training.conditions import StepClock, StepTimes, speed_of, worker_times
 from lowcomm.training.config import TrainConfig
 from lowcomm.training.early_stop import stop_reason
 from lowcomm.training.evaluation import Evaluator
@@ -127,6 +128,7 @@ class Trainer:
         self.strategy = strategy_class(config.algo, communicator)(
             model, optimizer, communicator=communicator, **on_mesh, **config.algorithm_kwargs()
         )
+        self.strategy.run_steps = config.run.steps
         for stats in (self.strategy.comm_stats, self.strategy.inner_comm_stats):
             stats.wait_s = 0.0  # waiting for the other ranks to start up is not communication
         seed_everything(config.run.seed + self.shard_index)
@@ -136,6 +138,13 @@ class Trainer:
         self.checkpointer = Checkpointer(checkpoints_of(config.run.out), peers, self.storage,
                                          config.checkpoint.keep_checkpoints)
         restored = self.restore()
+        self.aligned_step = self.step  # the last step after which every worker was at the same step
+        self.speed = speed_of(config.conditions.worker_speeds, self.rank, config.layout.group_size)
+        self.step_times = StepTimes(self.progress.step_s, self.progress.slowdown_s, self.progress.sync_wait_s)
+        self.clock = StepClock(self.speed, lambda: (self.strategy.comm_stats, self.strategy.inner_comm_stats),
+                               self.step_times)
+        if self.speed < 1:  # registered before the strategy's hooks: it waits before the step's synchronisation
+            self.optimizer.register_step_post_hook(self.clock.pace)
         self.log = MetricsLog(config.run.out, restored.metrics_offset, self.step) if self.rank == 0 else None
         self.reporter = (Reporter(self.log, self.strategy, self.mesh is not None, self.elapsed)
                          if self.rank == 0 else None)
@@ -221,17 +230,23 @@ class Trainer:
             self.reporter.start(self.config.run.steps, self.step, f"{self.config.algo} x{self.world_size}")
         while self.step < self.config.run.steps and self.stopped is None:
             self.train_step()
+            if not self.strategy.aligned:  # inside an uneven round of adaptive local steps: at its end
+                continue
             self.stop_when_out_of_time()
             if self.due(self.config.eval.eval_every):
                 self.evaluate()
                 self.stop_at_loss()
             if self.due(self.config.checkpoint.checkpoint_every):
                 self.save()
+            self.aligned_step = self.step
         self.finish()
 
     def due(self, every: int) -> bool:
-        """Whether a thing done every ``every`` steps is due after this step (the last one included)."""
-        return self.step % every == 0 or self.step == self.config.run.steps or self.stopped is not None
+        """Whether a thing done every ``every`` steps is due after this step, where every worker is at
+        this step: a multiple of ``every`` reached since the last such step (with fixed local steps,
+        the step before), the last step, or a stop."""
+        return (self.step // every > self.aligned_step // every or self.step == self.config.run.steps
+                or self.stopped is not None)
 
     def stop_when_out_of_time(self) -> None:
         """Stop after this step if worker 0's clock has reached ``--stop-after-s`` (a collective)."""
@@ -250,19 +265,26 @@ class Trainer:
         step for a non-finite pseudo-gradient, say); every rank then forgets them.
         """
         micro_batches = [self.to_device(next(self.data.train)) for _ in range(self.config.data.grad_accum)]
+        previous_step = self.step
         stats = self.strategy.comm_stats
         sent_before, waited_before = stats.bytes_sent, stats.wait_s
         lr = self.optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
         bf16 = self.config.run.precision == "bf16"
+        self.clock.start()
         loss = self.strategy.step([partial(self.loss, self.strategy.model, x, y, bf16) for x, y in micro_batches])
         if self.step == self.config.run.steps:
             self.strategy.finish()  # the global model holds the steps since the last synchronisation
         loss_value = None if loss is None else loss.item()
+        self.clock.stop()
         self.progress.compute_s += time.perf_counter() - start - (stats.wait_s - waited_before)
-        self.scheduler.step()
+        for _ in range(self.step - previous_step):  # the schedule follows the step count (adaptive: nominal)
+            self.scheduler.step()
+        self.progress.local_steps += 1
         if loss_value is not None:
-            self.progress.tokens += self.world_size * sum(targets.numel() for _, targets in micro_batches)
+            own_tokens = sum(targets.numel() for _, targets in micro_batches)
+            self.progress.own_tokens += own_tokens
+            self.progress.tokens += self.world_size * own_tokens
         if self.reporter is not None:
             sent = stats.bytes_sent - sent_before
             self.reporter.step(self.step, loss_value, lr, sent, self.progress.tokens, self.rank)
@@ -292,12 +314,19 @@ class Trainer:
         """Checkpoint the training state and the global model (a collective)."""
         global_model = self.strategy.global_state_dict()
         self.progress.elapsed_s = self.elapsed()
+        self.keep_step_times()
         self.progress.metrics_offset = self.log.durable_offset() if self.log is not None else 0
         self.state.save(self.checkpointer, self.step, global_model if self.rank == 0 else None, self.mesh)
         if self.log is not None:
             config = self.config
             title = f"{config.algo} x{self.world_size}: {config.model.name} on {config.data.source}"
             write_loss_plot(config.run.out, title)
+
+    def keep_step_times(self) -> None:
+        """Copy this worker's step times into the progress a checkpoint carries."""
+        times = self.step_times
+        self.progress.step_s, self.progress.slowdown_s, self.progress.sync_wait_s = (
+            times.step_s, times.slowdown_s, times.sync_wait_s)
 
     def restore(self) -> Restored:
         """When resuming (``--resume``, or a restart by the elastic agent), load the newest checkpoint
@@ -344,17 +373,24 @@ class Trainer:
                             to_steps=self.config.run.steps, lr=lr)
 
     def finish(self) -> None:
-        """Sum the traffic and times over all workers; rank 0 writes summary.json."""
+        """Sum the traffic and times over all workers; rank 0 writes summary.json, with every worker's
+        step times (:func:`~lowcomm.training.conditions.worker_times`)."""
         self.strategy.wait()
         stats, within = self.strategy.comm_stats, self.strategy.inner_comm_stats
+        adaptive = self.config.algorithm_options().get("local_steps") == "adaptive"
+        local_steps = self.progress.local_steps if adaptive else self.step  # adaptive: a slower worker takes fewer
+        own_times = worker_times(self.rank, self.speed, local_steps, self.step_times)
         everyone = self.peers.all_gather(
             (stats.bytes_sent, within.bytes_sent, stats.wait_s, stats.overlap_s, stats.overlap_bytes,
-             self.progress.compute_s)
+             self.progress.compute_s, self.progress.own_tokens, own_times)
         )
         if self.reporter is None:
             return
         wall_time = self.elapsed()
-        between, inside, wait_s, overlap_s, overlap_bytes, compute_s = (sum(column) for column in zip(*everyone))
+        times = [gathered[-1] for gathered in everyone]
+        between, inside, wait_s, overlap_s, overlap_bytes, compute_s, own_tokens = (
+            sum(column) for column in zip(*(gathered[:-1] for gathered in everyone)))
+        tokens = own_tokens if adaptive else self.progress.tokens  # fixed: every worker trains as many
         summary = {
             "algo": self.config.algo,
             "model": self.config.model.name,
@@ -372,8 +408,10 @@ class Trainer:
             "comm_wait_s": wait_s / self.world_size,
             "comm_overlap_s": overlap_s / self.world_size,
             "comm_overlap_bytes": overlap_bytes / self.world_size,
-            "tokens": self.progress.tokens,
-            "tokens_per_s": self.progress.tokens / wall_time,
+            "tokens": tokens,
+            "tokens_per_s": tokens / wall_time,
+            **({"worker_speeds": self.config.conditions.worker_speeds} if self.config.conditions.worker_speeds else {}),
+            "worker_times": times,
         }
         if self.device.type == "cuda":
             summary["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated(self.device)

@@ -18,7 +18,8 @@ def test_a_subclass_declaration_replaces_its_bases() -> None:
     assert PostLocalSGD.options()["warmup_steps"].default == 32
     with pytest.raises(ValueError, match=r"^warmup_steps: Input should be greater than or equal to 1 \(got 0\)$"):
         PostLocalSGD.resolve_options({"warmup_steps": 0})
-    assert list(PostLocalSGD.options()) == ["sync_interval", "warmup_steps", "compress", "compress_block_size"]
+    assert list(PostLocalSGD.options()) == ["sync_interval", "warmup_steps", "compress", "compress_block_size",
+                                          "local_steps"]
 
 
 @pytest.mark.parametrize("algo, name, value, message", [
@@ -50,7 +51,7 @@ def test_the_constructor_takes_the_declared_keywords_with_their_defaults() -> No
         DiLoCo(model, torch.optim.SGD(model.parameters(), lr=0.1), eta=1.0)
     assert str(raised.value) == ("DiLoCo: unknown option 'eta'; it takes sync_interval, warmup_steps, outer_lr, "
                                  "outer_momentum, outer_optimizer, outer_device, overlap_steps, merge_alpha, compress, "
-                                 "compress_block_size, diagnostics")
+                                 "compress_block_size, diagnostics, local_steps")
     assert PALSGD.resolve_options({"outer_lr": 1}) == {name: option.default for name, option in PALSGD.options().items()
                                                        } | {"outer_lr": 1.0}
 

@@ -147,3 +147,24 @@ def noloco_at_ddps_time(root: Path) -> Path:
         train(3, 2 * MB), train(4, 4 * MB), evaluation(4, 2.4, 2.9, 4 * MB, 0.2),
         train(5, 4 * MB), evaluation(5, 2.1, 4.3, 4 * MB, 0.2),
     ])
+
+
+def ddp_slowed(root: Path) -> Path:
+    """``ddp`` with worker 3 at half speed (``--worker-speeds 1,1,1,0.5``): the same 400 tokens in 7.0 s,
+    57.14 tokens/s against ``ddp``'s 400 / 4.5 = 88.89 at full speed: goodput 4.5 / 7.0 = 0.642857.
+    Every worker spends 6.0 s in steps; workers 0 to 2 are blocked 2.4 s of them at synchronisations
+    (idle share 0.4), worker 3, which waits 2.0 s for its speed, 0.3 s (0.05)."""
+    def worker(rank: int, speed: float, slowdown_s: float, sync_wait_s: float) -> dict[str, Any]:
+        return {"rank": rank, "speed": speed, "mean_step_s": 1.5, "step_s": 6.0,
+                "compute_s": 6.0 - slowdown_s - sync_wait_s, "slowdown_s": slowdown_s, "sync_wait_s": sync_wait_s,
+                "idle_share": sync_wait_s / 6.0}
+
+    return write_run(root / "ddp_slowed", {
+        "algo": "ddp", "parameters": 250_000, "final_eval_loss": 2.0, "wall_time_s": 7.0,
+        "comm_bytes_total": 4 * 6 * MB, "comm_wait_s": 1.875, "tokens": 400, "worker_speeds": [1.0, 1.0, 1.0, 0.5],
+        "worker_times": [worker(0, 1.0, 0.0, 2.4), worker(1, 1.0, 0.0, 2.4), worker(2, 1.0, 0.0, 2.4),
+                         worker(3, 0.5, 2.0, 0.3)],
+    }, [
+        train(1, 1.5 * MB), train(2, 3 * MB), evaluation(2, 3.0, 3.2, 3 * MB, 1.2),
+        train(3, 4.5 * MB), train(4, 6 * MB), evaluation(4, 2.0, 6.5, 6 * MB, 2.4),
+    ])

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from lowcomm.benchmarks.results import (
-    COLUMNS, Target, choose_target, find_targets, parse_fractions, results_rows, target_step, write_csv,
+    COLUMNS, Target, choose_target, find_targets, goodput, idle_share_cell, parse_fractions, results_rows, target_step,
+    write_csv,
 )
 from lowcomm.benchmarks.runs import read_run
 from tests.benchmarks import recorded
@@ -57,10 +58,21 @@ def test_time_to_each_target_and_the_speedup_over_ddp(runs: list, tmp_path: Path
     lines = (tmp_path / "results.csv").read_text().splitlines()
     assert lines[0] == ("algo,budget,steps,ended,target,target_loss,steps_to_target,time_to_target_s,tokens_to_target,"
                         "speedup_vs_ddp,final_eval_loss,wall_time_s,comm_bytes_total,comm_bytes_between_groups,"
-                        "comm_share,tokens")
-    assert lines[1] == "ddp,steps,4,steps,ddp@50%,3,2,2,200,1,2,4.5,24000000,24000000,0.177778,400"
-    assert lines[6] == "palsgd,steps,4,steps,ddp@100%,2,,,,,2.5,3,10000000,10000000,0.1,300"
-    assert lines[8] == "noloco,steps,4,steps,ddp@100%,2,4,2.9,400,1.37931,2,3,16000000,16000000,0.0666667,400"
+                        "comm_share,tokens,tokens_per_s,goodput,idle_share_by_worker")
+    assert lines[1] == "ddp,steps,4,steps,ddp@50%,3,2,2,200,1,2,4.5,24000000,24000000,0.177778,400,88.8889,,"
+    assert lines[6] == "palsgd,steps,4,steps,ddp@100%,2,,,,,2.5,3,10000000,10000000,0.1,300,100,,"
+    assert lines[8] == "noloco,steps,4,steps,ddp@100%,2,4,2.9,400,1.37931,2,3,16000000,16000000,0.0666667,400,133.333,,"
+
+
+def test_goodput_is_tokens_per_second_against_the_same_algorithm_at_full_speed(tmp_path: Path) -> None:
+    slowed, full_speed = read_run(recorded.ddp_slowed(tmp_path)), read_run(recorded.ddp(tmp_path))
+    assert goodput(slowed, full_speed) == pytest.approx(4.5 / 7.0)
+    assert goodput(slowed, None) is None
+    [row] = results_rows([slowed], [Target("given", 2.0, "--target-loss")], "tokens", {"ddp": full_speed})
+    assert row["tokens_per_s"] == pytest.approx(400 / 7.0)
+    assert row["goodput"] == pytest.approx(0.642857, abs=1e-6)
+    assert row["idle_share_by_worker"] == "0.400;0.400;0.400;0.050"
+    assert idle_share_cell(full_speed) is None  # recorded before worker_times
 
 
 @pytest.mark.parametrize("text, expected", [("1", (1.0,)), ("0.9,0.5,1.0", (0.5, 0.9, 1.0))])

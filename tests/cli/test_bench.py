@@ -144,8 +144,29 @@ def test_the_time_budget_stops_local_sgd_at_ddps_clock(tmp_path: Path, cache_dir
     assert f"| localsgd | {steps} | {summary.get('stopped', 'steps')} | {local[-1]['eval_loss']:.6g} |" in report
 
 
+def test_uneven_speeds_are_compared_with_every_worker_at_full_speed(tmp_path: Path, cache_dir: str) -> None:
+    """With --worker-speeds each algorithm also runs at full speed (runs/ALGO-full): the goodput is the
+    ratio of the two runs' tokens per second, beside each worker's idle share."""
+    out = tmp_path / "out"
+    result = lowcomm("bench", "--algos", "ddp", "--workers", "2", "--worker-speeds", "1,0.5", "--steps", "8",
+                     "--batch-size", "8", "--seq-len", "32", "--eval-batches", "1", "--cache-dir", cache_dir,
+                     "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    slowed, full = (json.loads((out / "runs" / name / "summary.json").read_text()) for name in ("ddp", "ddp-full"))
+    assert slowed["worker_speeds"] == [1.0, 0.5] and "worker_speeds" not in full
+    assert read_run_config(out / "runs" / "ddp-full")["steps"] == 8
+    row = read_csv(out / "results.csv")[-1]
+    goodput = (slowed["tokens"] / slowed["wall_time_s"]) / (full["tokens"] / full["wall_time_s"])
+    assert float(row["goodput"]) == pytest.approx(goodput, rel=1e-5)
+    assert row["idle_share_by_worker"] == ";".join(f"{w['idle_share']:.3f}" for w in slowed["worker_times"])
+    report = (out / "report.md").read_text()
+    assert "| algo | tokens/s | tokens/s at full speed | goodput | idle share by worker |" in report
+    assert "Worker speeds 1,0.5: goodput is" in report and "--out " + str(out / "runs" / "ddp-full") in report
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--algos", "ddp,adam"], "--algos: unknown algorithm 'adam'"),
+    (["--worker-speeds", "1,1,1"], "--worker-speeds: 3 speeds for 2 workers; give one per worker"),
     (["--algos", "palsgd"], "--target-loss: needed when ddp is not among --algos"),
     (["--algos", "ddp,ddp"], "--algos: an algorithm is named twice"),
     (["--algo", "ddp"], "--algo: name the algorithms to compare with --algos"),
@@ -203,7 +224,8 @@ def test_the_evaluation_grid_holds_every_target_step(steps: int, fractions: tupl
 
 OPTION_VALUES = {"sync_interval": "8", "warmup_steps": "4", "pseudo_sync_prob": "0.1", "eta": "0.5", "outer_lr": "0.5",
                  "outer_momentum": "0.5", "outer_device": "cpu", "overlap_steps": "2", "merge_alpha": "0.3",
-                 "compress": "int8", "num_fragments": "2", "fragment_pattern": "strided", "outer_repeats": "16"}
+                 "compress": "int8", "num_fragments": "2", "fragment_pattern": "strided", "outer_repeats": "16",
+                 "local_steps": "adaptive"}
 
 
 @pytest.mark.parametrize("option", sorted(OPTION_VALUES))

@@ -71,6 +71,15 @@ FLAG_CASES = {
     "noloco alone": (["--algo", "noloco", "--workers", "1"], "--workers: noloco needs at least 2 workers"),
     "ddp with an interval": (["--algo", "ddp", "--sync-interval", "4"], "--sync-interval: ddp does not take it"),
     "diagnostics for local sgd": (["--algo", "localsgd", "--diagnostics"], "--diagnostics: localsgd does not take it"),
+    "unknown local steps": (["--algo", "diloco", "--local-steps", "sometimes"],
+                            "--local-steps: Input should be 'fixed' or 'adaptive' (got 'sometimes')"),
+    "ddp with adaptive steps": (["--algo", "ddp", "--local-steps", "adaptive"], "--local-steps: ddp does not take it"),
+    "noloco with adaptive steps": (["--algo", "noloco", "--local-steps", "adaptive"],
+                                   "--local-steps: noloco does not take it"),
+    "adaptive steps live": (["--algo", "diloco", "--local-steps", "adaptive", "--fault-tolerance", "live"],
+                            "--local-steps: adaptive runs without --fault-tolerance live"),
+    "adaptive steps in batched passes": (["--algo", "localsgd", "--local-steps", "adaptive", "--backend", "sim"],
+                                         "--local-steps: adaptive with --backend sim needs --sim-passes threads"),
     "unknown preset": (["--preset", "nope"], "--preset: unknown preset 'nope'; choose one of palsgd-paper-gpt-neo-8m"),
     "unknown schedule": (["--lr-schedule", "linear"], "--lr-schedule: Input should be 'cosine' or 'constant'"),
     "unknown synthetic data": (["--data", "synthetic-poems"], "--data: unknown synthetic dataset 'synthetic-poems'"),
@@ -122,6 +131,21 @@ FLAG_CASES = {
     "min groups without live": (["--min-groups", "2"], "--min-groups: only --fault-tolerance live takes it"),
     "lighthouse without live": (["--lighthouse", "h:1"], "--lighthouse: only --fault-tolerance live takes it"),
     "live group without live": (["--live-group", "0"], "--live-group: only --fault-tolerance live takes it"),
+    "speeds of the wrong length": (["--workers", "4", "--worker-speeds", "1,1,0.5"],
+                                   "--worker-speeds: 3 speeds for 4 workers; give one per worker"),
+    "speeds per worker with groups": (["--groups", "2", "--group-size", "2", "--worker-speeds", "1,1,1,0.5"],
+                                      "--worker-speeds: 4 speeds for 2 groups; give one per group"),
+    "zero speed": (["--worker-speeds", "1,0"], "--worker-speeds: each speed must be in (0, 1] (1: the natural "
+                   "speed, the fastest), got 0"),
+    "negative speed": (["--worker-speeds", "1,-0.5"], "--worker-speeds: each speed must be in (0, 1]"),
+    "speed above one": (["--worker-speeds", "1,2"], "--worker-speeds: each speed must be in (0, 1]"),
+    "speed in words": (["--worker-speeds", "1,half"], "--worker-speeds: 'half' is not a number"),
+    "empty speed": (["--worker-speeds", "1,"], "--worker-speeds: '' is not a number"),
+    "speeds in the simulation": (["--backend", "sim", "--worker-speeds", "1,0.5"],
+                                 "--worker-speeds: only a --backend dist run in --fault-tolerance restart mode"),
+    "zero cpu share": (["--cpu-share", "0"], "--cpu-share: expected auto or a number of cores above 0, got '0'"),
+    "cpu share in words": (["--cpu-share", "half"], "--cpu-share: expected auto or a number of cores above 0"),
+    "cpu share beyond the cores": (["--cpu-share", "1000"], "--cpu-share: 2 workers x 1000 cores exceed the"),
 }
 LIVE = ["--fault-tolerance", "live", "--algo", "diloco"]
 if importlib.util.find_spec("torchft") is not None:
@@ -184,6 +208,7 @@ YAML_CASES = {
     "mapping for a path": ({"cache_dir": {"a": 1}}, "--cache-dir: Input is not a valid path"),
     "groups not making the workers": ({"groups": 2, "group_size": 2, "workers": 3}, "--groups: 2 groups of"),
     "boolean group size": ({"group-size": True}, "--group-size: Input should be a number, not a boolean"),
+    "boolean speed": ({"conditions": {"worker_speeds": [1, True]}}, "--worker-speeds: True is not a number"),
 }
 
 RAW_YAML_CASES = {

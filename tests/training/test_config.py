@@ -66,6 +66,7 @@ def test_algorithm_kwargs_hold_exactly_what_the_strategy_takes():
         "merge_alpha": None,  # only an overlapped outer step merges
         "compress": "none",
         "diagnostics": False,  # the workers' spread costs an all-reduce per outer step
+        "local_steps": "fixed",
         "outer_repeats": 1,
         "seed": 7,
         "max_grad_norm": 1.0,

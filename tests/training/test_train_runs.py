@@ -60,7 +60,7 @@ def runs(tmp_path_factory, cache_dir):
             else:
                 out = root / "out"
                 extra = PERIODIC if issubclass(ALGORITHMS[algo], PeriodicStrategy) else []
-                extra += ["--diagnostics"] if algo == "streamingdiloco" else []
+                extra = [*extra, "--diagnostics"] if algo == "streamingdiloco" else extra
                 result = lowcomm_train("--algo", algo, *SHORT, *extra, "--cache-dir", cache_dir, "--out", str(out))
             finished[algo] = (out, result.stdout)
         return finished[algo][0]

@@ -1,0 +1,81 @@
+"""Uneven worker speeds: the step clock on measured time, and a real run of slowed gloo workers."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from lowcomm.communication.communicator import CommStats
+from lowcomm.training.conditions import StepClock, StepTimes, parse_speeds, speed_of
+from lowcomm.training.cpu_share import quota_problem
+from tests.train_runs import lowcomm_train, records
+
+
+def busy(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def test_a_half_speed_step_waits_its_compute_again_and_not_its_communication() -> None:
+    """20 ms of compute, 30 ms blocked in communication, 10 ms more compute: at speed 0.5 the step
+    waits 20 ms before the synchronisation and 10 ms at its end, never for the communication."""
+    stats, times = CommStats(), StepTimes()
+    clock = StepClock(0.5, lambda: (stats,), times)
+    clock.start()
+    busy(0.02)
+    clock.pace()
+    before_sync = times.slowdown_s + clock.slept
+    start = time.perf_counter()
+    time.sleep(0.03)
+    stats.wait_s += time.perf_counter() - start
+    busy(0.01)
+    clock.stop()
+    assert before_sync == pytest.approx(0.02, abs=0.005)
+    assert times.slowdown_s == pytest.approx(0.03, abs=0.006)
+    assert times.sync_wait_s == pytest.approx(0.03, abs=0.005)
+    assert times.compute_s == pytest.approx(0.03, abs=0.006)
+    assert times.step_s == pytest.approx(0.09, abs=0.012)
+
+
+def test_speeds_parse_and_apply_per_worker_or_per_group() -> None:
+    assert parse_speeds("1, 1,0.25") == [1.0, 1.0, 0.25]
+    assert parse_speeds([1, 0.5]) == [1.0, 0.5]
+    assert [speed_of([1.0, 0.5], rank, None) for rank in range(2)] == [1.0, 0.5]
+    assert [speed_of([1.0, 0.5], rank, 2) for rank in range(4)] == [1.0, 1.0, 0.5, 0.5]  # rank = g * G + i
+    assert speed_of(None, 3, None) == 1.0
+
+
+def own_cgroups() -> set[Path]:
+    return set(Path("/sys/fs/cgroup/cpu").glob("**/lowcomm-*"))
+
+
+def test_a_slow_worker_takes_twice_its_time_and_the_other_waits_for_it(tmp_path: Path, cache_dir: str) -> None:
+    """DDP, worker 1 at half speed, each worker on one core's quota (where this machine gives quotas):
+    every worker's time in steps outside synchronisations is 1/speed of its measured compute (within
+    20%); the fast one waits at the synchronisations for most of the slow one's extra time. Worker 0's
+    compute, slowdown and sync wait add up to its wall-clock from the start of its first step to the
+    end of its last (less what the loop does between steps: fetching batches, logging)."""
+    share = ["--cpu-share", "auto"] if quota_problem() is None else []
+    cgroups_before = own_cgroups()
+    out = tmp_path / "run"
+    lowcomm_train("--algo", "ddp", "--workers", "2", "--steps", "30", "--batch-size", "8", "--seq-len", "32",
+                  "--eval-every", "30", "--checkpoint-every", "30", "--eval-batches", "1", "--worker-speeds", "1,0.5",
+                  *share, "--cache-dir", cache_dir, "--out", str(out))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["worker_speeds"] == [1.0, 0.5]
+    fast, slow = summary["worker_times"]
+    assert (fast["rank"], fast["speed"], slow["rank"], slow["speed"]) == (0, 1.0, 1, 0.5)
+    for worker in (fast, slow):
+        outside_syncs = worker["step_s"] - worker["sync_wait_s"]
+        assert outside_syncs / worker["compute_s"] == pytest.approx(1 / worker["speed"], rel=0.2)
+        assert worker["mean_step_s"] * 30 == pytest.approx(worker["step_s"])
+        assert worker["step_s"] <= summary["wall_time_s"]
+        assert worker["idle_share"] == pytest.approx(worker["sync_wait_s"] / worker["step_s"])
+    assert fast["slowdown_s"] == 0
+    clock = [record["elapsed_s"] for record in records(out, "train")]  # at the end of each of worker 0's steps
+    assert 0.9 * (clock[-1] - clock[0]) < fast["compute_s"] + fast["slowdown_s"] + fast["sync_wait_s"] <= clock[-1]
+    assert fast["sync_wait_s"] > 0.5 * slow["slowdown_s"]
+    assert slow["idle_share"] < fast["idle_share"]
+    assert own_cgroups() == cgroups_before  # each worker removed the cgroup it made
