@@ -200,6 +200,9 @@ def train_limited(config: TrainConfig) -> int:
     """Train ``config`` on namespaced workers behind real limited links; rank 0 sets up ``--out``."""
     with tempfile.TemporaryDirectory() as directory:
         resolved = Path(directory) / "config.yaml"
-        resolved.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude={"run": set(FLAG_ONLY)})))
+        share = config.conditions.cpu_share  # the launcher gives it: the namespaced workers see no cgroups
+        workers_config = config.model_copy(update={"conditions": config.conditions.model_copy(update={"cpu_share": None})})
+        resolved.write_text(yaml.safe_dump(workers_config.model_dump(mode="json", exclude={"run": set(FLAG_ONLY)})))
         command = ["lowcomm", "train", "--config", str(resolved)]
-        return run_limited(config.layout.workers, config.network.bandwidth, command, config.layout.group_size or 1)
+        return run_limited(config.layout.workers, config.network.bandwidth, command, config.layout.group_size or 1,
+                           share)

@@ -19,10 +19,12 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from types import FrameType
 
 from lowcomm.communication.network_model import parse_rate
 from lowcomm.launching.netns import LimitedNetwork, available
+from lowcomm.training.cpu_share import join, quota_cgroup
 
 RENDEZVOUS_PORT = 29400
 STOP_GRACE_S = 10
@@ -58,9 +60,13 @@ def agent_command(network: LimitedNetwork, worker: int, command: Sequence[str], 
     ]
 
 
-def run_limited(workers: int, rate: str, command: Sequence[str], group_size: int = 1) -> int:
+def run_limited(
+    workers: int, rate: str, command: Sequence[str], group_size: int = 1, cpu_share: float | None = None
+) -> int:
     """Run ``python -m COMMAND...`` on ``workers`` processes, ``group_size`` to a namespaced agent,
-    whose namespaces' links carry ``rate``.
+    whose namespaces' links carry ``rate``; with ``cpu_share`` (cores per worker), each agent and its
+    workers in a CPU cgroup of their own with a quota of ``cpu_share * group_size`` cores, made here
+    because ``ip netns exec`` hides the cgroup filesystem from the workers (:mod:`lowcomm.training.cpu_share`).
 
     Return 0 once all succeed, or the exit code of the first to fail, having stopped the others
     (which would otherwise wait for it until their collectives time out). The network is gone on return.
@@ -70,7 +76,10 @@ def run_limited(workers: int, rate: str, command: Sequence[str], group_size: int
         # The workers share this machine's cores, which torchrun (one node's workers per agent) cannot know.
         threads = str(max(1, (os.cpu_count() or 1) // workers))
         environment = {**os.environ, "GLOO_SOCKET_IFNAME": network.interface, "OMP_NUM_THREADS": threads}
-        agents = [subprocess.Popen(agent_command(network, i, command, group_size), env=environment)
+        cgroups = [] if cpu_share is None else [
+            quota_cgroup(cpu_share * group_size, f"lowcomm-{os.getpid()}-{i}") for i in range(agents_needed)]
+        agents = [subprocess.Popen(agent_command(network, i, command, group_size), env=environment,
+                                   preexec_fn=None if cpu_share is None else partial(join, cgroups[i]))
                   for i in range(agents_needed)]
         try:
             while True:
@@ -83,6 +92,8 @@ def run_limited(workers: int, rate: str, command: Sequence[str], group_size: int
                 time.sleep(POLL_S)
         finally:
             stop(agents)
+            for cgroup in cgroups:
+                cgroup.rmdir()
 
 
 @contextmanager

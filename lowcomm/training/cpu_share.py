@@ -79,25 +79,36 @@ def resolve_share(share: float | str, local_workers: int) -> float:
     return cores_each
 
 
+def quota_cgroup(cores: float, name: str) -> Path:
+    """A new CPU cgroup ``name`` beside this process's own, with a CFS quota of ``cores``."""
+    parent, version = own_cgroup()
+    cgroup = parent / name
+    cgroup.mkdir()
+    quota = max(1000, round(cores * PERIOD_US))  # the kernel's smallest quota is 1 ms
+    if version == "v1":
+        (cgroup / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+        (cgroup / "cpu.cfs_quota_us").write_text(str(quota))
+    else:
+        (cgroup / "cpu.max").write_text(f"{quota} {PERIOD_US}")
+    return cgroup
+
+
+def join(cgroup: Path) -> None:
+    """Move this process into ``cgroup`` (its children are born there)."""
+    (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
+
 @contextlib.contextmanager
 def cpu_share(cores: float) -> Iterator[Path]:
     """Inside, this process runs ``max(1, floor(cores))`` intra-op threads in a CPU cgroup of its own
     with a quota of ``cores``; on leaving, it returns to its cgroup and removes the one it made."""
     torch.set_num_threads(max(1, math.floor(cores)))
-    parent, version = own_cgroup()
-    own = parent / f"lowcomm-{os.getpid()}"
-    own.mkdir()
+    own = quota_cgroup(cores, f"lowcomm-{os.getpid()}")
     try:
-        quota = max(1000, round(cores * PERIOD_US))  # the kernel's smallest quota is 1 ms
-        if version == "v1":
-            (own / "cpu.cfs_period_us").write_text(str(PERIOD_US))
-            (own / "cpu.cfs_quota_us").write_text(str(quota))
-        else:
-            (own / "cpu.max").write_text(f"{quota} {PERIOD_US}")
-        (own / "cgroup.procs").write_text(str(os.getpid()))
+        join(own)
         try:
             yield own
         finally:
-            (parent / "cgroup.procs").write_text(str(os.getpid()))
+            join(own.parent)
     finally:
         own.rmdir()
