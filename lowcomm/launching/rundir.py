@@ -47,10 +47,8 @@ def prepare_run_directory(config: TrainConfig) -> None:
     exits, and write ``config.yaml`` and ``resolved.yaml``; raise a one-line ValueError (having
     written nothing but the lock) if it holds something else or another run uses it."""
     out = config.run.out
+    holds_run = check_run_directory(config)
     try:
-        if out.is_dir() and owner(out) == "run":  # a run another process is training: say so before reading it
-            lock(out, "--out")
-        holds_run = check_run_directory(config)
         out.mkdir(parents=True, exist_ok=True)
         lock(out, "--out")
         if holds_run and config.run.overwrite:
