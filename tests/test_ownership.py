@@ -86,7 +86,7 @@ def test_a_second_run_in_a_directory_in_use_is_refused(tmp_path, cache_dir):
             assert first.poll() is None, first.communicate()[1][-3000:]
             time.sleep(0.01)
         for flag in ("--resume", "--overwrite"):
-            second = subprocess.run([sys.executable, "-m", "lowcomm", "train", *args, flag],
+            second = subprocess.run([sys.executable, "-m", "lowcomm", "train", *args, "--steps", "2000", flag],
                                     capture_output=True, text=True, timeout=120)
             assert second.returncode == 2, second.stderr[-3000:]
             assert second.stderr == (f"lowcomm train: error: --out: another lowcomm process is using {out}; "
