@@ -70,7 +70,7 @@ def paced(algo: str, options: dict[str, Any], problem: str, lr: float, steps: in
             resume_at, saved = None, io.BytesIO()
             torch.save(strategy.state_dict(), saved)
             model, strategy = build(algo, options, problem, lr, steps)
-            strategy.load_state_dict(torch.load(io.BytesIO(saved.getvalue()), weights_only=False))
+            strategy.load_state_dict(torch.load(io.BytesIO(saved.getvalue()), weights_only=True))
     strategy.finish()
     return {"counts": counts, "params": params, "global": strategy.global_state_dict()}
 
