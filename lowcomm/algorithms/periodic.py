@@ -26,16 +26,19 @@ H nominal steps (after the warm-up, rounds end at the multiples of H, and at ``r
 loop's last step, where it tells it), but in each round worker k takes H_k local steps:
 
 - H_k = H in the first round (nothing measured yet). At the end of each round every worker's step
-  time over it (the median of its local steps' wall-clock times, each from the end of the previous
-  step's synchronisation work to the end of its own inner update: compute, data, any wait of the
-  loop's; the median, so that an evaluation or a checkpoint on one worker is not taken for its
-  speed) is exchanged in one all-gather of one number per worker (with worker groups, first
-  averaged within the group), not counted as training traffic; from them every rank computes the
-  same H_k for the next round (:func:`local_step_counts`): the fastest runs H, a worker whose time is
-  within 10% of the fastest's (``t_k <= 1.1 t_fastest``) runs H, so that equal speeds give exactly
-  the fixed rule despite timing jitter, and any other ``max(1, round(H * t_fastest / t_k))``
-  (rounded half up). A round cut short (the first after the warm-up, the last at ``run_steps``) of
-  L nominal steps scales L the same way.
+  time over it is exchanged in one all-gather of one number per worker (with worker groups, first
+  averaged within the group), not counted as training traffic: the median wall-clock time of its
+  local steps that trained a batch, each from the start of its first forward pass with gradients
+  (or, without one, of its inner optimizer's step) to the end of its inner update. The loop's own
+  work between steps (data, evaluations, checkpoints, a collective of its own that waits for the
+  slowest worker) is not the worker's speed, and the median keeps a pause on one worker from being
+  taken for it; a worker that trained no batch in the round (PALSGD's pseudo-synchronisations
+  only) keeps its time from before, or is unmeasured. From the times every rank computes the same
+  H_k for the next round (:func:`local_step_counts`): the fastest runs H, and so does a worker whose
+  time is within 10% of the fastest's (``t_k <= 1.1 t_fastest``), so that equal speeds give
+  exactly the fixed rule despite timing jitter, and an unmeasured one; any other
+  ``max(1, round(H * t_fastest / t_k))`` (rounded half up). A round cut short (the first after the
+  warm-up, the last at ``run_steps``) of L nominal steps scales L the same way.
 - ``step_count`` is nominal, the same on every worker at the end of each round: after its j-th local
   step of a round starting at s, worker k is at ``s + floor(j * L / H_k)``, so the learning-rate
   schedule, the run's length, evaluations, checkpoints and Streaming DiLoCo's fragment offsets all
@@ -84,11 +87,11 @@ SAME_SPEED = 0.1
 
 def local_step_counts(length: int, step_times: Sequence[float]) -> list[int]:
     """Each worker's local steps in a round of ``length`` nominal steps, from its step time over the
-    last round: ``length`` for the fastest and any within :data:`SAME_SPEED` of it, else
-    ``max(1, round(length * t_fastest / t_k))``, rounded half up."""
-    fastest = min(step_times)
-    return [length if t <= (1 + SAME_SPEED) * fastest else max(1, math.floor(length * fastest / t + 0.5))
-            for t in step_times]
+    last round: ``length`` for the fastest, any within :data:`SAME_SPEED` of it and any unmeasured
+    (NaN), else ``max(1, round(length * t_fastest / t_k))``, rounded half up."""
+    fastest = min((t for t in step_times if not math.isnan(t)), default=math.nan)
+    return [length if math.isnan(t) or t <= (1 + SAME_SPEED) * fastest
+            else max(1, math.floor(length * fastest / t + 0.5)) for t in step_times]
 
 
 @dataclass
@@ -134,9 +137,9 @@ class PeriodicStrategy(Strategy):
         self.adaptive = self.option_values.get("local_steps") == "adaptive"
         self.round: Round | None = None  # adaptive: the round under way (None between rounds)
         self.last_uneven: tuple[int, int] | None = None  # adaptive: the last round with unequal counts, (start, end)
-        self.step_times: list[float] = []  # adaptive: this worker's local step times in the round
+        self.step_times: list[float] = []  # adaptive: the times of this round's local steps that trained a batch
         self.measured_times: list[float] | None = None  # adaptive: every worker's step time over the last round
-        self.step_clock = time.perf_counter()  # adaptive: when the last step's work ended
+        self.step_start: float | None = None  # adaptive: when this step's work started
         self.batches_trained = 0  # local steps that trained a batch, all along
         self.merged_batches: dict[int, int] = {}  # batches_trained at each fragment's last synchronisation
 
@@ -152,10 +155,23 @@ class PeriodicStrategy(Strategy):
         round after one more local step (a round is planned at its first)."""
         if not self.adaptive or self.step_count < self.warmup_steps:
             return self.step_count + 1
+        self.step_start = self.step_start or time.perf_counter()  # a step without a forward pass
         if self.round is None:
             self.round = self.planned_round()
         self.round.taken += 1
         return self.round.position(self.comm.rank)
+
+    def attach(self) -> bool:
+        attached = super().attach()
+        if attached and self.adaptive:
+            self.hooks.append(self.local_model.register_forward_pre_hook(self.start_step_clock))
+        return attached
+
+    def start_step_clock(self, *_: Any) -> None:
+        """Forward pre-hook (adaptive): a local step's work starts at its first forward pass with
+        gradients (an evaluation's has none)."""
+        if torch.is_grad_enabled():
+            self.step_start = self.step_start or time.perf_counter()
 
     def planned_round(self) -> Round:
         """The round starting now: up to the next multiple of H (or ``run_steps``), each worker's local
@@ -177,15 +193,16 @@ class PeriodicStrategy(Strategy):
 
     def after_update(self) -> None:
         if not self.in_warmup:
-            self.batches_trained += self.trained_batch()
-            if self.adaptive:
-                self.step_times.append(time.perf_counter() - self.step_clock)
+            trained = self.trained_batch()
+            self.batches_trained += trained
+            if self.adaptive and trained:
+                self.step_times.append(time.perf_counter() - self.step_start)
             self.after_local_step()
             if self.round is not None and self.round.taken == self.round.counts[self.comm.rank]:
                 self.close_round()
         elif self.step_count == self.warmup_steps:
             self.begin_local_phase()
-        self.step_clock = time.perf_counter()
+        self.step_start = None
 
     def trained_batch(self) -> bool:
         """Whether this local step trained a batch (every step here)."""
@@ -193,12 +210,16 @@ class PeriodicStrategy(Strategy):
 
     def close_round(self) -> None:
         """End the round: every worker's median step time over it, exchanged (an all-gather not counted
-        as training traffic; with worker groups first averaged within the group), for the next plan."""
-        measured = torch.tensor([statistics.median(self.step_times)], dtype=torch.float64,
+        as training traffic; with worker groups first averaged within the group), for the next plan. A
+        worker that trained no batch in it keeps its time from before (NaN, unmeasured, if none)."""
+        median = statistics.median(self.step_times) if self.step_times else math.nan
+        measured = torch.tensor([median], dtype=torch.float64,
                                 device=self.params[0].device)
         if self.inner_comm is not None:
             self.inner_comm.all_reduce_mean([measured], accounted=False)
-        self.measured_times = [float(gathered[0]) for gathered in self.comm.all_gather([measured], accounted=False)]
+        gathered = [float(times[0]) for times in self.comm.all_gather([measured], accounted=False)]
+        previous = self.measured_times or gathered
+        self.measured_times = [old if math.isnan(new) else new for new, old in zip(gathered, previous)]
         self.round, self.step_times = None, []
 
     def merge_weight(self, point: int, fragment: int = 0) -> float | None:
@@ -340,4 +361,3 @@ class PeriodicStrategy(Strategy):
             self.measured_times = saved["measured_times"]
             self.batches_trained = int(saved["batches_trained"])
             self.merged_batches = {int(k): int(v) for k, v in saved["merged_batches"].items()}
-            self.step_clock = time.perf_counter()

@@ -1,6 +1,6 @@
 """Adaptive local steps (``local_steps="adaptive"``): equal to the fixed rule at equal speeds, the
 token-weighted merge on hand-worked numbers, resuming exactly; real gloo workers whose speeds are set
-by sleeping after each step (the sleep is part of the step time the rule measures)."""
+by sleeping in each step's forward pass (part of the step time the rule measures)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from tests.algorithms.mlp import batch, flat, loss_of, mlp
 from tests.distributed import run_workers
 
 SLOW = [0.05, 0.1]
-"""Seconds each worker sleeps after a step: worker 1 at half worker 0's speed."""
+"""Seconds each worker sleeps in a step's forward pass: worker 1 at half worker 0's speed."""
 EVEN = [0.04, 0.04]
 
 FAMILY = {
@@ -49,23 +49,30 @@ def build(algo: str, options: dict[str, Any], problem: str, lr: float, steps: in
 
 
 def paced(algo: str, options: dict[str, Any], problem: str, lr: float, steps: int, delays: list[float],
-          resume_at: int | None = None) -> dict[str, Any]:
-    """Train until step ``steps`` (nominal), sleeping ``delays[rank]`` after each local step; with
+          resume_at: int | None = None, barrier: bool = False) -> dict[str, Any]:
+    """Train until step ``steps`` (nominal), sleeping ``delays[rank]`` in each step's forward pass;
+    with ``barrier``, the loop waits for every worker after each step where they are aligned; with
     ``resume_at``, after the first step reaching it, carry on from a saved state in a new model and
     strategy. Return the step count and parameters after each local step and the global model."""
     rank = dist.get_rank()
     model, strategy = build(algo, options, problem, lr, steps)
     counts, params, local_steps = [], [], 0
+
+    def slowed(loss: torch.Tensor) -> torch.Tensor:
+        time.sleep(delays[rank])
+        return loss
+
     while strategy.step_count < steps:
         local_steps += 1
         if problem == "mlp":
             data = batch(rank, local_steps)
-            strategy.step(lambda: loss_of(strategy.model, data))
+            strategy.step(lambda: slowed(loss_of(strategy.model, data)))
         else:
-            strategy.step(lambda: GRADIENTS[rank] * strategy.model(torch.ones(1, 1, dtype=torch.float64))[0, 0])
+            strategy.step(lambda: slowed(GRADIENTS[rank] * strategy.model(torch.ones(1, 1, dtype=torch.float64))[0, 0]))
         counts.append(strategy.step_count)
         params.append(flat(model))
-        time.sleep(delays[rank])
+        if barrier and strategy.aligned:
+            dist.barrier()
         if resume_at is not None and strategy.step_count >= resume_at:
             resume_at, saved = None, io.BytesIO()
             torch.save(strategy.state_dict(), saved)
@@ -94,6 +101,9 @@ def test_the_rule_scales_the_round_by_the_fastest_time() -> None:
     assert local_step_counts(6, [1.0, 1.1]) == [6, 6]  # within 10% of the fastest: the whole round
     assert local_step_counts(6, [1.2, 1.0, 100.0]) == [5, 6, 1]  # 6 / 1.2 = 5; at least one step
     assert local_step_counts(3, [1.0, 1.2]) == [3, 3]  # 2.5 rounds half up
+    nan = float("nan")  # a worker that trained no batch (pseudo-synchronisations only) measured nothing
+    assert local_step_counts(6, [nan, 0.2, 0.1]) == [6, 3, 6]
+    assert local_step_counts(6, [nan, nan]) == [6, 6]
 
 
 def test_local_sgd_weights_the_average_by_tokens_by_hand() -> None:
@@ -110,6 +120,15 @@ def test_local_sgd_weights_the_average_by_tokens_by_hand() -> None:
     assert fast["counts"] == list(range(1, 13))
     assert slow["counts"] == [1, 2, 3, 4, 5, 6, 8, 10, 12]
     assert [fast["params"][5].item(), slow["params"][5].item()] == [-0.875, -0.875]
+    assert [fast["params"][-1].item(), slow["params"][-1].item()] == [-1.875, -1.875]
+
+
+def test_a_loop_waiting_for_every_worker_between_steps_does_not_hide_their_speeds() -> None:
+    """As above, with a barrier of the loop's after every aligned step (a clock check, a logged mean):
+    in round 1 the fast worker waits there for the slow one every step, which is not its step time."""
+    options = {"sync_interval": 6, "local_steps": "adaptive"}
+    fast, slow = run_workers(paced, 2, "localsgd", options, "linear", 0.125, 12, SLOW, None, True)
+    assert slow["counts"] == [1, 2, 3, 4, 5, 6, 8, 10, 12]
     assert [fast["params"][-1].item(), slow["params"][-1].item()] == [-1.875, -1.875]
 
 

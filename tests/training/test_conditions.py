@@ -79,3 +79,20 @@ def test_a_slow_worker_takes_twice_its_time_and_the_other_waits_for_it(tmp_path:
     assert fast["sync_wait_s"] > 0.5 * slow["slowdown_s"]
     assert slow["idle_share"] < fast["idle_share"]
     assert own_cgroups() == cgroups_before  # each worker removed the cgroup it made
+
+
+def test_adaptive_local_steps_see_a_slow_worker_through_the_loops_clock_checks(tmp_path: Path, cache_dir: str) -> None:
+    """Local SGD, 4 synchronous steps, then H = 4 up to step 28, worker 1 at half speed, with
+    ``--stop-after-s`` (worker 0's clock checked by all after every step where they are aligned, so in
+    an even round the fast worker waits there for the slow one): the slow worker still runs 2 local
+    steps a round after the first, 4 + 4 + 5 x 2 steps in all, and the run counts the tokens each trained."""
+    share = ["--cpu-share", "auto"] if quota_problem() is None else []
+    out = tmp_path / "run"
+    lowcomm_train("--algo", "localsgd", "--local-steps", "adaptive", "--sync-interval", "4", "--warmup-steps", "4",
+                  "--workers", "2", "--steps", "28", "--batch-size", "16", "--seq-len", "64", "--eval-every", "28",
+                  "--eval-batches", "1", "--worker-speeds", "1,0.5", "--stop-after-s", "600", *share,
+                  "--cache-dir", cache_dir, "--out", str(out))
+    summary = json.loads((out / "summary.json").read_text())
+    local_steps = [round(worker["step_s"] / worker["mean_step_s"]) for worker in summary["worker_times"]]
+    assert local_steps == [28, 18]
+    assert summary["tokens"] == (28 + 18) * 16 * 64
