@@ -72,10 +72,11 @@ class Handle:
         self._wait = wait
         self._done = False
 
-    def wait(self) -> None:
+    def wait(self, since: float | None = None) -> None:
+        """Block until done; the wait charged runs from ``since`` (a ``perf_counter`` reading) where given."""
         if self._done:
             return
-        start = time.perf_counter()
+        start = time.perf_counter() if since is None else since
         self._wait()
         self._stats.wait_s += time.perf_counter() - start
         self._done = True
@@ -99,9 +100,10 @@ class Communicator(ABC):
         stats = self.stats if accounted else CommStats()
         stats.operations += 1
         stats.bytes_sent += ring_all_reduce_bytes(payload_bytes(tensors), self.world_size)
+        start = time.perf_counter()
         handle = Handle(stats, self._all_reduce_mean(list(tensors)))
         if not async_op:
-            handle.wait()
+            handle.wait(since=start)  # blocked from the call on
         return handle
 
     def exchange(
