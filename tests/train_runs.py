@@ -69,8 +69,9 @@ def child_pids(parent_pid, command_part=b""):
 
 
 def worker_pids(launcher_pid):
-    """The launcher's worker processes (multiprocessing spawn children)."""
-    return child_pids(launcher_pid, b"spawn_main")
+    """The launcher's worker processes: its fork server's children (live mode: its spawned children)."""
+    servers = child_pids(launcher_pid, b"multiprocessing.forkserver")
+    return child_pids(launcher_pid, b"spawn_main") + [pid for server in servers for pid in child_pids(server)]
 
 
 def listening_addresses(pids):
