@@ -284,9 +284,9 @@ def settings(config: TrainConfig, network: str, budget: str, eval_every: int, ca
         f"algorithm runs until an evaluation's loss is at most {stop.get('stop_at_loss', 0):.4f}, or "
         f"{steps} x {cap:g} steps (the cap) if none is, its learning-rate schedule planned for the cap",
         "time": f"equal wall-clock: DDP runs {steps} steps of {tokens} tokens per worker, its final "
-        f"evaluation at {stop.get('stop_after_s', 0):.1f} s on worker 0's clock; every other algorithm runs until "
-        f"its clock passes that (or {steps} x {cap:g} steps, the cap) and is evaluated there, its "
-        "learning-rate schedule planned for the cap",
+        f"evaluation at {stop.get('stop_after_s', 0):.1f} s on worker 0's clock; every other algorithm stops at "
+        f"its last synchronisation before its clock would pass that (or at {steps} x {cap:g} steps, the cap) "
+        "and is evaluated there, its learning-rate schedule planned for the cap",
     }[budget]
     if budget in STOPPING and config.optimizer.lr_schedule == "cosine":
         protocol += (" (a cosine schedule decays over DDP's steps for DDP and over the cap for the others, so the "

@@ -105,8 +105,8 @@ class RunSection(Section):
         None, gt=0, description="stop at the first evaluation whose eval loss is at most this (before --steps)"
     )
     stop_after_s: Float | None = Field(
-        None, gt=0, description="stop at the first step that ends after this many seconds of worker 0's clock, "
-        "and evaluate there (before --steps)"
+        None, gt=0, description="stop where the algorithm synchronises (every H steps; DDP: every step) before "
+        "worker 0's clock would pass this many seconds by the next such step, and evaluate there (before --steps)"
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="cpu (gloo), cuda (nccl, one GPU per local rank), auto: cuda where there is a GPU"

@@ -149,6 +149,8 @@ class Trainer:
         self.reporter = (Reporter(self.log, self.strategy, self.mesh is not None, self.elapsed)
                          if self.rank == 0 else None)
         self.clock_start = time.perf_counter() - self.progress.elapsed_s
+        self.clock_every = config.algorithm_options().get("sync_interval", 1)  # where the algorithm synchronises
+        self.clock_checked_s = self.progress.elapsed_s  # worker 0's clock at the last check
         self.evaluated_step: int | None = None
         self.stopped: str | None = None
         if self.reporter is not None:
@@ -232,7 +234,8 @@ class Trainer:
             self.train_step()
             if not self.strategy.aligned:  # inside an uneven round of adaptive local steps: at its end
                 continue
-            self.stop_when_out_of_time()
+            if self.due(self.clock_every):
+                self.stop_when_out_of_time()
             if self.due(self.config.eval.eval_every):
                 self.evaluate()
                 self.stop_at_loss()
@@ -249,8 +252,14 @@ class Trainer:
                 or self.stopped is not None)
 
     def stop_when_out_of_time(self) -> None:
-        """Stop after this step if worker 0's clock has reached ``--stop-after-s`` (a collective)."""
-        self.stopped = stop_reason(self.config, self.peers, False, None, self.elapsed())
+        """At a clock check (where the algorithm synchronises: every H steps, every step of DDP), stop if
+        worker 0's clock would pass ``--stop-after-s`` by the next check, the next interval taken as long
+        as the last (a collective where ``--stop-after-s`` is given). Checked every step, its collective
+        would make every worker wait for the slowest after each step, and over a slow link pay its
+        latency: the round trips local steps are there to save."""
+        now = self.elapsed()
+        next_check_s, self.clock_checked_s = 2 * now - self.clock_checked_s, now
+        self.stopped = stop_reason(self.config, self.peers, False, None, next_check_s)
         if self.stopped:
             self.strategy.finish()  # out of time: the final model holds every step, as at the last step
 

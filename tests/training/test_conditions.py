@@ -83,9 +83,9 @@ def test_a_slow_worker_takes_twice_its_time_and_the_other_waits_for_it(tmp_path:
 
 def test_adaptive_local_steps_see_a_slow_worker_through_the_loops_clock_checks(tmp_path: Path, cache_dir: str) -> None:
     """Local SGD, 4 synchronous steps, then H = 4 up to step 28, worker 1 at half speed, with
-    ``--stop-after-s`` (worker 0's clock checked by all after every step where they are aligned, so in
-    an even round the fast worker waits there for the slow one): the slow worker still runs 2 local
-    steps a round after the first, 4 + 4 + 5 x 2 steps in all, and the run counts the tokens each trained."""
+    ``--stop-after-s`` (worker 0's clock checked by all every H steps, where they synchronise): the
+    slow worker runs 2 local steps a round after the first, 4 + 4 + 5 x 2 steps
+    in all, and the run counts the tokens each trained."""
     share = ["--cpu-share", "auto"] if quota_problem() is None else []
     out = tmp_path / "run"
     lowcomm_train("--algo", "localsgd", "--local-steps", "adaptive", "--sync-interval", "4", "--warmup-steps", "4",
