@@ -1,8 +1,9 @@
 """Run a function on K real worker processes joined by a gloo process group on localhost.
 
-The processes are forked from a fork server that imported torch (with torch._dynamo, which the first
-optimizer imports) and lowcomm once for the whole session, instead of each importing them anew (two
-seconds of CPU each): every process still starts from that untouched state, as a spawned one would.
+The processes are forked from a fork server that imported what lowcomm's launcher preloads for its
+workers (:data:`~lowcomm.launching.launch.WORKER_MODULES`) and lowcomm once for the whole session,
+instead of each importing them anew (two seconds of CPU each): every process still starts from that
+untouched state, as a spawned one would.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from lowcomm.launching.launch import WORKER_MODULES
 
-PRELOADED = ["torch", "torch.distributed", "torch._dynamo", "lowcomm", "lowcomm.training.trainer", "tests.distributed"]
+
+PRELOADED = [*WORKER_MODULES, "lowcomm", "tests.distributed"]
 
 
 def free_port() -> int:
