@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 import torch
 
 from lowcomm.communication.compression import CompressedMean, Quantizer
@@ -52,4 +51,6 @@ def test_operations_take_the_modelled_time() -> None:
         assert r["mean"] == 0.5
         assert r["objects"] == [0, 1]
         assert r["stats"]["bytes_sent"] == 200_000 * 2 + 100_000 + (40_000 if r is results[0] else 0) + 100_000 + 2 * 25_392
-        assert r["stats"]["wait_s"] == pytest.approx(sum(times.values()), abs=0.01)
+        # the charged waits lie within the timed calls; the calls also hold the Python around each
+        # communicator's clock, and this thread waiting for the GIL while the other worker's runs
+        assert sum(times.values()) - SLACK_S / 2 <= r["stats"]["wait_s"] <= sum(times.values())
