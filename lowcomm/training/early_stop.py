@@ -15,9 +15,9 @@ def stop_reason(config: TrainConfig, peers: Peers, evaluated: bool, eval_loss: f
     """Why the run stops after this step, as worker 0 says: ``stop_at_loss`` when this step's
     evaluation (``evaluated``, ``eval_loss``: worker 0's) is at most ``config.run.stop_at_loss``,
     ``stop_after_s`` when worker 0's clock ``elapsed_s`` (None: not asked; the trainer passes where
-    it expects the clock at its next check) has reached ``config.run.stop_after_s``; else None. A collective wherever either may apply (with a clock limit
-    wherever the clock is asked, with a loss limit after an evaluation), so every worker must call
-    it at the same points."""
+    it expects the clock at its next check) has reached ``config.run.stop_after_s``; else None. A
+    collective wherever either may apply (with a clock limit wherever the clock is asked, with a loss
+    limit after an evaluation), so every worker must call it at the same points."""
     by_loss = evaluated and config.run.stop_at_loss is not None
     by_clock = elapsed_s is not None and config.run.stop_after_s is not None
     if not (by_loss or by_clock):
