@@ -97,12 +97,15 @@ def local_step_counts(length: int, step_times: Sequence[float]) -> list[int]:
 @dataclass
 class Round:
     """One round of adaptive local steps: nominal steps ``start`` to ``end``, each worker's local steps
-    in it (``counts``, the same on every rank), and the local steps this worker has taken."""
+    in it (``counts``, the same on every rank), the local steps this worker has taken, and the batches
+    trained before it (this worker's, and every worker's summed)."""
 
     start: int
     end: int
     counts: list[int]
     taken: int = 0
+    own_batches_before: int = 0
+    workers_batches_before: float = 0.0
 
     @property
     def uneven(self) -> bool:
@@ -142,6 +145,7 @@ class PeriodicStrategy(Strategy):
         self.step_start: float | None = None  # adaptive: when this step's work started
         self.batches_trained = 0  # local steps that trained a batch, all along
         self.merged_batches: dict[int, int] = {}  # batches_trained at each fragment's last synchronisation
+        self.workers_batches = 0.0  # adaptive: every worker's batches trained, summed (see after_update)
 
     @property
     def in_warmup(self) -> bool:
@@ -182,7 +186,7 @@ class PeriodicStrategy(Strategy):
             end = min(end, self.run_steps)
         length = end - start
         times = self.measured_times or [1.0] * self.comm.world_size
-        planned = Round(start, end, local_step_counts(length, times))
+        planned = Round(start, end, local_step_counts(length, times), 0, self.batches_trained, self.workers_batches)
         if planned.uneven:
             self.last_uneven = (start, end)
         return planned
@@ -192,16 +196,24 @@ class PeriodicStrategy(Strategy):
         return self.round is None or not self.round.uneven
 
     def after_update(self) -> None:
+        """After each step: the local step's synchronisation, or the end of the warm-up. Adaptive, it
+        also counts :attr:`workers_batches`, every worker's batches trained: exact at the end of each
+        round (the counts are exchanged with the step times), and in between this worker's batches
+        scaled by the round's local steps (``sum_k H_k / H_rank``)."""
         if not self.in_warmup:
             trained = self.trained_batch()
             self.batches_trained += trained
             if self.adaptive and trained:
                 self.step_times.append(time.perf_counter() - self.step_start)
+                self.workers_batches += sum(self.round.counts) / self.round.counts[self.comm.rank]
             self.after_local_step()
             if self.round is not None and self.round.taken == self.round.counts[self.comm.rank]:
                 self.close_round()
-        elif self.step_count == self.warmup_steps:
-            self.begin_local_phase()
+        else:
+            if self.adaptive:
+                self.workers_batches += self.comm.world_size  # every worker trains each warm-up step
+            if self.step_count == self.warmup_steps:
+                self.begin_local_phase()
         self.step_start = None
 
     def trained_batch(self) -> bool:
@@ -209,17 +221,19 @@ class PeriodicStrategy(Strategy):
         return True
 
     def close_round(self) -> None:
-        """End the round: every worker's median step time over it, exchanged (an all-gather not counted
-        as training traffic; with worker groups first averaged within the group), for the next plan. A
-        worker that trained no batch in it keeps its time from before (NaN, unmeasured, if none)."""
+        """End the round: every worker's median step time over it and the batches it trained in it,
+        exchanged (an all-gather not counted as training traffic; with worker groups first averaged
+        within the group), for the next plan and :attr:`workers_batches`. A worker that trained no
+        batch in it keeps its time from before (NaN, unmeasured, if none)."""
         median = statistics.median(self.step_times) if self.step_times else math.nan
-        measured = torch.tensor([median], dtype=torch.float64,
-                                device=self.params[0].device)
+        trained = self.batches_trained - self.round.own_batches_before
+        measured = torch.tensor([median, trained], dtype=torch.float64, device=self.params[0].device)
         if self.inner_comm is not None:
             self.inner_comm.all_reduce_mean([measured], accounted=False)
-        gathered = [float(times[0]) for times in self.comm.all_gather([measured], accounted=False)]
-        previous = self.measured_times or gathered
-        self.measured_times = [old if math.isnan(new) else new for new, old in zip(gathered, previous)]
+        gathered = [times[0].tolist() for times in self.comm.all_gather([measured], accounted=False)]
+        previous = self.measured_times or [new for new, _ in gathered]
+        self.measured_times = [old if math.isnan(new) else new for (new, _), old in zip(gathered, previous)]
+        self.workers_batches = self.round.workers_batches_before + sum(batches for _, batches in gathered)
         self.round, self.step_times = None, []
 
     def merge_weight(self, point: int, fragment: int = 0) -> float | None:
@@ -344,11 +358,12 @@ class PeriodicStrategy(Strategy):
     def adaptive_state(self) -> dict[str, Any]:
         """Where this worker is in adaptive local steps: the round under way (its nominal span, every
         worker's local steps, this worker's taken), the last uneven round, this round's step times, the
-        times measured over the last round, and the batches trained (all along, and at each fragment's
-        last synchronisation)."""
+        times measured over the last round, and the batches trained (this worker's all along and at each
+        fragment's last synchronisation, and every worker's summed)."""
         return {"round": None if self.round is None else asdict(self.round), "last_uneven": self.last_uneven,
                 "step_times": list(self.step_times), "measured_times": self.measured_times,
-                "batches_trained": self.batches_trained, "merged_batches": dict(self.merged_batches)}
+                "batches_trained": self.batches_trained, "merged_batches": dict(self.merged_batches),
+                "workers_batches": self.workers_batches}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -361,3 +376,4 @@ class PeriodicStrategy(Strategy):
             self.measured_times = saved["measured_times"]
             self.batches_trained = int(saved["batches_trained"])
             self.merged_batches = {int(k): int(v) for k, v in saved["merged_batches"].items()}
+            self.workers_batches = float(saved["workers_batches"])

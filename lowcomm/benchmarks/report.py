@@ -60,9 +60,9 @@ def protocol_table(budget: str, runs: list[Run], rows: list[dict[str, Any]], tar
                 f"or below {targets[-1].name} ({targets[-1].loss:.4f}), so the loss crossed it within one evaluation "
                 "interval before; `ended` is `steps` where it never did within the cap.\n\n")
     if budget == "time":
-        return (time_table(runs) + "\n\nEach run besides DDP's stopped at the first step that ended after DDP's "
-                "final evaluation on worker 0's clock, and was evaluated there (`ended` is `steps` where it ran "
-                "out of the cap first).\n\n")
+        return (time_table(runs) + "\n\nEach run besides DDP's stopped at the last check of its clock (where it "
+                "synchronises) before worker 0's clock would pass DDP's final evaluation by the next check, and was "
+                "evaluated there (`ended` is `steps` where it ran out of the cap first).\n\n")
     return ""
 
 

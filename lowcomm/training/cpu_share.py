@@ -6,8 +6,9 @@ alone. With ``--cpu-share F`` every worker runs ``max(1, floor(F))`` intra-op th
 a CPU cgroup of its own with a CFS quota of F cores (cgroup v1: ``cpu.cfs_quota_us`` over
 ``cpu.cfs_period_us`` under the ``cpu`` controller's mount; v2: ``cpu.max``), so it never runs on
 more than F cores, however idle the others are. The cgroup is created beside the process's own,
-named ``lowcomm-<pid>``, and removed when the worker ends (only that one: lowcomm deletes only what
-it created).
+named ``lowcomm-<pid>``, and removed when the worker ends; a worker killed outright (SIGKILL) cannot
+remove its own, so each new worker first removes the empty ``lowcomm-<pid>`` cgroups beside it whose
+process is gone (only those: lowcomm deletes only what it created).
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def resolve_share(share: float | str, local_workers: int) -> float:
 def quota_cgroup(cores: float, name: str) -> Path:
     """A new CPU cgroup ``name`` beside this process's own, with a CFS quota of ``cores``."""
     parent, version = own_cgroup()
+    remove_orphans(parent)
     cgroup = parent / name
     cgroup.mkdir()
     quota = max(1000, round(cores * PERIOD_US))  # the kernel's smallest quota is 1 ms
@@ -91,6 +93,16 @@ def quota_cgroup(cores: float, name: str) -> Path:
     else:
         (cgroup / "cpu.max").write_text(f"{quota} {PERIOD_US}")
     return cgroup
+
+
+def remove_orphans(parent: Path) -> None:
+    """Remove the empty ``lowcomm-<pid>`` cgroups in ``parent`` whose process no longer exists (the
+    kernel refuses to remove one that still holds a task)."""
+    for cgroup in parent.glob("lowcomm-*"):
+        pid = cgroup.name.removeprefix("lowcomm-")
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            with contextlib.suppress(OSError):
+                cgroup.rmdir()
 
 
 def join(cgroup: Path) -> None:

@@ -129,6 +129,7 @@ class Trainer:
             model, optimizer, communicator=communicator, **on_mesh, **config.algorithm_kwargs()
         )
         self.strategy.run_steps = config.run.steps
+        self.adaptive = config.algorithm_options().get("local_steps") == "adaptive"
         for stats in (self.strategy.comm_stats, self.strategy.inner_comm_stats):
             stats.wait_s = 0.0  # waiting for the other ranks to start up is not communication
         seed_everything(config.run.seed + self.shard_index)
@@ -290,10 +291,13 @@ class Trainer:
         for _ in range(self.step - previous_step):  # the schedule follows the step count (adaptive: nominal)
             self.scheduler.step()
         self.progress.local_steps += 1
+        batch_tokens = sum(targets.numel() for _, targets in micro_batches)
         if loss_value is not None:
-            own_tokens = sum(targets.numel() for _, targets in micro_batches)
-            self.progress.own_tokens += own_tokens
-            self.progress.tokens += self.world_size * own_tokens
+            self.progress.own_tokens += batch_tokens
+            self.progress.tokens += self.world_size * batch_tokens
+        if self.adaptive:  # a slower worker trains fewer: every worker's batches, exact at each round's end
+            ranks_per_worker = self.world_size // self.strategy.comm.world_size
+            self.progress.tokens = round(self.strategy.workers_batches * ranks_per_worker * batch_tokens)
         if self.reporter is not None:
             sent = stats.bytes_sent - sent_before
             self.reporter.step(self.step, loss_value, lr, sent, self.progress.tokens, self.rank)
@@ -386,8 +390,7 @@ class Trainer:
         step times (:func:`~lowcomm.training.conditions.worker_times`)."""
         self.strategy.wait()
         stats, within = self.strategy.comm_stats, self.strategy.inner_comm_stats
-        adaptive = self.config.algorithm_options().get("local_steps") == "adaptive"
-        local_steps = self.progress.local_steps if adaptive else self.step  # adaptive: a slower worker takes fewer
+        local_steps = self.progress.local_steps if self.adaptive else self.step  # adaptive: a slower worker takes fewer
         own_times = worker_times(self.rank, self.speed, local_steps, self.step_times)
         everyone = self.peers.all_gather(
             (stats.bytes_sent, within.bytes_sent, stats.wait_s, stats.overlap_s, stats.overlap_bytes,
@@ -399,7 +402,7 @@ class Trainer:
         times = [gathered[-1] for gathered in everyone]
         between, inside, wait_s, overlap_s, overlap_bytes, compute_s, own_tokens = (
             sum(column) for column in zip(*(gathered[:-1] for gathered in everyone)))
-        tokens = own_tokens if adaptive else self.progress.tokens  # fixed: every worker trains as many
+        tokens = own_tokens if self.adaptive else self.progress.tokens  # fixed: every worker trains as many
         summary = {
             "algo": self.config.algo,
             "model": self.config.model.name,

@@ -1,6 +1,8 @@
 """Uneven worker speeds: the step clock on measured time, and a real run of slowed gloo workers."""
 
 import json
+import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -8,7 +10,7 @@ import pytest
 
 from lowcomm.communication.communicator import CommStats
 from lowcomm.training.conditions import StepClock, StepTimes, parse_speeds, speed_of
-from lowcomm.training.cpu_share import quota_problem
+from lowcomm.training.cpu_share import own_cgroup, quota_cgroup, quota_problem
 from tests.train_runs import lowcomm_train, records
 
 
@@ -51,6 +53,33 @@ def own_cgroups() -> set[Path]:
     return set(Path("/sys/fs/cgroup/cpu").glob("**/lowcomm-*"))
 
 
+@pytest.mark.skipif(quota_problem() is not None, reason="no CPU cgroup with quotas here")
+def test_a_new_workers_cgroup_removes_those_of_killed_workers_and_only_those() -> None:
+    """A SIGKILLed worker leaves ``lowcomm-<pid>``; the next worker's cgroup removes it, but not one
+    whose process lives, one that still holds a task, or one lowcomm did not name."""
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    living, holder = subprocess.Popen(["sleep", "60"]), subprocess.Popen(["sleep", "60"])
+    parent, _ = own_cgroup()
+    orphan = parent / f"lowcomm-{ended.pid}"
+    kept = [parent / f"lowcomm-{living.pid}", parent / f"lowcomm-{ended.pid + 10**7}", parent / f"lowcomm-x{ended.pid}"]
+    for cgroup in [orphan, *kept]:
+        cgroup.mkdir()
+    (kept[1] / "cgroup.procs").write_text(str(holder.pid))
+    try:
+        own = quota_cgroup(0.5, f"lowcomm-{os.getpid()}")
+        own.rmdir()
+        assert not orphan.exists()
+        assert all(cgroup.exists() for cgroup in kept)
+    finally:
+        for process in (living, holder):
+            process.kill()
+            process.wait()
+        for cgroup in [orphan, *kept]:
+            if cgroup.exists():
+                cgroup.rmdir()
+
+
 def test_a_slow_worker_takes_twice_its_time_and_the_other_waits_for_it(tmp_path: Path, cache_dir: str) -> None:
     """DDP, worker 1 at half speed, each worker on one core's quota (where this machine gives quotas):
     every worker's time in steps outside synchronisations is 1/speed of its measured compute (within
@@ -85,7 +114,9 @@ def test_adaptive_local_steps_see_a_slow_worker_through_the_loops_clock_checks(t
     """Local SGD, 4 synchronous steps, then H = 4 up to step 28, worker 1 at half speed, with
     ``--stop-after-s`` (worker 0's clock checked by all every H steps, where they synchronise): the
     slow worker runs 2 local steps a round after the first, 4 + 4 + 5 x 2 steps
-    in all, and the run counts the tokens each trained."""
+    in all, and the run counts the tokens each trained: in the summary, and at each of worker 0's
+    steps all workers' so far (2 batches a step up to step 8; then 6 a round, exact at its end,
+    worker 0's 4 steps in it counting 6 / 4 each)."""
     share = ["--cpu-share", "auto"] if quota_problem() is None else []
     out = tmp_path / "run"
     lowcomm_train("--algo", "localsgd", "--local-steps", "adaptive", "--sync-interval", "4", "--warmup-steps", "4",
@@ -96,3 +127,5 @@ def test_adaptive_local_steps_see_a_slow_worker_through_the_loops_clock_checks(t
     local_steps = [round(worker["step_s"] / worker["mean_step_s"]) for worker in summary["worker_times"]]
     assert local_steps == [28, 18]
     assert summary["tokens"] == (28 + 18) * 16 * 64
+    per_step = [record["tokens"] for record in records(out, "train")]
+    assert per_step == [(2 * min(step, 8) + 1.5 * max(step - 8, 0)) * 16 * 64 for step in range(1, 29)]
