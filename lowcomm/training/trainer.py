@@ -294,10 +294,11 @@ class Trainer:
         batch_tokens = sum(targets.numel() for _, targets in micro_batches)
         if loss_value is not None:
             self.progress.own_tokens += batch_tokens
-            self.progress.tokens += self.world_size * batch_tokens
         if self.adaptive:  # a slower worker trains fewer: every worker's batches, exact at each round's end
             ranks_per_worker = self.world_size // self.strategy.comm.world_size
             self.progress.tokens = round(self.strategy.workers_batches * ranks_per_worker * batch_tokens)
+        elif loss_value is not None:  # every worker trains as many
+            self.progress.tokens += self.world_size * batch_tokens
         if self.reporter is not None:
             sent = stats.bytes_sent - sent_before
             self.reporter.step(self.step, loss_value, lr, sent, self.progress.tokens, self.rank)
