@@ -118,6 +118,11 @@ def progress(out):
     return lines[begun[-1]].get("restart", 0), max(r["step"] for r in lines[begun[-1] :])
 
 
+def own_cgroups():
+    """The ``lowcomm-*`` CPU cgroups on this machine (cgroup v1's ``cpu`` controller)."""
+    return set(Path("/sys/fs/cgroup/cpu").glob("**/lowcomm-*"))
+
+
 def wait_for(condition, launcher, timeout_s=120):
     deadline = time.monotonic() + timeout_s
     while not condition():

@@ -269,13 +269,16 @@ class LiveCommunicator(Communicator):
                                 "stalled_s": round(time.perf_counter() - self.step_started, 3)})
 
     def begin(self) -> None:
-        """This step's quorum, at its first communication; a group found behind takes a peer's state."""
+        """This step's quorum, at its first communication; a group found behind takes a peer's state.
+        The wait for the quorum (for the slowest group) and the healing count as communication."""
+        started = time.perf_counter()
         if self.start_quorum():
             state = self.take_healing_state()
             if state is not None:  # behind inside a step: a peer's state replaces this group's
                 self.heal_fn(state)
                 self.events.append({"event": "group_healed", "group": self.rank, "live_groups": self.world_size + 1,
                                     "stalled_s": round(time.perf_counter() - self.step_started, 3)})
+            self.stats.wait_s += time.perf_counter() - started
 
     def all_reduce_mean(
         self, tensors: list[torch.Tensor], async_op: bool = False, accounted: bool = True

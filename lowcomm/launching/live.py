@@ -40,6 +40,7 @@ from lowcomm.communication.network_model import parse_rate
 from lowcomm.launching.netns import HUB, INTERFACE, LimitedNetwork, enter, entered
 from lowcomm.launching.worker import LOOPBACK, join_process_group, loopback_interface
 from lowcomm.training.config import TrainConfig
+from lowcomm.training.cpu_share import cpu_share, remove_killed_workers_cgroups
 
 HEARTBEAT_TIMEOUT_MS = 2000
 """A group whose heartbeats the lighthouse misses this long is left out of the next quorum."""
@@ -152,6 +153,8 @@ def run_groups(config: TrainConfig, sites: Sites) -> None:
     finally:
         for processes in running.values():
             processes.kill()
+        if config.conditions.cpu_share is not None:
+            remove_killed_workers_cgroups()
         if lighthouse is not None:
             lighthouse.shutdown()
     if failures:
@@ -202,8 +205,7 @@ def run_group(
 ) -> None:
     """One process of a worker group, at ``place``: rank ``inner_rank`` of the group's own world (a
     process group in the group's store), its live communicator to rank ``inner_rank`` of the other
-    groups, training."""
-    from lowcomm.training.live_trainer import LiveTrainer  # the launcher that imports this module does not train
+    groups, training (within its CPU share where ``--cpu-share`` gives one)."""
     if place.namespace is not None:
         enter(place.namespace)  # before any socket, and before torch's threads (which inherit it)
         os.environ["GLOO_SOCKET_IFNAME"] = INTERFACE
@@ -213,6 +215,16 @@ def run_group(
                       TORCHELASTIC_RESTART_COUNT=str(restart))
     local_groups = config.layout.groups if config.fault_tolerance.live_group is None else 1
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // (local_groups * config.layout.group_size)))
+    share = config.conditions.cpu_share
+    with nullcontext() if share is None else cpu_share(share):
+        train_group(config, group, inner_rank, restart, lighthouse, store_port, place)
+
+
+def train_group(
+    config: TrainConfig, group: int, inner_rank: int, restart: int, lighthouse: str, store_port: int, place: Place
+) -> None:
+    """:func:`run_group` once this process is in its place and CPU share."""
+    from lowcomm.training.live_trainer import LiveTrainer  # the launcher that imports this module does not train
     store = dist.TCPStore(place.servers, store_port, is_master=False)
     join_process_group("gloo", config.fault_tolerance.hang_timeout, store)
     group_config = config.with_run(out=group_directory(config.run.out, group))

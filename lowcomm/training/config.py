@@ -358,8 +358,8 @@ class TrainConfig(BaseModel):
         if self.run.backend == "sim" and faults.max_restarts > 0:
             raise ValueError("max_restarts: the simulation does not restart workers")
         for name, value in self.conditions:
-            if value is not None and (self.run.backend == "sim" or self.live):
-                raise ValueError(f"{name}: only a --backend dist run in --fault-tolerance restart mode takes it")
+            if value is not None and self.run.backend == "sim":
+                raise ValueError(f"{name}: only a --backend dist run takes it")
         if self.run.sim_passes != "auto" and self.run.backend != "sim":
             raise ValueError("sim_passes: only --backend sim takes it")
         if self.optimizer.name != "muon" and self.optimizer.muon_lr is not None:
@@ -646,7 +646,11 @@ def resolve_conditions(config: TrainConfig) -> None:
     if speeds is not None and len(speeds) != count:
         raise ValueError(f"worker_speeds: {len(speeds)} speeds for {count} {unit}s; give one per {unit}")
     if conditions.cpu_share is not None:
-        local_workers = int(os.environ.get("LOCAL_WORLD_SIZE", layout.workers)) if under_torchrun() else layout.workers
+        local_workers = layout.workers
+        if under_torchrun():
+            local_workers = int(os.environ.get("LOCAL_WORLD_SIZE", layout.workers))
+        elif config.fault_tolerance.live_group is not None:  # this machine runs one live group
+            local_workers = layout.group_size
         conditions.cpu_share = resolve_share(conditions.cpu_share, local_workers)
 
 

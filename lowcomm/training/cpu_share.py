@@ -105,6 +105,13 @@ def remove_orphans(parent: Path) -> None:
                 cgroup.rmdir()
 
 
+def remove_killed_workers_cgroups() -> None:
+    """Remove the cgroups that this process's workers, killed outright, left beside its own cgroup
+    (where they made theirs)."""
+    if (found := own_cgroup()) is not None:
+        remove_orphans(found[0])
+
+
 def join(cgroup: Path) -> None:
     """Move this process into ``cgroup`` (its children are born there)."""
     (cgroup / "cgroup.procs").write_text(str(os.getpid()))

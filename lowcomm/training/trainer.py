@@ -140,7 +140,7 @@ class Trainer:
                                          config.checkpoint.keep_checkpoints)
         restored = self.restore()
         self.aligned_step = self.step  # the last step after which every worker was at the same step
-        self.speed = speed_of(config.conditions.worker_speeds, self.rank, config.layout.group_size)
+        self.speed = speed_of(config.conditions.worker_speeds, self.shard_index, config.layout.group_size)
         self.step_times = StepTimes(self.progress.step_s, self.progress.slowdown_s, self.progress.sync_wait_s)
         self.clock = StepClock(self.speed, lambda: (self.strategy.comm_stats, self.strategy.inner_comm_stats),
                                self.step_times)
@@ -392,7 +392,7 @@ class Trainer:
         self.strategy.wait()
         stats, within = self.strategy.comm_stats, self.strategy.inner_comm_stats
         local_steps = self.progress.local_steps if self.adaptive else self.step  # adaptive: a slower worker takes fewer
-        own_times = worker_times(self.rank, self.speed, local_steps, self.step_times)
+        own_times = worker_times(self.shard_index, self.speed, local_steps, self.step_times)
         everyone = self.peers.all_gather(
             (stats.bytes_sent, within.bytes_sent, stats.wait_s, stats.overlap_s, stats.overlap_bytes,
              self.progress.compute_s, self.progress.own_tokens, own_times)

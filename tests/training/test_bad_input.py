@@ -142,7 +142,7 @@ FLAG_CASES = {
     "speed in words": (["--worker-speeds", "1,half"], "--worker-speeds: 'half' is not a number"),
     "empty speed": (["--worker-speeds", "1,"], "--worker-speeds: '' is not a number"),
     "speeds in the simulation": (["--backend", "sim", "--worker-speeds", "1,0.5"],
-                                 "--worker-speeds: only a --backend dist run in --fault-tolerance restart mode"),
+                                 "--worker-speeds: only a --backend dist run takes it"),
     "zero cpu share": (["--cpu-share", "0"], "--cpu-share: expected auto or a number of cores above 0, got '0'"),
     "cpu share in words": (["--cpu-share", "half"], "--cpu-share: expected auto or a number of cores above 0"),
     "cpu share beyond the cores": (["--cpu-share", "1000"], "--cpu-share: 2 workers x 1000 cores exceed the"),

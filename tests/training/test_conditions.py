@@ -11,7 +11,7 @@ import pytest
 from lowcomm.communication.communicator import CommStats
 from lowcomm.training.conditions import StepClock, StepTimes, parse_speeds, speed_of
 from lowcomm.training.cpu_share import own_cgroup, quota_cgroup, quota_problem
-from tests.train_runs import lowcomm_train, records
+from tests.train_runs import lowcomm_train, own_cgroups, records
 
 
 def busy(seconds: float) -> None:
@@ -47,10 +47,6 @@ def test_speeds_parse_and_apply_per_worker_or_per_group() -> None:
     assert [speed_of([1.0, 0.5], rank, None) for rank in range(2)] == [1.0, 0.5]
     assert [speed_of([1.0, 0.5], rank, 2) for rank in range(4)] == [1.0, 1.0, 0.5, 0.5]  # rank = g * G + i
     assert speed_of(None, 3, None) == 1.0
-
-
-def own_cgroups() -> set[Path]:
-    return set(Path("/sys/fs/cgroup/cpu").glob("**/lowcomm-*"))
 
 
 @pytest.mark.skipif(quota_problem() is not None, reason="no CPU cgroup with quotas here")

@@ -8,6 +8,7 @@ import yaml
 from lowcomm import ALGORITHMS
 from lowcomm.models import MODEL_NAMES
 from lowcomm.training.config import FLAG_PATHS, LAUNCH_FIELDS, SECTIONS, TrainConfig, load_config, resolve
+from lowcomm.training.cpu_share import quota_problem, usable_cores
 
 COMPRESS_RULE = "--compress: must be none, bf16, int8, int4 or topk:FRACTION with 0 < FRACTION <= 1"
 ALGORITHM_FIELDS = ("sync_interval", "warmup_steps", "pseudo_sync_prob", "eta", "outer_lr", "outer_momentum")
@@ -205,6 +206,20 @@ def test_any_two_of_workers_groups_and_group_size_give_the_third(overrides, expe
 def test_live_worker_groups_take_any_group_size(overrides, expected):
     config = loaded(overrides={"fault_tolerance": "live", "algo": "diloco", **overrides})
     assert layout(config) == expected
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchft") is None, reason="needs the ft extra (pip install 'lowcomm[ft]')")
+@pytest.mark.skipif(quota_problem() is not None, reason="no CPU cgroup with quotas here")
+def test_live_groups_take_speeds_and_share_the_cores_of_the_machine_they_run_on():
+    """Speeds per group; ``--cpu-share auto`` splits this machine's cores among the ranks it runs:
+    all groups', or with ``--live-group`` (a machine per group) that group's only."""
+    live = {"fault_tolerance": "live", "algo": "diloco", "groups": "2", "group_size": "2",
+            "worker_speeds": "1,0.5", "cpu_share": "auto"}
+    every_group = loaded(overrides=live)
+    assert every_group.conditions.worker_speeds == [1.0, 0.5]
+    assert every_group.conditions.cpu_share == usable_cores() / 4
+    one_group = loaded(overrides={**live, "live_group": "1", "lighthouse": "127.0.0.1:29510"})
+    assert one_group.conditions.cpu_share == usable_cores() / 2
 
 
 @pytest.mark.parametrize(

@@ -4,11 +4,12 @@ others train on, rejoins healed, and every group ends with the same global model
 live run ends as the restart mode's; a group of two processes, one of them killed, is restarted
 whole and rejoins healed; a group that alone failed a step is healed in place; too few live groups
 stop the run with one line and a checkpoint; a lighthouse that restarts does not stop training; a
-group whose link goes down for 30 s is left out and rejoins healed; without torchft the option is
-refused."""
+group whose link goes down for 30 s is left out and rejoins healed; groups run at their
+--worker-speeds; without torchft the option is refused."""
 
 import contextlib
 import importlib.util
+import json
 import math
 import os
 import signal
@@ -25,8 +26,9 @@ from safetensors.torch import load_file
 from lowcomm.checkpointing.checkpoint import load_worker_state, newest_complete_checkpoint
 from lowcomm.launching.live import COLLECTIVE_TIMEOUT_S
 from lowcomm.launching.netns import HUB, set_link
+from lowcomm.training.cpu_share import quota_problem
 
-from tests.train_runs import listening_addresses, live_records, wait_for, worker_pids
+from tests.train_runs import listening_addresses, live_records, own_cgroups, wait_for, worker_pids
 
 pytestmark = pytest.mark.timeout(1800)  # a kill test trains twice (killed, uninterrupted): many minutes under load
 
@@ -382,6 +384,29 @@ def test_training_survives_a_restarted_lighthouse(size, cache_dir, tmp_path):
 
 
 CUT_S = 30
+
+
+@needs_torchft
+def test_live_groups_run_at_their_speeds(cache_dir, tmp_path):
+    """Two Local SGD groups, group 1 at half speed, each on its CPU share where this machine gives
+    quotas: each group's time in steps outside communication is 1/speed of its compute (within 20%);
+    the fast group waits for the slow one at the quorums (counted as communication), so its idle
+    share is the larger; the groups' cgroups are gone at the end."""
+    share = ["--cpu-share", "auto"] if quota_problem() is None else []
+    cgroups_before = own_cgroups()
+    out = tmp_path / "speeds"
+    args = ["--algo", "localsgd", "--groups", "2", "--steps", "32", "--eval-every", "32", "--checkpoint-every", "32",
+            "--worker-speeds", "1,0.5", *share]
+    subprocess.run(train_command(out, *args, cache_dir=cache_dir), check=True, capture_output=True, timeout=600)
+    fast, slow = (json.loads((out / f"group_{g}" / "summary.json").read_text())["worker_times"][0] for g in (0, 1))
+    assert (fast["rank"], fast["speed"], slow["rank"], slow["speed"]) == (0, 1.0, 1, 0.5)
+    for worker in (fast, slow):
+        outside_communication = worker["step_s"] - worker["sync_wait_s"]
+        assert outside_communication / worker["compute_s"] == pytest.approx(1 / worker["speed"], rel=0.2)
+    assert fast["slowdown_s"] == 0
+    assert fast["sync_wait_s"] > 0.5 * slow["slowdown_s"]
+    assert slow["idle_share"] < fast["idle_share"]
+    assert own_cgroups() == cgroups_before
 
 
 @needs_torchft
