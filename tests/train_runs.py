@@ -118,9 +118,11 @@ def progress(out):
     return lines[begun[-1]].get("restart", 0), max(r["step"] for r in lines[begun[-1] :])
 
 
-def own_cgroups():
-    """The ``lowcomm-*`` CPU cgroups on this machine (cgroup v1's ``cpu`` controller)."""
-    return set(Path("/sys/fs/cgroup/cpu").glob("**/lowcomm-*"))
+def leftover_cgroups():
+    """The ``lowcomm-<pid>`` CPU cgroups on this machine (cgroup v1's ``cpu`` controller) whose process
+    is gone: a run that cleaned up adds none (another run's, still going, are not leftovers)."""
+    return {cgroup for cgroup in Path("/sys/fs/cgroup/cpu").glob("**/lowcomm-*")
+            if not Path("/proc", cgroup.name.removeprefix("lowcomm-")).exists()}
 
 
 def wait_for(condition, launcher, timeout_s=120):

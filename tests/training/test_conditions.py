@@ -11,7 +11,7 @@ import pytest
 from lowcomm.communication.communicator import CommStats
 from lowcomm.training.conditions import StepClock, StepTimes, parse_speeds, speed_of
 from lowcomm.training.cpu_share import own_cgroup, quota_cgroup, quota_problem
-from tests.train_runs import lowcomm_train, own_cgroups, records
+from tests.train_runs import leftover_cgroups, lowcomm_train, records
 
 
 def busy(seconds: float) -> None:
@@ -83,7 +83,7 @@ def test_a_slow_worker_takes_twice_its_time_and_the_other_waits_for_it(tmp_path:
     compute, slowdown and sync wait add up to its wall-clock from the start of its first step to the
     end of its last (less what the loop does between steps: fetching batches, logging)."""
     share = ["--cpu-share", "auto"] if quota_problem() is None else []
-    cgroups_before = own_cgroups()
+    leftovers_before = leftover_cgroups()
     out = tmp_path / "run"
     lowcomm_train("--algo", "ddp", "--workers", "2", "--steps", "30", "--batch-size", "8", "--seq-len", "32",
                   "--eval-every", "30", "--checkpoint-every", "30", "--eval-batches", "1", "--worker-speeds", "1,0.5",
@@ -103,7 +103,7 @@ def test_a_slow_worker_takes_twice_its_time_and_the_other_waits_for_it(tmp_path:
     assert 0.9 * (clock[-1] - clock[0]) < fast["compute_s"] + fast["slowdown_s"] + fast["sync_wait_s"] <= clock[-1]
     assert fast["sync_wait_s"] > 0.5 * slow["slowdown_s"]
     assert slow["idle_share"] < fast["idle_share"]
-    assert own_cgroups() == cgroups_before  # each worker removed the cgroup it made
+    assert leftover_cgroups() <= leftovers_before  # each worker removed the cgroup it made
 
 
 def test_adaptive_local_steps_see_a_slow_worker_through_the_loops_clock_checks(tmp_path: Path, cache_dir: str) -> None:
