@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 STEPS, BATCH, SEQ_LEN, WORKERS = 32, 8, 32, 2
 SHORT = ["--steps", str(STEPS), "--batch-size", str(BATCH), "--seq-len", str(SEQ_LEN), "--eval-every", "8"]
 SHORT += ["--checkpoint-every", "8", "--eval-batches", "2", "--lr-warmup", "2"]
@@ -123,6 +125,20 @@ def leftover_cgroups():
     is gone: a run that cleaned up adds none (another run's, still going, are not leftovers)."""
     return {cgroup for cgroup in Path("/sys/fs/cgroup/cpu").glob("**/lowcomm-*")
             if not Path("/proc", cgroup.name.removeprefix("lowcomm-")).exists()}
+
+
+def assert_paced(fast, slow):
+    """Two workers' ``worker_times`` (summary.json), ``fast`` at speed 1 as rank 0, ``slow`` at 0.5 as
+    rank 1: each one's time in steps outside communication is 1/speed of its compute (within 20%), the
+    fast one is never slowed and waits at the synchronisations for most of the slow one's extra time,
+    so its idle share is the larger."""
+    assert (fast["rank"], fast["speed"], slow["rank"], slow["speed"]) == (0, 1.0, 1, 0.5)
+    for worker in (fast, slow):
+        outside_communication = worker["step_s"] - worker["sync_wait_s"]
+        assert outside_communication / worker["compute_s"] == pytest.approx(1 / worker["speed"], rel=0.2)
+    assert fast["slowdown_s"] == 0
+    assert fast["sync_wait_s"] > 0.5 * slow["slowdown_s"]
+    assert slow["idle_share"] < fast["idle_share"]
 
 
 def wait_for(condition, launcher, timeout_s=120):

@@ -11,7 +11,7 @@ import pytest
 from lowcomm.communication.communicator import CommStats
 from lowcomm.training.conditions import StepClock, StepTimes, parse_speeds, speed_of
 from lowcomm.training.cpu_share import own_cgroup, quota_cgroup, quota_problem
-from tests.train_runs import leftover_cgroups, lowcomm_train, records
+from tests.train_runs import assert_paced, leftover_cgroups, lowcomm_train, records
 
 
 def busy(seconds: float) -> None:
@@ -91,18 +91,13 @@ def test_a_slow_worker_takes_twice_its_time_and_the_other_waits_for_it(tmp_path:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["worker_speeds"] == [1.0, 0.5]
     fast, slow = summary["worker_times"]
-    assert (fast["rank"], fast["speed"], slow["rank"], slow["speed"]) == (0, 1.0, 1, 0.5)
+    assert_paced(fast, slow)
     for worker in (fast, slow):
-        outside_syncs = worker["step_s"] - worker["sync_wait_s"]
-        assert outside_syncs / worker["compute_s"] == pytest.approx(1 / worker["speed"], rel=0.2)
         assert worker["mean_step_s"] * 30 == pytest.approx(worker["step_s"])
         assert worker["step_s"] <= summary["wall_time_s"]
         assert worker["idle_share"] == pytest.approx(worker["sync_wait_s"] / worker["step_s"])
-    assert fast["slowdown_s"] == 0
     clock = [record["elapsed_s"] for record in records(out, "train")]  # at the end of each of worker 0's steps
     assert 0.9 * (clock[-1] - clock[0]) < fast["compute_s"] + fast["slowdown_s"] + fast["sync_wait_s"] <= clock[-1]
-    assert fast["sync_wait_s"] > 0.5 * slow["slowdown_s"]
-    assert slow["idle_share"] < fast["idle_share"]
     assert leftover_cgroups() <= leftovers_before  # each worker removed the cgroup it made
 
 
